@@ -1,0 +1,16 @@
+// commands.h: the `slotcon` subcommands. Each takes the arguments after its name and returns
+// the process exit code (0 success, 1 failure with a message on stderr, 2 usage error).
+#pragma once
+#include <string>
+#include <vector>
+
+namespace sc {
+namespace app {
+
+using Args = std::vector<std::string>;
+
+int cmd_inspect(const Args& args);  // list the tensors of a safetensors file, or say why not
+int cmd_demo(const Args& args);     // the smallest end-to-end run of the engine
+
+}  // namespace app
+}  // namespace sc

@@ -1,0 +1,56 @@
+// slotcon: the command-line front end. `slotcon <command> [args]`, `slotcon --help`.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "apps/commands.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  int (*run)(const sc::app::Args&);
+  const char* summary;
+};
+
+const Command kCommands[] = {
+    {"demo", sc::app::cmd_demo,
+     "train a small classifier with the engine (autograd + SGD) on the GPU if present, else CPU"},
+    {"inspect", sc::app::cmd_inspect, "list the tensors of a safetensors file, or say why not"},
+};
+
+void usage(FILE* out) {
+  std::fprintf(out,
+               "usage: slotcon <command> [options]\n\n"
+               "SlotCon pre-training engine (C++/CUDA).\n\ncommands:\n");
+  for (const Command& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.summary);
+  std::fprintf(out, "\nRun `slotcon <command> --help` for the options of a command.\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  std::string name = argv[1];
+  if (name == "--help" || name == "-h" || name == "help") {
+    usage(stdout);
+    return 0;
+  }
+  sc::app::Args args(argv + 2, argv + argc);
+  for (const Command& c : kCommands) {
+    if (name != c.name) continue;
+    try {
+      return c.run(args);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "slotcon %s: error: %s\n", c.name, e.what());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "slotcon: unknown command '%s'\n\n", name.c_str());
+  usage(stderr);
+  return 2;
+}

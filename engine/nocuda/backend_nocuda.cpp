@@ -1,0 +1,55 @@
+// CPU-only builds: the CUDA side of the engine reports that it is absent. Any attempt to put a
+// tensor on a CUDA device fails with a clear sc::Error; device queries answer "none".
+#include "engine/backend.h"
+#include "engine/cuda/device_memory.h"
+#include "engine/cuda_runtime.h"
+
+namespace sc {
+namespace {
+[[noreturn]] void no_cuda(const char* what) {
+  throw Error(str_cat(what, ": this build has no CUDA backend (configure with nvcc present, or "
+                            "-DSLOTCON_CUDA=ON)"));
+}
+}  // namespace
+
+bool cuda_built() { return false; }
+int cuda_device_count() { return 0; }
+std::string cuda_device_name(int) { return ""; }
+void cuda_synchronize(int) {}
+
+namespace cuda {
+void* device_alloc(size_t, int) { no_cuda("device_alloc"); }
+void device_free(void*, int) {}
+void* pinned_alloc(size_t) { no_cuda("pinned_alloc"); }
+void pinned_free(void*) {}
+AllocatorStats device_stats(int) { return {}; }
+AllocatorStats pinned_stats() { return {}; }
+void empty_cache() {}
+void memset_async(void*, int, size_t, int) { no_cuda("memset_async"); }
+
+void copy(const Tensor&, const Tensor&) { no_cuda("copy"); }
+void fill(const Tensor&, double) { no_cuda("fill"); }
+void unary(UnaryOp, const Tensor&, const Tensor&, double) { no_cuda("unary"); }
+void binary(BinaryOp, const Tensor&, const Tensor&, const Tensor&, double, double) {
+  no_cuda("binary");
+}
+void equal(const Tensor&, const Tensor&, const Tensor&) { no_cuda("equal"); }
+void sum_rows(const Tensor&, const Tensor&, int64_t, int64_t) { no_cuda("sum_rows"); }
+void argmax_rows(const Tensor&, const Tensor&, int64_t, int64_t) { no_cuda("argmax_rows"); }
+void softmax_rows(const Tensor&, const Tensor&, int64_t, int64_t, bool) { no_cuda("softmax"); }
+void softmax_backward_rows(const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t, bool) {
+  no_cuda("softmax_backward");
+}
+void l2norm_rows(const Tensor&, const Tensor&, int64_t, int64_t, double) { no_cuda("l2norm"); }
+void l2norm_backward_rows(const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t, double) {
+  no_cuda("l2norm_backward");
+}
+void gemm(bool, bool, int64_t, int64_t, int64_t, double, const Tensor&, int64_t, int64_t,
+          const Tensor&, int64_t, int64_t, double, const Tensor&, int64_t, int64_t, int64_t) {
+  no_cuda("gemm");
+}
+void index_select_rows(const Tensor&, const Tensor&, const Tensor&) { no_cuda("index_select"); }
+void index_add_rows(const Tensor&, const Tensor&, const Tensor&) { no_cuda("index_add"); }
+void copy_across(const Tensor&, const Tensor&) { no_cuda("copy_across"); }
+}  // namespace cuda
+}  // namespace sc

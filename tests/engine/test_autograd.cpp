@@ -1,0 +1,131 @@
+// Autograd: tape semantics, accumulation, no-grad, custom ops, and the errors on misuse.
+#include <catch2/catch.hpp>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "gradcheck.h"
+
+using namespace sc;
+
+TEST_CASE("autograd: gradients accumulate into leaves across backward calls") {
+  Tensor w = from_vector({1, 2, 3}, {3}, DType::F64);
+  w.set_requires_grad(true);
+  sum(mul(w, w)).backward();
+  CHECK(w.grad().to_vector() == std::vector<double>{2, 4, 6});
+  sum(mul_scalar(w, 3.0)).backward();
+  CHECK(w.grad().to_vector() == std::vector<double>{5, 7, 9});
+  w.set_grad(Tensor());
+  CHECK_FALSE(w.grad().defined());
+}
+
+TEST_CASE("autograd: no-grad scope records nothing") {
+  Tensor w = ones({2}, DType::F64);
+  w.set_requires_grad(true);
+  Tensor y;
+  {
+    NoGradGuard ng;
+    CHECK_FALSE(grad_enabled());
+    y = mul(w, w);
+  }
+  CHECK(grad_enabled());
+  CHECK_FALSE(y.requires_grad());
+  CHECK(y.grad_fn() == nullptr);
+  CHECK_THROWS_AS(sum(y).backward(), Error);
+  CHECK_FALSE(w.detach().requires_grad());
+}
+
+TEST_CASE("autograd: backward through a freed graph is an error, retain_graph allows it") {
+  Tensor w = ones({2}, DType::F64);
+  w.set_requires_grad(true);
+  Tensor l = sum(exp(w));
+  l.backward();
+  try {
+    l.backward();
+    FAIL("second backward did not throw");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("freed") != std::string::npos);
+  }
+  Tensor l2 = sum(exp(w));
+  w.set_grad(Tensor());
+  l2.backward(Tensor(), /*retain_graph=*/true);
+  l2.backward();
+  CHECK(w.grad().to_vector()[0] == Approx(2 * std::exp(1.0)));
+}
+
+TEST_CASE("autograd: misuse gives clear errors") {
+  Tensor w = ones({2, 2}, DType::F64);
+  w.set_requires_grad(true);
+  Tensor y = mul(w, w);
+  // non-scalar without a gradient
+  CHECK_THROWS_WITH(y.backward(), Catch::Contains("non-scalar"));
+  // gradient of the wrong shape / dtype
+  CHECK_THROWS_WITH(y.backward(ones({3})), Catch::Contains("shape"));
+  CHECK_THROWS_WITH(y.backward(ones({2, 2}, DType::F32)), Catch::Contains("F32"));
+  // marking a non-leaf
+  CHECK_THROWS_AS(y.set_requires_grad(false), Error);
+  // integer tensors cannot require grad
+  Tensor i = zeros({2}, DType::I64);
+  CHECK_THROWS_AS(i.set_requires_grad(true), Error);
+  // a custom op whose backward returns a wrong-shaped gradient is caught
+  Tensor out = empty({2, 2}, DType::F64);
+  fill_(out, 1.0);
+  record_op("bad_op", {w}, {out}, [](const std::vector<Tensor>&) {
+    return std::vector<Tensor>{ones({3}, DType::F64)};
+  });
+  CHECK_THROWS_WITH(sum(out).backward(), Catch::Contains("bad_op"));
+  // a backward returning the wrong number of gradients
+  Tensor out2 = ones({1}, DType::F64);
+  record_op("short_op", {w, w}, {out2}, [](const std::vector<Tensor>&) {
+    return std::vector<Tensor>{Tensor()};
+  });
+  CHECK_THROWS_WITH(sum(out2).backward(), Catch::Contains("short_op"));
+}
+
+TEST_CASE("autograd: a custom op (the model's fused-kernel mechanism) is differentiable") {
+  // cube(x) with a hand-written forward and backward, composed with engine ops.
+  auto cube = [](const Tensor& x) {
+    Tensor y = empty_like(x);
+    {
+      NoGradGuard ng;
+      copy_(y, mul(mul(x, x), x));
+    }
+    Tensor xs = x.detach();
+    record_op("cube", {x}, {y}, [xs](const std::vector<Tensor>& g) {
+      return std::vector<Tensor>{mul(g[0], mul_scalar(mul(xs, xs), 3.0))};
+    });
+    return y;
+  };
+  Generator gen(5);
+  std::string worst = sc::testing::gradcheck(
+      [&](const std::vector<Tensor>& x) { return softmax(cube(x[0]), -1); },
+      {sc::testing::rand64({3, 4}, gen)});
+  INFO(worst);
+  CHECK(worst.empty());
+}
+
+TEST_CASE("autograd: multi-output op gets zeros for unused outputs") {
+  Tensor w = from_vector({1, 2}, {2}, DType::F64);
+  w.set_requires_grad(true);
+  Tensor a = empty({2}, DType::F64), b = empty({2}, DType::F64);
+  fill_(a, 0);
+  fill_(b, 0);
+  bool saw_zero = false;
+  record_op("two_out", {w}, {a, b}, [&saw_zero](const std::vector<Tensor>& g) {
+    saw_zero = g[1].defined() && sum(g[1]).item() == 0.0;
+    return std::vector<Tensor>{add(g[0], g[1])};
+  });
+  sum(a).backward();
+  CHECK(saw_zero);
+  CHECK(w.grad().to_vector() == std::vector<double>{1, 1});
+}
+
+TEST_CASE("autograd: diamond graph accumulates both paths") {
+  Tensor x = from_vector({0.5, -1.0}, {2}, DType::F64);
+  x.set_requires_grad(true);
+  Tensor y = exp(x);
+  Tensor l = sum(add(mul(y, y), y));  // d/dx = 2 e^{2x} + e^x
+  l.backward();
+  std::vector<double> g = x.grad().to_vector();
+  CHECK(g[0] == Approx(2 * std::exp(1.0) + std::exp(0.5)));
+  CHECK(g[1] == Approx(2 * std::exp(-2.0) + std::exp(-1.0)));
+}
