@@ -9,6 +9,7 @@
 #include <string>
 
 #include "apps/commands.h"
+#include "engine/autograd.h"
 #include "engine/cuda_runtime.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
@@ -65,7 +66,7 @@ int cmd_demo(const Args& args) {
   // Three spirals, 512 points each, with a little noise.
   const int per_class = 512, classes = 3, n = per_class * classes;
   Generator gen(seed);
-  std::vector<double> xs(size_t(n) * 2), onehot(size_t(n) * classes, 0.0), labels(size_t(n));
+  std::vector<double> xs(size_t(n) * 2), onehot(size_t(n) * classes, 0.0), labels(static_cast<size_t>(n));
   for (int c = 0; c < classes; ++c)
     for (int i = 0; i < per_class; ++i) {
       const int j = c * per_class + i;

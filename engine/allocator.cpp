@@ -3,6 +3,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 
 #include "engine/cuda/device_memory.h"
 #include "engine/cuda_runtime.h"
@@ -12,6 +14,55 @@ namespace sc {
 namespace {
 std::atomic<bool> g_poison{false};
 constexpr size_t kAlign = 256;
+
+// A cache of freed host blocks, so that a training step on the CPU does not pay for mmap, munmap
+// and page zeroing on every large temporary. Blocks are reused only for requests of the same
+// rounded size; at most kHostCacheLimit bytes are kept.
+class HostCache {
+ public:
+  static constexpr size_t kHostCacheLimit = size_t(2) << 30;
+  static size_t round(size_t n) {
+    if (n <= 4096) return n == 0 ? kAlign : (n + kAlign - 1) / kAlign * kAlign;
+    // 8 size classes per power of two: waste below 12.5%
+    size_t p = 4096;
+    while (p * 2 < n) p *= 2;
+    size_t step = p / 8;
+    return (n + step - 1) / step * step;
+  }
+  void* get(size_t rounded) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = free_.find(rounded);
+    if (it == free_.end()) return nullptr;
+    void* p = it->second;
+    free_.erase(it);
+    cached_ -= rounded;
+    return p;
+  }
+  void put(void* p, size_t rounded) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cached_ + rounded <= kHostCacheLimit) {
+        free_.emplace(rounded, p);
+        cached_ += rounded;
+        return;
+      }
+    }
+    std::free(p);
+  }
+  ~HostCache() {
+    for (auto& kv : free_) std::free(kv.second);
+  }
+
+ private:
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;
+  size_t cached_ = 0;
+};
+
+HostCache& host_cache() {
+  static HostCache* c = new HostCache();  // never destroyed: storages may outlive statics
+  return *c;
+}
 }  // namespace
 
 void set_poison_allocations(bool on) { g_poison = on; }
@@ -24,7 +75,7 @@ Storage::~Storage() {
   } else if (pinned) {
     cuda::pinned_free(data);
   } else {
-    std::free(data);
+    host_cache().put(data, HostCache::round(nbytes));
   }
 }
 
@@ -44,7 +95,9 @@ std::shared_ptr<Storage> allocate(size_t nbytes, Device device, bool pinned) {
     s->data = cuda::pinned_alloc(rounded);
     s->pinned = true;
   } else {
-    s->data = std::aligned_alloc(kAlign, rounded);
+    rounded = HostCache::round(nbytes);
+    s->data = host_cache().get(rounded);
+    if (!s->data) s->data = std::aligned_alloc(kAlign, rounded);
     SC_CHECK(s->data != nullptr, "out of host memory allocating ", nbytes, " bytes");
   }
   if (g_poison) std::memset(s->data, 0xFF, rounded);
