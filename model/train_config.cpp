@@ -1,0 +1,243 @@
+#include "model/train_config.h"
+
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include "engine/error.h"
+
+namespace sc {
+namespace {
+
+using json = nlohmann::json;
+
+// One table names every key once: its type, how to read it and how to write it.
+struct Field {
+  const char* type;
+  std::function<void(TrainConfig&, const json&, const std::string&)> set;
+  std::function<json(const TrainConfig&)> get;
+  const char* help;
+};
+
+template <class T>
+Field field(T TrainConfig::*m, const char* help) {
+  Field f;
+  if constexpr (std::is_same<T, std::string>::value) {
+    f.type = "string";
+  } else if constexpr (std::is_floating_point<T>::value) {
+    f.type = "number";
+  } else {
+    f.type = "integer";
+  }
+  f.set = [m](TrainConfig& c, const json& v, const std::string& key) {
+    if constexpr (std::is_same<T, std::string>::value) {
+      SC_CHECK(v.is_string(), "config key '", key, "' must be a string, got ", v.dump());
+      c.*m = v.get<std::string>();
+    } else if constexpr (std::is_floating_point<T>::value) {
+      SC_CHECK(v.is_number(), "config key '", key, "' must be a number, got ", v.dump());
+      c.*m = v.get<double>();
+    } else {
+      SC_CHECK(v.is_number_integer() || v.is_number_unsigned(), "config key '", key,
+               "' must be an integer, got ", v.dump());
+      if constexpr (std::is_unsigned<T>::value) {
+        SC_CHECK(v.is_number_unsigned() || v.get<int64_t>() >= 0, "config key '", key,
+                 "' must be non-negative, got ", v.dump());
+      }
+      c.*m = v.get<T>();
+    }
+  };
+  f.get = [m](const TrainConfig& c) { return json(c.*m); };
+  f.help = help;
+  return f;
+}
+
+const std::map<std::string, Field>& fields() {
+  static const std::map<std::string, Field> f = {
+      {"arch", field(&TrainConfig::arch, "backbone: resnet18 | resnet34 | resnet50")},
+      {"dim_hidden", field(&TrainConfig::dim_hidden, "projector/predictor hidden width")},
+      {"dim_out", field(&TrainConfig::dim_out, "slot dimension D")},
+      {"num_prototypes", field(&TrainConfig::num_prototypes, "prototypes K")},
+      {"teacher_momentum", field(&TrainConfig::teacher_momentum, "EMA momentum m0 (cosine to 1)")},
+      {"teacher_temp", field(&TrainConfig::teacher_temp, "teacher temperature")},
+      {"student_temp", field(&TrainConfig::student_temp, "student temperature")},
+      {"contrast_temp", field(&TrainConfig::contrast_temp, "slot contrast temperature")},
+      {"center_momentum", field(&TrainConfig::center_momentum, "center EMA momentum")},
+      {"group_loss_weight", field(&TrainConfig::group_loss_weight, "weight w of the group loss")},
+      {"batch_size", field(&TrainConfig::batch_size, "images per device per step")},
+      {"base_lr", field(&TrainConfig::base_lr, "lr = base_lr * batch / 256")},
+      {"optimizer", field(&TrainConfig::optimizer, "lars | sgd")},
+      {"weight_decay", field(&TrainConfig::weight_decay, "weight decay")},
+      {"momentum", field(&TrainConfig::momentum, "optimizer momentum")},
+      {"warmup_epoch", field(&TrainConfig::warmup_epoch, "linear warm-up epochs")},
+      {"warmup_multiplier", field(&TrainConfig::warmup_multiplier, "warm-up starts at lr / this")},
+      {"epochs", field(&TrainConfig::epochs, "training epochs")},
+      {"max_steps", field(&TrainConfig::max_steps, "stop after N steps (0: all epochs)")},
+      {"precision", field(&TrainConfig::precision, "auto | fp32 | bf16 | fp16")},
+      {"nonfinite", field(&TrainConfig::nonfinite, "stop | skip on a non-finite loss")},
+      {"dataset", field(&TrainConfig::dataset, "folder | synthetic")},
+      {"data_dir", field(&TrainConfig::data_dir, "image folder(s), ':'-separated")},
+      {"synthetic_images", field(&TrainConfig::synthetic_images, "synthetic scene count")},
+      {"image_size", field(&TrainConfig::image_size, "crop size S")},
+      {"min_scale", field(&TrainConfig::min_scale, "random-resized-crop minimum scale")},
+      {"num_workers", field(&TrainConfig::num_workers, "loader threads")},
+      {"device", field(&TrainConfig::device, "auto | cpu | cuda")},
+      {"seed", field(&TrainConfig::seed, "random seed")},
+      {"output_dir", field(&TrainConfig::output_dir, "checkpoints and metrics")},
+      {"save_freq", field(&TrainConfig::save_freq, "epochs between checkpoints")},
+      {"print_freq", field(&TrainConfig::print_freq, "steps between progress lines")},
+  };
+  return f;
+}
+
+std::string normalise_key(std::string k) {
+  for (char& c : k)
+    if (c == '-') c = '_';
+  return k;
+}
+
+bool one_of(const std::string& v, std::initializer_list<const char*> options) {
+  for (const char* o : options)
+    if (v == o) return true;
+  return false;
+}
+
+}  // namespace
+
+void TrainConfig::validate() const {
+  SC_CHECK(one_of(arch, {"resnet18", "resnet34", "resnet50"}), "config key 'arch': unknown '",
+           arch, "' (resnet18, resnet34 or resnet50)");
+  SC_CHECK(one_of(optimizer, {"lars", "sgd"}), "config key 'optimizer': unknown '", optimizer,
+           "' (lars or sgd)");
+  SC_CHECK(one_of(precision, {"auto", "fp32", "bf16", "fp16"}), "config key 'precision': unknown '",
+           precision, "' (auto, fp32, bf16 or fp16)");
+  SC_CHECK(one_of(nonfinite, {"stop", "skip"}), "config key 'nonfinite': unknown '", nonfinite,
+           "' (stop or skip)");
+  SC_CHECK(one_of(dataset, {"folder", "synthetic"}), "config key 'dataset': unknown '", dataset,
+           "' (folder or synthetic)");
+  SC_CHECK(one_of(device, {"auto", "cpu", "cuda"}), "config key 'device': unknown '", device,
+           "' (auto, cpu or cuda)");
+  SC_CHECK(dataset != "folder" || !data_dir.empty(),
+           "config key 'data_dir' is required when dataset is 'folder'");
+  SC_CHECK(dim_hidden > 0 && dim_out > 0 && num_prototypes > 0, "config: dim_hidden, dim_out and "
+           "num_prototypes must be positive");
+  SC_CHECK(batch_size > 1, "config key 'batch_size' must be at least 2 (batch norm), got ",
+           batch_size);
+  SC_CHECK(epochs > 0, "config key 'epochs' must be positive");
+  SC_CHECK(max_steps >= 0, "config key 'max_steps' must be >= 0");
+  SC_CHECK(image_size >= 32, "config key 'image_size' must be at least 32, got ", image_size);
+  SC_CHECK(min_scale > 0 && min_scale <= 1, "config key 'min_scale' must be in (0, 1]");
+  SC_CHECK(teacher_temp > 0 && student_temp > 0 && contrast_temp > 0,
+           "config: temperatures must be positive");
+  SC_CHECK(teacher_momentum >= 0 && teacher_momentum <= 1, "config key 'teacher_momentum' must be "
+           "in [0, 1]");
+  SC_CHECK(center_momentum >= 0 && center_momentum <= 1, "config key 'center_momentum' must be "
+           "in [0, 1]");
+  SC_CHECK(group_loss_weight >= 0 && group_loss_weight <= 1, "config key 'group_loss_weight' must "
+           "be in [0, 1]");
+  SC_CHECK(base_lr > 0 && warmup_epoch >= 0 && warmup_multiplier >= 1, "config: base_lr > 0, "
+           "warmup_epoch >= 0 and warmup_multiplier >= 1 are required");
+  SC_CHECK(num_workers >= 0 && synthetic_images > 0, "config: num_workers >= 0 and "
+           "synthetic_images > 0 are required");
+  SC_CHECK(save_freq > 0 && print_freq > 0, "config: save_freq and print_freq must be positive");
+}
+
+nlohmann::json TrainConfig::to_json() const {
+  json j = json::object();
+  for (const auto& kv : fields()) j[kv.first] = kv.second.get(*this);
+  return j;
+}
+
+TrainConfig config_from_json(const nlohmann::json& j, const std::string& where) {
+  SC_CHECK(j.is_object(), where, ": a config must be a JSON object, got ", j.type_name());
+  TrainConfig c;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string key = normalise_key(it.key());
+    auto f = fields().find(key);
+    if (f == fields().end()) {
+      std::string known;
+      for (const auto& kv : fields()) known += (known.empty() ? "" : ", ") + kv.first;
+      throw Error(str_cat(where, ": unknown config key '", it.key(), "' (known keys: ", known,
+                          ")"));
+    }
+    try {
+      f->second.set(c, it.value(), key);
+    } catch (const json::exception& e) {
+      throw Error(str_cat(where, ": config key '", key, "': ", e.what()));
+    } catch (const Error& e) {
+      throw Error(str_cat(where, ": ", e.what()));
+    }
+  }
+  return c;
+}
+
+TrainConfig load_config_file(const std::string& path) {
+  std::ifstream in(path);
+  SC_CHECK(in.good(), "cannot open config file '", path, "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  json j;
+  try {
+    j = json::parse(ss.str());
+  } catch (const json::parse_error& e) {
+    throw Error(str_cat(path, ": not valid JSON: ", e.what()));
+  }
+  return config_from_json(j, path);
+}
+
+std::vector<std::string> apply_overrides(TrainConfig& cfg, const std::vector<std::string>& args) {
+  std::vector<std::string> rest;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a.rfind("--", 0) != 0) {
+      rest.push_back(a);
+      continue;
+    }
+    std::string key = a.substr(2), value;
+    bool inline_value = false;
+    if (auto eq = key.find('='); eq != std::string::npos) {
+      value = key.substr(eq + 1);
+      key = key.substr(0, eq);
+      inline_value = true;
+    }
+    key = normalise_key(key);
+    auto f = fields().find(key);
+    if (f == fields().end()) {
+      rest.push_back(a);
+      continue;
+    }
+    if (!inline_value) {
+      SC_CHECK(i + 1 < args.size(), "option --", key, " needs a value");
+      value = args[++i];
+    }
+    json v;
+    if (std::string(f->second.type) == "string") {
+      v = value;
+    } else {
+      try {
+        v = json::parse(value);
+      } catch (const json::parse_error&) {
+        throw Error(str_cat("option --", key, " must be ", std::string(f->second.type) == "integer"
+                                                            ? "an integer"
+                                                            : "a number",
+                            ", got '", value, "'"));
+      }
+    }
+    f->second.set(cfg, v, key);
+  }
+  return rest;
+}
+
+std::string config_help() {
+  TrainConfig d;
+  std::string s;
+  for (const auto& kv : fields()) {
+    std::string def = kv.second.get(d).dump();
+    s += str_cat("  --", kv.first, std::string(kv.first.size() < 20 ? 20 - kv.first.size() : 1, ' '),
+                 kv.second.type, std::string(8 - std::string(kv.second.type).size(), ' '),
+                 kv.second.help, " [", def, "]\n");
+  }
+  return s;
+}
+
+}  // namespace sc

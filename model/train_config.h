@@ -1,0 +1,70 @@
+// train_config.h: every setting of a SlotCon training run, with the authors' defaults.
+//
+// A run is configured by a JSON object (a file) whose keys are the fields below, then by
+// command-line overrides `--key value` or `--key=value` (dashes and underscores are the same).
+// An unknown key, a value of the wrong type or an out-of-range value is an sc::Error naming the
+// key. Defaults follow the authors' COCO ResNet-50 recipe (SLOTCON.md §9); `batch_size` is the
+// per-device batch.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace sc {
+
+struct TrainConfig {
+  // model
+  std::string arch = "resnet50";  // resnet18 | resnet34 | resnet50
+  int64_t dim_hidden = 4096;
+  int64_t dim_out = 256;
+  int64_t num_prototypes = 256;
+  double teacher_momentum = 0.99;
+  double teacher_temp = 0.07;
+  double student_temp = 0.1;
+  double contrast_temp = 0.2;
+  double center_momentum = 0.9;
+  double group_loss_weight = 0.5;
+  // optimisation
+  int64_t batch_size = 64;  // per device (the authors: 512 over 8 GPUs)
+  double base_lr = 1.0;     // lr = base_lr * global batch / 256
+  std::string optimizer = "lars";  // lars | sgd
+  double weight_decay = 1e-5;
+  double momentum = 0.9;
+  double warmup_epoch = 5;
+  double warmup_multiplier = 100;  // warm-up starts at lr / warmup_multiplier
+  int64_t epochs = 800;
+  int64_t max_steps = 0;            // stop after this many steps (0: run every epoch)
+  std::string precision = "auto";   // auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+  std::string nonfinite = "stop";   // stop | skip: what a non-finite loss does
+  // data
+  std::string dataset = "folder";   // folder | synthetic
+  std::string data_dir = "";        // image folder(s), ':'-separated for COCO+
+  int64_t synthetic_images = 2048;  // size of the synthetic scene set
+  int64_t image_size = 224;
+  double min_scale = 0.08;
+  int64_t num_workers = 8;
+  // run
+  std::string device = "auto";      // auto | cpu | cuda
+  uint64_t seed = 0;
+  std::string output_dir = "output";
+  int64_t save_freq = 50;           // epochs between checkpoints (and always at the end)
+  int64_t print_freq = 10;          // steps between progress lines
+
+  // Validate ranges and choices; throws sc::Error naming the key.
+  void validate() const;
+  nlohmann::json to_json() const;
+};
+
+// Parse a JSON object into a config on top of the defaults.
+TrainConfig config_from_json(const nlohmann::json& j, const std::string& where = "config");
+// Read a JSON file; errors name the file and, for syntax errors, the byte position.
+TrainConfig load_config_file(const std::string& path);
+// Apply `--key value` / `--key=value` overrides (values parsed by the key's type); returns the
+// arguments that are not config keys, in order, for the caller to handle.
+std::vector<std::string> apply_overrides(TrainConfig& cfg, const std::vector<std::string>& args);
+// One line per key: name, type, default (for --help).
+std::string config_help();
+
+}  // namespace sc
