@@ -1,0 +1,109 @@
+#include "model/checkpoint.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "engine/ops.h"
+
+namespace sc {
+namespace {
+constexpr const char* kFormat = "slotcon-checkpoint-v1";
+constexpr const char* kOptPrefix = "optimizer.";
+constexpr const char* kOptSuffix = ".momentum_buffer";
+
+int64_t parse_counter(const std::map<std::string, std::string>& meta, const std::string& key,
+                      const std::string& path) {
+  auto it = meta.find(key);
+  SC_CHECK(it != meta.end(), path, ": not a SlotCon checkpoint (no '", key, "' in metadata)");
+  try {
+    size_t used = 0;
+    long long v = std::stoll(it->second, &used);
+    SC_CHECK(used == it->second.size() && v >= 0, "bad");
+    return v;
+  } catch (...) {
+    throw Error(str_cat(path, ": checkpoint metadata '", key, "' is not a counter: '", it->second,
+                        "'"));
+  }
+}
+}  // namespace
+
+void check_finite(const NamedTensors& tensors, const std::string& what) {
+  for (const auto& kv : tensors) {
+    if (!is_floating(kv.second.dtype())) continue;
+    for (double v : kv.second.to_vector())
+      SC_CHECK(std::isfinite(v), what, ": tensor '", kv.first,
+               "' holds a non-finite value; refusing to write it");
+  }
+}
+
+void save_checkpoint(const std::string& path, const NamedTensors& model_state,
+                     const NamedTensors& optimizer_state, const CheckpointInfo& info) {
+  check_finite(model_state, path);
+  check_finite(optimizer_state, path);
+  TensorMap all;
+  for (const auto& kv : model_state) {
+    SC_CHECK(all.emplace(kv.first, kv.second).second, "save_checkpoint: duplicate name ", kv.first);
+  }
+  for (const auto& kv : optimizer_state)
+    all.emplace(kOptPrefix + kv.first + kOptSuffix, kv.second);
+  std::map<std::string, std::string> meta = {{"format", kFormat},
+                                             {"epoch", std::to_string(info.epoch)},
+                                             {"step", std::to_string(info.step)},
+                                             {"config", info.config_json}};
+  write_safetensors(path, all, meta);
+}
+
+Checkpoint load_checkpoint(const std::string& path) {
+  SafetensorsFile f = read_safetensors(path);
+  auto fmt = f.metadata.find("format");
+  SC_CHECK(fmt != f.metadata.end() && fmt->second == kFormat, path,
+           ": not a SlotCon checkpoint (metadata 'format' is not '", kFormat, "')");
+  Checkpoint c;
+  c.info.epoch = parse_counter(f.metadata, "epoch", path);
+  c.info.step = parse_counter(f.metadata, "step", path);
+  auto cfg = f.metadata.find("config");
+  if (cfg != f.metadata.end()) c.info.config_json = cfg->second;
+  const std::string pre = kOptPrefix, suf = kOptSuffix;
+  for (auto& kv : f.tensors) {
+    const std::string& n = kv.first;
+    if (n.rfind(pre, 0) == 0 && n.size() > pre.size() + suf.size() &&
+        n.compare(n.size() - suf.size(), suf.size(), suf) == 0) {
+      c.optimizer[n.substr(pre.size(), n.size() - pre.size() - suf.size())] = kv.second;
+    } else {
+      c.model[n] = kv.second;
+    }
+  }
+  return c;
+}
+
+std::string checkpoint_path(const std::string& dir, int64_t epoch) {
+  char name[64];
+  std::snprintf(name, sizeof name, "ckpt_epoch_%04lld.safetensors", (long long)epoch);
+  return (std::filesystem::path(dir) / name).string();
+}
+
+std::string find_latest_checkpoint(const std::string& dir, std::vector<std::string>* warnings) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return "";
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("ckpt_epoch_", 0) == 0 && e.path().extension() == ".safetensors")
+      files.push_back(e.path().string());
+  }
+  std::sort(files.rbegin(), files.rend());  // zero-padded epochs: newest first
+  for (const std::string& f : files) {
+    try {
+      load_checkpoint(f);
+      return f;
+    } catch (const Error& e) {
+      if (warnings) warnings->push_back(str_cat("skipping unusable checkpoint: ", e.what()));
+    }
+  }
+  return "";
+}
+
+}  // namespace sc

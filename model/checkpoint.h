@@ -1,0 +1,45 @@
+// checkpoint.h: training checkpoints as safetensors files, written atomically.
+//
+// A checkpoint holds the model's state dict under its reference names (SLOTCON.md §10), the
+// optimizer's momentum buffers as "optimizer.<parameter name>.momentum_buffer", and in
+// "__metadata__": "format" = "slotcon-checkpoint-v1", "epoch" (epochs completed), "step"
+// (optimizer steps done), "config" (the run's JSON config). Files are named
+// ckpt_epoch_<EEEE>.safetensors (and "final.safetensors" / any path for explicit saves) and are
+// written with write_file_atomic (temp file, fsync, rename), so a run killed mid-save leaves the
+// previous checkpoint intact. Non-finite values are refused before anything is written.
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "engine/safetensors.h"
+
+namespace sc {
+
+struct CheckpointInfo {
+  int64_t epoch = 0;
+  int64_t step = 0;
+  std::string config_json;
+};
+
+struct Checkpoint {
+  CheckpointInfo info;
+  TensorMap model;                 // state-dict names
+  TensorMap optimizer;             // parameter name -> momentum buffer
+};
+
+// Throws sc::Error if any floating tensor holds NaN or Inf (naming the first such tensor).
+void check_finite(const NamedTensors& tensors, const std::string& what);
+
+void save_checkpoint(const std::string& path, const NamedTensors& model_state,
+                     const NamedTensors& optimizer_state, const CheckpointInfo& info);
+// Read and validate a checkpoint (format tag, counters); throws sc::Error naming the file.
+Checkpoint load_checkpoint(const std::string& path);
+
+// Path of the checkpoint for `epoch` in `dir`.
+std::string checkpoint_path(const std::string& dir, int64_t epoch);
+// The newest checkpoint in `dir` that loads; corrupt or truncated ones are skipped and reported
+// through `warnings`. Returns "" when there is none.
+std::string find_latest_checkpoint(const std::string& dir, std::vector<std::string>* warnings);
+
+}  // namespace sc
