@@ -1,0 +1,105 @@
+#include "model/slotcon.h"
+
+#include <unordered_map>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+
+namespace sc {
+
+int resnet_depth(const std::string& arch) {
+  if (arch == "resnet18") return 18;
+  if (arch == "resnet34") return 34;
+  if (arch == "resnet50") return 50;
+  throw Error(str_cat("unknown arch '", arch, "' (resnet18, resnet34 or resnet50)"));
+}
+
+Prototypes::Prototypes(int64_t K, int64_t D, Generator& gen, Device device) {
+  weight = register_parameter("weight", empty({K, D}, DType::F32, device));
+  init_normal_(weight, gen, 0.0, 1.0);
+}
+
+Grouping::Grouping(int64_t K, int64_t D, Generator& gen, Device device) {
+  slot_embed = register_module("slot_embed", std::make_shared<Prototypes>(K, D, gen, device));
+}
+
+SlotConModel::SlotConModel(const TrainConfig& cfg, Device device, uint64_t seed) : cfg_(cfg) {
+  Generator gen(seed);
+  const int depth = resnet_depth(cfg.arch);
+  encoder_q = register_module("encoder_q", std::make_shared<ResNet>(depth, gen, DType::F32, device));
+  encoder_k = register_module("encoder_k", std::make_shared<ResNet>(depth, gen, DType::F32, device));
+  const int64_t C = encoder_q->out_channels();
+  projector_q = register_module(
+      "projector_q",
+      std::make_shared<Projector>(C, cfg.dim_hidden, cfg.dim_out, gen, DType::F32, device));
+  projector_k = register_module(
+      "projector_k",
+      std::make_shared<Projector>(C, cfg.dim_hidden, cfg.dim_out, gen, DType::F32, device));
+  grouping_q = register_module(
+      "grouping_q", std::make_shared<Grouping>(cfg.num_prototypes, cfg.dim_out, gen, device));
+  grouping_k = register_module(
+      "grouping_k", std::make_shared<Grouping>(cfg.num_prototypes, cfg.dim_out, gen, device));
+  predictor_slot = register_module(
+      "predictor_slot", std::make_shared<SlotPredictor>(cfg.dim_out, cfg.dim_hidden, cfg.dim_out,
+                                                        gen, DType::F32, device));
+  center = register_buffer("center", zeros({1, cfg.num_prototypes}, DType::F32, device));
+  sync_teacher();
+  // The teacher is never optimised.
+  for (auto* m : {static_cast<Module*>(encoder_k.get()), static_cast<Module*>(projector_k.get()),
+                  static_cast<Module*>(grouping_k.get())})
+    for (auto& kv : m->named_parameters()) kv.second.set_requires_grad(false);
+}
+
+NamedTensors SlotConModel::student_parameters() const {
+  NamedTensors out;
+  for (const auto& kv : encoder_q->named_parameters("encoder_q.")) out.push_back(kv);
+  for (const auto& kv : projector_q->named_parameters("projector_q.")) out.push_back(kv);
+  for (const auto& kv : grouping_q->named_parameters("grouping_q.")) out.push_back(kv);
+  for (const auto& kv : predictor_slot->named_parameters("predictor_slot.")) out.push_back(kv);
+  return out;
+}
+
+std::vector<std::pair<Tensor, Tensor>> SlotConModel::ema_pairs() const {
+  std::vector<std::pair<Tensor, Tensor>> pairs;
+  auto add = [&](const Module& k, const Module& q) {
+    NamedTensors tk = k.named_parameters(), tq = q.named_parameters();
+    SC_CHECK(tk.size() == tq.size(), "teacher and student differ in parameter count");
+    for (size_t i = 0; i < tk.size(); ++i) {
+      SC_CHECK(tk[i].first == tq[i].first && tk[i].second.shape() == tq[i].second.shape(),
+               "teacher and student differ at ", tk[i].first);
+      pairs.emplace_back(tk[i].second, tq[i].second);
+    }
+  };
+  add(*encoder_k, *encoder_q);
+  add(*projector_k, *projector_q);
+  add(*grouping_k, *grouping_q);
+  return pairs;
+}
+
+void SlotConModel::momentum_update(double m) {
+  NoGradGuard ng;
+  for (auto& [k, q] : ema_pairs()) axpby_(k, m, q, 1.0 - m);
+}
+
+void SlotConModel::sync_teacher() {
+  NoGradGuard ng;
+  for (auto& [k, q] : ema_pairs()) copy_(k, q);
+  // BN running statistics start equal too (both are fresh: 0 / 1).
+}
+
+Tensor SlotConModel::assign_prototypes(const Tensor& images) {
+  NoGradGuard ng;
+  const bool was_training = encoder_k->is_training();
+  encoder_k->eval();
+  projector_k->eval();
+  Tensor x = projector_k->forward(encoder_k->forward(images));  // (B, D, h, w)
+  encoder_k->train(was_training);
+  projector_k->train(was_training);
+  const int64_t B = x.size(0), D = x.size(1), h = x.size(2), w = x.size(3);
+  Tensor xp = l2_normalize(reshape(permute(x, {0, 2, 3, 1}), {B * h * w, D}), 1);
+  Tensor p = l2_normalize(grouping_k->slot_embed->weight, 1);
+  Tensor dots = matmul(xp, transpose(p, 0, 1));  // (B*h*w, K)
+  return reshape(argmax(dots, 1), {B, h, w});
+}
+
+}  // namespace sc

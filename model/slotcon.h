@@ -1,0 +1,86 @@
+// slotcon.h: the SlotCon networks (SLOTCON.md §1) and one training step's loss (§2–§6).
+//
+// Module tree and names (= the reference module's state_dict(), §10):
+//   encoder_q, encoder_k         ResNet backbones (student, teacher)
+//   projector_q, projector_k     per-pixel projectors (mlp.0/1/3/4/6)
+//   grouping_q, grouping_k       prototypes: slot_embed.weight (K, D), init N(0, 1)
+//   predictor_slot               slot predictor (student only)
+//   center                       (1, K) running center of the teacher's scores
+// The teacher starts as a copy of the student and is only ever changed by momentum_update (and
+// its BatchNorm running statistics, which it updates in train mode like the authors' code).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/module.h"
+#include "model/heads.h"
+#include "model/resnet.h"
+#include "model/train_config.h"
+
+namespace sc {
+
+// (K, D) prototypes as a module so that the name is "<parent>.slot_embed.weight".
+class Prototypes : public Module {
+ public:
+  Prototypes(int64_t K, int64_t D, Generator& gen, Device device);
+  Tensor weight;
+};
+class Grouping : public Module {
+ public:
+  Grouping(int64_t K, int64_t D, Generator& gen, Device device);
+  std::shared_ptr<Prototypes> slot_embed;
+};
+
+// One batch of two views (SLOTCON.md §3, §7): crops (B, 3, S, S) float, coords (B, 4) F32
+// (x1, y1, x2, y2 of the overlap in the view's normalised coordinates), flags (B) U8 (flipped).
+struct TwoViewBatch {
+  Tensor crops[2];
+  Tensor coords[2];
+  Tensor flags[2];
+};
+
+struct StepLoss {
+  Tensor total;     // scalar, differentiable
+  double group = 0;     // parts, for logging
+  double contrast = 0;
+};
+
+class SlotConModel : public Module {
+ public:
+  SlotConModel(const TrainConfig& cfg, Device device, uint64_t seed);
+
+  // Parameters the optimizer updates (student: encoder_q, projector_q, grouping_q,
+  // predictor_slot), with their state-dict names.
+  NamedTensors student_parameters() const;
+  // θ_k ← m θ_k + (1 − m) θ_q for backbone, projector and prototypes (not BN statistics).
+  void momentum_update(double m);
+  // Copy the student's parameters into the teacher (at initialisation).
+  void sync_teacher();
+
+  // The loss of one step (§2–§5), teacher in train mode, and the center update (§4) as a side
+  // effect. compute_dtype: the activations' dtype (F32 on the CPU; BF16 / F16 on the GPU for
+  // mixed precision, parameters stay F32).
+  StepLoss forward(const TwoViewBatch& batch, DType compute_dtype = DType::F32);
+
+  // Arg-max prototype of every pixel of the teacher's projected map: (B, h, w) I64, for
+  // grouping scores. Runs the teacher in eval mode (running statistics), no grad.
+  Tensor assign_prototypes(const Tensor& images);
+
+  const TrainConfig& config() const { return cfg_; }
+
+  std::shared_ptr<ResNet> encoder_q, encoder_k;
+  std::shared_ptr<Projector> projector_q, projector_k;
+  std::shared_ptr<Grouping> grouping_q, grouping_k;
+  std::shared_ptr<SlotPredictor> predictor_slot;
+  Tensor center;
+
+ private:
+  // Pairs (teacher tensor, student tensor) updated by momentum_update.
+  std::vector<std::pair<Tensor, Tensor>> ema_pairs() const;
+  TrainConfig cfg_;
+};
+
+int resnet_depth(const std::string& arch);
+
+}  // namespace sc
