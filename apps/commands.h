@@ -11,6 +11,8 @@ using Args = std::vector<std::string>;
 
 int cmd_inspect(const Args& args);  // list the tensors of a safetensors file, or say why not
 int cmd_demo(const Args& args);     // the smallest end-to-end run of the engine
+int cmd_train(const Args& args);    // SlotCon pre-training on one device
+int cmd_export(const Args& args);   // the teacher backbone for torchvision / detectron2
 
 }  // namespace app
 }  // namespace sc

@@ -17,6 +17,9 @@ struct Command {
 const Command kCommands[] = {
     {"demo", sc::app::cmd_demo,
      "train a small classifier with the engine (autograd + SGD) on the GPU if present, else CPU"},
+    {"train", sc::app::cmd_train, "SlotCon pre-training on one device (GPU if present, else CPU)"},
+    {"export", sc::app::cmd_export,
+     "write the teacher backbone as torchvision- and detectron2-named safetensors"},
     {"inspect", sc::app::cmd_inspect, "list the tensors of a safetensors file, or say why not"},
 };
 

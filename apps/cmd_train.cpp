@@ -1,0 +1,383 @@
+// slotcon train: SlotCon pre-training on one device (SLOTCON.md §2–§7).
+//
+//   slotcon train [--config FILE] [--key value ...] [--resume FILE] [--no-auto-resume]
+//                 [--init FILE] [--batch-file FILE] [--steps N] [--score-images N]
+//
+// Every step: teacher EMA update (before its forward), the loss with the teacher in train mode,
+// backward, LARS or SGD, per-step lr (warm-up then cosine) and teacher momentum, the center
+// update. Progress every print_freq steps; metrics as JSON lines in output_dir/metrics.jsonl;
+// checkpoints every save_freq epochs and at the end (atomic); auto-resume from the newest good
+// checkpoint in output_dir.
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+
+#include "apps/commands.h"
+#include "data/loader.h"
+#include "data/scenes.h"
+#include "engine/autograd.h"
+#include "engine/cuda_runtime.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "engine/safetensors.h"
+#include "model/checkpoint.h"
+#include "model/grouping_score.h"
+#include "model/schedule.h"
+#include "model/slotcon.h"
+#include "model/train_config.h"
+
+namespace sc {
+namespace app {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+void train_usage() {
+  std::printf(
+      "usage: slotcon train [--config FILE] [--KEY VALUE ...] [options]\n\n"
+      "SlotCon pre-training on one device (the GPU if present, else the CPU).\n\n"
+      "options:\n"
+      "  --config FILE       JSON config (keys below); command-line keys override it\n"
+      "  --resume FILE       resume from this checkpoint\n"
+      "  --no-auto-resume    do not resume from the newest good checkpoint in output_dir\n"
+      "  --init FILE         initialise the model from a state file with the reference names\n"
+      "  --batch-file FILE   replay this recorded batch (crops.0/1, coords.0/1, flags.0/1) every\n"
+      "                      step instead of the loader\n"
+      "  --steps N           stop after N steps and write the full state to\n"
+      "                      output_dir/final.safetensors\n"
+      "  --score-images N    synthetic scenes used for the grouping score (default 64; 0: off)\n\n"
+      "config keys (--key value or --key=value; defaults are the authors' settings):\n%s",
+      config_help().c_str());
+}
+
+std::string fmt_time(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  char b[32];
+  const long t = long(s + 0.5);
+  if (t >= 3600)
+    std::snprintf(b, sizeof b, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  else
+    std::snprintf(b, sizeof b, "%ldm%02lds", t / 60, t % 60);
+  return b;
+}
+
+// Optimizer over the student's parameters, whichever kind the config names.
+struct Optimizer {
+  std::optional<LARS> lars;
+  std::optional<SGD> sgd;
+  void set_lr(double lr) { lars ? lars->set_lr(lr) : sgd->set_lr(lr); }
+  void step() { lars ? lars->step() : sgd->step(); }
+  void zero_grad() { lars ? lars->zero_grad() : sgd->zero_grad(); }
+  std::vector<Tensor>& state() { return lars ? lars->state() : sgd->state(); }
+};
+
+TwoViewBatch load_batch_file(const std::string& path, Device dev, DType dt) {
+  SafetensorsFile f = read_safetensors(path);
+  TwoViewBatch b;
+  for (int v = 0; v < 2; ++v) {
+    const std::string s = std::to_string(v);
+    for (const char* key : {"crops.", "coords.", "flags."})
+      SC_CHECK(f.tensors.count(key + s), path, ": batch file has no '", key, s, "'");
+    Tensor crops = f.tensors.at("crops." + s), coords = f.tensors.at("coords." + s),
+           flags = f.tensors.at("flags." + s);
+    SC_CHECK(crops.dim() == 4 && crops.size(1) == 3, path, ": crops.", s,
+             " must be (B, 3, S, S), got ", shape_str(crops.shape()));
+    const int64_t B = crops.size(0);
+    SC_CHECK(coords.shape() == Shape({B, 4}), path, ": coords.", s, " must be (", B, ", 4)");
+    SC_CHECK(flags.shape() == Shape({B}) && flags.dtype() == DType::U8, path, ": flags.", s,
+             " must be U8 (", B, ")");
+    b.crops[v] = cast(crops, dt).to(dev);
+    b.coords[v] = cast(coords, DType::F32).to(dev);
+    b.flags[v] = flags.to(dev);
+  }
+  return b;
+}
+
+struct Scorer {
+  data::SceneBatch scenes;
+  int64_t count = 0;
+  int size = 0;
+};
+
+double grouping_miou(SlotConModel& model, const Scorer& sc, Device dev) {
+  Tensor pred = model.assign_prototypes(sc.scenes.images.to(dev));  // (B, h, w)
+  const int64_t B = pred.size(0), h = pred.size(1), w = pred.size(2);
+  std::vector<double> pv = pred.to_vector();
+  std::vector<int64_t> protos(pv.begin(), pv.end());
+  std::vector<double> cm = sc.scenes.class_maps.to_vector();
+  std::vector<uint8_t> cmu(cm.begin(), cm.end());
+  std::vector<int> cls;
+  cls.reserve(size_t(B * h * w));
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<int> d = downsample_mode(cmu.data() + b * sc.size * sc.size, sc.size, sc.size,
+                                         int(w), int(h), data::kSceneClasses);
+    cls.insert(cls.end(), d.begin(), d.end());
+  }
+  return grouping_score(protos, cls, int(model.config().num_prototypes), data::kSceneClasses).miou;
+}
+
+}  // namespace
+
+int cmd_train(const Args& args_in) {
+  Args args = args_in;
+  TrainConfig cfg;
+  std::string resume, init, batch_file;
+  bool auto_resume = true;
+  int64_t steps_flag = -1, score_images = 64;
+  // --config first, so that command-line keys override the file whatever their order.
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--help" || args[i] == "-h") {
+      train_usage();
+      return 0;
+    }
+    if (args[i] == "--config") {
+      SC_CHECK(i + 1 < args.size(), "--config needs a file");
+      cfg = load_config_file(args[i + 1]);
+      args.erase(args.begin() + long(i), args.begin() + long(i) + 2);
+      break;
+    }
+  }
+  Args rest = apply_overrides(cfg, args);
+  for (size_t i = 0; i < rest.size(); ++i) {
+    const std::string& a = rest[i];
+    auto value = [&]() -> std::string {
+      SC_CHECK(i + 1 < rest.size(), "option ", a, " needs a value");
+      return rest[++i];
+    };
+    if (a == "--resume") resume = value();
+    else if (a == "--init") init = value();
+    else if (a == "--batch-file") batch_file = value();
+    else if (a == "--steps") steps_flag = std::stoll(value());
+    else if (a == "--score-images") score_images = std::stoll(value());
+    else if (a == "--no-auto-resume") auto_resume = false;
+    else {
+      std::fprintf(stderr, "slotcon train: unknown option '%s' (see --help)\n", a.c_str());
+      return 2;
+    }
+  }
+  if (steps_flag >= 0) cfg.max_steps = steps_flag;
+  if (!batch_file.empty() && cfg.dataset == "folder" && cfg.data_dir.empty())
+    cfg.dataset = "synthetic";  // the loader is not used
+  cfg.validate();
+
+  // ---- device and precision ----
+  Device dev = Device::cpu();
+  if (cfg.device == "cuda" || (cfg.device == "auto" && cuda_available())) {
+    SC_CHECK(cuda_available(), "device 'cuda' asked for, but no CUDA device is available");
+    dev = Device::cuda(0);
+  }
+  std::string precision = cfg.precision == "auto" ? (dev.is_cuda() ? "bf16" : "fp32") : cfg.precision;
+  SC_CHECK(dev.is_cuda() || precision == "fp32", "precision '", precision,
+           "' needs a GPU; the CPU trains in fp32");
+  SC_CHECK(precision != "fp16", "precision 'fp16' (dynamic loss scaling) is not implemented yet; "
+           "use bf16 or fp32");
+  const DType compute = precision == "bf16" ? DType::BF16 : DType::F32;
+
+  fs::create_directories(cfg.output_dir);
+  std::printf("slotcon train: %s on %s%s, precision %s, output %s\n", cfg.arch.c_str(),
+              dev.str().c_str(), dev.is_cuda() ? (" (" + cuda_device_name(0) + ")").c_str() : "",
+              precision.c_str(), cfg.output_dir.c_str());
+
+  // ---- model and optimizer ----
+  SlotConModel model(cfg, dev, cfg.seed);
+  model.train();
+  NamedTensors params = model.student_parameters();
+  std::vector<Tensor> ptensors;
+  for (auto& kv : params) ptensors.push_back(kv.second);
+  const double lr_peak = cfg.base_lr * double(cfg.batch_size) / 256.0;
+  Optimizer opt;
+  if (cfg.optimizer == "lars")
+    opt.lars.emplace(ptensors, LARSOptions{lr_peak, cfg.momentum, cfg.weight_decay, 0.001});
+  else
+    opt.sgd.emplace(ptensors, SGDOptions{lr_peak, cfg.momentum, cfg.weight_decay});
+
+  // ---- state: init, resume ----
+  int64_t step = 0;
+  if (!init.empty()) {
+    SafetensorsFile f = read_safetensors(init);
+    model.load_state_dict(f.tensors, /*strict=*/true, {"num_batches_tracked"});
+    std::printf("initialised from %s (%zu tensors)\n", init.c_str(), f.tensors.size());
+  }
+  if (resume.empty() && auto_resume) {
+    std::vector<std::string> warn;
+    resume = find_latest_checkpoint(cfg.output_dir, &warn);
+    for (auto& w : warn) std::printf("warning: %s\n", w.c_str());
+  }
+  if (!resume.empty()) {
+    Checkpoint c = load_checkpoint(resume);
+    model.load_state_dict(c.model, true, {"num_batches_tracked"});
+    std::vector<Tensor>& st = opt.state();
+    for (size_t i = 0; i < params.size(); ++i) {
+      auto it = c.optimizer.find(params[i].first);
+      if (it == c.optimizer.end()) continue;
+      st[i] = cast(it->second, params[i].second.dtype()).to(dev);
+    }
+    step = c.info.step;
+    std::printf("resumed from %s at step %lld (epoch %lld)\n", resume.c_str(),
+                (long long)c.info.step, (long long)c.info.epoch);
+  }
+
+  // ---- data: the loader's stream starts at the resumed position ----
+  std::unique_ptr<data::DataLoader> loader;
+  std::optional<TwoViewBatch> fixed;
+  int64_t steps_per_epoch = 1;
+  if (!batch_file.empty()) {
+    fixed = load_batch_file(batch_file, dev, compute);
+    std::printf("replaying the batch in %s every step (B = %lld)\n", batch_file.c_str(),
+                (long long)fixed->crops[0].size(0));
+  } else {
+    data::LoaderConfig lc;
+    lc.synthetic = cfg.dataset == "synthetic";
+    lc.data_dir = cfg.data_dir;
+    lc.synthetic_count = cfg.synthetic_images;
+    lc.synthetic_seed = cfg.seed;
+    lc.image_size = int(cfg.image_size);
+    lc.min_scale = cfg.min_scale;
+    lc.batch_size = int(cfg.batch_size);
+    lc.num_workers = int(cfg.num_workers);
+    lc.seed = cfg.seed;
+    lc.pin_memory = dev.is_cuda();
+    std::shared_ptr<const data::Dataset> dataset = data::make_dataset(lc);
+    steps_per_epoch = dataset->size() / lc.batch_size;  // one rank, drop_last
+    SC_CHECK(steps_per_epoch > 0, "the dataset has fewer images (", dataset->size(),
+             ") than one batch (", cfg.batch_size, ")");
+    lc.start_epoch = step / steps_per_epoch;
+    loader = std::make_unique<data::DataLoader>(dataset, lc);
+    SC_CHECK(loader->size() == steps_per_epoch, "loader batches per epoch disagree");
+    for (int64_t i = 0; i < step % steps_per_epoch; ++i) loader->next_batch();
+  }
+  const int64_t epoch_steps_total = cfg.epochs * steps_per_epoch;
+  const int64_t total_steps =
+      cfg.max_steps > 0 ? std::min(cfg.max_steps, epoch_steps_total) : epoch_steps_total;
+  const int64_t warmup_steps = int64_t(std::llround(cfg.warmup_epoch * double(steps_per_epoch)));
+
+  // ---- grouping score on held-out synthetic scenes ----
+  std::optional<Scorer> scorer;
+  if (cfg.dataset == "synthetic" && score_images > 0) {
+    Scorer s;
+    s.size = int(cfg.image_size);
+    s.count = score_images;
+    // scenes after the training set: never trained on
+    s.scenes = data::render_scene_batch(cfg.seed, cfg.synthetic_images, score_images, s.size);
+    scorer = std::move(s);
+    std::printf("grouping score (mIoU of arg-max prototypes vs scene classes) at step %lld: %.4f\n",
+                (long long)step, grouping_miou(model, *scorer, dev));
+  }
+
+  // ---- the loop ----
+  std::ofstream metrics(fs::path(cfg.output_dir) / "metrics.jsonl", std::ios::app);
+  std::printf("%lld steps (%lld per epoch), lr %.4g after %lld warm-up steps, batch %lld\n",
+              (long long)total_steps, (long long)steps_per_epoch, lr_peak, (long long)warmup_steps,
+              (long long)cfg.batch_size);
+  auto t_start = Clock::now();
+  auto t_last = t_start;
+  int64_t images_since = 0, first_step = step, skipped = 0;
+  double sum_loss = 0, sum_group = 0, sum_contrast = 0;
+  int64_t n_sum = 0;
+  auto save = [&](const std::string& path) {
+    NamedTensors opt_state;
+    for (size_t i = 0; i < params.size(); ++i)
+      if (opt.state()[i].defined()) opt_state.emplace_back(params[i].first, opt.state()[i]);
+    save_checkpoint(path, model.state_dict(), opt_state,
+                    {step / steps_per_epoch, step, cfg.to_json().dump()});
+    std::printf("saved %s\n", path.c_str());
+  };
+  while (step < total_steps) {
+    TwoViewBatch batch;
+    if (fixed) {
+      batch = *fixed;
+    } else {
+      data::Batch b = loader->next_batch();
+      for (int v = 0; v < 2; ++v) {
+        batch.crops[v] = cast(b.crops[v].to(dev), compute);
+        batch.coords[v] = b.coords[v].to(dev);
+        batch.flags[v] = b.flags[v].to(dev);
+      }
+    }
+    const int64_t B = batch.crops[0].size(0);
+    const double lr = lr_at(step, total_steps, warmup_steps, lr_peak, cfg.warmup_multiplier);
+    const double m = teacher_momentum_at(step, total_steps, cfg.teacher_momentum);
+    opt.set_lr(lr);
+    model.momentum_update(m);
+    StepLoss loss = model.forward(batch, compute);
+    const double total = loss.total.item();
+    if (!std::isfinite(total) || !std::isfinite(loss.group) || !std::isfinite(loss.contrast)) {
+      const char* part = !std::isfinite(loss.group) ? "group loss"
+                         : !std::isfinite(loss.contrast) ? "contrast loss" : "total loss";
+      if (cfg.nonfinite == "stop") {
+        std::fprintf(stderr,
+                     "slotcon train: the %s is not finite at step %lld (epoch %lld); stopping. "
+                     "No checkpoint was written for this step.\n",
+                     part, (long long)step, (long long)(step / steps_per_epoch));
+        return 1;
+      }
+      std::printf("warning: the %s is not finite at step %lld; skipping the step\n", part,
+                  (long long)step);
+      ++skipped;
+      ++step;
+      continue;
+    }
+    opt.zero_grad();
+    loss.total.backward();
+    opt.step();
+    ++step;
+    images_since += B;
+    sum_loss += total;
+    sum_group += loss.group;
+    sum_contrast += loss.contrast;
+    ++n_sum;
+    const bool epoch_end = step % steps_per_epoch == 0;
+    if (step % cfg.print_freq == 0 || step == total_steps || step == first_step + 1) {
+      auto now = Clock::now();
+      const double dt = std::chrono::duration<double>(now - t_last).count();
+      const double el = std::chrono::duration<double>(now - t_start).count();
+      const double ips = dt > 0 ? double(images_since) / dt : 0;
+      const double eta = el / double(step - first_step) * double(total_steps - step);
+      std::printf("epoch %lld step %lld/%lld  loss %.4f (group %.4f, contrast %.4f)  lr %.4g  "
+                  "m %.5f  %.1f img/s  eta %s\n",
+                  (long long)(step - 1) / steps_per_epoch, (long long)step, (long long)total_steps,
+                  sum_loss / n_sum, sum_group / n_sum, sum_contrast / n_sum, lr, m, ips,
+                  fmt_time(eta).c_str());
+      std::fflush(stdout);
+      nlohmann::json j = {{"epoch", (step - 1) / steps_per_epoch}, {"step", step},
+                          {"loss", sum_loss / n_sum}, {"group", sum_group / n_sum},
+                          {"contrast", sum_contrast / n_sum}, {"lr", lr}, {"momentum", m},
+                          {"images_per_s", ips}};
+      metrics << j.dump() << "\n";
+      metrics.flush();
+      t_last = now;
+      images_since = 0;
+      sum_loss = sum_group = sum_contrast = 0;
+      n_sum = 0;
+    }
+    if (epoch_end && !fixed) {
+      const int64_t epoch = step / steps_per_epoch;
+      if (epoch % cfg.save_freq == 0 || step == epoch_steps_total)
+        save(checkpoint_path(cfg.output_dir, epoch));
+    }
+  }
+  const double el = std::chrono::duration<double>(Clock::now() - t_start).count();
+  const std::string final_path = (fs::path(cfg.output_dir) / "final.safetensors").string();
+  save(final_path);
+  std::printf("done: %lld steps in %s (%lld skipped)\n", (long long)(step - first_step),
+              fmt_time(el).c_str(), (long long)skipped);
+  if (scorer)
+    std::printf("grouping score (mIoU) at step %lld: %.4f\n", (long long)step,
+                grouping_miou(model, *scorer, dev));
+  if (loader) {
+    data::LoaderStats ls = loader->stats();
+    if (ls.bad_files)
+      std::printf("skipped %lld unreadable files (first: %s)\n", (long long)ls.bad_files,
+                  ls.bad_examples.empty() ? "?" : ls.bad_examples[0].c_str());
+  }
+  return 0;
+}
+
+}  // namespace app
+}  // namespace sc
