@@ -43,10 +43,11 @@ TEST_CASE("view alignment: sample positions follow RoIAlign aligned=True") {
 
 TEST_CASE("view alignment: a point of the overlap lands on the same pixel in both views") {
   // Two views of one 1-D "image" of 100 pixels: view 1 shows [10, 70), view 2 shows [40, 100)
-  // flipped. Their overlap [40, 70) is (0.5, 1.0) in view 1 and, mirrored, (0.0, 0.5) in view 2.
+  // flipped. Their overlap [40, 70) is (0.5, 1.0) in view 1 and (0.0, 0.5) in view 2 before its
+  // flip, i.e. (1 - 0.5, 1 - 0.0) = (0.5, 1.0) in the flipped view's own coordinates.
   const int h = 1, w = 8;
   std::vector<double> M1 = roi_align_matrix(0.5, 0, 1.0, 1, false, h, w);
-  std::vector<double> M2 = roi_align_matrix(0.0, 0, 0.5, 1, true, h, w);
+  std::vector<double> M2 = roi_align_matrix(0.5, 0, 1.0, 1, true, h, w);
   // source x of view pixel q: view 1: 10 + (q + 0.5) * 60 / w; view 2 (flipped): 100 - (q + 0.5) * 60 / w
   for (int p = 0; p < w; ++p) {
     double s1 = 0, s2 = 0;
