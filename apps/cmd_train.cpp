@@ -252,6 +252,8 @@ int cmd_train(const Args& args_in) {
     SC_CHECK(loader->size() == steps_per_epoch, "loader batches per epoch disagree");
     for (int64_t i = 0; i < step % steps_per_epoch; ++i) loader->next_batch();
   }
+  // The schedules always span the whole planned run (epochs x steps per epoch); max_steps only
+  // stops early, so that a run stopped and resumed follows the same schedule.
   const int64_t epoch_steps_total = cfg.epochs * steps_per_epoch;
   const int64_t total_steps =
       cfg.max_steps > 0 ? std::min(cfg.max_steps, epoch_steps_total) : epoch_steps_total;
@@ -301,8 +303,9 @@ int cmd_train(const Args& args_in) {
       }
     }
     const int64_t B = batch.crops[0].size(0);
-    const double lr = lr_at(step, total_steps, warmup_steps, lr_peak, cfg.warmup_multiplier);
-    const double m = teacher_momentum_at(step, total_steps, cfg.teacher_momentum);
+    const double lr =
+        lr_at(step, epoch_steps_total, warmup_steps, lr_peak, cfg.warmup_multiplier);
+    const double m = teacher_momentum_at(step, epoch_steps_total, cfg.teacher_momentum);
     opt.set_lr(lr);
     model.momentum_update(m);
     StepLoss loss = model.forward(batch, compute);

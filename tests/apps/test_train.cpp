@@ -1,0 +1,162 @@
+// `slotcon train` end to end on the CPU with a tiny model: a few steps, loss falling on a
+// repeated batch, resume equivalence (bitwise), a corrupt checkpoint, config errors and a
+// non-finite loss. Each run takes a few seconds.
+#include <sys/wait.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "data/loader.h"
+#include "engine/ops.h"
+#include "engine/safetensors.h"
+
+using namespace sc;
+namespace fs = std::filesystem;
+
+namespace {
+struct Run {
+  int status = -1;
+  std::string out;
+  int code() const { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
+};
+Run run(const std::string& args) {
+  std::string cmd = std::string(SLOTCON_BINARY_DIR) + "/apps/slotcon " + args + " 2>&1";
+  Run r;
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) r.out.append(buf, n);
+  r.status = pclose(p);
+  return r;
+}
+std::string dir(const std::string& name) {
+  fs::path d = fs::path(SLOTCON_BINARY_DIR) / "test_tmp" / name;
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d.string();
+}
+const std::string kTiny =
+    "train --dataset synthetic --arch resnet18 --dim_hidden 32 --dim_out 16 --num_prototypes 8 "
+    "--image_size 64 --batch_size 4 --synthetic_images 8 --num_workers 1 --warmup_epoch 0 "
+    "--print_freq 1 --score-images 0 --epochs 10 ";
+std::vector<nlohmann::json> metrics(const std::string& d) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(d + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+}  // namespace
+
+TEST_CASE("train: a few CPU steps, then a resumed run reproduces the uninterrupted one bitwise") {
+  std::string a = dir("train_a"), b = dir("train_b");
+  Run ra = run(kTiny + "--steps 4 --no-auto-resume --output_dir " + a);
+  INFO(ra.out);
+  REQUIRE(ra.code() == 0);
+  CHECK(ra.out.find("eta") != std::string::npos);
+  auto ma = metrics(a);
+  REQUIRE(ma.size() == 4);
+  for (auto& m : ma) CHECK(std::isfinite(m["loss"].get<double>()));
+  Run rb1 = run(kTiny + "--steps 2 --no-auto-resume --output_dir " + b);
+  INFO(rb1.out);
+  REQUIRE(rb1.code() == 0);
+  Run rb2 = run(kTiny + "--steps 4 --resume " + b + "/final.safetensors --output_dir " + b);
+  INFO(rb2.out);
+  REQUIRE(rb2.code() == 0);
+  CHECK(rb2.out.find("resumed from") != std::string::npos);
+  SafetensorsFile fa = read_safetensors(a + "/final.safetensors");
+  SafetensorsFile fb = read_safetensors(b + "/final.safetensors");
+  REQUIRE(fa.tensors.size() == fb.tensors.size());
+  for (auto& kv : fa.tensors) {
+    INFO(kv.first);
+    REQUIRE(fb.tensors.count(kv.first) == 1);
+    CHECK(compare(kv.second, fb.tensors.at(kv.first), 0, 0).max_abs == 0);
+  }
+  CHECK(fa.metadata.at("step") == "4");
+  // the teacher backbone exports for torchvision and detectron2
+  Run ex = run("export " + a + "/final.safetensors --out " + a + "/export");
+  INFO(ex.out);
+  REQUIRE(ex.code() == 0);
+  SafetensorsFile tv = read_safetensors(a + "/export/backbone_torchvision.safetensors");
+  CHECK(tv.tensors.count("layer4.1.bn2.running_var") == 1);
+  CHECK(tv.tensors.count("fc.weight") == 0);
+  SafetensorsFile d2 = read_safetensors(a + "/export/backbone_detectron2.safetensors");
+  CHECK(d2.tensors.count("res5.1.conv2.norm.running_var") == 1);
+  CHECK(compare(tv.tensors.at("conv1.weight"), fa.tensors.at("encoder_k.conv1.weight"), 0, 0)
+            .max_abs == 0);
+}
+
+TEST_CASE("train: the loss falls on a repeated batch") {
+  std::string d = dir("train_repeat");
+  data::LoaderConfig lc;
+  lc.synthetic = true;
+  lc.synthetic_count = 8;
+  lc.image_size = 64;
+  lc.batch_size = 8;
+  lc.num_workers = 0;
+  data::DataLoader loader(lc);
+  data::Batch b = loader.next_batch();
+  TensorMap t;
+  for (int v = 0; v < 2; ++v) {
+    t["crops." + std::to_string(v)] = b.crops[v];
+    t["coords." + std::to_string(v)] = b.coords[v];
+    t["flags." + std::to_string(v)] = b.flags[v];
+  }
+  write_safetensors(d + "/batch.safetensors", t);
+  Run r = run(kTiny + "--steps 30 --no-auto-resume --optimizer sgd --base_lr 0.5 --batch-file " +
+              d + "/batch.safetensors --output_dir " + d);
+  INFO(r.out);
+  REQUIRE(r.code() == 0);
+  auto m = metrics(d);
+  REQUIRE(m.size() == 30);
+  double first = 0, last = 0;
+  for (int i = 0; i < 5; ++i) first += m[size_t(i)]["loss"].get<double>() / 5;
+  for (int i = 25; i < 30; ++i) last += m[size_t(i)]["loss"].get<double>() / 5;
+  CHECK(last < first);
+}
+
+TEST_CASE("train: a corrupt newest checkpoint is reported and the previous one is used") {
+  std::string d = dir("train_corrupt");
+  Run r1 = run(kTiny + "--epochs 2 --save_freq 1 --no-auto-resume --output_dir " + d);
+  INFO(r1.out);
+  REQUIRE(r1.code() == 0);
+  std::string c2 = d + "/ckpt_epoch_0002.safetensors";
+  REQUIRE(fs::exists(d + "/ckpt_epoch_0001.safetensors"));
+  REQUIRE(fs::exists(c2));
+  fs::resize_file(c2, fs::file_size(c2) / 3);
+  Run r2 = run(kTiny + "--epochs 3 --save_freq 1 --output_dir " + d);
+  INFO(r2.out);
+  REQUIRE(r2.code() == 0);
+  CHECK(r2.out.find("skipping unusable checkpoint") != std::string::npos);
+  CHECK(r2.out.find("resumed from " + d + "/ckpt_epoch_0001.safetensors at step 2") !=
+        std::string::npos);
+}
+
+TEST_CASE("train: config errors and a non-finite loss stop with a message") {
+  std::string d = dir("train_errors");
+  std::ofstream(d + "/bad.json") << "{\"epochs\": 3, \"learning_rate\": 0.1}";
+  Run unknown = run("train --config " + d + "/bad.json");
+  CHECK(unknown.code() == 1);
+  CHECK(unknown.out.find("unknown config key 'learning_rate'") != std::string::npos);
+  Run type = run("train --dataset synthetic --batch_size four");
+  CHECK(type.code() == 1);
+  CHECK(type.out.find("integer") != std::string::npos);
+  Run opt = run("train --bogus-flag");
+  CHECK(opt.code() == 2);
+  Run help = run("train --help");
+  CHECK(help.code() == 0);
+  CHECK(help.out.find("--num_prototypes") != std::string::npos);
+  // a temperature so small that the scores overflow: the run stops at step 0, naming the part
+  std::string nf = dir("train_nonfinite");
+  Run r = run(kTiny + "--teacher_temp 1e-300 --no-auto-resume --output_dir " + nf);
+  INFO(r.out);
+  CHECK(r.code() == 1);
+  CHECK(r.out.find("not finite at step 0") != std::string::npos);
+  for (auto& e : fs::directory_iterator(nf))
+    CHECK(e.path().extension() != ".safetensors");
+}
