@@ -1,0 +1,74 @@
+// nn_ops.h: the convolutional-network ops of the engine (front door, like ops.h): convolution,
+// batch normalisation (1-D and 2-D, with fused residual add and activation, and a row mask),
+// max pooling and the fused residual add + ReLU.
+//
+// Every function checks its arguments and throws sc::Error naming the op, allocates its outputs,
+// dispatches by device to the kernels in kernels/ (CPU: the references, F32 / F64; CUDA: cuDNN
+// for the convolutions and the hand-written kernels, F32 / F64 / BF16 / F16 with float
+// accumulation), and records its backward with record_op.
+//
+// Layouts: 4-D activations may be NCHW (contiguous) or NHWC (MemoryFormat::ChannelsLast); any
+// other strides are first made contiguous. Outputs keep the input's layout. A 4-D tensor that is
+// both (C == 1 or H == W == 1) is treated as NCHW.
+// See docs/nn_ops.md for the maths, the mask semantics and the statistics API.
+#pragma once
+#include <functional>
+
+#include "engine/tensor.h"
+#include "kernels/batch_norm.h"  // sc::Act
+
+namespace sc {
+
+// ---- convolution ----
+// x (N, C, H, W), w (K, C, R, S), bias (K) or undefined -> (N, K, OH, OW); groups 1, dilation 1.
+// All of x, w, bias share device and dtype. On CUDA with NHWC input the weight is used in
+// channels-last layout (converted, differentiably, when it is not already: keep weights
+// channels-last to avoid the copy). cuDNN algorithms are chosen by benchmarking once per
+// (shape, layout, dtype, device) and cached; workspaces come from the engine's allocator.
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor(), int64_t stride = 1,
+              int64_t padding = 0);
+// Allow TF32 tensor cores for F32 convolutions on CUDA (default off: exact FMA maths).
+// Changing it affects plans built afterwards only.
+void set_conv_allow_tf32(bool on);
+bool conv_allow_tf32();
+// Forget every cached cuDNN plan (e.g. before a benchmark that wants a cold start).
+void clear_conv_plans();
+
+// ---- batch normalisation ----
+struct BatchNormOptions {
+  bool training = true;   // batch statistics (and running-statistics update) vs running ones
+  double momentum = 0.1;  // PyTorch's convention: running = (1 - m) running + m batch
+  double eps = 1e-5;
+  Act act = Act::None;  // fused activation applied after the (optional) residual add
+  Tensor residual;      // optional, same shape / dtype / device as x, added before act
+  Tensor row_mask;      // optional U8 (N) for 2-D x only: statistics from selected rows
+  // Distributed hooks (optional). reduce_stats is called with the F64 tensor of the batch
+  // statistics, shape (2C + 1) = [sum x (C), sum x^2 (C), count], after the local stats pass and
+  // before they are used; it may replace the values in place (e.g. an all-reduce sum over ranks).
+  // reduce_grad_sums is called in backward with the F64 tensor (2C) = [sum dz (C),
+  // sum dz * xhat (C)] before dx is formed. Training mode only.
+  std::function<void(Tensor&)> reduce_stats;
+  std::function<void(Tensor&)> reduce_grad_sums;
+};
+// x (N, C), (N, C, L) or (N, C, H, W). weight / bias (C) may be undefined (1 / 0). running_mean /
+// running_var (C) may be undefined in training mode (not tracked); when defined they are updated
+// in place in training mode (no autograd). Parameter dtype: F32 for BF16 / F16 activations (CUDA
+// only), the activations' dtype otherwise. Returns act(bn(x) + residual).
+// Mask semantics (see kernels/batch_norm.h): unselected rows get outputs normalised with the
+// selected rows' statistics, but their dL/dy is ignored and their dL/dx (and dL/dresidual) is 0.
+Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                  const Tensor& running_mean, const Tensor& running_var,
+                  const BatchNormOptions& opt = {});
+
+// The statistics pass alone (not recorded): F64 (2C + 1) = [sum x, sum x^2, count] of x over the
+// selected rows (row_mask as above), on x's device. For callers that synchronise statistics
+// themselves; batch_norm's reduce_stats hook is the usual way.
+Tensor batch_norm_stats(const Tensor& x, const Tensor& row_mask = Tensor());
+
+// ---- pooling and elementwise ----
+// Max pooling (N, C, H, W) -> (N, C, OH, OW); padding reads -inf; gradient to the first maximum.
+Tensor max_pool2d(const Tensor& x, int64_t kernel = 3, int64_t stride = 2, int64_t padding = 1);
+// relu(a + b), a and b of the same shape, dtype and device (the residual join of a block).
+Tensor add_relu(const Tensor& a, const Tensor& b);
+
+}  // namespace sc

@@ -1,0 +1,451 @@
+// batch_norm.cu: CUDA batch-norm passes and the fused add + ReLU (see batch_norm.h).
+//
+// Reductions (stats, grad sums) come in two shapes:
+//   rows   (inner == 1: NHWC and BN1d): x (rows, C) row-major, block (32, 8): threadIdx.x walks 32
+//          adjacent channels (coalesced), threadIdx.y and gridDim.y stride over rows;
+//   planar (inner > 1: NCHW): block per (channel, slice of the outer*inner elements).
+// Each thread sums in float (double for F64), each block combines its threads in double and adds
+// to the output with double atomics (the outputs are zeroed first on the stream).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "kernels/batch_norm.h"
+#include "kernels/check.h"
+
+namespace sc {
+namespace {
+
+template <class T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+__device__ __forceinline__ float load_acc(const float* p) { return *p; }
+__device__ __forceinline__ double load_acc(const double* p) { return *p; }
+__device__ __forceinline__ float load_acc(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float load_acc(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(double* p, double v) { *p = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half(v); }
+
+template <class A>
+__device__ __forceinline__ A act_fwd(Act a, A z) {
+  if (a == Act::Relu) return z > A(0) ? z : A(0);
+  if (a == Act::Gelu) return A(0.5) * z * (A(1) + erf(z * A(0.70710678118654752)));
+  return z;
+}
+template <class A>
+__device__ __forceinline__ A act_grad(Act a, A z) {
+  if (a == Act::Relu) return z > A(0) ? A(1) : A(0);
+  if (a == Act::Gelu) {
+    const A cdf = A(0.5) * (A(1) + erf(z * A(0.70710678118654752)));
+    return cdf + z * exp(A(-0.5) * z * z) * A(0.39894228040143268);
+  }
+  return A(1);
+}
+
+int grid_for(int64_t n, int threads, int64_t max_blocks = 65536) {
+  return int(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, max_blocks)));
+}
+
+// Per-channel constants read by the element kernels (in the accumulation type).
+template <class A, class P>
+struct ChannelParams {
+  const double* save;  // mean (C), invstd (C)
+  const P* gamma;      // may be null
+  const P* beta;       // may be null
+  int64_t C;
+  __device__ __forceinline__ A mean(int64_t c) const { return A(save[c]); }
+  __device__ __forceinline__ A invstd(int64_t c) const { return A(save[C + c]); }
+  __device__ __forceinline__ A g(int64_t c) const { return gamma ? A(gamma[c]) : A(1); }
+  __device__ __forceinline__ A b(int64_t c) const { return beta ? A(beta[c]) : A(0); }
+};
+
+// ---- the two per-element pair functions that the reductions sum ----
+template <class T>
+struct StatsOp {
+  using A = typename AccOf<T>::type;
+  const T* x;
+  __device__ __forceinline__ void operator()(int64_t i, int64_t, A& s0, A& s1) const {
+    const A v = load_acc(x + i);
+    s0 += v;
+    s1 += v * v;
+  }
+};
+
+template <class T, class P>
+struct GradOp {
+  using A = typename AccOf<T>::type;
+  const T* dy;
+  const T* x;
+  const T* residual;
+  Act act;
+  ChannelParams<A, P> cp;
+  __device__ __forceinline__ void operator()(int64_t i, int64_t c, A& s0, A& s1) const {
+    const A xhat = (load_acc(x + i) - cp.mean(c)) * cp.invstd(c);
+    A dz = load_acc(dy + i);
+    if (act != Act::None) {
+      A z = xhat * cp.g(c) + cp.b(c);
+      if (residual) z += load_acc(residual + i);
+      dz *= act_grad(act, z);
+    }
+    s0 += dz;
+    s1 += dz * xhat;
+  }
+};
+
+// out[c] += sum, out[C + c] += sum of the second component; count (if non-null) += selected
+// rows * inner, computed by the blocks with blockIdx.x == 0.
+template <class Op>
+__global__ void reduce_rows_kernel(int64_t rows, int64_t C, const uint8_t* mask, Op op, double* out,
+                                   double* count) {
+  using A = typename Op::A;
+  __shared__ double part0[8][33], part1[8][33];
+  __shared__ double rows_part[8][33];
+  const int64_t c = blockIdx.x * 32 + threadIdx.x;
+  A s0 = 0, s1 = 0;
+  int64_t nrows = 0;
+  for (int64_t r = blockIdx.y * 8 + threadIdx.y; r < rows; r += int64_t(gridDim.y) * 8) {
+    if (mask && !mask[r]) continue;
+    ++nrows;
+    if (c < C) op(r * C + c, c, s0, s1);
+  }
+  part0[threadIdx.y][threadIdx.x] = double(s0);
+  part1[threadIdx.y][threadIdx.x] = double(s1);
+  rows_part[threadIdx.y][threadIdx.x] = double(nrows);
+  __syncthreads();
+  if (threadIdx.y == 0) {
+    double a = 0, b = 0, n = 0;
+    for (int k = 0; k < 8; ++k) {
+      a += part0[k][threadIdx.x];
+      b += part1[k][threadIdx.x];
+      n += rows_part[k][threadIdx.x];
+    }
+    if (c < C) {
+      atomicAdd(out + c, a);
+      atomicAdd(out + C + c, b);
+    }
+    if (count && blockIdx.x == 0 && threadIdx.x == 0) atomicAdd(count, n);
+  }
+}
+
+template <class Op>
+__global__ void reduce_planar_kernel(int64_t outer, int64_t C, int64_t inner, Op op, double* out,
+                                     double* count) {
+  using A = typename Op::A;
+  __shared__ double part0[256], part1[256];
+  const int64_t c = blockIdx.x;
+  const int64_t total = outer * inner;
+  A s0 = 0, s1 = 0;
+  for (int64_t j = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; j < total;
+       j += int64_t(gridDim.y) * blockDim.x) {
+    const int64_t o = j / inner, i = j - o * inner;
+    op((o * C + c) * inner + i, c, s0, s1);
+  }
+  part0[threadIdx.x] = double(s0);
+  part1[threadIdx.x] = double(s1);
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (int(threadIdx.x) < s) {
+      part0[threadIdx.x] += part0[threadIdx.x + s];
+      part1[threadIdx.x] += part1[threadIdx.x + s];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    atomicAdd(out + c, part0[0]);
+    atomicAdd(out + C + c, part1[0]);
+  }
+  if (count && c == 0 && blockIdx.y == 0 && threadIdx.x == 0) *count = double(total);
+}
+
+template <class Op>
+void launch_reduce(const BnGeom& g, const uint8_t* mask, const Op& op, double* out, double* count,
+                   size_t zero_doubles, cudaStream_t stream, const char* what) {
+  if (cudaMemsetAsync(out, 0, zero_doubles * sizeof(double), stream) != cudaSuccess)
+    kernels::fail(what, "cudaMemsetAsync failed");
+  const int64_t C = g.C;
+  if (g.inner == 1) {
+    const int64_t cx = (C + 31) / 32;
+    const int64_t ry = std::max<int64_t>(1, std::min<int64_t>((g.outer + 7) / 8, 1024 / cx + 1));
+    reduce_rows_kernel<Op><<<dim3(unsigned(cx), unsigned(ry)), dim3(32, 8), 0, stream>>>(
+        g.outer, C, mask, op, out, count);
+  } else {
+    SC_KERNEL_REQUIRE(mask == nullptr, what, "a row mask needs inner == 1 (BN1d)");
+    const int64_t per = g.outer * g.inner;
+    const int64_t sy = std::max<int64_t>(1, std::min<int64_t>((per + 255) / 256, 2048 / C + 1));
+    reduce_planar_kernel<Op>
+        <<<dim3(unsigned(C), unsigned(sy)), 256, 0, stream>>>(g.outer, C, g.inner, op, out, count);
+  }
+  SC_KERNEL_LAUNCH_CHECK(what);
+}
+
+template <class P>
+__global__ void finalize_kernel(int64_t C, const double* stats, P* running_mean, P* running_var,
+                                bool training, double momentum, double eps, double* save) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  double mean, var;
+  if (training) {
+    const double n = stats[2 * C];
+    mean = n > 0 ? stats[c] / n : 0.0;
+    var = n > 0 ? fmax(stats[C + c] / n - mean * mean, 0.0) : 0.0;
+    if (n > 0 && running_mean && running_var) {
+      const double unbiased = n > 1 ? var * n / (n - 1) : var;
+      running_mean[c] = P((1 - momentum) * double(running_mean[c]) + momentum * mean);
+      running_var[c] = P((1 - momentum) * double(running_var[c]) + momentum * unbiased);
+    }
+  } else {
+    mean = double(running_mean[c]);
+    var = double(running_var[c]);
+  }
+  save[c] = mean;
+  save[C + c] = 1.0 / sqrt(var + eps);
+}
+
+template <class T, class P>
+__global__ void apply_kernel(int64_t n, int64_t C, int64_t inner, const T* x,
+                             ChannelParams<typename AccOf<T>::type, P> cp, const T* residual,
+                             Act act, T* y) {
+  using A = typename AccOf<T>::type;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = inner == 1 ? i % C : (i / inner) % C;
+    const A scale = cp.g(c) * cp.invstd(c);
+    A z = (load_acc(x + i) - cp.mean(c)) * scale + cp.b(c);
+    if (residual) z += load_acc(residual + i);
+    store(y + i, act_fwd(act, z));
+  }
+}
+
+template <class T, class P>
+__global__ void grad_apply_kernel(int64_t n, int64_t C, int64_t inner, const T* dy, const T* x,
+                                  ChannelParams<typename AccOf<T>::type, P> cp, const T* residual,
+                                  Act act, const uint8_t* mask, const double* gsum,
+                                  const double* count, bool training, T* dx, T* dresidual) {
+  using A = typename AccOf<T>::type;
+  const double cnt = training ? *count : 0.0;
+  const A inv_n = cnt > 0 ? A(1.0 / cnt) : A(0);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t q = inner == 1 ? i / C : i / inner;  // q = o * C + c (inner > 1) or o
+    const int64_t c = inner == 1 ? i - q * C : q % C;
+    const bool sel = mask == nullptr || mask[inner == 1 ? q : q / C];
+    const A invstd = cp.invstd(c), gm = cp.g(c);
+    const A xhat = (load_acc(x + i) - cp.mean(c)) * invstd;
+    A dz = load_acc(dy + i);
+    if (act != Act::None) {
+      A z = xhat * gm + cp.b(c);
+      if (residual) z += load_acc(residual + i);
+      dz *= act_grad(act, z);
+    }
+    if (dresidual) store(dresidual + i, sel ? dz : A(0));
+    A d = 0;
+    if (sel) {
+      if (training)
+        d = gm * invstd * (dz - A(gsum[c]) * inv_n - xhat * A(gsum[C + c]) * inv_n);
+      else
+        d = gm * invstd * dz;
+    }
+    store(dx + i, d);
+  }
+}
+
+template <class P>
+__global__ void param_grads_kernel(int64_t C, const double* gsum, P* dgamma, P* dbeta) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  if (dgamma) dgamma[c] = P(double(dgamma[c]) + gsum[C + c]);
+  if (dbeta) dbeta[c] = P(double(dbeta[c]) + gsum[c]);
+}
+
+template <class T>
+__global__ void add_relu_kernel(int64_t n, const T* a, const T* b, T* y) {
+  using A = typename AccOf<T>::type;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const A z = load_acc(a + i) + load_acc(b + i);
+    store(y + i, z > A(0) ? z : A(0));
+  }
+}
+
+template <class T>
+__global__ void add_relu_backward_kernel(int64_t n, const T* dy, const T* y, T* dab) {
+  using A = typename AccOf<T>::type;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    store(dab + i, load_acc(y + i) > A(0) ? load_acc(dy + i) : A(0));
+}
+
+// Dispatch on the activation dtype; P follows (double for F64, float otherwise).
+template <class F>
+void dispatch(DType x_dtype, DType p_dtype, const char* what, F&& f) {
+  const bool ok_p = (x_dtype == DType::F64) == (p_dtype == DType::F64) &&
+                    (p_dtype == DType::F64 || p_dtype == DType::F32);
+  SC_KERNEL_REQUIRE(ok_p, what, "parameters must be F64 for F64 activations and F32 otherwise");
+  switch (x_dtype) {
+    case DType::F32:
+      f(float{}, float{});
+      break;
+    case DType::F64:
+      f(double{}, double{});
+      break;
+    case DType::BF16:
+      f(__nv_bfloat16{}, float{});
+      break;
+    case DType::F16:
+      f(__half{}, float{});
+      break;
+    default:
+      kernels::fail(what, "unsupported activation dtype");
+  }
+}
+
+}  // namespace
+
+void batch_norm_stats_cuda(DType x_dtype, const BnGeom& g, const void* x, const uint8_t* mask,
+                           double* stats, cudaStream_t stream) {
+  const DType p = x_dtype == DType::F64 ? DType::F64 : DType::F32;
+  dispatch(x_dtype, p, "batch_norm_stats_cuda", [&](auto tv, auto) {
+    using T = decltype(tv);
+    StatsOp<T> op{static_cast<const T*>(x)};
+    launch_reduce(g, mask, op, stats, stats + 2 * g.C, size_t(2 * g.C + 1), stream,
+                  "batch_norm_stats_cuda");
+  });
+}
+
+void batch_norm_finalize_cuda(DType p_dtype, int64_t C, const double* stats, void* running_mean,
+                              void* running_var, bool training, double momentum, double eps,
+                              double* save, cudaStream_t stream) {
+  if (p_dtype == DType::F64)
+    finalize_kernel<double><<<grid_for(C, 256), 256, 0, stream>>>(
+        C, stats, (double*)running_mean, (double*)running_var, training, momentum, eps, save);
+  else if (p_dtype == DType::F32)
+    finalize_kernel<float><<<grid_for(C, 256), 256, 0, stream>>>(
+        C, stats, (float*)running_mean, (float*)running_var, training, momentum, eps, save);
+  else
+    kernels::fail("batch_norm_finalize_cuda", "parameters must be F32 or F64");
+  SC_KERNEL_LAUNCH_CHECK("batch_norm_finalize_cuda");
+}
+
+void batch_norm_apply_cuda(DType x_dtype, DType p_dtype, const BnGeom& g, const void* x,
+                           const double* save, const void* gamma, const void* beta,
+                           const void* residual, Act act, void* y, cudaStream_t stream) {
+  dispatch(x_dtype, p_dtype, "batch_norm_apply_cuda", [&](auto tv, auto pv) {
+    using T = decltype(tv);
+    using P = decltype(pv);
+    using A = typename AccOf<T>::type;
+    ChannelParams<A, P> cp{save, (const P*)gamma, (const P*)beta, g.C};
+    const int64_t n = g.numel();
+    apply_kernel<T, P><<<grid_for(n, 256), 256, 0, stream>>>(n, g.C, g.inner, (const T*)x, cp,
+                                                             (const T*)residual, act, (T*)y);
+  });
+  SC_KERNEL_LAUNCH_CHECK("batch_norm_apply_cuda");
+}
+
+void batch_norm_grad_sums_cuda(DType x_dtype, DType p_dtype, const BnGeom& g, const void* dy,
+                               const void* x, const double* save, const void* gamma,
+                               const void* beta, const void* residual, Act act, const uint8_t* mask,
+                               double* gsum, cudaStream_t stream) {
+  dispatch(x_dtype, p_dtype, "batch_norm_grad_sums_cuda", [&](auto tv, auto pv) {
+    using T = decltype(tv);
+    using P = decltype(pv);
+    using A = typename AccOf<T>::type;
+    GradOp<T, P> op{(const T*)dy, (const T*)x, (const T*)residual, act,
+                    ChannelParams<A, P>{save, (const P*)gamma, (const P*)beta, g.C}};
+    launch_reduce(g, mask, op, gsum, nullptr, size_t(2 * g.C), stream, "batch_norm_grad_sums_cuda");
+  });
+}
+
+void batch_norm_grad_apply_cuda(DType x_dtype, DType p_dtype, const BnGeom& g, const void* dy,
+                                const void* x, const double* save, const void* gamma,
+                                const void* beta, const void* residual, Act act,
+                                const uint8_t* mask, const double* gsum, const double* count_dev,
+                                bool training, void* dx, void* dresidual, cudaStream_t stream) {
+  SC_KERNEL_REQUIRE(mask == nullptr || g.inner == 1, "batch_norm_grad_apply_cuda",
+                    "a row mask needs inner == 1 (BN1d)");
+  SC_KERNEL_REQUIRE(!training || count_dev != nullptr, "batch_norm_grad_apply_cuda",
+                    "training mode needs the forward count");
+  dispatch(x_dtype, p_dtype, "batch_norm_grad_apply_cuda", [&](auto tv, auto pv) {
+    using T = decltype(tv);
+    using P = decltype(pv);
+    using A = typename AccOf<T>::type;
+    ChannelParams<A, P> cp{save, (const P*)gamma, (const P*)beta, g.C};
+    const int64_t n = g.numel();
+    grad_apply_kernel<T, P><<<grid_for(n, 256), 256, 0, stream>>>(
+        n, g.C, g.inner, (const T*)dy, (const T*)x, cp, (const T*)residual, act, mask, gsum,
+        count_dev, training, (T*)dx, (T*)dresidual);
+  });
+  SC_KERNEL_LAUNCH_CHECK("batch_norm_grad_apply_cuda");
+}
+
+void batch_norm_param_grads_cuda(DType p_dtype, int64_t C, const double* gsum, void* dgamma,
+                                 void* dbeta, cudaStream_t stream) {
+  if (p_dtype == DType::F64)
+    param_grads_kernel<double>
+        <<<grid_for(C, 256), 256, 0, stream>>>(C, gsum, (double*)dgamma, (double*)dbeta);
+  else if (p_dtype == DType::F32)
+    param_grads_kernel<float>
+        <<<grid_for(C, 256), 256, 0, stream>>>(C, gsum, (float*)dgamma, (float*)dbeta);
+  else
+    kernels::fail("batch_norm_param_grads_cuda", "parameters must be F32 or F64");
+  SC_KERNEL_LAUNCH_CHECK("batch_norm_param_grads_cuda");
+}
+
+void add_relu_cuda(DType dtype, int64_t n, const void* a, const void* b, void* y,
+                   cudaStream_t stream) {
+  const int grid = grid_for(n, 256);
+  switch (dtype) {
+    case DType::F32:
+      add_relu_kernel<<<grid, 256, 0, stream>>>(n, (const float*)a, (const float*)b, (float*)y);
+      break;
+    case DType::F64:
+      add_relu_kernel<<<grid, 256, 0, stream>>>(n, (const double*)a, (const double*)b, (double*)y);
+      break;
+    case DType::BF16:
+      add_relu_kernel<<<grid, 256, 0, stream>>>(n, (const __nv_bfloat16*)a, (const __nv_bfloat16*)b,
+                                                (__nv_bfloat16*)y);
+      break;
+    case DType::F16:
+      add_relu_kernel<<<grid, 256, 0, stream>>>(n, (const __half*)a, (const __half*)b, (__half*)y);
+      break;
+    default:
+      kernels::fail("add_relu_cuda", "unsupported dtype");
+  }
+  SC_KERNEL_LAUNCH_CHECK("add_relu_cuda");
+}
+
+void add_relu_backward_cuda(DType dtype, int64_t n, const void* dy, const void* y, void* dab,
+                            cudaStream_t stream) {
+  const int grid = grid_for(n, 256);
+  switch (dtype) {
+    case DType::F32:
+      add_relu_backward_kernel<<<grid, 256, 0, stream>>>(n, (const float*)dy, (const float*)y,
+                                                         (float*)dab);
+      break;
+    case DType::F64:
+      add_relu_backward_kernel<<<grid, 256, 0, stream>>>(n, (const double*)dy, (const double*)y,
+                                                         (double*)dab);
+      break;
+    case DType::BF16:
+      add_relu_backward_kernel<<<grid, 256, 0, stream>>>(
+          n, (const __nv_bfloat16*)dy, (const __nv_bfloat16*)y, (__nv_bfloat16*)dab);
+      break;
+    case DType::F16:
+      add_relu_backward_kernel<<<grid, 256, 0, stream>>>(n, (const __half*)dy, (const __half*)y,
+                                                         (__half*)dab);
+      break;
+    default:
+      kernels::fail("add_relu_backward_cuda", "unsupported dtype");
+  }
+  SC_KERNEL_LAUNCH_CHECK("add_relu_backward_cuda");
+}
+
+}  // namespace sc

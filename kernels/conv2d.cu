@@ -1,0 +1,401 @@
+// conv2d.cu: cuDNN convolution plans and the bias kernels (see conv2d.h).
+//
+// The convolutions use cuDNN's legacy convolution API (cudnnConvolutionForward and friends), which
+// cuDNN 9 marks deprecated but still ships; the deprecation warnings are silenced in this file.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+#include <type_traits>
+
+#include "kernels/check.h"
+#include "kernels/conv2d.h"
+
+#if defined(SLOTCON_WITH_CUDNN)
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#pragma nv_diag_suppress 1444  // "declared deprecated"
+#include <cudnn.h>
+#endif
+
+namespace sc {
+namespace {
+
+// ---- element conversions ----
+template <class T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+__device__ __forceinline__ float load_acc(const float* p) { return *p; }
+__device__ __forceinline__ double load_acc(const double* p) { return *p; }
+__device__ __forceinline__ float load_acc(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float load_acc(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(double* p, double v) { *p = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half(v); }
+
+int grid_for(int64_t n, int threads, int64_t max_blocks = 65536) {
+  return int(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, max_blocks)));
+}
+
+template <class T>
+__global__ void bias_add_kernel(int64_t n, int64_t C, int64_t inner, T* y, const T* bias) {
+  using A = typename AccOf<T>::type;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = (i / inner) % C;
+    store(y + i, A(load_acc(y + i)) + A(load_acc(bias + c)));
+  }
+}
+
+// Per-channel sums, two shapes of the same reduction:
+// rows:   inner == 1, v (outer, C) row-major; block (32, 8): x over 32 channels, y over rows.
+// planar: inner  > 1; block handles one channel c = blockIdx.x over a slice of (outer, inner).
+// Each block reduces in double and adds its partial to ws[c] with a double atomic.
+template <class T>
+__global__ void channel_sum_rows_kernel(int64_t rows, int64_t C, const T* v, double* ws) {
+  using A = typename AccOf<T>::type;
+  __shared__ double part[8][33];
+  const int64_t c = blockIdx.x * 32 + threadIdx.x;
+  A acc = 0;
+  if (c < C)
+    for (int64_t r = blockIdx.y * 8 + threadIdx.y; r < rows; r += int64_t(gridDim.y) * 8)
+      acc += load_acc(v + r * C + c);
+  part[threadIdx.y][threadIdx.x] = double(acc);
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    double s = 0;
+    for (int k = 0; k < 8; ++k) s += part[k][threadIdx.x];
+    atomicAdd(ws + c, s);
+  }
+}
+
+template <class T>
+__global__ void channel_sum_planar_kernel(int64_t outer, int64_t C, int64_t inner, const T* v,
+                                          double* ws) {
+  using A = typename AccOf<T>::type;
+  __shared__ double part[256];
+  const int64_t c = blockIdx.x;
+  const int64_t total = outer * inner;
+  A acc = 0;
+  for (int64_t j = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; j < total;
+       j += int64_t(gridDim.y) * blockDim.x) {
+    const int64_t o = j / inner, i = j - o * inner;
+    acc += load_acc(v + (o * C + c) * inner + i);
+  }
+  part[threadIdx.x] = double(acc);
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (int(threadIdx.x) < s) part[threadIdx.x] += part[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) atomicAdd(ws + c, part[0]);
+}
+
+template <class T>
+__global__ void add_partials_kernel(int64_t C, const double* ws, T* out) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c < C) store(out + c, typename AccOf<T>::type(load_acc(out + c) + ws[c]));
+}
+
+template <class T>
+void channel_sum_typed(int64_t outer, int64_t C, int64_t inner, const T* v, T* out, double* ws,
+                       cudaStream_t stream) {
+  if (cudaMemsetAsync(ws, 0, size_t(C) * sizeof(double), stream) != cudaSuccess)
+    kernels::fail("channel_sum_cuda", "cudaMemsetAsync failed");
+  if (inner == 1) {
+    const int64_t cx = (C + 31) / 32;
+    const int64_t ry = std::max<int64_t>(1, std::min<int64_t>((outer + 7) / 8, 1024 / cx + 1));
+    channel_sum_rows_kernel<T>
+        <<<dim3(unsigned(cx), unsigned(ry)), dim3(32, 8), 0, stream>>>(outer, C, v, ws);
+  } else {
+    const int64_t per = outer * inner;
+    const int64_t sy = std::max<int64_t>(1, std::min<int64_t>((per + 255) / 256, 2048 / C + 1));
+    channel_sum_planar_kernel<T>
+        <<<dim3(unsigned(C), unsigned(sy)), 256, 0, stream>>>(outer, C, inner, v, ws);
+  }
+  SC_KERNEL_LAUNCH_CHECK("channel_sum_cuda");
+  add_partials_kernel<T><<<grid_for(C, 256), 256, 0, stream>>>(C, ws, out);
+  SC_KERNEL_LAUNCH_CHECK("channel_sum_cuda (add)");
+}
+
+}  // namespace
+
+void conv2d_bias_add_cuda(DType dtype, int64_t outer, int64_t C, int64_t inner, void* y,
+                          const void* bias, cudaStream_t stream) {
+  const int64_t n = outer * C * inner;
+  const int g = grid_for(n, 256);
+  switch (dtype) {
+    case DType::F32:
+      bias_add_kernel<<<g, 256, 0, stream>>>(n, C, inner, (float*)y, (const float*)bias);
+      break;
+    case DType::F64:
+      bias_add_kernel<<<g, 256, 0, stream>>>(n, C, inner, (double*)y, (const double*)bias);
+      break;
+    case DType::BF16:
+      bias_add_kernel<<<g, 256, 0, stream>>>(n, C, inner, (__nv_bfloat16*)y,
+                                             (const __nv_bfloat16*)bias);
+      break;
+    case DType::F16:
+      bias_add_kernel<<<g, 256, 0, stream>>>(n, C, inner, (__half*)y, (const __half*)bias);
+      break;
+    default:
+      kernels::fail("conv2d_bias_add_cuda", "unsupported dtype");
+  }
+  SC_KERNEL_LAUNCH_CHECK("conv2d_bias_add_cuda");
+}
+
+size_t channel_sum_workspace_bytes(int64_t C) { return size_t(C) * sizeof(double); }
+
+void channel_sum_cuda(DType dtype, int64_t outer, int64_t C, int64_t inner, const void* dy,
+                      void* dbias, void* ws, cudaStream_t stream) {
+  double* w = static_cast<double*>(ws);
+  switch (dtype) {
+    case DType::F32:
+      channel_sum_typed(outer, C, inner, (const float*)dy, (float*)dbias, w, stream);
+      break;
+    case DType::F64:
+      channel_sum_typed(outer, C, inner, (const double*)dy, (double*)dbias, w, stream);
+      break;
+    case DType::BF16:
+      channel_sum_typed(outer, C, inner, (const __nv_bfloat16*)dy, (__nv_bfloat16*)dbias, w,
+                        stream);
+      break;
+    case DType::F16:
+      channel_sum_typed(outer, C, inner, (const __half*)dy, (__half*)dbias, w, stream);
+      break;
+    default:
+      kernels::fail("channel_sum_cuda", "unsupported dtype");
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// cuDNN plans
+#if defined(SLOTCON_WITH_CUDNN)
+namespace {
+void cudnn_check(cudnnStatus_t st, const char* what) {
+  if (st != CUDNN_STATUS_SUCCESS) kernels::fail(what, cudnnGetErrorString(st));
+}
+#define SC_CUDNN(expr) cudnn_check((expr), #expr)
+
+cudnnDataType_t cudnn_dtype(DType t) {
+  switch (t) {
+    case DType::F32:
+      return CUDNN_DATA_FLOAT;
+    case DType::F64:
+      return CUDNN_DATA_DOUBLE;
+    case DType::BF16:
+      return CUDNN_DATA_BFLOAT16;
+    case DType::F16:
+      return CUDNN_DATA_HALF;
+    default:
+      kernels::fail("CudnnConvPlan", "unsupported dtype");
+  }
+}
+}  // namespace
+
+struct CudnnConvPlan::Impl {
+  Conv2dGeom g;
+  Layout layout;
+  DType dtype;
+  cudnnMathType_t request_math;
+  cudnnTensorDescriptor_t xd = nullptr, yd = nullptr;
+  cudnnFilterDescriptor_t wd = nullptr;
+  cudnnConvolutionDescriptor_t cd = nullptr;
+  bool fwd_ok = false, bwd_data_ok = false, bwd_w_ok = false;
+  cudnnConvolutionFwdAlgo_t fwd_algo{};
+  cudnnConvolutionBwdDataAlgo_t bwd_data_algo{};
+  cudnnConvolutionBwdFilterAlgo_t bwd_w_algo{};
+  cudnnMathType_t fwd_math{}, bwd_data_math{}, bwd_w_math{};
+  size_t fwd_ws = 0, bwd_data_ws = 0, bwd_w_ws = 0;
+
+  // alpha / beta as cuDNN wants them: double for double data, float otherwise.
+  const void* scalar(double v, double* dstore, float* fstore) const {
+    if (dtype == DType::F64) {
+      *dstore = v;
+      return dstore;
+    }
+    *fstore = float(v);
+    return fstore;
+  }
+};
+
+CudnnConvPlan::CudnnConvPlan(const Conv2dGeom& g, Layout layout, DType dtype, bool allow_tf32)
+    : impl_(new Impl) {
+  SC_KERNEL_REQUIRE(g.valid(), "CudnnConvPlan", "invalid convolution geometry");
+  Impl& p = *impl_;
+  p.g = g;
+  p.layout = layout;
+  p.dtype = dtype;
+  const cudnnDataType_t dt = cudnn_dtype(dtype);
+  const cudnnDataType_t compute = dtype == DType::F64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT;
+  const cudnnTensorFormat_t fmt = layout == Layout::NCHW ? CUDNN_TENSOR_NCHW : CUDNN_TENSOR_NHWC;
+  if (dtype == DType::BF16 || dtype == DType::F16)
+    p.request_math = CUDNN_TENSOR_OP_MATH;
+  else if (dtype == DType::F32 && !allow_tf32)
+    p.request_math = CUDNN_FMA_MATH;
+  else
+    p.request_math = CUDNN_DEFAULT_MATH;
+  SC_CUDNN(cudnnCreateTensorDescriptor(&p.xd));
+  SC_CUDNN(cudnnCreateTensorDescriptor(&p.yd));
+  SC_CUDNN(cudnnCreateFilterDescriptor(&p.wd));
+  SC_CUDNN(cudnnCreateConvolutionDescriptor(&p.cd));
+  SC_CUDNN(cudnnSetTensor4dDescriptor(p.xd, fmt, dt, int(g.N), int(g.C), int(g.H), int(g.W)));
+  SC_CUDNN(cudnnSetTensor4dDescriptor(p.yd, fmt, dt, int(g.N), int(g.K), int(g.OH()), int(g.OW())));
+  SC_CUDNN(cudnnSetFilter4dDescriptor(p.wd, dt, fmt, int(g.K), int(g.C), int(g.R), int(g.S)));
+  SC_CUDNN(cudnnSetConvolution2dDescriptor(p.cd, int(g.pad_h), int(g.pad_w), int(g.stride_h),
+                                           int(g.stride_w), 1, 1, CUDNN_CROSS_CORRELATION,
+                                           compute));
+  SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.request_math));
+  int n, c, h, w;
+  SC_CUDNN(cudnnGetConvolution2dForwardOutputDim(p.cd, p.xd, p.wd, &n, &c, &h, &w));
+  SC_KERNEL_REQUIRE(n == g.N && c == g.K && h == g.OH() && w == g.OW(), "CudnnConvPlan",
+                    "cuDNN output shape differs from the geometry's");
+}
+
+CudnnConvPlan::~CudnnConvPlan() {
+  if (!impl_) return;
+  cudnnDestroyTensorDescriptor(impl_->xd);
+  cudnnDestroyTensorDescriptor(impl_->yd);
+  cudnnDestroyFilterDescriptor(impl_->wd);
+  cudnnDestroyConvolutionDescriptor(impl_->cd);
+}
+
+bool CudnnConvPlan::forward_ready() const { return impl_->fwd_ok; }
+bool CudnnConvPlan::backward_data_ready() const { return impl_->bwd_data_ok; }
+bool CudnnConvPlan::backward_weight_ready() const { return impl_->bwd_w_ok; }
+size_t CudnnConvPlan::forward_workspace() const { return impl_->fwd_ws; }
+size_t CudnnConvPlan::backward_data_workspace() const { return impl_->bwd_data_ws; }
+size_t CudnnConvPlan::backward_weight_workspace() const { return impl_->bwd_w_ws; }
+
+// Pick the fastest successful result that is allowed by the requested maths (Find returns them
+// sorted by time).
+template <class Perf>
+static const Perf* pick(const Perf* perf, int count, cudnnMathType_t request, const char* what) {
+  for (int i = 0; i < count; ++i) {
+    if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
+    if (request == CUDNN_FMA_MATH && perf[i].mathType != CUDNN_FMA_MATH &&
+        perf[i].mathType != CUDNN_DEFAULT_MATH)
+      continue;
+    return &perf[i];
+  }
+  kernels::fail(what, "cuDNN found no usable algorithm for this shape");
+}
+
+void CudnnConvPlan::select_forward(cudnnHandle_t h, const void* x, const void* w, void* y, void* ws,
+                                   size_t ws_bytes) {
+  Impl& p = *impl_;
+  cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+  int count = 0;
+  SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.request_math));
+  SC_CUDNN(cudnnFindConvolutionForwardAlgorithmEx(h, p.xd, x, p.wd, w, p.cd, p.yd, y,
+                                                  CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf,
+                                                  ws, ws_bytes));
+  const auto* best = pick(perf, count, p.request_math, "conv2d forward");
+  p.fwd_algo = best->algo;
+  p.fwd_math = best->mathType;
+  p.fwd_ws = best->memory;
+  p.fwd_ok = true;
+}
+
+void CudnnConvPlan::select_backward_data(cudnnHandle_t h, const void* dy, const void* w, void* dx,
+                                         void* ws, size_t ws_bytes) {
+  Impl& p = *impl_;
+  cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+  int count = 0;
+  SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.request_math));
+  SC_CUDNN(cudnnFindConvolutionBackwardDataAlgorithmEx(h, p.wd, w, p.yd, dy, p.cd, p.xd, dx,
+                                                       CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
+                                                       &count, perf, ws, ws_bytes));
+  const auto* best = pick(perf, count, p.request_math, "conv2d backward data");
+  p.bwd_data_algo = best->algo;
+  p.bwd_data_math = best->mathType;
+  p.bwd_data_ws = best->memory;
+  p.bwd_data_ok = true;
+}
+
+void CudnnConvPlan::select_backward_weight(cudnnHandle_t h, const void* x, const void* dy, void* dw,
+                                           void* ws, size_t ws_bytes) {
+  Impl& p = *impl_;
+  cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+  int count = 0;
+  SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.request_math));
+  SC_CUDNN(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, p.xd, x, p.yd, dy, p.cd, p.wd, dw,
+                                                         CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+                                                         &count, perf, ws, ws_bytes));
+  const auto* best = pick(perf, count, p.request_math, "conv2d backward weight");
+  p.bwd_w_algo = best->algo;
+  p.bwd_w_math = best->mathType;
+  p.bwd_w_ws = best->memory;
+  p.bwd_w_ok = true;
+}
+
+void CudnnConvPlan::forward(cudnnHandle_t h, const void* x, const void* w, void* y, void* ws,
+                            size_t ws_bytes) {
+  Impl& p = *impl_;
+  SC_KERNEL_REQUIRE(p.fwd_ok && ws_bytes >= p.fwd_ws, "conv2d forward",
+                    "algorithm not selected or workspace too small");
+  double d1, d0;
+  float f1, f0;
+  SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.fwd_math));
+  SC_CUDNN(cudnnConvolutionForward(h, p.scalar(1.0, &d1, &f1), p.xd, x, p.wd, w, p.cd, p.fwd_algo,
+                                   ws, ws_bytes, p.scalar(0.0, &d0, &f0), p.yd, y));
+}
+
+void CudnnConvPlan::backward_data(cudnnHandle_t h, const void* dy, const void* w, void* dx,
+                                  void* ws, size_t ws_bytes) {
+  Impl& p = *impl_;
+  SC_KERNEL_REQUIRE(p.bwd_data_ok && ws_bytes >= p.bwd_data_ws, "conv2d backward data",
+                    "algorithm not selected or workspace too small");
+  double d1, d0;
+  float f1, f0;
+  SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.bwd_data_math));
+  SC_CUDNN(cudnnConvolutionBackwardData(h, p.scalar(1.0, &d1, &f1), p.wd, w, p.yd, dy, p.cd,
+                                        p.bwd_data_algo, ws, ws_bytes, p.scalar(0.0, &d0, &f0),
+                                        p.xd, dx));
+}
+
+void CudnnConvPlan::backward_weight(cudnnHandle_t h, const void* x, const void* dy, void* dw,
+                                    bool accumulate, void* ws, size_t ws_bytes) {
+  Impl& p = *impl_;
+  SC_KERNEL_REQUIRE(p.bwd_w_ok && ws_bytes >= p.bwd_w_ws, "conv2d backward weight",
+                    "algorithm not selected or workspace too small");
+  double d1, db;
+  float f1, fb;
+  SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.bwd_w_math));
+  SC_CUDNN(cudnnConvolutionBackwardFilter(h, p.scalar(1.0, &d1, &f1), p.xd, x, p.yd, dy, p.cd,
+                                          p.bwd_w_algo, ws, ws_bytes,
+                                          p.scalar(accumulate ? 1.0 : 0.0, &db, &fb), p.wd, dw));
+}
+
+#else  // no cuDNN: plans cannot be built.
+
+struct CudnnConvPlan::Impl {};
+CudnnConvPlan::CudnnConvPlan(const Conv2dGeom&, Layout, DType, bool) {
+  kernels::fail("CudnnConvPlan", "this build has no cuDNN");
+}
+CudnnConvPlan::~CudnnConvPlan() = default;
+bool CudnnConvPlan::forward_ready() const { return false; }
+bool CudnnConvPlan::backward_data_ready() const { return false; }
+bool CudnnConvPlan::backward_weight_ready() const { return false; }
+size_t CudnnConvPlan::forward_workspace() const { return 0; }
+size_t CudnnConvPlan::backward_data_workspace() const { return 0; }
+size_t CudnnConvPlan::backward_weight_workspace() const { return 0; }
+void CudnnConvPlan::select_forward(cudnnHandle_t, const void*, const void*, void*, void*, size_t) {}
+void CudnnConvPlan::select_backward_data(cudnnHandle_t, const void*, const void*, void*, void*,
+                                         size_t) {}
+void CudnnConvPlan::select_backward_weight(cudnnHandle_t, const void*, const void*, void*, void*,
+                                           size_t) {}
+void CudnnConvPlan::forward(cudnnHandle_t, const void*, const void*, void*, void*, size_t) {}
+void CudnnConvPlan::backward_data(cudnnHandle_t, const void*, const void*, void*, void*, size_t) {}
+void CudnnConvPlan::backward_weight(cudnnHandle_t, const void*, const void*, void*, bool, void*,
+                                    size_t) {}
+#endif
+
+}  // namespace sc

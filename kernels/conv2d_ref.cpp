@@ -1,0 +1,210 @@
+// conv2d_ref.cpp: CPU convolution by im2col + BLAS GEMM (see conv2d.h).
+#include <cblas.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels/conv2d.h"
+
+namespace sc {
+namespace {
+
+// Row-major GEMM C = alpha op(A) op(B) + beta C through cblas.
+inline void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A,
+                 int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(m),
+              int(n), int(k), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+}
+inline void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* A,
+                 int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(m),
+              int(n), int(k), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+}
+
+// Element strides (c, h, w) of one image in the layout.
+struct ImageStrides {
+  int64_t c, h, w;
+};
+inline ImageStrides image_strides(Layout layout, int64_t C, int64_t H, int64_t W) {
+  if (layout == Layout::NCHW) return {H * W, W, 1};
+  return {1, W * C, C};
+}
+
+inline bool is_pointwise(const Conv2dGeom& g) {
+  return g.R == 1 && g.S == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 && g.pad_w == 0;
+}
+
+// col[(c*R + r)*S + s, oh*OW + ow] = x[c, oh*sh - ph + r, ow*sw - pw + s] (0 outside).
+template <class T>
+void im2col(const Conv2dGeom& g, ImageStrides st, const T* x, T* col) {
+  const int64_t OH = g.OH(), OW = g.OW();
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s) {
+        T* row = col + ((c * g.R + r) * g.S + s) * OH * OW;
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          const int64_t ih = oh * g.stride_h - g.pad_h + r;
+          T* out = row + oh * OW;
+          if (ih < 0 || ih >= g.H) {
+            std::fill(out, out + OW, T(0));
+            continue;
+          }
+          const T* xrow = x + c * st.c + ih * st.h;
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            const int64_t iw = ow * g.stride_w - g.pad_w + s;
+            out[ow] = (iw >= 0 && iw < g.W) ? xrow[iw * st.w] : T(0);
+          }
+        }
+      }
+}
+
+// x[c, ih, iw] += col[...] for every column entry that im2col read from (c, ih, iw).
+template <class T>
+void col2im_add(const Conv2dGeom& g, ImageStrides st, const T* col, T* x) {
+  const int64_t OH = g.OH(), OW = g.OW();
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s) {
+        const T* row = col + ((c * g.R + r) * g.S + s) * OH * OW;
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          const int64_t ih = oh * g.stride_h - g.pad_h + r;
+          if (ih < 0 || ih >= g.H) continue;
+          T* xrow = x + c * st.c + ih * st.h;
+          const T* in = row + oh * OW;
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            const int64_t iw = ow * g.stride_w - g.pad_w + s;
+            if (iw >= 0 && iw < g.W) xrow[iw * st.w] += in[ow];
+          }
+        }
+      }
+}
+
+}  // namespace
+
+template <class T>
+void conv2d_forward_ref(const Conv2dGeom& g, Layout layout, const T* x, const T* w, const T* bias,
+                        T* y) {
+  const int64_t OH = g.OH(), OW = g.OW(), L = OH * OW, CRS = g.C * g.R * g.S;
+  const int64_t x_img = g.C * g.H * g.W, y_img = g.K * L;
+  const ImageStrides st = image_strides(layout, g.C, g.H, g.W);
+  const bool pointwise = is_pointwise(g);
+  std::vector<T> col(pointwise ? 0 : size_t(CRS * L));
+  for (int64_t n = 0; n < g.N; ++n) {
+    const T* xn = x + n * x_img;
+    T* yn = y + n * y_img;
+    if (layout == Layout::NCHW) {
+      // y_n (K, L) = w (K, CRS) @ col (CRS, L)
+      const T* B = xn;
+      if (!pointwise) {
+        im2col(g, st, xn, col.data());
+        B = col.data();
+      }
+      gemm(false, false, g.K, L, CRS, T(1), w, CRS, B, L, T(0), yn, L);
+      if (bias)
+        for (int64_t k = 0; k < g.K; ++k)
+          for (int64_t i = 0; i < L; ++i) yn[k * L + i] += bias[k];
+    } else {
+      // y_n (L, K) = col^T (L, CRS) @ w^T (CRS, K); a pointwise conv reads x_n (L, C) directly.
+      if (pointwise) {
+        gemm(false, true, L, g.K, CRS, T(1), xn, CRS, w, CRS, T(0), yn, g.K);
+      } else {
+        im2col(g, st, xn, col.data());
+        gemm(true, true, L, g.K, CRS, T(1), col.data(), L, w, CRS, T(0), yn, g.K);
+      }
+      if (bias)
+        for (int64_t i = 0; i < L; ++i)
+          for (int64_t k = 0; k < g.K; ++k) yn[i * g.K + k] += bias[k];
+    }
+  }
+}
+
+template <class T>
+void conv2d_backward_data_ref(const Conv2dGeom& g, Layout layout, const T* dy, const T* w, T* dx) {
+  const int64_t OH = g.OH(), OW = g.OW(), L = OH * OW, CRS = g.C * g.R * g.S;
+  const int64_t x_img = g.C * g.H * g.W, y_img = g.K * L;
+  const ImageStrides st = image_strides(layout, g.C, g.H, g.W);
+  const bool pointwise = is_pointwise(g);
+  std::vector<T> col(pointwise ? 0 : size_t(CRS * L));
+  for (int64_t n = 0; n < g.N; ++n) {
+    const T* dyn = dy + n * y_img;
+    T* dxn = dx + n * x_img;
+    if (pointwise) {
+      if (layout == Layout::NCHW)  // dx_n (C, L) = w^T (C, K) @ dy_n (K, L)
+        gemm(true, false, g.C, L, g.K, T(1), w, g.C, dyn, L, T(0), dxn, L);
+      else  // dx_n (L, C) = dy_n (L, K) @ w (K, C)
+        gemm(false, false, L, g.C, g.K, T(1), dyn, g.K, w, g.C, T(0), dxn, g.C);
+      continue;
+    }
+    // dcol (CRS, L) = w^T (CRS, K) @ dy_n (K, L) [NCHW] or @ dy_n^T [NHWC, dy_n (L, K)]
+    if (layout == Layout::NCHW)
+      gemm(true, false, CRS, L, g.K, T(1), w, CRS, dyn, L, T(0), col.data(), L);
+    else
+      gemm(true, true, CRS, L, g.K, T(1), w, CRS, dyn, g.K, T(0), col.data(), L);
+    std::fill(dxn, dxn + x_img, T(0));
+    col2im_add(g, st, col.data(), dxn);
+  }
+}
+
+template <class T>
+void conv2d_backward_weight_ref(const Conv2dGeom& g, Layout layout, const T* x, const T* dy, T* dw,
+                                T* dbias) {
+  const int64_t OH = g.OH(), OW = g.OW(), L = OH * OW, CRS = g.C * g.R * g.S;
+  const int64_t x_img = g.C * g.H * g.W, y_img = g.K * L;
+  const ImageStrides st = image_strides(layout, g.C, g.H, g.W);
+  const bool pointwise = is_pointwise(g);
+  if (dw) {
+    std::vector<T> col(pointwise ? 0 : size_t(CRS * L));
+    for (int64_t n = 0; n < g.N; ++n) {
+      const T* xn = x + n * x_img;
+      const T* dyn = dy + n * y_img;
+      if (layout == Layout::NCHW) {
+        // dw (K, CRS) += dy_n (K, L) @ col^T (L, CRS)
+        const T* B = xn;
+        if (!pointwise) {
+          im2col(g, st, xn, col.data());
+          B = col.data();
+        }
+        gemm(false, true, g.K, CRS, L, T(1), dyn, L, B, L, T(1), dw, CRS);
+      } else if (pointwise) {
+        // dw (K, C) += dy_n^T (K, L) @ x_n (L, C)
+        gemm(true, false, g.K, CRS, L, T(1), dyn, g.K, xn, CRS, T(1), dw, CRS);
+      } else {
+        im2col(g, st, xn, col.data());
+        gemm(true, true, g.K, CRS, L, T(1), dyn, g.K, col.data(), L, T(1), dw, CRS);
+      }
+    }
+  }
+  if (dbias) {
+    if (layout == Layout::NCHW)
+      channel_sum_ref<T>(g.N, g.K, L, dy, dbias);
+    else
+      channel_sum_ref<T>(g.N * L, g.K, 1, dy, dbias);
+  }
+}
+
+template <class T>
+void channel_sum_ref(int64_t outer, int64_t C, int64_t inner, const T* v, T* out) {
+  std::vector<double> acc(size_t(C), 0.0);
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t c = 0; c < C; ++c) {
+      const T* p = v + (o * C + c) * inner;
+      double s = 0;
+      for (int64_t i = 0; i < inner; ++i) s += double(p[i]);
+      acc[size_t(c)] += s;
+    }
+  for (int64_t c = 0; c < C; ++c) out[c] += T(acc[size_t(c)]);
+}
+
+#define SC_INSTANTIATE(T)                                                                        \
+  template void conv2d_forward_ref<T>(const Conv2dGeom&, Layout, const T*, const T*, const T*,   \
+                                      T*);                                                       \
+  template void conv2d_backward_data_ref<T>(const Conv2dGeom&, Layout, const T*, const T*, T*);  \
+  template void conv2d_backward_weight_ref<T>(const Conv2dGeom&, Layout, const T*, const T*, T*, \
+                                              T*);                                               \
+  template void channel_sum_ref<T>(int64_t, int64_t, int64_t, const T*, T*);
+SC_INSTANTIATE(float)
+SC_INSTANTIATE(double)
+#undef SC_INSTANTIATE
+
+}  // namespace sc
