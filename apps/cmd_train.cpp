@@ -190,12 +190,11 @@ int cmd_train(const Args& args_in) {
   NamedTensors params = model.student_parameters();
   std::vector<Tensor> ptensors;
   for (auto& kv : params) ptensors.push_back(kv.second);
-  const double lr_peak = cfg.base_lr * double(cfg.batch_size) / 256.0;
-  Optimizer opt;
+  Optimizer opt;  // the learning rate is set every step
   if (cfg.optimizer == "lars")
-    opt.lars.emplace(ptensors, LARSOptions{lr_peak, cfg.momentum, cfg.weight_decay, 0.001});
+    opt.lars.emplace(ptensors, LARSOptions{0.0, cfg.momentum, cfg.weight_decay, 0.001});
   else
-    opt.sgd.emplace(ptensors, SGDOptions{lr_peak, cfg.momentum, cfg.weight_decay});
+    opt.sgd.emplace(ptensors, SGDOptions{0.0, cfg.momentum, cfg.weight_decay});
 
   // ---- state: init, resume ----
   int64_t step = 0;
@@ -258,6 +257,9 @@ int cmd_train(const Args& args_in) {
   const int64_t total_steps =
       cfg.max_steps > 0 ? std::min(cfg.max_steps, epoch_steps_total) : epoch_steps_total;
   const int64_t warmup_steps = int64_t(std::llround(cfg.warmup_epoch * double(steps_per_epoch)));
+  // lr = base_lr x global batch / 256 (one device: the batch actually trained on)
+  const int64_t batch_images = fixed ? fixed->crops[0].size(0) : cfg.batch_size;
+  const double lr_peak = cfg.base_lr * double(batch_images) / 256.0;
 
   // ---- grouping score on held-out synthetic scenes ----
   std::optional<Scorer> scorer;
@@ -276,7 +278,7 @@ int cmd_train(const Args& args_in) {
   std::ofstream metrics(fs::path(cfg.output_dir) / "metrics.jsonl", std::ios::app);
   std::printf("%lld steps (%lld per epoch), lr %.4g after %lld warm-up steps, batch %lld\n",
               (long long)total_steps, (long long)steps_per_epoch, lr_peak, (long long)warmup_steps,
-              (long long)cfg.batch_size);
+              (long long)batch_images);
   auto t_start = Clock::now();
   auto t_last = t_start;
   int64_t images_since = 0, first_step = step, skipped = 0;
