@@ -58,9 +58,9 @@ class SlotConModel : public Module {
   // Copy the student's parameters into the teacher (at initialisation).
   void sync_teacher();
 
-  // The loss of one step (§2–§5), teacher in train mode, and the center update (§4) as a side
-  // effect. compute_dtype: the activations' dtype (F32 on the CPU; BF16 / F16 on the GPU for
-  // mixed precision, parameters stay F32).
+  // The loss of one step (§2–§5, model/slotcon_loss.h), teacher in train mode, and the center
+  // update (§4) as a side effect. compute_dtype: the backbone's activation dtype (F32 on the CPU;
+  // BF16 / F16 on the GPU for mixed precision, parameters stay F32); the head runs in F32.
   StepLoss forward(const TwoViewBatch& batch, DType compute_dtype = DType::F32);
 
   // Arg-max prototype of every pixel of the teacher's projected map: (B, h, w) I64, for
@@ -68,6 +68,8 @@ class SlotConModel : public Module {
   Tensor assign_prototypes(const Tensor& images);
 
   const TrainConfig& config() const { return cfg_; }
+  // Fused head kernels (default) or the plain-op composition (the reference).
+  void set_fused(bool on) { fused_ = on; }
 
   std::shared_ptr<ResNet> encoder_q, encoder_k;
   std::shared_ptr<Projector> projector_q, projector_k;
@@ -79,6 +81,7 @@ class SlotConModel : public Module {
   // Pairs (teacher tensor, student tensor) updated by momentum_update.
   std::vector<std::pair<Tensor, Tensor>> ema_pairs() const;
   TrainConfig cfg_;
+  bool fused_ = true;
 };
 
 int resnet_depth(const std::string& arch);

@@ -1,0 +1,99 @@
+// The SlotCon networks: reference names, the teacher's EMA, and one step's loss (fused equals
+// unfused through the whole model).
+#include <catch2/catch.hpp>
+#include <cmath>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "model/slotcon.h"
+
+using namespace sc;
+
+namespace {
+TrainConfig tiny() {
+  TrainConfig c;
+  c.arch = "resnet18";
+  c.dim_hidden = 16;
+  c.dim_out = 8;
+  c.num_prototypes = 5;
+  return c;
+}
+TwoViewBatch random_batch(int64_t B, int64_t S, Generator& g) {
+  TwoViewBatch b;
+  for (int v = 0; v < 2; ++v) {
+    b.crops[v] = randn({B, 3, S, S}, g);
+    std::vector<double> c, f;
+    for (int64_t i = 0; i < B; ++i) {
+      double x1 = 0.3 * g.uniform(), y1 = 0.3 * g.uniform();
+      c.insert(c.end(), {x1, y1, x1 + 0.5 + 0.2 * g.uniform(), y1 + 0.5 + 0.2 * g.uniform()});
+      f.push_back(g.uniform() < 0.5 ? 1 : 0);
+    }
+    b.coords[v] = from_vector(c, {B, 4});
+    b.flags[v] = from_vector(f, {B}, DType::U8);
+  }
+  return b;
+}
+}  // namespace
+
+TEST_CASE("slotcon model: state dict names follow the reference module") {
+  SlotConModel m(tiny(), Device::cpu(), 1);
+  TensorMap names;
+  for (auto& kv : m.state_dict()) names[kv.first] = kv.second;
+  for (const char* n :
+       {"encoder_q.conv1.weight", "encoder_k.layer4.1.bn2.running_var",
+        "encoder_q.layer2.0.downsample.0.weight", "projector_q.mlp.0.weight",
+        "projector_k.mlp.4.running_mean", "projector_q.mlp.6.bias", "grouping_q.slot_embed.weight",
+        "grouping_k.slot_embed.weight", "predictor_slot.mlp.0.weight",
+        "predictor_slot.mlp.4.running_var", "predictor_slot.mlp.6.bias", "center"}) {
+    INFO(n);
+    CHECK(names.count(n) == 1);
+  }
+  CHECK(names.at("grouping_q.slot_embed.weight").shape() == Shape{5, 8});
+  CHECK(names.at("center").shape() == Shape{1, 5});
+  for (auto& kv : m.student_parameters()) {
+    CHECK(kv.first.rfind("encoder_k", 0) != 0);
+    CHECK(kv.second.requires_grad());
+  }
+  // the teacher starts equal to the student and is not optimised
+  CHECK(compare(names.at("encoder_q.conv1.weight"), names.at("encoder_k.conv1.weight"), 0, 0)
+            .max_abs == 0);
+  CHECK_FALSE(m.encoder_k->conv1->weight.requires_grad());
+}
+
+TEST_CASE("slotcon model: the teacher update is an EMA of the student") {
+  SlotConModel m(tiny(), Device::cpu(), 2);
+  Tensor q = m.grouping_q->slot_embed->weight, k = m.grouping_k->slot_embed->weight;
+  {
+    NoGradGuard ng;
+    add_(q, ones(q.shape()), 1.0);  // student moves by +1
+  }
+  std::vector<double> before = k.to_vector();
+  m.momentum_update(0.9);
+  std::vector<double> after = k.to_vector(), qv = q.to_vector();
+  for (size_t i = 0; i < after.size(); ++i)
+    CHECK(after[i] == Approx(0.9 * before[i] + 0.1 * qv[i]).margin(1e-6));
+  // BN running statistics are not averaged
+  std::vector<double> rv = m.encoder_k->bn1->running_var.to_vector();
+  for (double v : rv) CHECK(v == 1.0);
+}
+
+TEST_CASE("slotcon model: one step's loss, fused equals unfused, gradients reach the student") {
+  Generator g(3);
+  TwoViewBatch b = random_batch(4, 64, g);
+  SlotConModel fused(tiny(), Device::cpu(), 4), plain(tiny(), Device::cpu(), 4);
+  plain.set_fused(false);
+  StepLoss lf = fused.forward(b), lp = plain.forward(b);
+  CHECK(std::isfinite(lf.total.item()));
+  CHECK(lf.total.item() == Approx(lp.total.item()).epsilon(1e-4));
+  CHECK(lf.group == Approx(lp.group).epsilon(1e-4));
+  CHECK(lf.contrast == Approx(lp.contrast).epsilon(1e-4));
+  CHECK(compare(fused.center, plain.center, 1e-6, 1e-4).max_scaled <= 1);
+  lf.total.backward();
+  lp.total.backward();
+  Tensor gf = fused.grouping_q->slot_embed->weight.grad();
+  Tensor gp = plain.grouping_q->slot_embed->weight.grad();
+  REQUIRE(gf.defined());
+  CHECK(compare(gf, gp, 1e-5, 1e-3).max_scaled <= 1);
+  REQUIRE(fused.encoder_q->conv1->weight.grad().defined());
+  CHECK_FALSE(fused.encoder_k->conv1->weight.grad().defined());
+}
