@@ -1,48 +1,100 @@
 #include "model/grouping_score.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "engine/error.h"
 
 namespace sc {
+
+std::vector<int> max_weight_matching(const std::vector<double>& w, int R, int C) {
+  // Hungarian algorithm (shortest augmenting paths with potentials) on the square cost matrix
+  // cost = max(w) - w, padded with zeros to n x n.
+  const int n = std::max(R, C);
+  double wmax = 0;
+  for (double v : w) wmax = std::max(wmax, v);
+  auto cost = [&](int i, int j) {  // 1-based
+    return (i <= R && j <= C) ? wmax - w[size_t(i - 1) * size_t(C) + size_t(j - 1)] : wmax;
+  };
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<double> u(size_t(n) + 1, 0), v(size_t(n) + 1, 0);
+  std::vector<int> p(size_t(n) + 1, 0), way(size_t(n) + 1, 0);
+  for (int i = 1; i <= n; ++i) {
+    p[0] = i;
+    int j0 = 0;
+    std::vector<double> minv(size_t(n) + 1, inf);
+    std::vector<bool> used(size_t(n) + 1, false);
+    do {
+      used[size_t(j0)] = true;
+      const int i0 = p[size_t(j0)];
+      double delta = inf;
+      int j1 = 0;
+      for (int j = 1; j <= n; ++j) {
+        if (used[size_t(j)]) continue;
+        const double cur = cost(i0, j) - u[size_t(i0)] - v[size_t(j)];
+        if (cur < minv[size_t(j)]) {
+          minv[size_t(j)] = cur;
+          way[size_t(j)] = j0;
+        }
+        if (minv[size_t(j)] < delta) {
+          delta = minv[size_t(j)];
+          j1 = j;
+        }
+      }
+      for (int j = 0; j <= n; ++j) {
+        if (used[size_t(j)]) {
+          u[size_t(p[size_t(j)])] += delta;
+          v[size_t(j)] -= delta;
+        } else {
+          minv[size_t(j)] -= delta;
+        }
+      }
+      j0 = j1;
+    } while (p[size_t(j0)] != 0);
+    do {
+      const int j1 = way[size_t(j0)];
+      p[size_t(j0)] = p[size_t(j1)];
+      j0 = j1;
+    } while (j0);
+  }
+  std::vector<int> match(static_cast<size_t>(R), -1);
+  for (int j = 1; j <= n; ++j)
+    if (p[size_t(j)] >= 1 && p[size_t(j)] <= R && j <= C) match[size_t(p[size_t(j)] - 1)] = j - 1;
+  return match;
+}
 
 GroupingScore grouping_score(const std::vector<int64_t>& prototype, const std::vector<int>& cls,
                              int K, int C) {
   SC_CHECK(prototype.size() == cls.size(), "grouping_score: ", prototype.size(),
            " predictions for ", cls.size(), " labels");
   SC_CHECK(K > 0 && C > 0, "grouping_score: needs K > 0 and C > 0");
-  std::vector<int64_t> overlap(size_t(K) * size_t(C), 0);
+  std::vector<double> overlap(size_t(K) * size_t(C), 0);
+  std::vector<int64_t> proto_n(static_cast<size_t>(K), 0), gt_n(static_cast<size_t>(C), 0);
   for (size_t i = 0; i < cls.size(); ++i) {
     SC_CHECK(prototype[i] >= 0 && prototype[i] < K && cls[i] >= 0 && cls[i] < C,
              "grouping_score: label out of range at pixel ", i);
-    overlap[size_t(prototype[i]) * size_t(C) + size_t(cls[i])]++;
-  }
-  std::vector<int> map(size_t(K), -1);
-  GroupingScore s;
-  for (int k = 0; k < K; ++k) {
-    auto row = overlap.begin() + int64_t(k) * C;
-    if (std::all_of(row, row + C, [](int64_t v) { return v == 0; })) continue;
-    map[size_t(k)] = int(std::max_element(row, row + C) - row);
-    ++s.prototypes_used;
-  }
-  std::vector<int64_t> inter(size_t(C), 0), pred_n(size_t(C), 0), gt_n(size_t(C), 0);
-  int64_t correct = 0;
-  for (size_t i = 0; i < cls.size(); ++i) {
-    const int p = map[size_t(prototype[i])];
-    pred_n[size_t(p)]++;
+    overlap[size_t(prototype[i]) * size_t(C) + size_t(cls[i])] += 1;
+    proto_n[size_t(prototype[i])]++;
     gt_n[size_t(cls[i])]++;
-    if (p == cls[i]) {
-      inter[size_t(p)]++;
-      ++correct;
-    }
+  }
+  std::vector<int> match = max_weight_matching(overlap, K, C);
+  GroupingScore s;
+  int64_t correct = 0;
+  std::vector<int> proto_of_class(static_cast<size_t>(C), -1);
+  for (int k = 0; k < K; ++k) {
+    s.prototypes_used += proto_n[size_t(k)] > 0;
+    if (match[size_t(k)] >= 0) proto_of_class[size_t(match[size_t(k)])] = k;
   }
   int present = 0;
   double sum = 0;
   for (int c = 0; c < C; ++c) {
-    const int64_t uni = pred_n[size_t(c)] + gt_n[size_t(c)] - inter[size_t(c)];
-    if (uni == 0) continue;
+    if (gt_n[size_t(c)] == 0) continue;
     ++present;
-    sum += double(inter[size_t(c)]) / double(uni);
+    const int k = proto_of_class[size_t(c)];
+    if (k < 0) continue;  // IoU 0
+    const double inter = overlap[size_t(k) * size_t(C) + size_t(c)];
+    correct += int64_t(inter);
+    sum += inter / double(proto_n[size_t(k)] + gt_n[size_t(c)] - int64_t(inter));
   }
   s.miou = present ? sum / present : 0.0;
   s.pixel_accuracy = cls.empty() ? 0.0 : double(correct) / double(cls.size());

@@ -1,10 +1,12 @@
 // grouping_score.h: how well the prototypes group pixels by semantic class.
 //
-// Every pixel carries a predicted prototype (0..K-1) and a true class (0..C-1). Each prototype is
-// mapped to the class it overlaps most (many-to-one, the usual matching when K > C), and the
-// score is the mean IoU over the classes that occur in the ground truth or the mapped prediction.
-// A model that puts every pixel in one prototype scores about 1/C on balanced data; a perfect
-// grouping scores 1.
+// Every pixel carries a predicted prototype (0..K-1) and a true class (0..C-1). Prototypes are
+// matched one-to-one to classes so as to maximise the pixels they share (Hungarian matching, as
+// unsupervised segmentation is usually scored); pixels of an unmatched prototype count as wrong.
+// The score is the mean IoU over the classes that occur in the ground truth. One-to-one matters:
+// with many-to-one (majority) matching, a coarse map whose every cell is mostly background maps
+// every prototype to the background and the score cannot tell groupings apart. A model that puts
+// every pixel in one prototype scores at most 1/C; a perfect grouping with K >= C scores 1.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -19,6 +21,10 @@ struct GroupingScore {
 
 GroupingScore grouping_score(const std::vector<int64_t>& prototype, const std::vector<int>& cls,
                              int num_prototypes, int num_classes);
+
+// Maximum-weight one-to-one assignment: rows (size R) to columns (size C) of a dense R x C weight
+// matrix; returns, for each row, its column or -1. O(n^3) with n = max(R, C).
+std::vector<int> max_weight_matching(const std::vector<double>& w, int R, int C);
 
 // The mode of `cls` (W x H, row-major) over each cell of an h x w grid: the class map at feature
 // resolution. Ties go to the smaller class id.

@@ -1,12 +1,15 @@
 // The grouping score: perfect, permuted, over-clustered and degenerate groupings.
 #include <catch2/catch.hpp>
 
+#include <cmath>
+
 #include "engine/error.h"
+#include "engine/tensor.h"
 #include "model/grouping_score.h"
 
 using namespace sc;
 
-TEST_CASE("grouping score: matching prototypes to classes") {
+TEST_CASE("grouping score: one-to-one matching of prototypes to classes") {
   std::vector<int> cls = {0, 0, 1, 1, 2, 2, 2, 0};
   // a permutation of the classes is a perfect grouping
   std::vector<int64_t> perm = {5, 5, 3, 3, 1, 1, 1, 5};
@@ -14,10 +17,12 @@ TEST_CASE("grouping score: matching prototypes to classes") {
   CHECK(s.miou == Approx(1.0));
   CHECK(s.pixel_accuracy == Approx(1.0));
   CHECK(s.prototypes_used == 3);
-  // over-clustering (two prototypes for class 2) is still perfect
-  std::vector<int64_t> over = {0, 0, 1, 1, 2, 4, 4, 0};
-  CHECK(grouping_score(over, cls, 5, 3).miou == Approx(1.0));
-  // one prototype everywhere: only the majority class (0 and 2 tie -> 0) is matched
+  // splitting class 2 over two prototypes costs the pixels of the unmatched one
+  std::vector<int64_t> split = {0, 0, 1, 1, 2, 4, 4, 0};
+  GroupingScore sp = grouping_score(split, cls, 5, 3);
+  CHECK(sp.miou == Approx((1.0 + 1.0 + 2.0 / 3.0) / 3.0));
+  CHECK(sp.pixel_accuracy == Approx(7.0 / 8.0));
+  // one prototype everywhere: it is matched to one class only
   std::vector<int64_t> one(cls.size(), 0);
   GroupingScore d = grouping_score(one, cls, 4, 3);
   CHECK(d.prototypes_used == 1);
@@ -29,6 +34,32 @@ TEST_CASE("grouping score: matching prototypes to classes") {
   CHECK(m < 1.0);
   CHECK_THROWS_AS(grouping_score({9}, {0}, 3, 3), Error);
   CHECK_THROWS_AS(grouping_score({0, 1}, {0}, 3, 3), Error);
+}
+
+TEST_CASE("grouping score: the matching maximises the shared pixels") {
+  // brute force over all assignments of 4 rows to 3 columns
+  Generator g(11);
+  for (int trial = 0; trial < 20; ++trial) {
+    const int R = 4, C = 3;
+    std::vector<double> w(size_t(R * C));
+    for (double& v : w) v = std::floor(10 * g.uniform());
+    std::vector<int> m = max_weight_matching(w, R, C);
+    double got = 0;
+    std::vector<int> used(C, 0);
+    for (int r = 0; r < R; ++r)
+      if (m[size_t(r)] >= 0) {
+        got += w[size_t(r * C + m[size_t(r)])];
+        CHECK(used[size_t(m[size_t(r)])]++ == 0);
+      }
+    double best = 0;
+    for (int a = 0; a < R; ++a)
+      for (int b = 0; b < R; ++b)
+        for (int c = 0; c < R; ++c) {
+          if (a == b || b == c || a == c) continue;
+          best = std::max(best, w[size_t(a * C)] + w[size_t(b * C + 1)] + w[size_t(c * C + 2)]);
+        }
+    CHECK(got == Approx(best));
+  }
 }
 
 TEST_CASE("grouping score: class maps at feature resolution take the mode of each cell") {
