@@ -29,7 +29,7 @@ TEST_CASE("config: defaults follow the authors' settings") {
 }
 
 TEST_CASE("config: shipped configs parse and validate") {
-  for (const char* f : {"coco_r50_800ep.json", "imagenet_r50_100ep.json"}) {
+  for (const char* f : {"coco_r50_800ep.json", "imagenet_r50_100ep.json", "demo.json"}) {
     INFO(f);
     TrainConfig c = load_config_file(std::string(SLOTCON_SOURCE_DIR) + "/configs/" + f);
     CHECK_NOTHROW(c.validate());
