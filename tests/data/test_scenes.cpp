@@ -1,0 +1,211 @@
+// The synthetic scene set: determinism, classes, colours, files written out, class maps of
+// views.
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "data/dataset.h"
+#include "data/loader.h"
+#include "data/scenes.h"
+#include "data_test_util.h"
+#include "engine/error.h"
+
+using namespace sc::data;
+using namespace sc::data::testing;
+
+namespace {
+
+double hue_of(double r, double g, double b) {
+  const double mx = std::max(r, std::max(g, b)), mn = std::min(r, std::min(g, b));
+  if (mx == mn) return 0;
+  double h = r == mx   ? (g - b) / (mx - mn)
+             : g == mx ? 2 + (b - r) / (mx - mn)
+                       : 4 + (r - g) / (mx - mn);
+  h /= 6;
+  return h < 0 ? h + 1 : h;
+}
+
+}  // namespace
+
+TEST_CASE("scenes: deterministic by (seed, index), different otherwise", "[data][scenes]") {
+  Scene a, b, c, d;
+  render_scene(3, 10, 80, 60, &a);
+  render_scene(3, 10, 80, 60, &b);
+  render_scene(3, 11, 80, 60, &c);
+  render_scene(4, 10, 80, 60, &d);
+  CHECK(a.image.rgb == b.image.rgb);
+  CHECK(a.class_map == b.class_map);
+  CHECK(a.image.rgb != c.image.rgb);
+  CHECK(a.image.rgb != d.image.rgb);
+  CHECK(a.class_map.size() == 80 * 60);
+  CHECK(scene_class_name(0) == "background");
+  CHECK(scene_class_name(1) == "red disc");
+  CHECK(scene_class_name(9) == "blue triangle");
+  CHECK_THROWS_AS(scene_class_name(10), sc::Error);
+}
+
+TEST_CASE("scenes: every class appears, objects wear their colour family", "[data][scenes]") {
+  std::vector<int64_t> pixels(kSceneClasses, 0);
+  double bg_fraction = 0;
+  int hue_checked = 0;
+  for (int i = 0; i < 150; ++i) {
+    Scene s;
+    render_scene(0, i, 96, 96, &s);
+    const SceneLayout L = make_scene_layout(0, i);
+    REQUIRE(L.objects.size() >= 2);
+    REQUIRE(L.objects.size() <= 5);
+    std::vector<double> sum_r(kSceneClasses), sum_g(kSceneClasses), sum_b(kSceneClasses);
+    std::vector<int> count(kSceneClasses);
+    for (size_t p = 0; p < s.class_map.size(); ++p) {
+      const int c = s.class_map[p];
+      REQUIRE(c < kSceneClasses);
+      ++pixels[size_t(c)];
+      ++count[size_t(c)];
+      sum_r[size_t(c)] += s.image.rgb[3 * p];
+      sum_g[size_t(c)] += s.image.rgb[3 * p + 1];
+      sum_b[size_t(c)] += s.image.rgb[3 * p + 2];
+    }
+    bg_fraction += double(count[0]) / s.class_map.size();
+    // A class region's mean colour has the family's hue (red 0, green 1/3, blue 2/3).
+    for (int c = 1; c < kSceneClasses; ++c) {
+      if (count[size_t(c)] < 30) continue;
+      const double h = hue_of(sum_r[size_t(c)], sum_g[size_t(c)], sum_b[size_t(c)]);
+      const double family = ((c - 1) % kSceneColors) / 3.0;
+      double d = std::fabs(h - family);
+      d = std::min(d, 1 - d);
+      REQUIRE(d < 0.1);
+      ++hue_checked;
+    }
+  }
+  for (int c = 0; c < kSceneClasses; ++c) CHECK(pixels[size_t(c)] > 2000);
+  bg_fraction /= 150;
+  CHECK(bg_fraction > 0.3);
+  CHECK(bg_fraction < 0.9);
+  CHECK(hue_checked > 200);
+}
+
+TEST_CASE("scenes: the layout does not depend on the rendering size", "[data][scenes]") {
+  for (int i = 0; i < 10; ++i) {
+    Scene small, big;
+    render_scene(2, i, 96, 72, &small);
+    render_scene(2, i, 192, 144, &big);
+    int agree = 0;
+    for (int y = 0; y < 72; ++y)
+      for (int x = 0; x < 96; ++x)
+        agree += small.class_map[size_t(y) * 96 + x] ==
+                 big.class_map[size_t(2 * y + 1) * 192 + 2 * x + 1];
+    CHECK(agree > 0.97 * 96 * 72);
+  }
+}
+
+TEST_CASE("scenes: written to disk as images, class maps and class names", "[data][scenes]") {
+  TempDir tmp;
+  write_scenes(tmp.file("png"), 5, 7, 40, 30, "png");
+  write_scenes(tmp.file("jpg"), 3, 7, 40, 30, "jpg");
+  CHECK_THROWS_AS(write_scenes(tmp.file("x"), 1, 7, 40, 30, "bmp"), sc::Error);
+  const auto imgs = scan_image_folders({tmp.file("png/images")});
+  REQUIRE(imgs.size() == 5);
+  CHECK(std::filesystem::path(imgs[2]).filename() == "scene_000002.png");
+  for (int i = 0; i < 5; ++i) {
+    Scene s;
+    render_scene(7, i, 40, 30, &s);
+    ImageU8 img, map;
+    std::string why;
+    REQUIRE(load_image(imgs[size_t(i)], &img, &why));
+    CHECK(img.rgb == s.image.rgb);  // PNG is lossless
+    char name[64];
+    std::snprintf(name, sizeof(name), "png/class_maps/scene_%06d.png", i);
+    REQUIRE(load_image(tmp.file(name), &map, &why));
+    for (size_t p = 0; p < s.class_map.size(); ++p) REQUIRE(map.rgb[3 * p] == s.class_map[p]);
+  }
+  const auto jpgs = scan_image_folders({tmp.file("jpg/images")});
+  REQUIRE(jpgs.size() == 3);
+  ImageU8 j;
+  std::string why;
+  REQUIRE(load_image(jpgs[0], &j, &why));
+  CHECK(j.width == 40);
+  CHECK(j.height == 30);
+  std::ifstream names(tmp.file("png/classes.txt"));
+  std::string line;
+  int lines = 0;
+  while (std::getline(names, line)) ++lines;
+  CHECK(lines == kSceneClasses);
+}
+
+TEST_CASE("scenes: the class map seen by a view follows its crop and flip", "[data][scenes]") {
+  Scene s;
+  render_scene(1, 4, 64, 48, &s);
+  ViewParams v;
+  v.crop = {0, 0, 64, 48};
+  std::vector<uint8_t> out(64 * 48);
+  view_class_map(s.class_map.data(), 64, 48, v, 64, 48, out.data());
+  CHECK(out == s.class_map);  // identity
+  v.flip = true;
+  view_class_map(s.class_map.data(), 64, 48, v, 64, 48, out.data());
+  for (int y = 0; y < 48; ++y)
+    for (int x = 0; x < 64; ++x)
+      REQUIRE(out[size_t(y) * 64 + x] == s.class_map[size_t(y) * 64 + 63 - x]);
+  // A crop of (10, 8, 32, 24) shown at 16 x 12: view pixel (x, y) is source (10 + 2x + 1, 8 + 2y +
+  // 1).
+  v.flip = false;
+  v.crop = {10, 8, 32, 24};
+  std::vector<uint8_t> small(16 * 12);
+  view_class_map(s.class_map.data(), 64, 48, v, 16, 12, small.data());
+  for (int y = 0; y < 12; ++y)
+    for (int x = 0; x < 16; ++x)
+      REQUIRE(small[size_t(y) * 16 + x] ==
+              s.class_map[size_t(8 + 2 * y + 1) * 64 + 10 + 2 * x + 1]);
+}
+
+TEST_CASE("scenes: dataset, evaluation batches and class maps of training views",
+          "[data][scenes]") {
+  SyntheticSceneDataset ds(20, 9, 48, 40);
+  CHECK(ds.size() == 20);
+  CHECK(ds.is_synthetic());
+  ImageU8 img;
+  std::string why;
+  REQUIRE(ds.load(3, &img, &why));
+  Scene s;
+  render_scene(9, 3, 48, 40, &s);
+  CHECK(img.rgb == s.image.rgb);
+  CHECK(ds.class_map(3) == s.class_map);
+  CHECK_THROWS_AS(ds.load(20, &img, &why), sc::Error);
+
+  const SceneBatch eb = render_scene_batch(9, 2, 3, 32);
+  CHECK(eb.images.shape() == sc::Shape{3, 3, 32, 32});
+  CHECK(eb.class_maps.shape() == sc::Shape{3, 32, 32});
+  render_scene(9, 4, 32, 32, &s);
+  CHECK(std::memcmp(eb.class_maps.data<uint8_t>() + 2 * 32 * 32, s.class_map.data(), 32 * 32) == 0);
+  CHECK(eb.images.data<float>()[2 * 3 * 32 * 32] == (s.image.rgb[0] / 255.f - 0.485f) / 0.229f);
+
+  LoaderConfig cfg;
+  cfg.synthetic = true;
+  cfg.synthetic_count = 20;
+  cfg.synthetic_seed = 9;
+  cfg.synthetic_width = 48;
+  cfg.synthetic_height = 40;
+  cfg.image_size = 16;
+  cfg.batch_size = 4;
+  cfg.num_workers = 1;
+  DataLoader loader(cfg);
+  const Batch b = loader.next_batch();
+  const auto& sds = dynamic_cast<const SyntheticSceneDataset&>(loader.dataset());
+  for (int v = 0; v < 2; ++v) {
+    const sc::Tensor maps = view_class_maps(b, sds, v, 8);
+    REQUIRE(maps.shape() == sc::Shape{4, 8, 8});
+    for (int i = 0; i < 4; ++i) {
+      const int64_t idx = b.indices.data<int64_t>()[i];
+      std::vector<uint8_t> expect(64);
+      const auto cm = sds.class_map(idx);
+      view_class_map(cm.data(), 48, 40, b.params[size_t(i)].view[v], 8, 8, expect.data());
+      REQUIRE(std::memcmp(expect.data(), maps.data<uint8_t>() + i * 64, 64) == 0);
+    }
+  }
+}
