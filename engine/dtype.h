@@ -1,40 +1,13 @@
-// dtype.h: element types, devices, and host-side 16-bit float conversions.
+// dtype.h: element types (defined in kernels/dtype.h), devices, and host-side 16-bit float
+// conversions.
 #pragma once
 #include <cstdint>
 #include <cstring>
 #include <string>
 
+#include "kernels/dtype.h"  // sc::DType
+
 namespace sc {
-
-// Compute types: F32, F64 everywhere; BF16, F16 on CUDA (float accumulation) and for storage.
-// Storage types: I64 (indices, counters), U8 (masks, flags, images).
-enum class DType : uint8_t { F32, F64, BF16, F16, I64, U8 };
-
-inline size_t dtype_size(DType t) {
-  switch (t) {
-    case DType::F32: return 4;
-    case DType::F64: return 8;
-    case DType::BF16: return 2;
-    case DType::F16: return 2;
-    case DType::I64: return 8;
-    case DType::U8: return 1;
-  }
-  return 0;
-}
-inline const char* dtype_name(DType t) {
-  switch (t) {
-    case DType::F32: return "F32";
-    case DType::F64: return "F64";
-    case DType::BF16: return "BF16";
-    case DType::F16: return "F16";
-    case DType::I64: return "I64";
-    case DType::U8: return "U8";
-  }
-  return "?";
-}
-inline bool is_floating(DType t) {
-  return t == DType::F32 || t == DType::F64 || t == DType::BF16 || t == DType::F16;
-}
 
 struct Device {
   enum Kind : uint8_t { CPU, CUDA };

@@ -96,7 +96,7 @@ void add_relu_backward_ref(int64_t n, const T* dy, const T* y, T* dab);
 }  // namespace sc
 
 #if defined(SLOTCON_WITH_CUDA)
-#include "engine/dtype.h"
+#include "kernels/dtype.h"
 
 namespace sc {
 

@@ -66,7 +66,7 @@ void channel_sum_ref(int64_t outer, int64_t C, int64_t inner, const T* v, T* out
 #if defined(SLOTCON_WITH_CUDA)
 #include <memory>
 
-#include "engine/dtype.h"
+#include "kernels/dtype.h"
 
 typedef struct cudnnContext* cudnnHandle_t;
 

@@ -38,7 +38,7 @@ void max_pool2d_backward_ref(const Pool2dGeom& g, Layout layout, const T* dy, co
 }  // namespace sc
 
 #if defined(SLOTCON_WITH_CUDA)
-#include "engine/dtype.h"
+#include "kernels/dtype.h"
 namespace sc {
 void max_pool2d_forward_cuda(DType dtype, const Pool2dGeom& g, Layout layout, const void* x,
                              void* y, uint8_t* idx, cudaStream_t stream);
