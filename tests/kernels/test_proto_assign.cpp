@@ -10,47 +10,12 @@
 #include <string>
 #include <vector>
 
+#include "kernel_test_util.h"
 #include "kernels/proto_assign.h"
 
 namespace {
 
-using Vec = std::vector<double>;
-
-Vec random_vec(size_t n, std::mt19937_64& rng, double lo = -1, double hi = 1) {
-  std::uniform_real_distribution<double> u(lo, hi);
-  Vec v(n);
-  for (double& x : v) x = u(rng);
-  return v;
-}
-
-double dotv(const Vec& a, const Vec& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
-
-// Worst |analytic - numeric| / (atol + rtol |numeric|) over every element of x, where numeric is
-// the central difference of L at x.
-double fd_excess(Vec& x, const std::function<double()>& L, const Vec& analytic, double eps,
-                 double atol, double rtol, std::string* where) {
-  double worst = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double saved = x[i];
-    x[i] = saved + eps;
-    const double lp = L();
-    x[i] = saved - eps;
-    const double lm = L();
-    x[i] = saved;
-    const double num = (lp - lm) / (2 * eps);
-    const double e = std::fabs(analytic[i] - num) / (atol + rtol * std::fabs(num));
-    if (!(e <= worst)) {
-      worst = e;
-      *where = "element " + std::to_string(i) + ": analytic " + std::to_string(analytic[i]) +
-               ", numeric " + std::to_string(num);
-    }
-  }
-  return worst;
-}
+using namespace kernel_test;
 
 }  // namespace
 

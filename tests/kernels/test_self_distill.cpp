@@ -7,18 +7,12 @@
 #include <random>
 #include <vector>
 
+#include "kernel_test_util.h"
 #include "kernels/self_distill.h"
 
 namespace {
 
-using Vec = std::vector<double>;
-
-Vec random_vec(size_t n, std::mt19937_64& rng, double lo = -1, double hi = 1) {
-  std::uniform_real_distribution<double> u(lo, hi);
-  Vec v(n);
-  for (double& x : v) x = u(rng);
-  return v;
-}
+using namespace kernel_test;
 
 // Loss from the definition: softmax and log_softmax as vectors, -sum w log s, mean over pixels.
 double naive_loss(const sc::SelfDistillShape& s, const Vec& a, const Vec& t, const Vec& c,

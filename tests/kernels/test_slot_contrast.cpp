@@ -9,19 +9,13 @@
 #include <string>
 #include <vector>
 
+#include "kernel_test_util.h"
 #include "kernels/slot_contrast.h"
 
 namespace {
 
-using Vec = std::vector<double>;
+using namespace kernel_test;
 using Mask = std::vector<uint8_t>;
-
-Vec random_vec(size_t n, std::mt19937_64& rng, double lo = -1, double hi = 1) {
-  std::uniform_real_distribution<double> u(lo, hi);
-  Vec v(n);
-  for (double& x : v) x = u(rng);
-  return v;
-}
 
 Mask random_mask(size_t n, std::mt19937_64& rng, double p) {
   std::bernoulli_distribution bd(p);

@@ -8,24 +8,12 @@
 #include <random>
 #include <vector>
 
+#include "kernel_test_util.h"
 #include "kernels/view_align.h"
 
 namespace {
 
-using Vec = std::vector<double>;
-
-Vec random_vec(size_t n, std::mt19937_64& rng, double lo = -1, double hi = 1) {
-  std::uniform_real_distribution<double> u(lo, hi);
-  Vec v(n);
-  for (double& x : v) x = u(rng);
-  return v;
-}
-
-double dotv(const Vec& a, const Vec& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
+using namespace kernel_test;
 
 // Bilinear value of plane (H, W) at (y, x), torchvision's boundary rules, written out directly.
 double sample(const double* plane, int64_t H, int64_t W, double y, double x) {
