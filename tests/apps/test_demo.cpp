@@ -1,25 +1,13 @@
 // The README's main job: `slotcon demo` trains and reports, and its usage errors are clean.
-#include <sys/wait.h>
-
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <string>
 
+#include "app_test_util.h"
+
 namespace {
-struct Run {
-  int status = -1;
-  std::string out;
-};
-Run run(const std::string& args) {
-  std::string cmd = std::string(SLOTCON_BINARY_DIR) + "/apps/slotcon " + args + " 2>&1";
-  Run r;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) r.out.append(buf, n);
-  r.status = pclose(p);
-  return r;
-}
+using app_test::Run;
+using app_test::run;
 }  // namespace
 
 TEST_CASE("apps: slotcon demo learns on the CPU") {

@@ -1,8 +1,6 @@
 // `slotcon train` end to end on the CPU with a tiny model: a few steps, loss falling on a
 // repeated batch, resume equivalence (bitwise), a corrupt checkpoint, config errors and a
 // non-finite loss. Each run takes a few seconds.
-#include <sys/wait.h>
-
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdio>
@@ -11,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "app_test_util.h"
 #include "data/loader.h"
 #include "engine/ops.h"
 #include "engine/safetensors.h"
@@ -19,21 +18,8 @@ using namespace sc;
 namespace fs = std::filesystem;
 
 namespace {
-struct Run {
-  int status = -1;
-  std::string out;
-  int code() const { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
-};
-Run run(const std::string& args) {
-  std::string cmd = std::string(SLOTCON_BINARY_DIR) + "/apps/slotcon " + args + " 2>&1";
-  Run r;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) r.out.append(buf, n);
-  r.status = pclose(p);
-  return r;
-}
+using app_test::Run;
+using app_test::run;
 std::string dir(const std::string& name) {
   fs::path d = fs::path(SLOTCON_BINARY_DIR) / "test_tmp" / name;
   fs::remove_all(d);
