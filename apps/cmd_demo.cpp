@@ -43,11 +43,11 @@ int cmd_demo(const Args& args) {
       demo_usage();
       return 0;
     } else if (a == "--steps") {
-      steps = std::stoi(value());
+      steps = int(parse_count(a, value()));
     } else if (a == "--hidden") {
-      hidden = std::stoi(value());
+      hidden = int(parse_count(a, value()));
     } else if (a == "--seed") {
-      seed = std::stoull(value());
+      seed = uint64_t(parse_count(a, value()));
     } else if (a == "--device") {
       std::string d = value();
       SC_CHECK(d == "cpu" || d == "cuda", "--device must be cpu or cuda, got '", d, "'");

@@ -153,8 +153,8 @@ int cmd_train(const Args& args_in) {
     if (a == "--resume") resume = value();
     else if (a == "--init") init = value();
     else if (a == "--batch-file") batch_file = value();
-    else if (a == "--steps") steps_flag = std::stoll(value());
-    else if (a == "--score-images") score_images = std::stoll(value());
+    else if (a == "--steps") steps_flag = parse_count(a, value());
+    else if (a == "--score-images") score_images = parse_count(a, value());
     else if (a == "--no-auto-resume") auto_resume = false;
     else {
       std::fprintf(stderr, "slotcon train: unknown option '%s' (see --help)\n", a.c_str());

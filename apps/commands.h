@@ -1,6 +1,7 @@
 // commands.h: the `slotcon` subcommands. Each takes the arguments after its name and returns
 // the process exit code (0 success, 1 failure with a message on stderr, 2 usage error).
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -8,6 +9,9 @@ namespace sc {
 namespace app {
 
 using Args = std::vector<std::string>;
+
+// The value of option `name` as a non-negative integer; sc::Error naming the option otherwise.
+int64_t parse_count(const std::string& name, const std::string& value);
 
 int cmd_inspect(const Args& args);  // list the tensors of a safetensors file, or say why not
 int cmd_demo(const Args& args);     // the smallest end-to-end run of the engine

@@ -5,6 +5,24 @@
 #include <string>
 
 #include "apps/commands.h"
+#include "engine/error.h"
+
+namespace sc {
+namespace app {
+int64_t parse_count(const std::string& name, const std::string& value) {
+  size_t used = 0;
+  long long v = -1;
+  try {
+    v = std::stoll(value, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != value.size() || value.empty() || v < 0)
+    throw Error(str_cat("option ", name, " needs a non-negative integer, got '", value, "'"));
+  return v;
+}
+}  // namespace app
+}  // namespace sc
 
 namespace {
 

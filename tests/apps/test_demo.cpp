@@ -31,6 +31,9 @@ TEST_CASE("apps: usage errors exit 2 with a message, --help exits 0") {
   REQUIRE(WIFEXITED(help.status));
   CHECK(WEXITSTATUS(help.status) == 0);
   CHECK(help.out.find("usage: slotcon") != std::string::npos);
+  Run notnum = run("demo --steps many");
+  CHECK(notnum.code() == 1);
+  CHECK(notnum.out.find("--steps needs a non-negative integer") != std::string::npos);
   Run missing = run("demo --steps");
   REQUIRE(WIFEXITED(missing.status));
   CHECK(WEXITSTATUS(missing.status) == 1);
