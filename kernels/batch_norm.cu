@@ -14,26 +14,12 @@
 
 #include "kernels/batch_norm.h"
 #include "kernels/check.h"
+#include "kernels/elementwise.cuh"
 
 namespace sc {
 namespace {
 
-template <class T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-__device__ __forceinline__ float load_acc(const float* p) { return *p; }
-__device__ __forceinline__ double load_acc(const double* p) { return *p; }
-__device__ __forceinline__ float load_acc(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ float load_acc(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(double* p, double v) { *p = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half(v); }
+using namespace kernels;  // AccOf, load_acc, store, grid_for
 
 template <class A>
 __device__ __forceinline__ A act_fwd(Act a, A z) {
@@ -49,10 +35,6 @@ __device__ __forceinline__ A act_grad(Act a, A z) {
     return cdf + z * exp(A(-0.5) * z * z) * A(0.39894228040143268);
   }
   return A(1);
-}
-
-int grid_for(int64_t n, int threads, int64_t max_blocks = 65536) {
-  return int(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, max_blocks)));
 }
 
 // Per-channel constants read by the element kernels (in the accumulation type).

@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "kernels/check.h"
+#include "kernels/elementwise.cuh"
 #include "kernels/conv2d.h"
 
 #if defined(SLOTCON_WITH_CUDNN)
@@ -22,27 +23,7 @@
 namespace sc {
 namespace {
 
-// ---- element conversions ----
-template <class T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-__device__ __forceinline__ float load_acc(const float* p) { return *p; }
-__device__ __forceinline__ double load_acc(const double* p) { return *p; }
-__device__ __forceinline__ float load_acc(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ float load_acc(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(double* p, double v) { *p = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half(v); }
-
-int grid_for(int64_t n, int threads, int64_t max_blocks = 65536) {
-  return int(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, max_blocks)));
-}
+using namespace kernels;  // AccOf, load_acc, store, grid_for
 
 template <class T>
 __global__ void bias_add_kernel(int64_t n, int64_t C, int64_t inner, T* y, const T* bias) {

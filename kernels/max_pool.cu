@@ -8,27 +8,13 @@
 #include <algorithm>
 
 #include "kernels/check.h"
+#include "kernels/elementwise.cuh"
 #include "kernels/max_pool.h"
 
 namespace sc {
 namespace {
 
-template <class T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-__device__ __forceinline__ float load_acc(const float* p) { return *p; }
-__device__ __forceinline__ double load_acc(const double* p) { return *p; }
-__device__ __forceinline__ float load_acc(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ float load_acc(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(double* p, double v) { *p = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half(v); }
+using namespace kernels;  // AccOf, load_acc, store, grid_for
 
 struct Dims {
   int64_t N, C, H, W, OH, OW, R, S, sh, sw, ph, pw;
@@ -126,17 +112,13 @@ Dims make_dims(const Pool2dGeom& g, Layout layout) {
               layout == Layout::NHWC};
 }
 
-int grid_for(int64_t n) {
-  return int(std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, 65536)));
-}
-
 }  // namespace
 
 void max_pool2d_forward_cuda(DType dtype, const Pool2dGeom& g, Layout layout, const void* x,
                              void* y, uint8_t* idx, cudaStream_t stream) {
   SC_KERNEL_REQUIRE(g.valid(), "max_pool2d_forward_cuda", "invalid pooling geometry");
   const Dims d = make_dims(g, layout);
-  const int grid = grid_for(g.N * g.C * g.OH() * g.OW());
+  const int grid = grid_for(g.N * g.C * g.OH() * g.OW(), 256);
   switch (dtype) {
     case DType::F32:
       max_pool_forward_kernel<<<grid, 256, 0, stream>>>(d, (const float*)x, (float*)y, idx);
@@ -161,7 +143,7 @@ void max_pool2d_backward_cuda(DType dtype, const Pool2dGeom& g, Layout layout, c
                               const uint8_t* idx, void* dx, cudaStream_t stream) {
   SC_KERNEL_REQUIRE(g.valid(), "max_pool2d_backward_cuda", "invalid pooling geometry");
   const Dims d = make_dims(g, layout);
-  const int grid = grid_for(g.N * g.C * g.H * g.W);
+  const int grid = grid_for(g.N * g.C * g.H * g.W, 256);
   switch (dtype) {
     case DType::F32:
       max_pool_backward_kernel<<<grid, 256, 0, stream>>>(d, (const float*)dy, idx, (float*)dx);

@@ -1,0 +1,40 @@
+// elementwise.cuh: device-side element conversions and launch sizing shared by the grid-stride
+// kernels of kernels/ (include from .cu files only). 16-bit types load to float and store with
+// round-to-nearest; float and double stay as they are.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace sc {
+namespace kernels {
+
+// The accumulation type of an element type: double for double, float otherwise.
+template <class T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+__device__ __forceinline__ float load_acc(const float* p) { return *p; }
+__device__ __forceinline__ double load_acc(const double* p) { return *p; }
+__device__ __forceinline__ float load_acc(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float load_acc(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(double* p, double v) { *p = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half(v); }
+
+// Blocks for a grid-stride loop over n elements: at least 1, at most max_blocks.
+inline int grid_for(int64_t n, int threads, int64_t max_blocks = 65536) {
+  return int(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, max_blocks)));
+}
+
+}  // namespace kernels
+}  // namespace sc
