@@ -16,6 +16,7 @@
 #include <functional>
 #include <vector>
 
+#include "bench/bench_common.h"
 #include "engine/autograd.h"
 #include "engine/cuda/context.h"
 #include "engine/cuda_runtime.h"
@@ -25,51 +26,7 @@ namespace {
 
 using namespace sc;
 
-constexpr double kPeakGBs = 3350.0;
-constexpr double kPeakBf16TF = 989.0;
-constexpr double kPeakF32TF = 67.0;
-
-struct Bench {
-  cudaStream_t stream = nullptr;
-  cudaEvent_t start = nullptr, stop = nullptr;
-  Tensor flush_buf;
-  int repeats = 20;
-
-  Bench(int reps) : repeats(reps) {
-    stream = cuda::stream(0);
-    SC_CUDA_CHECK(cudaEventCreate(&start));
-    SC_CUDA_CHECK(cudaEventCreate(&stop));
-    int l2 = 0;
-    SC_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0));
-    flush_buf = empty({std::max<int64_t>(2 * int64_t(l2), 1 << 20)}, DType::U8, Device::cuda(0));
-  }
-  ~Bench() {
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-  }
-
-  void flush_l2() {
-    SC_CUDA_CHECK(cudaMemsetAsync(flush_buf.data_ptr(), 0x5a, size_t(flush_buf.numel()), stream));
-  }
-
-  // Median milliseconds of fn over the repeats (after 3 warm-up calls).
-  double time_ms(const std::function<void()>& fn) {
-    for (int i = 0; i < 3; ++i) fn();
-    std::vector<float> ms;
-    for (int r = 0; r < repeats; ++r) {
-      flush_l2();
-      SC_CUDA_CHECK(cudaEventRecord(start, stream));
-      fn();
-      SC_CUDA_CHECK(cudaEventRecord(stop, stream));
-      SC_CUDA_CHECK(cudaEventSynchronize(stop));
-      float t = 0;
-      SC_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
-      ms.push_back(t);
-    }
-    std::sort(ms.begin(), ms.end());
-    return ms[ms.size() / 2];
-  }
-};
+using namespace bench;  // kPeak*, Bench
 
 void report_bw(const char* what, double ms, double bytes) {
   const double gbs = bytes / (ms * 1e-3) / 1e9;

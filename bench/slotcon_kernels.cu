@@ -24,6 +24,7 @@
 #include <random>
 #include <vector>
 
+#include "bench/bench_common.h"
 #include "engine/autograd.h"
 #include "engine/cuda/context.h"
 #include "engine/cuda_runtime.h"
@@ -34,46 +35,7 @@ namespace {
 
 using namespace sc;
 
-constexpr double kPeakGBs = 3350.0;
-constexpr double kPeakF32TF = 67.0;
-constexpr double kPeakBf16TF = 989.0;
-
-struct Bench {
-  cudaStream_t stream = nullptr;
-  cudaEvent_t start = nullptr, stop = nullptr;
-  Tensor flush_buf;
-  int repeats = 20;
-
-  explicit Bench(int reps) : repeats(reps) {
-    stream = cuda::stream(0);
-    SC_CUDA_CHECK(cudaEventCreate(&start));
-    SC_CUDA_CHECK(cudaEventCreate(&stop));
-    int l2 = 0;
-    SC_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0));
-    flush_buf = empty({std::max<int64_t>(2 * int64_t(l2), 1 << 20)}, DType::U8, Device::cuda(0));
-  }
-  ~Bench() {
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-  }
-  double time_ms(const std::function<void()>& fn) {
-    for (int i = 0; i < 3; ++i) fn();
-    std::vector<float> ms;
-    for (int r = 0; r < repeats; ++r) {
-      SC_CUDA_CHECK(
-          cudaMemsetAsync(flush_buf.data_ptr(), r & 0xff, size_t(flush_buf.numel()), stream));
-      SC_CUDA_CHECK(cudaEventRecord(start, stream));
-      fn();
-      SC_CUDA_CHECK(cudaEventRecord(stop, stream));
-      SC_CUDA_CHECK(cudaEventSynchronize(stop));
-      float t = 0;
-      SC_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
-      ms.push_back(t);
-    }
-    std::sort(ms.begin(), ms.end());
-    return ms[ms.size() / 2];
-  }
-};
+using namespace bench;  // kPeak*, Bench
 
 void report(const char* what, double fused_ms, double unfused_ms, double bytes, double flops) {
   const double floor_ms = std::max(bytes / (kPeakGBs * 1e9), flops / (kPeakF32TF * 1e12)) * 1e3;
