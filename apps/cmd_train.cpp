@@ -1,7 +1,8 @@
 // slotcon train: SlotCon pre-training on one device (SLOTCON.md §2–§7).
 //
 //   slotcon train [--config FILE] [--key value ...] [--resume FILE] [--no-auto-resume]
-//                 [--init FILE] [--batch-file FILE] [--steps N] [--score-images N]
+//                 [--init FILE] [--batch-file FILE] [--save-batch FILE] [--steps N]
+//                 [--score-images N]
 //
 // Every step: teacher EMA update (before its forward), the loss with the teacher in train mode,
 // backward, LARS or SGD, per-step lr (warm-up then cosine) and teacher momentum, the center
@@ -49,6 +50,8 @@ void train_usage() {
       "  --init FILE         initialise the model from a state file with the reference names\n"
       "  --batch-file FILE   replay this recorded batch (crops.0/1, coords.0/1, flags.0/1) every\n"
       "                      step instead of the loader\n"
+      "  --save-batch FILE   record the first batch trained on as such a batch file (for\n"
+      "                      replays, and comparisons with bench/train_step_torch.py)\n"
       "  --steps N           stop after N steps and write the full state to\n"
       "                      output_dir/final.safetensors\n"
       "  --score-images N    synthetic scenes used for the grouping score (default 64; 0: off)\n\n"
@@ -127,7 +130,7 @@ double grouping_miou(SlotConModel& model, const Scorer& sc, Device dev) {
 int cmd_train(const Args& args_in) {
   Args args = args_in;
   TrainConfig cfg;
-  std::string resume, init, batch_file;
+  std::string resume, init, batch_file, save_batch;
   bool auto_resume = true;
   int64_t steps_flag = -1, score_images = 64;
   // --config first, so that command-line keys override the file whatever their order.
@@ -153,6 +156,7 @@ int cmd_train(const Args& args_in) {
     if (a == "--resume") resume = value();
     else if (a == "--init") init = value();
     else if (a == "--batch-file") batch_file = value();
+    else if (a == "--save-batch") save_batch = value();
     else if (a == "--steps") steps_flag = parse_count(a, value());
     else if (a == "--score-images") score_images = parse_count(a, value());
     else if (a == "--no-auto-resume") auto_resume = false;
@@ -212,11 +216,21 @@ int cmd_train(const Args& args_in) {
     Checkpoint c = load_checkpoint(resume);
     model.load_state_dict(c.model, true, {"num_batches_tracked"});
     std::vector<Tensor>& st = opt.state();
+    size_t missing = 0;
     for (size_t i = 0; i < params.size(); ++i) {
       auto it = c.optimizer.find(params[i].first);
-      if (it == c.optimizer.end()) continue;
+      if (it == c.optimizer.end()) {
+        ++missing;
+        continue;
+      }
+      SC_CHECK(it->second.shape() == params[i].second.shape(), resume, ": optimizer state of ",
+               params[i].first, " has shape ", shape_str(it->second.shape()), ", the parameter ",
+               shape_str(params[i].second.shape()));
       st[i] = cast(it->second, params[i].second.dtype()).to(dev);
     }
+    if (missing && c.info.step > 0)
+      std::printf("warning: %s has no optimizer state for %zu of %zu parameters; their momentum "
+                  "starts at zero\n", resume.c_str(), missing, params.size());
     step = c.info.step;
     std::printf("resumed from %s at step %lld (epoch %lld)\n", resume.c_str(),
                 (long long)c.info.step, (long long)c.info.epoch);
@@ -305,6 +319,18 @@ int cmd_train(const Args& args_in) {
       }
     }
     const int64_t B = batch.crops[0].size(0);
+    if (!save_batch.empty()) {
+      TensorMap rec;
+      for (int v = 0; v < 2; ++v) {
+        const std::string sfx = std::to_string(v);
+        rec["crops." + sfx] = cast(batch.crops[v], DType::F32).to(Device::cpu());
+        rec["coords." + sfx] = batch.coords[v].to(Device::cpu());
+        rec["flags." + sfx] = batch.flags[v].to(Device::cpu());
+      }
+      write_safetensors(save_batch, rec);
+      std::printf("recorded this batch in %s\n", save_batch.c_str());
+      save_batch.clear();
+    }
     const double lr =
         lr_at(step, epoch_steps_total, warmup_steps, lr_peak, cfg.warmup_multiplier);
     const double m = teacher_momentum_at(step, epoch_steps_total, cfg.teacher_momentum);

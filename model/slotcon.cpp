@@ -53,10 +53,10 @@ SlotConModel::SlotConModel(const TrainConfig& cfg, Device device, uint64_t seed)
 
 NamedTensors SlotConModel::student_parameters() const {
   NamedTensors out;
-  for (const auto& kv : encoder_q->named_parameters("encoder_q.")) out.push_back(kv);
-  for (const auto& kv : projector_q->named_parameters("projector_q.")) out.push_back(kv);
-  for (const auto& kv : grouping_q->named_parameters("grouping_q.")) out.push_back(kv);
-  for (const auto& kv : predictor_slot->named_parameters("predictor_slot.")) out.push_back(kv);
+  for (const auto& kv : encoder_q->named_parameters("encoder_q")) out.push_back(kv);
+  for (const auto& kv : projector_q->named_parameters("projector_q")) out.push_back(kv);
+  for (const auto& kv : grouping_q->named_parameters("grouping_q")) out.push_back(kv);
+  for (const auto& kv : predictor_slot->named_parameters("predictor_slot")) out.push_back(kv);
   return out;
 }
 

@@ -146,3 +146,34 @@ TEST_CASE("train: config errors and a non-finite loss stop with a message") {
   for (auto& e : fs::directory_iterator(nf))
     CHECK(e.path().extension() != ".safetensors");
 }
+
+TEST_CASE("train: --save-batch records the batch trained on, in the --batch-file format") {
+  std::string d = dir("train_save_batch");
+  Run r = run(kTiny + "--steps 1 --no-auto-resume --output_dir " + d + " --save-batch " + d +
+              "/batch.safetensors");
+  INFO(r.out);
+  REQUIRE(r.code() == 0);
+  SafetensorsFile f = read_safetensors(d + "/batch.safetensors");
+  // the loader's first batch for the same settings (seed 0, synthetic, 64 px, batch 4)
+  data::LoaderConfig lc;
+  lc.synthetic = true;
+  lc.synthetic_count = 8;
+  lc.image_size = 64;
+  lc.batch_size = 4;
+  lc.num_workers = 1;
+  data::DataLoader loader(lc);
+  data::Batch b = loader.next_batch();
+  for (int v = 0; v < 2; ++v) {
+    const std::string s = std::to_string(v);
+    REQUIRE(f.tensors.count("crops." + s) == 1);
+    CHECK(f.tensors.at("crops." + s).shape() == Shape({4, 3, 64, 64}));
+    CHECK(compare(f.tensors.at("crops." + s), b.crops[v], 0, 0).max_abs == 0);
+    CHECK(compare(f.tensors.at("coords." + s), b.coords[v], 0, 0).max_abs == 0);
+    CHECK(f.tensors.at("flags." + s).dtype() == DType::U8);
+  }
+  // and it replays
+  Run rr = run(kTiny + "--steps 1 --no-auto-resume --output_dir " + d + "/replay --batch-file " +
+               d + "/batch.safetensors");
+  INFO(rr.out);
+  CHECK(rr.code() == 0);
+}

@@ -50,8 +50,15 @@ TEST_CASE("slotcon model: state dict names follow the reference module") {
   }
   CHECK(names.at("grouping_q.slot_embed.weight").shape() == Shape{5, 8});
   CHECK(names.at("center").shape() == Shape{1, 5});
-  for (auto& kv : m.student_parameters()) {
+  // the optimizer's state is saved under these names: they must be the state-dict names
+  NamedTensors student = m.student_parameters();
+  CHECK(student.size() == m.encoder_q->named_parameters().size() +
+                              m.projector_q->named_parameters().size() + 1 +
+                              m.predictor_slot->named_parameters().size());
+  for (auto& kv : student) {
+    INFO(kv.first);
     CHECK(kv.first.rfind("encoder_k", 0) != 0);
+    CHECK(names.count(kv.first) == 1);
     CHECK(kv.second.requires_grad());
   }
   // the teacher starts equal to the student and is not optimised
