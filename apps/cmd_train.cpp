@@ -54,7 +54,9 @@ void train_usage() {
       "                      replays, and comparisons with bench/train_step_torch.py)\n"
       "  --steps N           stop after N steps and write the full state to\n"
       "                      output_dir/final.safetensors\n"
-      "  --score-images N    synthetic scenes used for the grouping score (default 64; 0: off)\n\n"
+      "  --score-images N    synthetic scenes used for the grouping score (default 64; 0: off)\n"
+      "  --score-size S      size the scenes are scored at (default: image_size)\n"
+      "  --steps 0           only print the grouping score of the initial / resumed state\n\n"
       "config keys (--key value or --key=value; defaults are the authors' settings):\n%s",
       config_help().c_str());
 }
@@ -132,7 +134,7 @@ int cmd_train(const Args& args_in) {
   TrainConfig cfg;
   std::string resume, init, batch_file, save_batch;
   bool auto_resume = true;
-  int64_t steps_flag = -1, score_images = 64;
+  int64_t steps_flag = -1, score_images = 64, score_size = 0;
   // --config first, so that command-line keys override the file whatever their order.
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--help" || args[i] == "-h") {
@@ -159,13 +161,15 @@ int cmd_train(const Args& args_in) {
     else if (a == "--save-batch") save_batch = value();
     else if (a == "--steps") steps_flag = parse_count(a, value());
     else if (a == "--score-images") score_images = parse_count(a, value());
+    else if (a == "--score-size") score_size = parse_count(a, value());
     else if (a == "--no-auto-resume") auto_resume = false;
     else {
       std::fprintf(stderr, "slotcon train: unknown option '%s' (see --help)\n", a.c_str());
       return 2;
     }
   }
-  if (steps_flag >= 0) cfg.max_steps = steps_flag;
+  if (steps_flag > 0) cfg.max_steps = steps_flag;
+  const bool score_only = steps_flag == 0;
   if (!batch_file.empty() && cfg.dataset == "folder" && cfg.data_dir.empty())
     cfg.dataset = "synthetic";  // the loader is not used
   cfg.validate();
@@ -279,13 +283,21 @@ int cmd_train(const Args& args_in) {
   std::optional<Scorer> scorer;
   if (cfg.dataset == "synthetic" && score_images > 0) {
     Scorer s;
-    s.size = int(cfg.image_size);
+    s.size = int(score_size > 0 ? score_size : cfg.image_size);
+    SC_CHECK(s.size >= 32, "--score-size must be at least 32");
     s.count = score_images;
     // scenes after the training set: never trained on
     s.scenes = data::render_scene_batch(cfg.seed, cfg.synthetic_images, score_images, s.size);
     scorer = std::move(s);
     std::printf("grouping score (mIoU of arg-max prototypes vs scene classes) at step %lld: %.4f\n",
                 (long long)step, grouping_miou(model, *scorer, dev));
+  }
+
+  if (score_only) {
+    if (!scorer)
+      std::printf("--steps 0: nothing to do (the grouping score needs dataset 'synthetic' and "
+                  "--score-images > 0)\n");
+    return 0;
   }
 
   // ---- the loop ----

@@ -12,10 +12,11 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "bench_baseline.h"
 #include "engine/autograd.h"
 #include "engine/cuda_runtime.h"
 #include "engine/nn_ops.h"
@@ -60,20 +61,17 @@ int main(int argc, char** argv) {
       cuda_device_name(0).c_str(), long(batch), long(px), med, 1000.0 * batch / med, steps,
       ms.front());
 
-  std::vector<std::string> candidates;
-  if (argc > 1) candidates.push_back(argv[1]);
-  for (const char* p :
-       {"bench/resnet50_torch.py", "../bench/resnet50_torch.py", "../../bench/resnet50_torch.py"})
-    candidates.push_back(p);
-  for (const std::string& p : candidates) {
-    if (!std::ifstream(p).good()) continue;
-    const std::string cmd = "python3 " + p + " --batch 64 --size 224";
-    std::printf("baseline: %s\n", cmd.c_str());
-    std::fflush(stdout);
-    const int rc = std::system(cmd.c_str());
-    if (rc != 0) std::printf("baseline: exited with status %d\n", rc);
-    return 0;
-  }
-  std::printf("baseline: bench/resnet50_torch.py not found; pass its path as the argument\n");
+  const std::string path = bench::find_script("bench/resnet50_torch.py", argc > 1 ? argv[1] : "");
+  std::optional<double> torch_ips;
+  if (path.empty())
+    std::printf("baseline: bench/resnet50_torch.py not found; pass its path as the argument\n");
+  else
+    torch_ips = bench::run_baseline(path, "--batch 64 --size 224");
+  const double ips = 1000.0 * batch / med;
+  if (torch_ips && *torch_ips > 0)
+    std::printf("RESULT resnet50 images_per_s=%.1f torch_images_per_s=%.1f ratio=%.2f\n", ips,
+                *torch_ips, ips / *torch_ips);
+  else
+    std::printf("RESULT resnet50 images_per_s=%.1f torch_images_per_s=n/a\n", ips);
   return 0;
 }

@@ -52,6 +52,7 @@ def main():
           f"batch {args.batch}, {args.size}px, bf16 autocast channels_last: {med:.2f} ms/step, "
           f"{1000.0 * args.batch / med:.1f} images/s (median of {args.steps}, "
           f"min {min(times):.2f} ms)")
+    print(f"RESULT resnet50_torch images_per_s={1000.0 * args.batch / med:.1f}")
     return 0
 
 

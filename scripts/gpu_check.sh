@@ -3,7 +3,8 @@
 #   1. build the CUDA backend for the card (sm_90 unless ARCH is set),
 #   2. run the whole test suite, GPU tests included (they must not be skipped here),
 #   3. optionally run the GPU tests under compute-sanitizer (SANITIZE=1),
-#   4. run every benchmark and the PyTorch baselines beside them,
+#   4. run every benchmark (bench_resnet50 and bench_train_step run their PyTorch baselines,
+#      bench/*_torch.py, in the same invocation and print the ratio),
 #   5. print a short table last.
 # Usage: scripts/gpu_check.sh [build-dir]     env: ARCH=90 SANITIZE=0 BENCH=1
 set -uo pipefail
@@ -59,15 +60,6 @@ if [ "${BENCH:-1}" = "1" ]; then
     timeout 240 "$b" >"$out/$name.log" 2>&1
     r=$?
     tail -25 "$out/$name.log"
-    summary+=("$name|$([ $r -eq 0 ] && echo ok || echo "rc=$r")|$(grep -E '^RESULT' "$out/$name.log" | head -3 | sed 's/^RESULT //' | paste -sd';' -)")
-  done
-  for py in "$root"/bench/*_torch.py; do
-    [ -f "$py" ] || continue
-    name=$(basename "$py" .py)
-    echo "== $name"
-    timeout 240 python3 "$py" >"$out/$name.log" 2>&1
-    r=$?
-    tail -10 "$out/$name.log"
     summary+=("$name|$([ $r -eq 0 ] && echo ok || echo "rc=$r")|$(grep -E '^RESULT' "$out/$name.log" | head -3 | sed 's/^RESULT //' | paste -sd';' -)")
   done
 fi

@@ -1,0 +1,150 @@
+// bench_train_step: images/s of the full SlotCon training step as `slotcon train` runs it
+// (teacher EMA, student and teacher forward on both views, fused head loss, backward, LARS, the
+// center update), at the authors' per-GPU scale by default: ResNet-50, 224 px, batch 64, K 256,
+// D 256, H 4096, bf16 activations with fp32 master weights. Data loading is not included (the
+// crops are fixed random tensors already on the device), as in the baseline.
+//
+// The baseline, bench/train_step_torch.py (the same step in PyTorch, channels_last + bf16
+// autocast), runs afterwards in the same invocation with the same settings; the last line is
+//   RESULT train_step images_per_s=<engine> torch_images_per_s=<baseline> ratio=<engine/torch>
+//
+// Without a GPU it measures a small CPU configuration instead (ResNet-18, 64 px, batch 8, K 16,
+// fp32) unless sizes are given, and says so: a CPU figure, not the goal's.
+//
+// usage: bench_train_step [--arch A] [--size S] [--batch B] [--K K] [--dim-hidden H]
+//                         [--dim-out D] [--warmup N] [--steps N] [--precision fp32|bf16]
+//                         [--no-baseline] [--script PATH]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "bench_baseline.h"
+#include "engine/autograd.h"
+#include "engine/cuda_runtime.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "model/slotcon.h"
+
+using namespace sc;
+
+int main(int argc, char** argv) {
+  const bool gpu = cuda_available();
+  TrainConfig cfg;
+  cfg.arch = gpu ? "resnet50" : "resnet18";
+  cfg.image_size = gpu ? 224 : 64;
+  cfg.batch_size = gpu ? 64 : 8;
+  cfg.num_prototypes = gpu ? 256 : 16;
+  cfg.dim_hidden = gpu ? 4096 : 256;
+  cfg.dim_out = gpu ? 256 : 64;
+  int warmup = gpu ? 5 : 1, steps = gpu ? 20 : 3;
+  std::string precision = gpu ? "bf16" : "fp32", script;
+  bool baseline = true;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "bench_train_step: %s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--arch") cfg.arch = next();
+    else if (a == "--size") cfg.image_size = std::atol(next().c_str());
+    else if (a == "--batch") cfg.batch_size = std::atol(next().c_str());
+    else if (a == "--K") cfg.num_prototypes = std::atol(next().c_str());
+    else if (a == "--dim-hidden") cfg.dim_hidden = std::atol(next().c_str());
+    else if (a == "--dim-out") cfg.dim_out = std::atol(next().c_str());
+    else if (a == "--warmup") warmup = std::atoi(next().c_str());
+    else if (a == "--steps") steps = std::atoi(next().c_str());
+    else if (a == "--precision") precision = next();
+    else if (a == "--no-baseline") baseline = false;
+    else if (a == "--script") script = next();
+    else {
+      std::fprintf(stderr, "bench_train_step: unknown option %s (see the file's header)\n",
+                   a.c_str());
+      return 2;
+    }
+  }
+  if (!gpu && precision != "fp32") {
+    std::printf("bench_train_step: precision %s needs a GPU; the CPU runs fp32\n",
+                precision.c_str());
+    precision = "fp32";
+  }
+  const DType compute = precision == "bf16" ? DType::BF16 : DType::F32;
+  const Device dev = gpu ? Device::cuda(0) : Device::cpu();
+  const std::string where = gpu ? cuda_device_name(0) : std::string("the CPU");
+  if (!gpu)
+    std::printf("bench_train_step: no CUDA device; measuring a small CPU configuration (the "
+                "goal's figure needs the GPU)\n");
+
+  SlotConModel model(cfg, dev, 0);
+  model.train();
+  std::vector<Tensor> params;
+  for (auto& kv : model.student_parameters()) params.push_back(kv.second);
+  LARS opt(params, LARSOptions{cfg.base_lr * double(cfg.batch_size) / 256.0, 0.9, 1e-5, 0.001});
+
+  Generator gen(1);
+  const int64_t B = cfg.batch_size, S = cfg.image_size;
+  TwoViewBatch batch;
+  for (int v = 0; v < 2; ++v) {
+    batch.crops[v] = cast(randn({B, 3, S, S}, gen, DType::F32, Device::cpu()), compute).to(dev);
+    // overlap boxes inside each view, every other image flipped (as bench/train_step_torch.py)
+    std::vector<double> box, flag;
+    for (int64_t b = 0; b < B; ++b) {
+      const double x = 0.5 * double((b * 37 + v * 11) % 100) / 100.0,
+                   y = 0.5 * double((b * 53 + v * 7) % 100) / 100.0;
+      box.insert(box.end(), {x, y, x + 0.5, y + 0.5});
+      flag.push_back(double((b + v) % 2));
+    }
+    batch.coords[v] = from_vector(box, {B, 4}, DType::F32).to(dev);
+    batch.flags[v] = from_vector(flag, {B}, DType::U8).to(dev);
+  }
+
+  std::vector<double> ms;
+  for (int i = 0; i < warmup + steps; ++i) {
+    if (gpu) cuda_synchronize(0);
+    auto t0 = std::chrono::steady_clock::now();
+    model.momentum_update(0.99);
+    StepLoss loss = model.forward(batch, compute);
+    opt.zero_grad();
+    loss.total.backward();
+    opt.step();
+    if (gpu) cuda_synchronize(0);
+    auto t1 = std::chrono::steady_clock::now();
+    if (i >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  const double med = ms[ms.size() / 2], ips = 1000.0 * double(B) / med;
+  std::printf("bench_train_step (engine) on %s: %s, %ldpx, batch %ld, K %ld, D %ld, H %ld, %s: "
+              "%.1f ms/step, %.1f images/s (median of %d, min %.1f ms)\n",
+              where.c_str(), cfg.arch.c_str(), long(S), long(B), long(cfg.num_prototypes),
+              long(cfg.dim_out), long(cfg.dim_hidden), precision.c_str(), med, ips, steps,
+              ms.front());
+
+  std::optional<double> torch_ips;
+  if (baseline) {
+    const std::string path = bench::find_script("bench/train_step_torch.py", script);
+    if (path.empty()) {
+      std::printf("baseline: bench/train_step_torch.py not found; pass --script PATH\n");
+    } else {
+      char args[512];
+      std::snprintf(args, sizeof args,
+                    "bench --device %s --arch %s --size %ld --batch %ld --K %ld --dim-hidden %ld "
+                    "--dim-out %ld --dtype %s --warmup %d --iters %d",
+                    gpu ? "cuda" : "cpu", cfg.arch.c_str(), long(S), long(B),
+                    long(cfg.num_prototypes), long(cfg.dim_hidden), long(cfg.dim_out),
+                    precision.c_str(), warmup, steps);
+      torch_ips = bench::run_baseline(path, args);
+    }
+  }
+  if (torch_ips && *torch_ips > 0)
+    std::printf("RESULT train_step images_per_s=%.1f torch_images_per_s=%.1f ratio=%.2f (%s)\n",
+                ips, *torch_ips, ips / *torch_ips, where.c_str());
+  else
+    std::printf("RESULT train_step images_per_s=%.1f torch_images_per_s=n/a (%s)\n", ips,
+                where.c_str());
+  return 0;
+}
