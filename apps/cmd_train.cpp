@@ -183,9 +183,12 @@ int cmd_train(const Args& args_in) {
   std::string precision = cfg.precision == "auto" ? (dev.is_cuda() ? "bf16" : "fp32") : cfg.precision;
   SC_CHECK(dev.is_cuda() || precision == "fp32", "precision '", precision,
            "' needs a GPU; the CPU trains in fp32");
-  SC_CHECK(precision != "fp16", "precision 'fp16' (dynamic loss scaling) is not implemented yet; "
-           "use bf16 or fp32");
-  const DType compute = precision == "bf16" ? DType::BF16 : DType::F32;
+  const DType compute = precision == "bf16"   ? DType::BF16
+                        : precision == "fp16" ? DType::F16
+                                              : DType::F32;
+  // fp16: dynamic loss scaling (GradScaler's defaults); bf16 and fp32 need none
+  std::optional<GradScaler> scaler;
+  if (precision == "fp16") scaler.emplace();
 
   fs::create_directories(cfg.output_dir);
   std::printf("slotcon train: %s on %s%s, precision %s, output %s\n", cfg.arch.c_str(),
@@ -236,6 +239,7 @@ int cmd_train(const Args& args_in) {
       std::printf("warning: %s has no optimizer state for %zu of %zu parameters; their momentum "
                   "starts at zero\n", resume.c_str(), missing, params.size());
     step = c.info.step;
+    if (scaler && c.info.loss_scale > 0) scaler->load_state(c.info.loss_scale, c.info.loss_scale_growth);
     std::printf("resumed from %s at step %lld (epoch %lld)\n", resume.c_str(),
                 (long long)c.info.step, (long long)c.info.epoch);
   }
@@ -307,15 +311,19 @@ int cmd_train(const Args& args_in) {
               (long long)batch_images);
   auto t_start = Clock::now();
   auto t_last = t_start;
-  int64_t images_since = 0, first_step = step, skipped = 0;
+  int64_t images_since = 0, first_step = step, skipped = 0, overflows = 0;
   double sum_loss = 0, sum_group = 0, sum_contrast = 0;
   int64_t n_sum = 0;
   auto save = [&](const std::string& path) {
     NamedTensors opt_state;
     for (size_t i = 0; i < params.size(); ++i)
       if (opt.state()[i].defined()) opt_state.emplace_back(params[i].first, opt.state()[i]);
-    save_checkpoint(path, model.state_dict(), opt_state,
-                    {step / steps_per_epoch, step, cfg.to_json().dump()});
+    CheckpointInfo info{step / steps_per_epoch, step, cfg.to_json().dump()};
+    if (scaler) {
+      info.loss_scale = scaler->current_scale();
+      info.loss_scale_growth = scaler->growth_tracker();
+    }
+    save_checkpoint(path, model.state_dict(), opt_state, info);
     std::printf("saved %s\n", path.c_str());
   };
   while (step < total_steps) {
@@ -367,8 +375,16 @@ int cmd_train(const Args& args_in) {
       continue;
     }
     opt.zero_grad();
-    loss.total.backward();
-    opt.step();
+    if (scaler) {
+      scaler->scale(loss.total).backward();
+      const bool finite = scaler->unscale_(ptensors);
+      if (finite) opt.step();  // an overflowed step changes nothing but the scale
+      else ++overflows;
+      scaler->update(finite);
+    } else {
+      loss.total.backward();
+      opt.step();
+    }
     ++step;
     images_since += B;
     sum_loss += total;
@@ -392,6 +408,7 @@ int cmd_train(const Args& args_in) {
                           {"loss", sum_loss / n_sum}, {"group", sum_group / n_sum},
                           {"contrast", sum_contrast / n_sum}, {"lr", lr}, {"momentum", m},
                           {"images_per_s", ips}};
+      if (scaler) j["loss_scale"] = scaler->current_scale();
       metrics << j.dump() << "\n";
       metrics.flush();
       t_last = now;
@@ -410,6 +427,9 @@ int cmd_train(const Args& args_in) {
   save(final_path);
   std::printf("done: %lld steps in %s (%lld skipped)\n", (long long)(step - first_step),
               fmt_time(el).c_str(), (long long)skipped);
+  if (scaler)
+    std::printf("fp16 loss scale %.0f; %lld steps skipped for overflowing gradients\n",
+                scaler->current_scale(), (long long)overflows);
   if (scorer)
     std::printf("grouping score (mIoU) at step %lld: %.4f\n", (long long)step,
                 grouping_miou(model, *scorer, dev));

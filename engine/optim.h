@@ -58,3 +58,40 @@ class LARS {
 };
 
 }  // namespace sc
+
+namespace sc {
+
+// Dynamic loss scaling for fp16 training (the semantics of torch.cuda.amp.GradScaler, which the
+// authors train with): backward runs on loss * scale so that small fp16 gradients do not flush
+// to zero; before the optimizer step the gradients are divided by the scale and checked; a step
+// whose gradients hold an Inf or NaN is skipped and the scale multiplied by backoff_factor; after
+// growth_interval good steps in a row the scale is multiplied by growth_factor.
+struct GradScalerOptions {
+  double init_scale = 65536.0;
+  double growth_factor = 2.0;
+  double backoff_factor = 0.5;
+  int64_t growth_interval = 2000;
+};
+
+class GradScaler {
+ public:
+  explicit GradScaler(GradScalerOptions opt = {});
+  // loss * scale, differentiable.
+  Tensor scale(const Tensor& loss) const;
+  // Divides every defined gradient of `params` by the scale in place and returns whether all of
+  // them are finite (one host synchronisation on a device).
+  bool unscale_(const std::vector<Tensor>& params) const;
+  // After a step: backoff on overflow, growth after growth_interval good steps.
+  void update(bool grads_finite);
+  double current_scale() const { return scale_; }
+  int64_t growth_tracker() const { return tracker_; }
+  // For checkpoints: a resumed run continues with the same scale and counter.
+  void load_state(double scale, int64_t growth_tracker);
+
+ private:
+  GradScalerOptions opt_;
+  double scale_;
+  int64_t tracker_ = 0;
+};
+
+}  // namespace sc

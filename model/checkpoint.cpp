@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
 #include "engine/ops.h"
@@ -52,6 +53,12 @@ void save_checkpoint(const std::string& path, const NamedTensors& model_state,
                                              {"epoch", std::to_string(info.epoch)},
                                              {"step", std::to_string(info.step)},
                                              {"config", info.config_json}};
+  if (info.loss_scale > 0) {
+    char b[64];
+    std::snprintf(b, sizeof b, "%.17g", info.loss_scale);
+    meta["loss_scale"] = b;
+    meta["loss_scale_growth"] = std::to_string(info.loss_scale_growth);
+  }
   write_safetensors(path, all, meta);
 }
 
@@ -65,6 +72,15 @@ Checkpoint load_checkpoint(const std::string& path) {
   c.info.step = parse_counter(f.metadata, "step", path);
   auto cfg = f.metadata.find("config");
   if (cfg != f.metadata.end()) c.info.config_json = cfg->second;
+  auto ls = f.metadata.find("loss_scale");
+  if (ls != f.metadata.end()) {
+    char* end = nullptr;
+    const double v = std::strtod(ls->second.c_str(), &end);
+    SC_CHECK(end && *end == 0 && std::isfinite(v) && v > 0, path,
+             ": checkpoint metadata 'loss_scale' is not a positive number: '", ls->second, "'");
+    c.info.loss_scale = v;
+    c.info.loss_scale_growth = parse_counter(f.metadata, "loss_scale_growth", path);
+  }
   const std::string pre = kOptPrefix, suf = kOptSuffix;
   for (auto& kv : f.tensors) {
     const std::string& n = kv.first;

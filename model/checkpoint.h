@@ -3,7 +3,8 @@
 // A checkpoint holds the model's state dict under its reference names (SLOTCON.md §10), the
 // optimizer's momentum buffers as "optimizer.<parameter name>.momentum_buffer", and in
 // "__metadata__": "format" = "slotcon-checkpoint-v1", "epoch" (epochs completed), "step"
-// (optimizer steps done), "config" (the run's JSON config). Files are named
+// (optimizer steps done), "config" (the run's JSON config), and for fp16 runs "loss_scale" and
+// "loss_scale_growth" (the dynamic loss scaler's state). Files are named
 // ckpt_epoch_<EEEE>.safetensors (and "final.safetensors" / any path for explicit saves) and are
 // written with write_file_atomic (temp file, fsync, rename), so a run killed mid-save leaves the
 // previous checkpoint intact. Non-finite values are refused before anything is written.
@@ -20,6 +21,10 @@ struct CheckpointInfo {
   int64_t epoch = 0;
   int64_t step = 0;
   std::string config_json;
+  // fp16 runs: the dynamic loss scale and its growth counter ("loss_scale" and
+  // "loss_scale_growth" in the metadata; absent / 0 for fp32 and bf16 runs).
+  double loss_scale = 0;
+  int64_t loss_scale_growth = 0;
 };
 
 struct Checkpoint {

@@ -40,10 +40,28 @@ TEST_CASE("checkpoint: round trip of model, optimizer and counters") {
   CHECK(c.model.at("encoder_k.bn1.num_batches_tracked").dtype() == DType::I64);
   REQUIRE(c.optimizer.count("encoder_q.conv1.weight") == 1);
   CHECK(c.optimizer.at("encoder_q.conv1.weight").to_vector() == std::vector<double>(6, 0.25));
+  CHECK(c.info.loss_scale == 0);  // not an fp16 run
   // nothing but the final file is left behind
   int files = 0;
   for (auto& e : fs::directory_iterator(dir)) files += e.is_regular_file();
   CHECK(files == 1);
+}
+
+TEST_CASE("checkpoint: an fp16 run's loss scale and growth counter round trip") {
+  std::string dir = fresh_dir("ckpt_loss_scale");
+  std::string p = dir + "/a.safetensors";
+  CheckpointInfo info{1, 40, "{}"};
+  info.loss_scale = 8192.0;
+  info.loss_scale_growth = 17;
+  save_checkpoint(p, model_state(1.0), {}, info);
+  Checkpoint c = load_checkpoint(p);
+  CHECK(c.info.loss_scale == 8192.0);
+  CHECK(c.info.loss_scale_growth == 17);
+  // a malformed scale in the metadata is a clear error naming the file
+  SafetensorsFile f = read_safetensors(p);
+  f.metadata["loss_scale"] = "-3";
+  write_safetensors(p, f.tensors, f.metadata);
+  CHECK_THROWS_WITH(load_checkpoint(p), Catch::Contains("loss_scale") && Catch::Contains(p));
 }
 
 TEST_CASE("checkpoint: the newest good checkpoint is found, corrupt ones are skipped") {
