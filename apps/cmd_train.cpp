@@ -110,7 +110,7 @@ struct Scorer {
   int size = 0;
 };
 
-double grouping_miou(SlotConModel& model, const Scorer& sc, Device dev) {
+GroupingScore grouping_eval(SlotConModel& model, const Scorer& sc, Device dev) {
   Tensor pred = model.assign_prototypes(sc.scenes.images.to(dev));  // (B, h, w)
   const int64_t B = pred.size(0), h = pred.size(1), w = pred.size(2);
   std::vector<double> pv = pred.to_vector();
@@ -124,7 +124,13 @@ double grouping_miou(SlotConModel& model, const Scorer& sc, Device dev) {
                                          int(w), int(h), data::kSceneClasses);
     cls.insert(cls.end(), d.begin(), d.end());
   }
-  return grouping_score(protos, cls, int(model.config().num_prototypes), data::kSceneClasses).miou;
+  return grouping_score(protos, cls, int(model.config().num_prototypes), data::kSceneClasses);
+}
+
+void print_score(const char* when, int64_t step, const GroupingScore& g, int64_t K) {
+  std::printf("grouping score %s (step %lld): mIoU %.4f, pixel accuracy %.3f, %d of %lld "
+              "prototypes used\n",
+              when, (long long)step, g.miou, g.pixel_accuracy, g.prototypes_used, (long long)K);
 }
 
 }  // namespace
@@ -293,8 +299,10 @@ int cmd_train(const Args& args_in) {
     // scenes after the training set: never trained on
     s.scenes = data::render_scene_batch(cfg.seed, cfg.synthetic_images, score_images, s.size);
     scorer = std::move(s);
-    std::printf("grouping score (mIoU of arg-max prototypes vs scene classes) at step %lld: %.4f\n",
-                (long long)step, grouping_miou(model, *scorer, dev));
+    std::printf("grouping score: the teacher's arg-max prototype per pixel vs the scene classes "
+                "on %lld held-out scenes at %d px (one-to-one matching, mean IoU over %d classes)\n",
+                (long long)scorer->count, scorer->size, data::kSceneClasses);
+    print_score("at the start", step, grouping_eval(model, *scorer, dev), cfg.num_prototypes);
   }
 
   if (score_only) {
@@ -431,8 +439,7 @@ int cmd_train(const Args& args_in) {
     std::printf("fp16 loss scale %.0f; %lld steps skipped for overflowing gradients\n",
                 scaler->current_scale(), (long long)overflows);
   if (scorer)
-    std::printf("grouping score (mIoU) at step %lld: %.4f\n", (long long)step,
-                grouping_miou(model, *scorer, dev));
+    print_score("at the end", step, grouping_eval(model, *scorer, dev), cfg.num_prototypes);
   if (loader) {
     data::LoaderStats ls = loader->stats();
     if (ls.bad_files)

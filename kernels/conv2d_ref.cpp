@@ -35,14 +35,15 @@ inline bool is_pointwise(const Conv2dGeom& g) {
   return g.R == 1 && g.S == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 && g.pad_w == 0;
 }
 
-// col[(c*R + r)*S + s, oh*OW + ow] = x[c, oh*sh - ph + r, ow*sw - pw + s] (0 outside).
+// col[(c*R + r)*S + s, oh*OW + ow] = x[c, oh*sh - ph + r, ow*sw - pw + s] (0 outside); rows of
+// col are ld apart (ld >= OH*OW: several images side by side in one column block).
 template <class T>
-void im2col(const Conv2dGeom& g, ImageStrides st, const T* x, T* col) {
+void im2col(const Conv2dGeom& g, ImageStrides st, const T* x, T* col, int64_t ld) {
   const int64_t OH = g.OH(), OW = g.OW();
   for (int64_t c = 0; c < g.C; ++c)
     for (int64_t r = 0; r < g.R; ++r)
       for (int64_t s = 0; s < g.S; ++s) {
-        T* row = col + ((c * g.R + r) * g.S + s) * OH * OW;
+        T* row = col + ((c * g.R + r) * g.S + s) * ld;
         for (int64_t oh = 0; oh < OH; ++oh) {
           const int64_t ih = oh * g.stride_h - g.pad_h + r;
           T* out = row + oh * OW;
@@ -61,12 +62,12 @@ void im2col(const Conv2dGeom& g, ImageStrides st, const T* x, T* col) {
 
 // x[c, ih, iw] += col[...] for every column entry that im2col read from (c, ih, iw).
 template <class T>
-void col2im_add(const Conv2dGeom& g, ImageStrides st, const T* col, T* x) {
+void col2im_add(const Conv2dGeom& g, ImageStrides st, const T* col, int64_t ld, T* x) {
   const int64_t OH = g.OH(), OW = g.OW();
   for (int64_t c = 0; c < g.C; ++c)
     for (int64_t r = 0; r < g.R; ++r)
       for (int64_t s = 0; s < g.S; ++s) {
-        const T* row = col + ((c * g.R + r) * g.S + s) * OH * OW;
+        const T* row = col + ((c * g.R + r) * g.S + s) * ld;
         for (int64_t oh = 0; oh < OH; ++oh) {
           const int64_t ih = oh * g.stride_h - g.pad_h + r;
           if (ih < 0 || ih >= g.H) continue;
@@ -80,6 +81,28 @@ void col2im_add(const Conv2dGeom& g, ImageStrides st, const T* col, T* x) {
       }
 }
 
+// NCHW works on chunks of images: their columns side by side, (rows, n*L), so that one GEMM
+// covers n images (per-image GEMMs at stride 32 are tiny, e.g. 512 x 9 x 4608, and a threaded
+// BLAS spends more time waking its threads than multiplying). A chunk's buffers stay under
+// kChunkElems elements.
+constexpr int64_t kChunkElems = int64_t(1) << 22;
+inline int64_t chunk_images(int64_t N, int64_t per_image) {
+  return std::max<int64_t>(1, std::min<int64_t>(N, kChunkElems / std::max<int64_t>(per_image, 1)));
+}
+// dst (rows, n*L) block <- src images (n, rows, L), or the reverse.
+template <class T>
+void gather_images(const T* src, int64_t n, int64_t rows, int64_t L, T* dst) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(dst + r * n * L + i * L, src + (i * rows + r) * L, size_t(L) * sizeof(T));
+}
+template <class T>
+void scatter_images(const T* src, int64_t n, int64_t rows, int64_t L, T* dst) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(dst + (i * rows + r) * L, src + r * n * L + i * L, size_t(L) * sizeof(T));
+}
+
 }  // namespace
 
 template <class T>
@@ -89,33 +112,41 @@ void conv2d_forward_ref(const Conv2dGeom& g, Layout layout, const T* x, const T*
   const int64_t x_img = g.C * g.H * g.W, y_img = g.K * L;
   const ImageStrides st = image_strides(layout, g.C, g.H, g.W);
   const bool pointwise = is_pointwise(g);
+  if (layout == Layout::NCHW) {
+    // y chunk (K, n*L) = w (K, CRS) @ col (CRS, n*L), then back to (n, K, L)
+    const int64_t nc = chunk_images(g.N, (CRS + g.K) * L);
+    std::vector<T> col(size_t(CRS * nc * L)), out(size_t(g.K * nc * L));
+    for (int64_t n0 = 0; n0 < g.N; n0 += nc) {
+      const int64_t n = std::min(nc, g.N - n0), ld = n * L;
+      if (pointwise)
+        gather_images(x + n0 * x_img, n, g.C, L, col.data());
+      else
+        for (int64_t i = 0; i < n; ++i) im2col(g, st, x + (n0 + i) * x_img, col.data() + i * L, ld);
+      gemm(false, false, g.K, ld, CRS, T(1), w, CRS, col.data(), ld, T(0), out.data(), ld);
+      scatter_images(out.data(), n, g.K, L, y + n0 * y_img);
+    }
+    if (bias)
+      for (int64_t i = 0; i < g.N; ++i)
+        for (int64_t k = 0; k < g.K; ++k) {
+          T* yk = y + i * y_img + k * L;
+          for (int64_t l = 0; l < L; ++l) yk[l] += bias[k];
+        }
+    return;
+  }
   std::vector<T> col(pointwise ? 0 : size_t(CRS * L));
   for (int64_t n = 0; n < g.N; ++n) {
     const T* xn = x + n * x_img;
     T* yn = y + n * y_img;
-    if (layout == Layout::NCHW) {
-      // y_n (K, L) = w (K, CRS) @ col (CRS, L)
-      const T* B = xn;
-      if (!pointwise) {
-        im2col(g, st, xn, col.data());
-        B = col.data();
-      }
-      gemm(false, false, g.K, L, CRS, T(1), w, CRS, B, L, T(0), yn, L);
-      if (bias)
-        for (int64_t k = 0; k < g.K; ++k)
-          for (int64_t i = 0; i < L; ++i) yn[k * L + i] += bias[k];
+    // y_n (L, K) = col^T (L, CRS) @ w^T (CRS, K); a pointwise conv reads x_n (L, C) directly.
+    if (pointwise) {
+      gemm(false, true, L, g.K, CRS, T(1), xn, CRS, w, CRS, T(0), yn, g.K);
     } else {
-      // y_n (L, K) = col^T (L, CRS) @ w^T (CRS, K); a pointwise conv reads x_n (L, C) directly.
-      if (pointwise) {
-        gemm(false, true, L, g.K, CRS, T(1), xn, CRS, w, CRS, T(0), yn, g.K);
-      } else {
-        im2col(g, st, xn, col.data());
-        gemm(true, true, L, g.K, CRS, T(1), col.data(), L, w, CRS, T(0), yn, g.K);
-      }
-      if (bias)
-        for (int64_t i = 0; i < L; ++i)
-          for (int64_t k = 0; k < g.K; ++k) yn[i * g.K + k] += bias[k];
+      im2col(g, st, xn, col.data(), L);
+      gemm(true, true, L, g.K, CRS, T(1), col.data(), L, w, CRS, T(0), yn, g.K);
     }
+    if (bias)
+      for (int64_t i = 0; i < L; ++i)
+        for (int64_t k = 0; k < g.K; ++k) yn[i * g.K + k] += bias[k];
   }
 }
 
@@ -125,24 +156,38 @@ void conv2d_backward_data_ref(const Conv2dGeom& g, Layout layout, const T* dy, c
   const int64_t x_img = g.C * g.H * g.W, y_img = g.K * L;
   const ImageStrides st = image_strides(layout, g.C, g.H, g.W);
   const bool pointwise = is_pointwise(g);
+  if (layout == Layout::NCHW) {
+    // dcol chunk (CRS, n*L) = w^T (CRS, K) @ dy chunk (K, n*L), then col2im per image
+    const int64_t nc = chunk_images(g.N, (CRS + g.K) * L);
+    std::vector<T> dyc(size_t(g.K * nc * L)), dcol(size_t(CRS * nc * L));
+    for (int64_t n0 = 0; n0 < g.N; n0 += nc) {
+      const int64_t n = std::min(nc, g.N - n0), ld = n * L;
+      gather_images(dy + n0 * y_img, n, g.K, L, dyc.data());
+      gemm(true, false, CRS, ld, g.K, T(1), w, CRS, dyc.data(), ld, T(0), dcol.data(), ld);
+      if (pointwise) {
+        scatter_images(dcol.data(), n, g.C, L, dx + n0 * x_img);
+        continue;
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        T* dxn = dx + (n0 + i) * x_img;
+        std::fill(dxn, dxn + x_img, T(0));
+        col2im_add(g, st, dcol.data() + i * L, ld, dxn);
+      }
+    }
+    return;
+  }
   std::vector<T> col(pointwise ? 0 : size_t(CRS * L));
   for (int64_t n = 0; n < g.N; ++n) {
     const T* dyn = dy + n * y_img;
     T* dxn = dx + n * x_img;
-    if (pointwise) {
-      if (layout == Layout::NCHW)  // dx_n (C, L) = w^T (C, K) @ dy_n (K, L)
-        gemm(true, false, g.C, L, g.K, T(1), w, g.C, dyn, L, T(0), dxn, L);
-      else  // dx_n (L, C) = dy_n (L, K) @ w (K, C)
-        gemm(false, false, L, g.C, g.K, T(1), dyn, g.K, w, g.C, T(0), dxn, g.C);
+    if (pointwise) {  // dx_n (L, C) = dy_n (L, K) @ w (K, C)
+      gemm(false, false, L, g.C, g.K, T(1), dyn, g.K, w, g.C, T(0), dxn, g.C);
       continue;
     }
-    // dcol (CRS, L) = w^T (CRS, K) @ dy_n (K, L) [NCHW] or @ dy_n^T [NHWC, dy_n (L, K)]
-    if (layout == Layout::NCHW)
-      gemm(true, false, CRS, L, g.K, T(1), w, CRS, dyn, L, T(0), col.data(), L);
-    else
-      gemm(true, true, CRS, L, g.K, T(1), w, CRS, dyn, g.K, T(0), col.data(), L);
+    // dcol (CRS, L) = w^T (CRS, K) @ dy_n^T (dy_n is (L, K))
+    gemm(true, true, CRS, L, g.K, T(1), w, CRS, dyn, g.K, T(0), col.data(), L);
     std::fill(dxn, dxn + x_img, T(0));
-    col2im_add(g, st, col.data(), dxn);
+    col2im_add(g, st, col.data(), L, dxn);
   }
 }
 
@@ -153,24 +198,29 @@ void conv2d_backward_weight_ref(const Conv2dGeom& g, Layout layout, const T* x, 
   const int64_t x_img = g.C * g.H * g.W, y_img = g.K * L;
   const ImageStrides st = image_strides(layout, g.C, g.H, g.W);
   const bool pointwise = is_pointwise(g);
-  if (dw) {
+  if (dw && layout == Layout::NCHW) {
+    // dw (K, CRS) += dy chunk (K, n*L) @ col chunk^T (n*L, CRS)
+    const int64_t nc = chunk_images(g.N, (CRS + g.K) * L);
+    std::vector<T> col(size_t(CRS * nc * L)), dyc(size_t(g.K * nc * L));
+    for (int64_t n0 = 0; n0 < g.N; n0 += nc) {
+      const int64_t n = std::min(nc, g.N - n0), ld = n * L;
+      if (pointwise)
+        gather_images(x + n0 * x_img, n, g.C, L, col.data());
+      else
+        for (int64_t i = 0; i < n; ++i) im2col(g, st, x + (n0 + i) * x_img, col.data() + i * L, ld);
+      gather_images(dy + n0 * y_img, n, g.K, L, dyc.data());
+      gemm(false, true, g.K, CRS, ld, T(1), dyc.data(), ld, col.data(), ld, T(1), dw, CRS);
+    }
+  } else if (dw) {
     std::vector<T> col(pointwise ? 0 : size_t(CRS * L));
     for (int64_t n = 0; n < g.N; ++n) {
       const T* xn = x + n * x_img;
       const T* dyn = dy + n * y_img;
-      if (layout == Layout::NCHW) {
-        // dw (K, CRS) += dy_n (K, L) @ col^T (L, CRS)
-        const T* B = xn;
-        if (!pointwise) {
-          im2col(g, st, xn, col.data());
-          B = col.data();
-        }
-        gemm(false, true, g.K, CRS, L, T(1), dyn, L, B, L, T(1), dw, CRS);
-      } else if (pointwise) {
+      if (pointwise) {
         // dw (K, C) += dy_n^T (K, L) @ x_n (L, C)
         gemm(true, false, g.K, CRS, L, T(1), dyn, g.K, xn, CRS, T(1), dw, CRS);
       } else {
-        im2col(g, st, xn, col.data());
+        im2col(g, st, xn, col.data(), L);
         gemm(true, true, g.K, CRS, L, T(1), dyn, g.K, col.data(), L, T(1), dw, CRS);
       }
     }

@@ -3,10 +3,11 @@
 #   1. build the CUDA backend for the card (sm_90 unless ARCH is set),
 #   2. run the whole test suite, GPU tests included (they must not be skipped here),
 #   3. optionally run the GPU tests under compute-sanitizer (SANITIZE=1),
-#   4. run every benchmark (bench_resnet50 and bench_train_step run their PyTorch baselines,
+#   4. compare the GPU step with the PyTorch reference step (scripts/compare_torch_step.sh),
+#   5. run every benchmark (bench_resnet50 and bench_train_step run their PyTorch baselines,
 #      bench/*_torch.py, in the same invocation and print the ratio),
-#   5. print a short table last.
-# Usage: scripts/gpu_check.sh [build-dir]     env: ARCH=90 SANITIZE=0 BENCH=1
+#   6. print a short table last.
+# Usage: scripts/gpu_check.sh [build-dir]     env: ARCH=90 SANITIZE=0 BENCH=1 COMPARE=1
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${1:-$root/build-gpu}"
@@ -50,6 +51,16 @@ if [ "${SANITIZE:-0}" = "1" ] && command -v compute-sanitizer >/dev/null; then
     tail -5 "$out/sanitize_$tool.log"
     summary+=("sanitizer $tool|$([ $r -eq 0 ] && echo ok || echo FAILED rc=$r)|")
   done
+fi
+
+if [ "${COMPARE:-1}" = "1" ]; then
+  # the whole step on the GPU (fp32) against the PyTorch reference step on the same state and
+  # batch (PyTorch on the CPU, as in the CPU check)
+  echo "== compare_torch_step (engine on cuda, fp32)"
+  DEVICE=cuda timeout 300 "$root/scripts/compare_torch_step.sh" "$build" >"$out/compare.log" 2>&1
+  r=$?
+  tail -14 "$out/compare.log"
+  summary+=("compare_torch_step|$([ $r -eq 0 ] && echo ok || echo "rc=$r")|$(grep -E '^compare: [0-9]+ tensors' "$out/compare.log" | sed 's/^compare: //')")
 fi
 
 if [ "${BENCH:-1}" = "1" ]; then
