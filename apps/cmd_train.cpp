@@ -2,7 +2,6 @@
 //
 //   slotcon train [--config FILE] [--key value ...] [--resume FILE] [--no-auto-resume]
 //                 [--init FILE] [--batch-file FILE] [--save-batch FILE] [--steps N]
-//                 [--score-images N]
 //
 // Every step: teacher EMA update (before its forward), the loss with the teacher in train mode,
 // backward, LARS or SGD, per-step lr (warm-up then cosine) and teacher momentum, the center
@@ -54,8 +53,6 @@ void train_usage() {
       "                      replays, and comparisons with bench/train_step_torch.py)\n"
       "  --steps N           stop after N steps and write the full state to\n"
       "                      output_dir/final.safetensors\n"
-      "  --score-images N    synthetic scenes used for the grouping score (default 64; 0: off)\n"
-      "  --score-size S      size the scenes are scored at (default: image_size)\n"
       "  --steps 0           only print the grouping score of the initial / resumed state\n\n"
       "config keys (--key value or --key=value; defaults are the authors' settings):\n%s",
       config_help().c_str());
@@ -140,7 +137,7 @@ int cmd_train(const Args& args_in) {
   TrainConfig cfg;
   std::string resume, init, batch_file, save_batch;
   bool auto_resume = true;
-  int64_t steps_flag = -1, score_images = 64, score_size = 0;
+  int64_t steps_flag = -1;
   // --config first, so that command-line keys override the file whatever their order.
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--help" || args[i] == "-h") {
@@ -166,8 +163,6 @@ int cmd_train(const Args& args_in) {
     else if (a == "--batch-file") batch_file = value();
     else if (a == "--save-batch") save_batch = value();
     else if (a == "--steps") steps_flag = parse_count(a, value());
-    else if (a == "--score-images") score_images = parse_count(a, value());
-    else if (a == "--score-size") score_size = parse_count(a, value());
     else if (a == "--no-auto-resume") auto_resume = false;
     else {
       std::fprintf(stderr, "slotcon train: unknown option '%s' (see --help)\n", a.c_str());
@@ -196,6 +191,11 @@ int cmd_train(const Args& args_in) {
   std::optional<GradScaler> scaler;
   if (precision == "fp16") scaler.emplace();
 
+  if (cfg.dim_out > cfg.num_prototypes)
+    std::printf("note: dim_out (%lld) > num_prototypes (%lld): the prototypes cannot span the slot "
+                "space, and pixel features orthogonal to all of them get a uniform assignment, "
+                "a collapse short runs fall into (the authors always have K >= D)\n",
+                (long long)cfg.dim_out, (long long)cfg.num_prototypes);
   fs::create_directories(cfg.output_dir);
   std::printf("slotcon train: %s on %s%s, precision %s, output %s\n", cfg.arch.c_str(),
               dev.str().c_str(), dev.is_cuda() ? (" (" + cuda_device_name(0) + ")").c_str() : "",
@@ -291,13 +291,12 @@ int cmd_train(const Args& args_in) {
 
   // ---- grouping score on held-out synthetic scenes ----
   std::optional<Scorer> scorer;
-  if (cfg.dataset == "synthetic" && score_images > 0) {
+  if (cfg.dataset == "synthetic" && cfg.score_images > 0) {
     Scorer s;
-    s.size = int(score_size > 0 ? score_size : cfg.image_size);
-    SC_CHECK(s.size >= 32, "--score-size must be at least 32");
-    s.count = score_images;
+    s.size = int(cfg.score_size > 0 ? cfg.score_size : cfg.image_size);
+    s.count = cfg.score_images;
     // scenes after the training set: never trained on
-    s.scenes = data::render_scene_batch(cfg.seed, cfg.synthetic_images, score_images, s.size);
+    s.scenes = data::render_scene_batch(cfg.seed, cfg.synthetic_images, cfg.score_images, s.size);
     scorer = std::move(s);
     std::printf("grouping score: the teacher's arg-max prototype per pixel vs the scene classes "
                 "on %lld held-out scenes at %d px (one-to-one matching, mean IoU over %d classes)\n",
@@ -308,7 +307,7 @@ int cmd_train(const Args& args_in) {
   if (score_only) {
     if (!scorer)
       std::printf("--steps 0: nothing to do (the grouping score needs dataset 'synthetic' and "
-                  "--score-images > 0)\n");
+                  "score_images > 0)\n");
     return 0;
   }
 

@@ -86,6 +86,9 @@ const std::map<std::string, Field>& fields() {
       {"output_dir", field(&TrainConfig::output_dir, "checkpoints and metrics")},
       {"save_freq", field(&TrainConfig::save_freq, "epochs between checkpoints")},
       {"print_freq", field(&TrainConfig::print_freq, "steps between progress lines")},
+      {"score_images", field(&TrainConfig::score_images,
+                             "held-out synthetic scenes for the grouping score (0: off)")},
+      {"score_size", field(&TrainConfig::score_size, "size they are scored at (0: image_size)")},
   };
   return f;
 }
@@ -126,6 +129,8 @@ void TrainConfig::validate() const {
   SC_CHECK(epochs > 0, "config key 'epochs' must be positive");
   SC_CHECK(max_steps >= 0, "config key 'max_steps' must be >= 0");
   SC_CHECK(image_size >= 32, "config key 'image_size' must be at least 32, got ", image_size);
+  SC_CHECK(score_images >= 0, "config key 'score_images' must be >= 0");
+  SC_CHECK(score_size == 0 || score_size >= 32, "config key 'score_size' must be 0 or at least 32");
   SC_CHECK(min_scale > 0 && min_scale <= 1, "config key 'min_scale' must be in (0, 1]");
   SC_CHECK(teacher_temp > 0 && student_temp > 0 && contrast_temp > 0,
            "config: temperatures must be positive");

@@ -51,6 +51,10 @@ struct TrainConfig {
   std::string output_dir = "output";
   int64_t save_freq = 50;           // epochs between checkpoints (and always at the end)
   int64_t print_freq = 10;          // steps between progress lines
+  // grouping score (synthetic scenes only): held-out scenes (0: off), rendered at score_size px
+  // (0: image_size)
+  int64_t score_images = 64;
+  int64_t score_size = 0;
 
   // Validate ranges and choices; throws sc::Error naming the key.
   void validate() const;

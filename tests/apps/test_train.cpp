@@ -177,3 +177,26 @@ TEST_CASE("train: --save-batch records the batch trained on, in the --batch-file
   INFO(rr.out);
   CHECK(rr.code() == 0);
 }
+
+TEST_CASE("train: the grouping score at the start and the end; --steps 0 only scores") {
+  std::string d = dir("train_score");
+  Run r = run(kTiny + "--steps 2 --no-auto-resume --score_images 4 --score_size 96 --output_dir " +
+              d);
+  INFO(r.out);
+  REQUIRE(r.code() == 0);
+  CHECK(r.out.find("on 4 held-out scenes at 96 px") != std::string::npos);
+  CHECK(r.out.find("grouping score at the start (step 0): mIoU") != std::string::npos);
+  CHECK(r.out.find("grouping score at the end (step 2): mIoU") != std::string::npos);
+  CHECK(r.out.find("of 8 prototypes used") != std::string::npos);
+  std::string s = dir("train_score_only");
+  Run r0 = run(kTiny + "--steps 0 --no-auto-resume --score_images 4 --output_dir " + s);
+  INFO(r0.out);
+  REQUIRE(r0.code() == 0);
+  CHECK(r0.out.find("grouping score at the start (step 0)") != std::string::npos);
+  CHECK(r0.out.find("epoch 0 step") == std::string::npos);
+  CHECK_FALSE(fs::exists(s + "/final.safetensors"));
+  // a bad score size is a config error
+  Run bad = run(kTiny + "--steps 1 --no-auto-resume --score_size 8 --output_dir " + s);
+  CHECK(bad.code() != 0);
+  CHECK(bad.out.find("score_size") != std::string::npos);
+}
