@@ -250,6 +250,10 @@ int cmd_train(const Args& args_in) {
                 (long long)c.info.step, (long long)c.info.epoch);
   }
 
+  // NHWC backbone (after loading: the loads copy values into whatever layout the tensors have)
+  const bool nhwc = cfg.channels_last == "on" || (cfg.channels_last == "auto" && dev.is_cuda());
+  if (nhwc) model.set_channels_last(true);
+
   // ---- data: the loader's stream starts at the resumed position ----
   std::unique_ptr<data::DataLoader> loader;
   std::optional<TwoViewBatch> fixed;

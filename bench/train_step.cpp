@@ -13,7 +13,8 @@
 //
 // usage: bench_train_step [--arch A] [--size S] [--batch B] [--K K] [--dim-hidden H]
 //                         [--dim-out D] [--warmup N] [--steps N] [--precision fp32|bf16]
-//                         [--no-baseline] [--script PATH]
+//                         [--channels-last on|off] [--no-baseline] [--script PATH]
+// (channels-last: NHWC backbone, on by default on the GPU as `slotcon train`'s auto setting)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -41,7 +42,7 @@ int main(int argc, char** argv) {
   cfg.dim_out = gpu ? 256 : 64;
   int warmup = gpu ? 5 : 1, steps = gpu ? 20 : 3;
   std::string precision = gpu ? "bf16" : "fp32", script;
-  bool baseline = true;
+  bool baseline = true, nhwc = gpu;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -61,6 +62,7 @@ int main(int argc, char** argv) {
     else if (a == "--steps") steps = std::atoi(next().c_str());
     else if (a == "--precision") precision = next();
     else if (a == "--no-baseline") baseline = false;
+    else if (a == "--channels-last") nhwc = next() == "on";
     else if (a == "--script") script = next();
     else {
       std::fprintf(stderr, "bench_train_step: unknown option %s (see the file's header)\n",
@@ -82,6 +84,7 @@ int main(int argc, char** argv) {
 
   SlotConModel model(cfg, dev, 0);
   model.train();
+  model.set_channels_last(nhwc);
   std::vector<Tensor> params;
   for (auto& kv : model.student_parameters()) params.push_back(kv.second);
   LARS opt(params, LARSOptions{cfg.base_lr * double(cfg.batch_size) / 256.0, 0.9, 1e-5, 0.001});
@@ -118,11 +121,11 @@ int main(int argc, char** argv) {
   }
   std::sort(ms.begin(), ms.end());
   const double med = ms[ms.size() / 2], ips = 1000.0 * double(B) / med;
-  std::printf("bench_train_step (engine) on %s: %s, %ldpx, batch %ld, K %ld, D %ld, H %ld, %s: "
+  std::printf("bench_train_step (engine) on %s: %s, %ldpx, batch %ld, K %ld, D %ld, H %ld, %s%s: "
               "%.1f ms/step, %.1f images/s (median of %d, min %.1f ms)\n",
               where.c_str(), cfg.arch.c_str(), long(S), long(B), long(cfg.num_prototypes),
-              long(cfg.dim_out), long(cfg.dim_hidden), precision.c_str(), med, ips, steps,
-              ms.front());
+              long(cfg.dim_out), long(cfg.dim_hidden), precision.c_str(),
+              nhwc ? " channels_last" : "", med, ips, steps, ms.front());
 
   std::optional<double> torch_ips;
   if (baseline) {
@@ -133,10 +136,10 @@ int main(int argc, char** argv) {
       char args[512];
       std::snprintf(args, sizeof args,
                     "bench --device %s --arch %s --size %ld --batch %ld --K %ld --dim-hidden %ld "
-                    "--dim-out %ld --dtype %s --warmup %d --iters %d",
+                    "--dim-out %ld --dtype %s --warmup %d --iters %d%s",
                     gpu ? "cuda" : "cpu", cfg.arch.c_str(), long(S), long(B),
                     long(cfg.num_prototypes), long(cfg.dim_hidden), long(cfg.dim_out),
-                    precision.c_str(), warmup, steps);
+                    precision.c_str(), warmup, steps, nhwc ? "" : " --no-channels-last");
       torch_ips = bench::run_baseline(path, args);
     }
   }

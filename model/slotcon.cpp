@@ -4,6 +4,7 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "model/resnet_layers.h"
 #include "model/slotcon_loss.h"
 
 namespace sc {
@@ -88,10 +89,27 @@ void SlotConModel::sync_teacher() {
   // BN running statistics start equal too (both are fresh: 0 / 1).
 }
 
+void SlotConModel::set_channels_last(bool on) {
+  if (on == channels_last_) return;
+  SC_CHECK(on, "set_channels_last(false) after true is not supported; build a fresh model");
+  for (Module* m : {static_cast<Module*>(encoder_q.get()), static_cast<Module*>(encoder_k.get()),
+                    static_cast<Module*>(projector_q.get()),
+                    static_cast<Module*>(projector_k.get())})
+    convert_conv_weights_channels_last(*m);
+  channels_last_ = true;
+}
+
+namespace {
+Tensor backbone_input(const Tensor& crops, DType compute, bool channels_last) {
+  Tensor in = cast(crops, compute);
+  return channels_last ? in.contiguous(MemoryFormat::ChannelsLast) : in;
+}
+}  // namespace
+
 StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype) {
   SlotConViews views;
   for (int v = 0; v < 2; ++v) {
-    Tensor in = cast(batch.crops[v], compute_dtype);
+    Tensor in = backbone_input(batch.crops[v], compute_dtype, channels_last_);
     // the head runs in F32 whatever the backbone's activation dtype
     views.x[v] = cast(projector_q->forward(encoder_q->forward(in)), DType::F32);
     views.boxes[v] = batch.coords[v];
@@ -100,7 +118,7 @@ StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype) {
   {
     NoGradGuard ng;  // the teacher: train mode (batch statistics), no gradients
     for (int v = 0; v < 2; ++v) {
-      Tensor in = cast(batch.crops[v], compute_dtype);
+      Tensor in = backbone_input(batch.crops[v], compute_dtype, channels_last_);
       views.y[v] = cast(projector_k->forward(encoder_k->forward(in)), DType::F32);
     }
   }
@@ -127,7 +145,8 @@ Tensor SlotConModel::assign_prototypes(const Tensor& images) {
   const bool was_training = encoder_k->is_training();
   encoder_k->eval();
   projector_k->eval();
-  Tensor x = projector_k->forward(encoder_k->forward(images));  // (B, D, h, w)
+  Tensor x = projector_k->forward(
+      encoder_k->forward(backbone_input(images, images.dtype(), channels_last_)));  // (B, D, h, w)
   encoder_k->train(was_training);
   projector_k->train(was_training);
   const int64_t B = x.size(0), D = x.size(1), h = x.size(2), w = x.size(3);

@@ -70,6 +70,13 @@ class SlotConModel : public Module {
   const TrainConfig& config() const { return cfg_; }
   // Fused head kernels (default) or the plain-op composition (the reference).
   void set_fused(bool on) { fused_ = on; }
+  // Channels-last (NHWC) backbone and projector: every conv weight is converted in place (names,
+  // values and autograd identity kept) and the crops enter as NHWC, so cuDNN runs its NHWC
+  // tensor-core kernels without layout conversions (what PyTorch's channels_last does). The
+  // values computed are the same as NCHW up to rounding. Call before creating the optimizer's
+  // state or after loading a state: both layouts load and save the same row-major values.
+  void set_channels_last(bool on);
+  bool channels_last() const { return channels_last_; }
 
   std::shared_ptr<ResNet> encoder_q, encoder_k;
   std::shared_ptr<Projector> projector_q, projector_k;
@@ -82,6 +89,7 @@ class SlotConModel : public Module {
   std::vector<std::pair<Tensor, Tensor>> ema_pairs() const;
   TrainConfig cfg_;
   bool fused_ = true;
+  bool channels_last_ = false;
 };
 
 int resnet_depth(const std::string& arch);

@@ -74,6 +74,8 @@ const std::map<std::string, Field>& fields() {
       {"epochs", field(&TrainConfig::epochs, "training epochs")},
       {"max_steps", field(&TrainConfig::max_steps, "stop after N steps (0: all epochs)")},
       {"precision", field(&TrainConfig::precision, "auto | fp32 | bf16 | fp16")},
+      {"channels_last", field(&TrainConfig::channels_last,
+                              "NHWC activations and conv weights: auto (GPU) | on | off")},
       {"nonfinite", field(&TrainConfig::nonfinite, "stop | skip on a non-finite loss")},
       {"dataset", field(&TrainConfig::dataset, "folder | synthetic")},
       {"data_dir", field(&TrainConfig::data_dir, "image folder(s), ':'-separated")},
@@ -114,6 +116,8 @@ void TrainConfig::validate() const {
            "' (lars or sgd)");
   SC_CHECK(one_of(precision, {"auto", "fp32", "bf16", "fp16"}), "config key 'precision': unknown '",
            precision, "' (auto, fp32, bf16 or fp16)");
+  SC_CHECK(one_of(channels_last, {"auto", "on", "off"}), "config key 'channels_last': unknown '",
+           channels_last, "' (auto, on or off)");
   SC_CHECK(one_of(nonfinite, {"stop", "skip"}), "config key 'nonfinite': unknown '", nonfinite,
            "' (stop or skip)");
   SC_CHECK(one_of(dataset, {"folder", "synthetic"}), "config key 'dataset': unknown '", dataset,

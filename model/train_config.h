@@ -37,6 +37,7 @@ struct TrainConfig {
   int64_t epochs = 800;
   int64_t max_steps = 0;            // stop after this many steps (0: run every epoch)
   std::string precision = "auto";   // auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+  std::string channels_last = "auto";  // auto (on for the GPU, off for the CPU) | on | off
   std::string nonfinite = "stop";   // stop | skip: what a non-finite loss does
   // data
   std::string dataset = "folder";   // folder | synthetic
