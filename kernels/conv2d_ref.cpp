@@ -35,6 +35,16 @@ inline bool is_pointwise(const Conv2dGeom& g) {
   return g.R == 1 && g.S == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 && g.pad_w == 0;
 }
 
+// The output columns ow whose input column iw = ow*stride - pad + s lies inside [0, W):
+// [lo, hi). Outside it im2col writes zeros and col2im adds nothing.
+inline void valid_cols(int64_t OW, int64_t W, int64_t stride, int64_t pad, int64_t s, int64_t* lo,
+                       int64_t* hi) {
+  const int64_t off = s - pad;  // iw = ow*stride + off
+  *lo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  *hi = W - off <= 0 ? 0 : std::min(OW, (W - off + stride - 1) / stride);
+  if (*hi < *lo) *hi = *lo;
+}
+
 // col[(c*R + r)*S + s, oh*OW + ow] = x[c, oh*sh - ph + r, ow*sw - pw + s] (0 outside); rows of
 // col are ld apart (ld >= OH*OW: several images side by side in one column block).
 template <class T>
@@ -44,6 +54,9 @@ void im2col(const Conv2dGeom& g, ImageStrides st, const T* x, T* col, int64_t ld
     for (int64_t r = 0; r < g.R; ++r)
       for (int64_t s = 0; s < g.S; ++s) {
         T* row = col + ((c * g.R + r) * g.S + s) * ld;
+        int64_t lo, hi;
+        valid_cols(OW, g.W, g.stride_w, g.pad_w, s, &lo, &hi);
+        const int64_t off = s - g.pad_w;
         for (int64_t oh = 0; oh < OH; ++oh) {
           const int64_t ih = oh * g.stride_h - g.pad_h + r;
           T* out = row + oh * OW;
@@ -52,10 +65,15 @@ void im2col(const Conv2dGeom& g, ImageStrides st, const T* x, T* col, int64_t ld
             continue;
           }
           const T* xrow = x + c * st.c + ih * st.h;
-          for (int64_t ow = 0; ow < OW; ++ow) {
-            const int64_t iw = ow * g.stride_w - g.pad_w + s;
-            out[ow] = (iw >= 0 && iw < g.W) ? xrow[iw * st.w] : T(0);
+          std::fill(out, out + lo, T(0));
+          if (st.w == 1 && g.stride_w == 1) {
+            std::memcpy(out + lo, xrow + lo + off, size_t(hi - lo) * sizeof(T));
+          } else {
+            const int64_t step = g.stride_w * st.w;
+            const T* in = xrow + (lo * g.stride_w + off) * st.w;
+            for (int64_t ow = lo; ow < hi; ++ow, in += step) out[ow] = *in;
           }
+          std::fill(out + hi, out + OW, T(0));
         }
       }
 }
@@ -68,15 +86,15 @@ void col2im_add(const Conv2dGeom& g, ImageStrides st, const T* col, int64_t ld, 
     for (int64_t r = 0; r < g.R; ++r)
       for (int64_t s = 0; s < g.S; ++s) {
         const T* row = col + ((c * g.R + r) * g.S + s) * ld;
+        int64_t lo, hi;
+        valid_cols(OW, g.W, g.stride_w, g.pad_w, s, &lo, &hi);
+        const int64_t off = s - g.pad_w, step = g.stride_w * st.w;
         for (int64_t oh = 0; oh < OH; ++oh) {
           const int64_t ih = oh * g.stride_h - g.pad_h + r;
           if (ih < 0 || ih >= g.H) continue;
-          T* xrow = x + c * st.c + ih * st.h;
+          T* xo = x + c * st.c + ih * st.h + (lo * g.stride_w + off) * st.w;
           const T* in = row + oh * OW;
-          for (int64_t ow = 0; ow < OW; ++ow) {
-            const int64_t iw = ow * g.stride_w - g.pad_w + s;
-            if (iw >= 0 && iw < g.W) xrow[iw * st.w] += in[ow];
-          }
+          for (int64_t ow = lo; ow < hi; ++ow, xo += step) *xo += in[ow];
         }
       }
 }
