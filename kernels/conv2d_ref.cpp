@@ -121,6 +121,17 @@ void scatter_images(const T* src, int64_t n, int64_t rows, int64_t L, T* dst) {
       std::memcpy(dst + (i * rows + r) * L, src + r * n * L + i * L, size_t(L) * sizeof(T));
 }
 
+// The column block (C*R*S, n*L) of n NCHW images (a pointwise conv's columns are the images).
+template <class T>
+void chunk_columns(const Conv2dGeom& g, ImageStrides st, const T* x, int64_t n, T* col) {
+  const int64_t L = g.OH() * g.OW(), x_img = g.C * g.H * g.W;
+  if (is_pointwise(g)) {
+    gather_images(x, n, g.C, L, col);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) im2col(g, st, x + i * x_img, col + i * L, n * L);
+}
+
 }  // namespace
 
 template <class T>
@@ -136,10 +147,7 @@ void conv2d_forward_ref(const Conv2dGeom& g, Layout layout, const T* x, const T*
     std::vector<T> col(size_t(CRS * nc * L)), out(size_t(g.K * nc * L));
     for (int64_t n0 = 0; n0 < g.N; n0 += nc) {
       const int64_t n = std::min(nc, g.N - n0), ld = n * L;
-      if (pointwise)
-        gather_images(x + n0 * x_img, n, g.C, L, col.data());
-      else
-        for (int64_t i = 0; i < n; ++i) im2col(g, st, x + (n0 + i) * x_img, col.data() + i * L, ld);
+      chunk_columns(g, st, x + n0 * x_img, n, col.data());
       gemm(false, false, g.K, ld, CRS, T(1), w, CRS, col.data(), ld, T(0), out.data(), ld);
       scatter_images(out.data(), n, g.K, L, y + n0 * y_img);
     }
@@ -222,10 +230,7 @@ void conv2d_backward_weight_ref(const Conv2dGeom& g, Layout layout, const T* x, 
     std::vector<T> col(size_t(CRS * nc * L)), dyc(size_t(g.K * nc * L));
     for (int64_t n0 = 0; n0 < g.N; n0 += nc) {
       const int64_t n = std::min(nc, g.N - n0), ld = n * L;
-      if (pointwise)
-        gather_images(x + n0 * x_img, n, g.C, L, col.data());
-      else
-        for (int64_t i = 0; i < n; ++i) im2col(g, st, x + (n0 + i) * x_img, col.data() + i * L, ld);
+      chunk_columns(g, st, x + n0 * x_img, n, col.data());
       gather_images(dy + n0 * y_img, n, g.K, L, dyc.data());
       gemm(false, true, g.K, CRS, ld, T(1), dyc.data(), ld, col.data(), ld, T(1), dw, CRS);
     }

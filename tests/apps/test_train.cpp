@@ -30,6 +30,17 @@ const std::string kTiny =
     "train --dataset synthetic --arch resnet18 --dim_hidden 32 --dim_out 16 --num_prototypes 8 "
     "--image_size 64 --batch_size 4 --synthetic_images 8 --num_workers 1 --warmup_epoch 0 "
     "--print_freq 1 --score-images 0 --epochs 10 ";
+// The first batch of the synthetic loader at kTiny's settings (8 scenes, 64 px, seed 0).
+data::Batch first_batch(int batch_size, int workers) {
+  data::LoaderConfig lc;
+  lc.synthetic = true;
+  lc.synthetic_count = 8;
+  lc.image_size = 64;
+  lc.batch_size = batch_size;
+  lc.num_workers = workers;
+  data::DataLoader loader(lc);
+  return loader.next_batch();
+}
 std::vector<nlohmann::json> metrics(const std::string& d) {
   std::vector<nlohmann::json> out;
   std::ifstream in(d + "/metrics.jsonl");
@@ -79,14 +90,7 @@ TEST_CASE("train: a few CPU steps, then a resumed run reproduces the uninterrupt
 
 TEST_CASE("train: the loss falls on a repeated batch") {
   std::string d = dir("train_repeat");
-  data::LoaderConfig lc;
-  lc.synthetic = true;
-  lc.synthetic_count = 8;
-  lc.image_size = 64;
-  lc.batch_size = 8;
-  lc.num_workers = 0;
-  data::DataLoader loader(lc);
-  data::Batch b = loader.next_batch();
+  data::Batch b = first_batch(8, 0);
   TensorMap t;
   for (int v = 0; v < 2; ++v) {
     t["crops." + std::to_string(v)] = b.crops[v];
@@ -155,14 +159,7 @@ TEST_CASE("train: --save-batch records the batch trained on, in the --batch-file
   REQUIRE(r.code() == 0);
   SafetensorsFile f = read_safetensors(d + "/batch.safetensors");
   // the loader's first batch for the same settings (seed 0, synthetic, 64 px, batch 4)
-  data::LoaderConfig lc;
-  lc.synthetic = true;
-  lc.synthetic_count = 8;
-  lc.image_size = 64;
-  lc.batch_size = 4;
-  lc.num_workers = 1;
-  data::DataLoader loader(lc);
-  data::Batch b = loader.next_batch();
+  data::Batch b = first_batch(4, 1);
   for (int v = 0; v < 2; ++v) {
     const std::string s = std::to_string(v);
     REQUIRE(f.tensors.count("crops." + s) == 1);

@@ -54,6 +54,8 @@ TensorMap state_of(const Module& m) {
   for (auto& kv : m.state_dict()) s[kv.first] = kv.second.detach().to(Device::cpu());
   return s;
 }
+// A freshly initialised tiny model's state (on the host).
+TensorMap fresh_state(uint64_t seed) { return state_of(SlotConModel(tiny(), Device::cpu(), seed)); }
 struct Stepper {
   SlotConModel model;
   std::vector<Tensor> params;
@@ -91,9 +93,8 @@ TEST_CASE("gpu train step (fp32) matches the CPU step: loss, parts, center, para
           "[gpu][train]") {
   const uint64_t seed = fresh_seed();
   INFO("seed " << seed);
-  SlotConModel init(tiny(), Device::cpu(), seed);
-  TensorMap s0 = state_of(init);
-  TwoViewBatch b = random_batch(seed + 1);
+  const TensorMap s0 = fresh_state(seed);
+  const TwoViewBatch b = random_batch(seed + 1);
   Stepper cpu(s0, Device::cpu()), gpu(s0, Device::cuda(0));
   StepLoss lc = cpu.step(b, DType::F32);
   StepLoss lg = gpu.step(batch_on(b, Device::cuda(0), DType::F32), DType::F32);
@@ -115,9 +116,8 @@ TEST_CASE("gpu train step in bf16 and in fp16 with loss scaling stays finite and
           "[gpu][train]") {
   const uint64_t seed = fresh_seed();
   INFO("seed " << seed);
-  SlotConModel init(tiny(), Device::cpu(), seed);
-  TensorMap s0 = state_of(init);
-  TwoViewBatch b = random_batch(seed + 1);
+  const TensorMap s0 = fresh_state(seed);
+  const TwoViewBatch b = random_batch(seed + 1);
   Stepper ref(s0, Device::cuda(0));
   const double l32 = ref.step(batch_on(b, Device::cuda(0), DType::F32), DType::F32).total.item();
   for (DType dt : {DType::BF16, DType::F16}) {
