@@ -199,6 +199,45 @@ def roi_align_same_size(x, boxes):
     except ImportError:
         pass
     N, C, H, W = x.shape
+    size = boxes[:, 2:] - boxes[:, :2]
+    if bool(((size > 0) & (size <= torch.tensor([W, H], dtype=size.dtype, device=size.device))).all()):
+        return _roi_align_one_sample(x, boxes)
+    return _roi_align_loop(x, boxes)
+
+
+def _roi_align_one_sample(x, boxes):
+    """roi_align_same_size when every box is at most the map's size: one bilinear sample per bin,
+    all images at once."""
+    N, C, H, W = x.shape
+
+    def axis(start, length, size):  # (N,) -> (N, size) sample positions, torchvision's rules
+        i = torch.arange(size, device=x.device, dtype=x.dtype).view(1, -1)
+        p = start.view(-1, 1) - 0.5 + (i + 0.5) * (length.view(-1, 1) / size)
+        valid = (p >= -1.0) & (p <= size)
+        p = p.clamp(min=0.0)
+        lo = p.floor().long().clamp(max=size - 1)
+        hi = (lo + 1).clamp(max=size - 1)
+        frac = torch.where(lo >= size - 1, torch.zeros_like(p), p - lo.to(p.dtype))
+        return lo, hi, frac, valid
+
+    b = boxes.to(x.dtype)
+    ylo, yhi, ly, vy = axis(b[:, 1], b[:, 3] - b[:, 1], H)
+    xlo, xhi, lx, vx = axis(b[:, 0], b[:, 2] - b[:, 0], W)
+    n = torch.arange(N, device=x.device).view(N, 1, 1)
+
+    def at(yi, xi):  # (N, H, W, C)
+        return x[n, :, yi[:, :, None], xi[:, None, :]]
+
+    ly, lx = ly[:, :, None, None], lx[:, None, :, None]
+    v = (at(ylo, xlo) * (1 - ly) * (1 - lx) + at(ylo, xhi) * (1 - ly) * lx +
+         at(yhi, xlo) * ly * (1 - lx) + at(yhi, xhi) * ly * lx)
+    v = v * (vy[:, :, None] & vx[:, None, :]).to(v.dtype)[..., None]
+    return v.permute(0, 3, 1, 2)
+
+
+def _roi_align_loop(x, boxes):
+    """roi_align_same_size for any boxes: the adaptive grid, one image at a time."""
+    N, C, H, W = x.shape
     out = []
     for n in range(N):  # adaptive grid: ceil(box / bins) samples per bin, per box
         x1, y1, x2, y2 = [float(v) for v in boxes[n]]
@@ -532,7 +571,7 @@ def main():
     c.add_argument("--torch-losses")
     c.add_argument("--tol", type=float, default=1e-2)
     c.add_argument("--top", type=int, default=8)
-    c.add_argument("--floor", type=float, default=1e-4, help="smallest norm divided by")
+    c.add_argument("--floor", type=float, default=1e-3, help="smallest norm divided by")
     a = ap.parse_args()
     if a.cmd is None:
         a = ap.parse_args(["bench"] + sys.argv[1:])
