@@ -368,7 +368,7 @@ int cmd_train(const Args& args_in) {
     opt.set_lr(lr);
     model.momentum_update(m);
     StepLoss loss = model.forward(batch, compute);
-    const double total = loss.total.item();
+    const double total = loss.value;
     if (!std::isfinite(total) || !std::isfinite(loss.group) || !std::isfinite(loss.contrast)) {
       const char* part = !std::isfinite(loss.group) ? "group loss"
                          : !std::isfinite(loss.contrast) ? "contrast loss" : "total loss";

@@ -135,8 +135,17 @@ StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype) {
       [&pred](const Tensor& slots, const Tensor& mask) { return pred.forward(slots, mask); }, lc);
   StepLoss out;
   out.total = parts.loss;
-  out.group = parts.group_loss.item();
-  out.contrast = parts.contrast_loss.item();
+  {
+    NoGradGuard ng;
+    Tensor all = concat({reshape(cast(parts.loss.detach(), DType::F64), {1}),
+                         reshape(cast(parts.group_loss.detach(), DType::F64), {1}),
+                         reshape(cast(parts.contrast_loss.detach(), DType::F64), {1})},
+                        0);
+    const std::vector<double> v = all.to(Device::cpu()).to_vector();
+    out.value = v[0];
+    out.group = v[1];
+    out.contrast = v[2];
+  }
   return out;
 }
 

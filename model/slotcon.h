@@ -41,8 +41,9 @@ struct TwoViewBatch {
 };
 
 struct StepLoss {
-  Tensor total;     // scalar, differentiable
-  double group = 0;     // parts, for logging
+  Tensor total;         // scalar, differentiable
+  double value = 0;     // total's value, and its parts, for logging and the non-finite check
+  double group = 0;     // (read together: one host synchronisation per step on a device)
   double contrast = 0;
 };
 

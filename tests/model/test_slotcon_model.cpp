@@ -92,6 +92,8 @@ TEST_CASE("slotcon model: one step's loss, fused equals unfused, gradients reach
   StepLoss lf = fused.forward(b), lp = plain.forward(b);
   CHECK(std::isfinite(lf.total.item()));
   CHECK(lf.total.item() == Approx(lp.total.item()).epsilon(1e-4));
+  CHECK(lf.value == lf.total.item());
+  CHECK(lf.value == Approx(lf.group + lf.contrast).epsilon(1e-6));
   CHECK(lf.group == Approx(lp.group).epsilon(1e-4));
   CHECK(lf.contrast == Approx(lp.contrast).epsilon(1e-4));
   CHECK(compare(fused.center, plain.center, 1e-6, 1e-4).max_scaled <= 1);
