@@ -101,6 +101,18 @@ TwoViewBatch load_batch_file(const std::string& path, Device dev, DType dt) {
   return b;
 }
 
+// The --batch-file format, written (crops as F32 on the host).
+void save_batch_file(const std::string& path, const TwoViewBatch& b) {
+  TensorMap rec;
+  for (int v = 0; v < 2; ++v) {
+    const std::string s = std::to_string(v);
+    rec["crops." + s] = cast(b.crops[v], DType::F32).to(Device::cpu());
+    rec["coords." + s] = b.coords[v].to(Device::cpu());
+    rec["flags." + s] = b.flags[v].to(Device::cpu());
+  }
+  write_safetensors(path, rec);
+}
+
 struct Scorer {
   data::SceneBatch scenes;
   int64_t count = 0;
@@ -351,14 +363,7 @@ int cmd_train(const Args& args_in) {
     }
     const int64_t B = batch.crops[0].size(0);
     if (!save_batch.empty()) {
-      TensorMap rec;
-      for (int v = 0; v < 2; ++v) {
-        const std::string sfx = std::to_string(v);
-        rec["crops." + sfx] = cast(batch.crops[v], DType::F32).to(Device::cpu());
-        rec["coords." + sfx] = batch.coords[v].to(Device::cpu());
-        rec["flags." + sfx] = batch.flags[v].to(Device::cpu());
-      }
-      write_safetensors(save_batch, rec);
+      save_batch_file(save_batch, batch);
       std::printf("recorded this batch in %s\n", save_batch.c_str());
       save_batch.clear();
     }

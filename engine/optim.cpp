@@ -67,10 +67,6 @@ void LARS::step() {
   }
 }
 
-}  // namespace sc
-
-namespace sc {
-
 GradScaler::GradScaler(GradScalerOptions opt) : opt_(opt), scale_(opt.init_scale) {
   SC_CHECK(opt.init_scale > 0 && std::isfinite(opt.init_scale), "GradScaler: init_scale must be > 0");
   SC_CHECK(opt.growth_factor > 1.0, "GradScaler: growth_factor must be > 1");

@@ -57,9 +57,6 @@ class LARS {
   LARSOptions opt_;
 };
 
-}  // namespace sc
-
-namespace sc {
 
 // Dynamic loss scaling for fp16 training (the semantics of torch.cuda.amp.GradScaler, which the
 // authors train with): backward runs on loss * scale so that small fp16 gradients do not flush

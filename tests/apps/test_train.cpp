@@ -43,6 +43,16 @@ data::Batch first_batch(int batch_size, int workers) {
   data::DataLoader loader(lc);
   return loader.next_batch();
 }
+// ... written in the --batch-file format.
+void write_batch(const std::string& path, const data::Batch& b) {
+  TensorMap t;
+  for (int v = 0; v < 2; ++v) {
+    t["crops." + std::to_string(v)] = b.crops[v];
+    t["coords." + std::to_string(v)] = b.coords[v];
+    t["flags." + std::to_string(v)] = b.flags[v];
+  }
+  write_safetensors(path, t);
+}
 std::vector<nlohmann::json> metrics(const std::string& d) {
   std::vector<nlohmann::json> out;
   std::ifstream in(d + "/metrics.jsonl");
@@ -93,13 +103,7 @@ TEST_CASE("train: a few CPU steps, then a resumed run reproduces the uninterrupt
 TEST_CASE("train: the loss falls on a repeated batch") {
   std::string d = dir("train_repeat");
   data::Batch b = first_batch(8, 0);
-  TensorMap t;
-  for (int v = 0; v < 2; ++v) {
-    t["crops." + std::to_string(v)] = b.crops[v];
-    t["coords." + std::to_string(v)] = b.coords[v];
-    t["flags." + std::to_string(v)] = b.flags[v];
-  }
-  write_safetensors(d + "/batch.safetensors", t);
+  write_batch(d + "/batch.safetensors", b);
   Run r = run(kTiny + "--epochs 100 --steps 20 --no-auto-resume --optimizer sgd --base_lr 0.5 --batch-file " +
               d + "/batch.safetensors --output_dir " + d);
   INFO(r.out);
@@ -232,13 +236,7 @@ TEST_CASE("train: three steps reproduce the PyTorch reference step (losses pinne
   for (auto& kv : init.state_dict()) state[kv.first] = kv.second;
   write_safetensors(d + "/init.safetensors", state);
   data::Batch b = first_batch(8, 0);
-  TensorMap t;
-  for (int v = 0; v < 2; ++v) {
-    t["crops." + std::to_string(v)] = b.crops[v];
-    t["coords." + std::to_string(v)] = b.coords[v];
-    t["flags." + std::to_string(v)] = b.flags[v];
-  }
-  write_safetensors(d + "/batch.safetensors", t);
+  write_batch(d + "/batch.safetensors", b);
   Run r = run("train --dataset synthetic --arch resnet18 --dim_hidden 32 --dim_out 8 "
               "--num_prototypes 8 --batch_size 8 --image_size 64 --epochs 100 --warmup_epoch 0 "
               "--print_freq 1 --score_images 0 --no-auto-resume --steps 3 --init " + d +
