@@ -16,7 +16,7 @@ read -r -a py <<<"${PYTHON:-python3}"
 bin="$build/apps/slotcon"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-common=(--config "$config" --no-auto-resume --score-images 0 --device "${DEVICE:-cpu}"
+common=(--config "$config" --no-auto-resume --score_images 0 --device "${DEVICE:-cpu}"
         --precision fp32 --epochs 100 --print_freq 1)
 
 echo "== record one batch (and the run's config) with the engine"

@@ -278,27 +278,6 @@ inline unsigned row_threads(bool block_rows) {
 }
 
 template <class F>
-void dispatch_float(DType t, const char* op, F&& f) {
-  switch (t) {
-    case DType::F32:
-      f(float());
-      return;
-    case DType::F64:
-      f(double());
-      return;
-    case DType::BF16:
-      f(bf16());
-      return;
-    case DType::F16:
-      f(f16());
-      return;
-    default:
-      throw Error(str_cat(op, ": the CUDA backend computes in F32, F64, BF16 and F16, not ",
-                          dtype_name(t)));
-  }
-}
-
-template <class F>
 void dispatch_any(DType t, F&& f) {
   switch (t) {
     case DType::F32:
@@ -321,6 +300,17 @@ void dispatch_any(DType t, F&& f) {
       return;
   }
   throw Error("unknown dtype");
+}
+
+// dispatch_any restricted to the float types (f is instantiated for those only).
+template <class F>
+void dispatch_float(DType t, const char* op, F&& f) {
+  if (!is_floating(t))
+    throw Error(str_cat(op, ": the CUDA backend computes in F32, F64, BF16 and F16, not ",
+                        dtype_name(t)));
+  dispatch_any(t, [&](auto v) {
+    if constexpr (!std::is_integral<decltype(v)>::value) f(v);
+  });
 }
 
 // Unsigned integer of an element's width, for code that only moves bits.
