@@ -181,7 +181,7 @@ TEST_CASE("train: --save-batch records the batch trained on, in the --batch-file
   CHECK(rr.code() == 0);
 }
 
-TEST_CASE("train: the grouping score at the start and the end; --steps 0 only scores") {
+TEST_CASE("train: the grouping score at the start and the end, --steps 0 only scores") {
   std::string d = dir("train_score");
   Run r = run(kTiny + "--steps 2 --no-auto-resume --score_images 4 --score_size 96 --output_dir " +
               d);

@@ -55,7 +55,7 @@ TEST_CASE("conv2d: float64 gradcheck for every ResNet kernel / stride / padding,
       }
 }
 
-TEST_CASE("conv2d: forward equals the kernel reference; float32 path; argument errors",
+TEST_CASE("conv2d: forward equals the kernel reference, float32 path, argument errors",
           "[nn_ops][conv2d]") {
   Generator gen(std::random_device{}());
   Tensor x = randn({2, 3, 9, 7}, gen), w = randn({4, 3, 3, 3}, gen), b = randn({4}, gen);

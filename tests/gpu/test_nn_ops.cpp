@@ -100,7 +100,7 @@ TEST_CASE("gpu conv2d matches the CPU: forward, dx, dw, dbias", "[gpu][conv2d]")
         }
 }
 
-TEST_CASE("gpu batch_norm matches the CPU (2-D NCHW / NHWC, 1-D with mask; train / eval)",
+TEST_CASE("gpu batch_norm matches the CPU (2-D NCHW / NHWC, 1-D with mask, train / eval)",
           "[gpu][batch_norm]") {
   PoisonGuard poison;
   Generator gen(std::random_device{}());

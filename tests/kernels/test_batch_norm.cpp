@@ -47,7 +47,7 @@ std::vector<T> bn_forward(const BnCase& bc, const std::vector<T>& x, const std::
 
 }  // namespace
 
-TEST_CASE("batch_norm forward matches the formula; running stats follow PyTorch", "[batch_norm]") {
+TEST_CASE("batch_norm forward matches the formula, running stats follow PyTorch", "[batch_norm]") {
   std::mt19937_64 rng(std::random_device{}());
   // (outer, C, inner): NCHW 2-D, NHWC 2-D, 1-D, 1-D with a mask.
   std::vector<BnCase> cases = {{{3, 4, 10}, {}},

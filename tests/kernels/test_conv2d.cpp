@@ -97,7 +97,7 @@ void check_forward(double tol) {
 
 }  // namespace
 
-TEST_CASE("conv2d_forward_ref matches direct loops (float, double; NCHW, NHWC)", "[conv2d]") {
+TEST_CASE("conv2d_forward_ref matches direct loops (float and double, NCHW and NHWC)", "[conv2d]") {
   check_forward<double>(1e-12);
   check_forward<float>(2e-5);
 }

@@ -58,7 +58,7 @@ TEST_CASE("max_pool2d 3x3/2 pad 1 forward matches direct loops", "[max_pool]") {
     }
 }
 
-TEST_CASE("max_pool2d backward matches float64 finite differences; ties go to the first",
+TEST_CASE("max_pool2d backward matches float64 finite differences, ties go to the first",
           "[max_pool]") {
   std::mt19937_64 rng(std::random_device{}());
   std::uniform_real_distribution<double> u(-1, 1);
