@@ -72,6 +72,7 @@ void* Tensor::data_ptr() const {
 }
 
 bool Tensor::is_contiguous() const {
+  if (numel() == 0) return true;  // no element to misplace (PyTorch agrees)
   const Shape& s = shape();
   const Shape& st = strides();
   int64_t expect = 1;
@@ -85,6 +86,7 @@ bool Tensor::is_contiguous() const {
 
 bool Tensor::is_channels_last() const {
   if (dim() != 4) return false;
+  if (numel() == 0) return true;
   const Shape& s = shape();
   const Shape& st = strides();
   // order of dims from innermost: C, W, H, N

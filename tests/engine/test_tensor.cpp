@@ -25,6 +25,21 @@ TEST_CASE("tensor: shape, strides and contiguity") {
   CHECK_THROWS_AS(empty({2, -1}), Error);
 }
 
+TEST_CASE("tensor: an empty tensor is contiguous in any view (as in PyTorch)") {
+  // Found by the CUDA emulator: the CUDA backend's dense-operand checks refused a transposed
+  // empty tensor (sum over an empty dim, matmul with k = 0).
+  Tensor t = empty({0, 5}, DType::F32);
+  Tensor tt = transpose(t, 0, 1);
+  CHECK(tt.shape() == Shape{5, 0});
+  CHECK(tt.is_contiguous());
+  CHECK(empty({2, 0, 3, 3}).is_channels_last());
+  CHECK(empty({2, 0, 3, 3}).suggest_memory_format() == MemoryFormat::Contiguous);
+  CHECK_FALSE(transpose(empty({2, 3}), 0, 1).is_contiguous());  // non-empty: unchanged
+  Tensor s = sum(tt, {1});
+  CHECK(s.shape() == Shape{5});
+  for (double v : s.to_vector()) CHECK(v == 0.0);
+}
+
 TEST_CASE("tensor: channels-last layout is carried by strides and kept by ops") {
   Generator g(1);
   Tensor x = randn({2, 3, 4, 5}, g);
