@@ -27,8 +27,8 @@ namespace kernels {
     if (!(cond)) ::sc::kernels::fail(what, detail); \
   } while (0)
 
-#ifdef __CUDACC__
-// Check the last launch; throws with the kernel name and CUDA's message.
+#if defined(__CUDACC__) || defined(SLOTCON_CUDA_EMU)
+// Check the last launch (also under the CPU emulator of tests/cuda_emu); throws with the kernel name and CUDA's message.
 #define SC_KERNEL_LAUNCH_CHECK(name)                                         \
   do {                                                                       \
     cudaError_t e_ = cudaGetLastError();                                     \

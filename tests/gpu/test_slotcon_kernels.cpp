@@ -319,7 +319,11 @@ void check_self_distill(const sc::SelfDistillShape& s, double ts, double tt, uin
   ST.put(stats);
   sc::self_distill_backward_cuda<T>(s, A.p(), TT.p(), C.p(), ts, tt, ST.p(), G.p(), DA.p(),
                                     nullptr);
-  EXPECT_CLOSE("dL_dstudent", DA.get(n), da, tol);
+  // The backward recomputes both probabilities as exp(z - lse) from logits of T precision and the
+  // stored (T-rounded) lse; with |z| up to |t - c| / tau_t = 500 here, each carries float's
+  // ulp(500) / 2 = 3e-5, and their difference (the gradient) cancels: 4x the base tolerance (as
+  // PyTorch's float log_softmax would need); found flaky at 1x under the CUDA emulator.
+  EXPECT_CLOSE("dL_dstudent", DA.get(n), da, sizeof(T) == 8 ? tol : 4 * tol);
 }
 
 TEST_CASE("self_distill CUDA matches the CPU reference", "[gpu][self_distill]") {

@@ -133,7 +133,9 @@ TEST_CASE("gpu train step in bf16 and in fp16 with loss scaling stays finite and
     for (auto& kv : state_of(low.model)) {
       if (!is_floating(kv.second.dtype())) continue;
       INFO(kv.first);
-      for (double v : kv.second.to_vector()) REQUIRE(std::isfinite(v));
+      size_t nonfinite = 0;  // one assertion per tensor, not per element (11M of them)
+      for (double v : kv.second.to_vector()) nonfinite += !std::isfinite(v);
+      CHECK(nonfinite == 0);
     }
     if (dt == DType::F16) {
       CHECK(scaler.current_scale() <= 65536.0);

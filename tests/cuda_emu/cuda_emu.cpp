@@ -1,0 +1,555 @@
+// cuda_emu.cpp: the fiber scheduler and runtime API of the CUDA emulator (see cuda_emu.h).
+#include "cuda_emu.h"
+
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <vector>
+
+uint3 threadIdx{0, 0, 0};
+uint3 blockIdx{0, 0, 0};
+dim3 blockDim;
+dim3 gridDim;
+
+namespace emu {
+namespace {
+
+enum class St : uint8_t { Ready, BlockWait, WarpWait, Done };
+
+// Context switching. On x86-64 a fiber switch is a few instructions (emu_switch below: the
+// callee-saved registers, MXCSR and the x87 control word, then the stack pointer), which makes the
+// emulation ~10x faster than glibc's swapcontext (a sigprocmask system call per switch). Elsewhere
+// it falls back to ucontext.
+#if defined(__x86_64__)
+#define SLOTCON_EMU_ASM_SWITCH 1
+extern "C" void emu_switch(void** save_sp, void* to_sp);
+asm(R"(
+  .text
+  .globl emu_switch
+  .type emu_switch, @function
+emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size emu_switch, .-emu_switch
+  .section .note.GNU-stack,"",@progbits
+  .text
+)");
+#endif
+
+struct Fiber {
+#if defined(SLOTCON_EMU_ASM_SWITCH)
+  void* sp = nullptr;
+#else
+  ucontext_t ctx;
+#endif
+  St st = St::Done;
+  uint3 tid{0, 0, 0};
+};
+
+constexpr size_t kStackBytes = 256 * 1024;  // per emulated thread (kernels keep small frames)
+constexpr size_t kSlotBytes = 16;           // warp exchange slot per thread
+constexpr size_t kDefaultDynSmem = 48 * 1024;
+constexpr size_t kMaxDynSmem = 227 * 1024;  // sm_90 opt-in limit per block
+
+struct Stack {
+  void* base = nullptr;  // guard page first, then the stack
+  size_t bytes = 0;
+};
+
+struct Runtime {
+  std::vector<Fiber> fibers;
+  std::vector<Stack> stacks;
+#if defined(SLOTCON_EMU_ASM_SWITCH)
+  void* sched_sp = nullptr;
+#else
+  ucontext_t sched;
+#endif
+  int cur = -1;  // running thread (linear index in the block), -1 on the host
+  int nthreads = 0;
+  const std::function<void()>* body = nullptr;
+  std::vector<unsigned char> dyn;
+  std::vector<unsigned char> slots;
+  std::map<std::string, int> max_dyn;
+  std::map<void*, size_t> allocations;
+  std::mutex launch_mu;  // one launch at a time (the scheduler state is global)
+  std::mutex alloc_mu;
+  int device = 0;
+  bool direct = false;       // running a barrier-free site without fibers
+  bool saw_barrier = false;  // a thread of the current launch waited at a barrier
+  cudaError_t last = cudaSuccess;
+  uint64_t nlaunch = 0, nrun = 0;
+  std::string kernel;
+};
+
+Runtime& rt() {
+  static Runtime r;
+  return r;
+}
+
+[[noreturn]] void die(const std::string& msg) {
+  std::fprintf(stderr, "cuda_emu: %s\n", msg.c_str());
+  std::abort();
+}
+
+#if defined(SLOTCON_EMU_ASM_SWITCH)
+extern "C" void emu_fiber_entry() {
+  Runtime& r = rt();
+  (*r.body)();
+  Fiber& f = r.fibers[size_t(r.cur)];
+  f.st = St::Done;
+  emu_switch(&f.sp, r.sched_sp);
+  __builtin_unreachable();
+}
+
+// A fresh fiber's stack, as emu_switch would have left it: control state, six zeroed registers,
+// then the "return address" emu_fiber_entry in a 16-byte aligned slot (so that the entry sees the
+// stack as a called function does).
+void* initial_sp(void* stack_top) {
+  uint64_t* ret = reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(stack_top) - 16) &
+                                              ~uintptr_t(15));
+  *ret = reinterpret_cast<uint64_t>(&emu_fiber_entry);
+  uint64_t* p = ret - 6;
+  for (int i = 0; i < 6; ++i) p[i] = 0;
+  --p;
+  const uint32_t mxcsr = 0x1F80;
+  const uint16_t fpucw = 0x037F;
+  std::memcpy(reinterpret_cast<char*>(p), &mxcsr, 4);
+  std::memcpy(reinterpret_cast<char*>(p) + 4, &fpucw, 2);
+  return p;
+}
+#else
+void entry() {
+  Runtime& r = rt();
+  (*r.body)();
+  r.fibers[size_t(r.cur)].st = St::Done;
+  // returning resumes uc_link (the scheduler)
+}
+#endif
+
+void ensure_stacks(int n) {
+  Runtime& r = rt();
+  const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  while (int(r.stacks.size()) < n) {
+    Stack s;
+    s.bytes = kStackBytes + page;
+    s.base = mmap(nullptr, s.bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (s.base == MAP_FAILED) die("cannot map a fiber stack");
+    mprotect(s.base, page, PROT_NONE);  // overflow faults instead of corrupting a neighbour
+    r.stacks.push_back(s);
+  }
+  if (int(r.fibers.size()) < n) r.fibers.resize(size_t(n));
+}
+
+// Yields the running fiber back to the scheduler in state `st`.
+void block_on(St st, const char* what) {
+  Runtime& r = rt();
+  if (r.cur < 0) die(std::string(what) + " called outside a kernel");
+  if (r.direct)
+    die(std::string(what) + " reached in kernel " + r.kernel +
+        ", whose first launch from this site used no barrier, so this launch runs without fibers "
+        "(see cuda_emu.h)");
+  r.saw_barrier = true;
+  Fiber& f = r.fibers[size_t(r.cur)];
+  f.st = st;
+#if defined(SLOTCON_EMU_ASM_SWITCH)
+  emu_switch(&f.sp, r.sched_sp);
+#else
+  swapcontext(&f.ctx, &r.sched);
+#endif
+}
+
+std::string where() {
+  Runtime& r = rt();
+  std::ostringstream os;
+  os << "kernel " << r.kernel << ", block (" << blockIdx.x << "," << blockIdx.y << ","
+     << blockIdx.z << ") of (" << gridDim.x << "," << gridDim.y << "," << gridDim.z
+     << "), block size (" << blockDim.x << "," << blockDim.y << "," << blockDim.z << ")";
+  return os.str();
+}
+
+[[noreturn]] void kernel_error(const std::string& what) {
+  rt().cur = -1;
+  throw std::runtime_error("cuda_emu: " + what + " in " + where());
+}
+
+void run_block(uint64_t block_no) {
+  Runtime& r = rt();
+  const int n = r.nthreads;
+  const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  for (int t = 0; t < n; ++t) {
+    Fiber& f = r.fibers[size_t(t)];
+    f.st = St::Ready;
+    f.tid = uint3{unsigned(t) % blockDim.x, (unsigned(t) / blockDim.x) % blockDim.y,
+                  unsigned(t) / (blockDim.x * blockDim.y)};
+#if defined(SLOTCON_EMU_ASM_SWITCH)
+    f.sp = initial_sp(static_cast<char*>(r.stacks[size_t(t)].base) + page + kStackBytes);
+#else
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = static_cast<char*>(r.stacks[size_t(t)].base) + page;
+    f.ctx.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc_link = &r.sched;
+    makecontext(&f.ctx, entry, 0);
+#endif
+  }
+  if (!r.dyn.empty()) std::memset(r.dyn.data(), 0xFF, r.dyn.size());
+  // Alternate the order of the threads from one barrier interval to the next (and start each
+  // block the other way round from the previous one).
+  bool reverse = (block_no & 1) != 0;
+  for (;;) {
+    for (int i = 0; i < n; ++i) {
+      const int t = reverse ? n - 1 - i : i;
+      Fiber& f = r.fibers[size_t(t)];
+      if (f.st != St::Ready) continue;
+      r.cur = t;
+      threadIdx = f.tid;
+#if defined(SLOTCON_EMU_ASM_SWITCH)
+      emu_switch(&r.sched_sp, f.sp);
+#else
+      swapcontext(&r.sched, &f.ctx);
+#endif
+    }
+    r.cur = -1;
+    reverse = !reverse;
+    // Every thread now waits at a barrier or has returned.
+    bool released = false;
+    for (int lo = 0; lo < n; lo += 32) {
+      const int hi = std::min(n, lo + 32);
+      int waiting = 0, done = 0;
+      for (int t = lo; t < hi; ++t) {
+        waiting += r.fibers[size_t(t)].st == St::WarpWait;
+        done += r.fibers[size_t(t)].st == St::Done;
+      }
+      if (waiting > 0 && waiting + done == hi - lo) {
+        if (done > 0) {
+          std::ostringstream os;
+          os << "a warp shuffle or __syncwarp in warp " << lo / 32 << " reached by " << waiting
+             << " lanes while " << done << " lanes of the warp had returned";
+          kernel_error(os.str());
+        }
+        for (int t = lo; t < hi; ++t) r.fibers[size_t(t)].st = St::Ready;
+        released = true;
+      }
+    }
+    if (released) continue;
+    int at_block = 0, done = 0;
+    for (int t = 0; t < n; ++t) {
+      at_block += r.fibers[size_t(t)].st == St::BlockWait;
+      done += r.fibers[size_t(t)].st == St::Done;
+    }
+    if (done == n) return;
+    if (at_block > 0 && at_block + done == n) {
+      if (done > 0) {
+        std::ostringstream os;
+        os << "__syncthreads reached by " << at_block << " threads while " << done
+           << " threads of the block had returned (barrier divergence)";
+        kernel_error(os.str());
+      }
+      for (int t = 0; t < n; ++t) r.fibers[size_t(t)].st = St::Ready;
+      continue;
+    }
+    int at_warp = 0;
+    for (int t = 0; t < n; ++t) at_warp += r.fibers[size_t(t)].st == St::WarpWait;
+    std::ostringstream os;
+    os << "deadlock: " << at_block << " threads wait at __syncthreads, " << at_warp
+       << " at a warp barrier whose warp is split, " << done << " returned";
+    kernel_error(os.str());
+  }
+}
+
+void run_block_direct() {
+  Runtime& r = rt();
+  const int n = r.nthreads;
+  r.direct = true;
+  for (int t = 0; t < n; ++t) {
+    r.cur = t;
+    threadIdx = uint3{unsigned(t) % blockDim.x, (unsigned(t) / blockDim.x) % blockDim.y,
+                      unsigned(t) / (blockDim.x * blockDim.y)};
+    (*r.body)();
+  }
+  r.cur = -1;
+  r.direct = false;
+}
+
+}  // namespace
+
+void launch_site(const LaunchCfg& cfg, const char* name, const std::function<void()>& body,
+                 SiteInfo& site) {
+  Runtime& r = rt();
+  if (r.cur >= 0) die("a kernel launch from inside a kernel");
+  std::lock_guard<std::mutex> lock(r.launch_mu);
+  const dim3 g = cfg.grid, b = cfg.block;
+  const uint64_t threads = uint64_t(b.x) * b.y * b.z;
+  const auto it = r.max_dyn.find(name);
+  const size_t dyn_limit = it == r.max_dyn.end() ? kDefaultDynSmem : size_t(it->second);
+  if (g.x == 0 || g.y == 0 || g.z == 0 || b.x == 0 || b.y == 0 || b.z == 0 || threads > 1024 ||
+      b.x > 1024 || b.y > 1024 || b.z > 64 || g.x > 2147483647u || g.y > 65535 || g.z > 65535 ||
+      cfg.smem > dyn_limit) {
+    std::fprintf(stderr,
+                 "cuda_emu: invalid launch of %s: grid (%u,%u,%u), block (%u,%u,%u), dynamic "
+                 "shared memory %zu bytes (limit %zu)\n",
+                 name, g.x, g.y, g.z, b.x, b.y, b.z, cfg.smem, dyn_limit);
+    r.last = cudaErrorInvalidConfiguration;
+    return;
+  }
+  r.kernel = name;
+  r.nthreads = int(threads);
+  r.body = &body;
+  gridDim = g;
+  blockDim = b;
+  ensure_stacks(r.nthreads);
+  r.dyn.assign(cfg.smem, 0xFF);
+  r.slots.assign(size_t(r.nthreads) * kSlotBytes, 0);
+  ++r.nlaunch;
+  const bool direct = site.launched && !site.barriers;
+  r.saw_barrier = false;
+  uint64_t block_no = 0;
+  for (unsigned z = 0; z < g.z; ++z)
+    for (unsigned y = 0; y < g.y; ++y)
+      for (unsigned x = 0; x < g.x; ++x) {
+        blockIdx = uint3{x, y, z};
+        if (direct)
+          run_block_direct();
+        else
+          run_block(block_no++);
+        r.nrun += threads;
+      }
+  site.launched = true;
+  site.barriers = site.barriers || r.saw_barrier;
+  r.body = nullptr;
+}
+
+unsigned char* dynamic_shared() {
+  Runtime& r = rt();
+  return r.dyn.empty() ? nullptr : r.dyn.data();
+}
+
+void sync_block() { block_on(St::BlockWait, "__syncthreads"); }
+void sync_warp() { block_on(St::WarpWait, "a warp barrier"); }
+
+int lane_id() {
+  Runtime& r = rt();
+  if (r.cur < 0) die("a warp function called outside a kernel");
+  return r.cur % 32;
+}
+
+void warp_exchange(const void* v, void* out, size_t bytes, int src_lane) {
+  Runtime& r = rt();
+  if (bytes > kSlotBytes) die("warp shuffle of more than 16 bytes");
+  const int me = r.cur;
+  std::memcpy(&r.slots[size_t(me) * kSlotBytes], v, bytes);
+  sync_warp();
+  const int src = (me / 32) * 32 + src_lane;
+  if (src < 0 || src >= r.nthreads)
+    kernel_error("a warp shuffle reads lane " + std::to_string(src_lane) +
+                 ", which does not exist in this block");
+  std::memcpy(out, &r.slots[size_t(src) * kSlotBytes], bytes);
+  sync_warp();
+}
+
+uint64_t launches() { return rt().nlaunch; }
+uint64_t threads_run() { return rt().nrun; }
+
+cudaError_t func_set_attribute(const char* name, cudaFuncAttribute attr, int value) {
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (value < 0 || size_t(value) > kMaxDynSmem) return cudaErrorInvalidValue;
+    rt().max_dyn[name] = value;
+  }
+  return cudaSuccess;
+}
+
+unsigned short float_to_half_bits(float f) {
+  const uint32_t u = f32_bits(f);
+  const uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return static_cast<unsigned short>(sign | 0x7e00u);  // NaN
+  if (a >= 0x477ff000u) return static_cast<unsigned short>(sign | 0x7c00u);  // >= 65520: Inf
+  if (a < 0x38800000u) {  // below 2^-14: subnormal, in units of 2^-24, round to nearest even
+    const float q = bits_f32(a) * 16777216.0f;
+    return static_cast<unsigned short>(sign | uint32_t(std::nearbyint(q)));
+  }
+  uint32_t h = ((((a >> 23) - 127u + 15u)) << 10) | ((a & 0x7fffffu) >> 13);
+  const uint32_t rest = a & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
+  return static_cast<unsigned short>(sign | h);
+}
+
+float half_bits_to_float(unsigned short h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  if (e == 0) {
+    const float v = float(m) / 16777216.0f;
+    return sign ? -v : v;
+  }
+  if (e == 31) return bits_f32(sign | 0x7f800000u | (m << 13));
+  return bits_f32(sign | ((e - 15u + 127u) << 23) | (m << 13));
+}
+
+}  // namespace emu
+
+// ---------------------------------------------------------------- runtime API
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+  const size_t n = std::max<size_t>(256, (bytes + 255) / 256 * 256);
+  void* q = std::aligned_alloc(256, n);
+  if (!q) return emu::rt().last = cudaErrorMemoryAllocation;
+  std::lock_guard<std::mutex> lock(emu::rt().alloc_mu);
+  emu::rt().allocations[q] = bytes;
+  *p = q;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* p) {
+  if (!p) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(emu::rt().alloc_mu);
+  auto& a = emu::rt().allocations;
+  const auto it = a.find(p);
+  if (it == a.end()) return emu::rt().last = cudaErrorInvalidValue;
+  a.erase(it);
+  std::free(p);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+  if (bytes) std::memset(p, value, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
+  return cudaMemset(p, value, bytes);
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  if (bytes) std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t) {
+  return cudaMemcpy(dst, src, bytes, kind);
+}
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = emu::rt().last;
+  emu::rt().last = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() { return emu::rt().last; }
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+  }
+  return "unknown error";
+}
+
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* d) {
+  *d = emu::rt().device;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int d) {
+  if (d != 0) return emu::rt().last = cudaErrorInvalidDevice;
+  emu::rt().device = d;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
+  if (d != 0) return emu::rt().last = cudaErrorInvalidDevice;
+  *p = cudaDeviceProp{};
+  std::snprintf(p->name, sizeof p->name, "CUDA emulator (CPU)");
+  p->totalGlobalMem = size_t(80) << 30;
+  p->sharedMemPerBlock = 48 * 1024;
+  p->sharedMemPerBlockOptin = 227 * 1024;
+  p->major = 9;
+  p->minor = 0;
+  p->multiProcessorCount = 132;
+  p->maxThreadsPerBlock = 1024;
+  p->warpSize = 32;
+  p->l2CacheSize = 50 << 20;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int d) {
+  cudaDeviceProp p;
+  if (cudaGetDeviceProperties(&p, d) != cudaSuccess) return cudaErrorInvalidDevice;
+  switch (a) {
+    case cudaDevAttrMaxThreadsPerBlock: *v = p.maxThreadsPerBlock; break;
+    case cudaDevAttrMultiProcessorCount: *v = p.multiProcessorCount; break;
+    case cudaDevAttrL2CacheSize: *v = p.l2CacheSize; break;
+    default: return emu::rt().last = cudaErrorInvalidValue;
+  }
+  return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  *total_bytes = size_t(80) << 30;
+  *free_bytes = *total_bytes / 2;
+  return cudaSuccess;
+}
+
+// Streams and events: handles only (everything has finished when a call returns); an event keeps
+// the host time of its record for cudaEventElapsedTime.
+namespace {
+struct EmuEvent {
+  std::chrono::steady_clock::time_point t;
+};
+}  // namespace
+cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, 0); }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+  *s = reinterpret_cast<cudaStream_t>(new char(0));
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  delete reinterpret_cast<char*>(s);
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, 0); }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
+  *e = reinterpret_cast<cudaEvent_t>(new EmuEvent{std::chrono::steady_clock::now()});
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete reinterpret_cast<EmuEvent*>(e);
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+  if (!e) return emu::rt().last = cudaErrorInvalidValue;
+  reinterpret_cast<EmuEvent*>(e)->t = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t e) { return e ? cudaSuccess : cudaErrorInvalidValue; }
+cudaError_t cudaEventSynchronize(cudaEvent_t e) { return e ? cudaSuccess : cudaErrorInvalidValue; }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+  if (!a || !b) return emu::rt().last = cudaErrorInvalidValue;
+  *ms = std::chrono::duration<float, std::milli>(reinterpret_cast<EmuEvent*>(b)->t -
+                                                 reinterpret_cast<EmuEvent*>(a)->t)
+            .count();
+  return cudaSuccess;
+}
+cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) { return cudaMalloc(p, bytes); }
+cudaError_t cudaMallocHost(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
+cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }

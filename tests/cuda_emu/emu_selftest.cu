@@ -1,0 +1,101 @@
+// emu_selftest.cu: small kernels, in CUDA syntax, that test the CUDA emulator itself
+// (test_emulator.cpp). Rewritten by cuda_emu_rewrite like the kernels of kernels/; it would also
+// compile with nvcc.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace emu_selftest {
+
+// out[blockIdx.x] = sum of in[block's slice], a shared-memory tree reduction; with `barrier`
+// false the barrier inside the tree is left out (a race the emulator must expose).
+template <bool kBarrier>
+__global__ void block_sum_kernel(const float* in, float* out) {
+  __shared__ float s[256];
+  const unsigned t = threadIdx.x;
+  s[t] = in[blockIdx.x * blockDim.x + t];
+  __syncthreads();
+  for (unsigned h = blockDim.x / 2; h > 0; h /= 2) {
+    if (t < h) s[t] += s[t + h];
+    if (kBarrier) __syncthreads();
+  }
+  if (t == 0) out[blockIdx.x] = s[0];
+}
+
+void block_sum(const float* in, float* out, int blocks, bool barrier) {
+  if (barrier)
+    block_sum_kernel<true><<<blocks, 256>>>(in, out);
+  else
+    block_sum_kernel<false><<<blocks, 256>>>(in, out);
+}
+
+// Thread 0 returns before a barrier the others reach.
+__global__ void divergent_kernel(float* out) {
+  if (threadIdx.x == 0) return;
+  __syncthreads();
+  out[threadIdx.x] = 1.f;
+}
+void divergent(float* out) { divergent_kernel<<<1, 64>>>(out); }
+
+// Half the block waits at a barrier the other half never reaches (it waits at a warp barrier).
+__global__ void deadlock_kernel(float* out) {
+  if (threadIdx.x < 32) {
+    __syncthreads();
+  } else {
+    __syncwarp();
+  }
+  out[threadIdx.x] = 1.f;
+}
+void deadlock(float* out) { deadlock_kernel<<<1, 64>>>(out); }
+
+// out[lane-group] = warp sum of in by xor shuffles; out2[i] = in[i + 1] within the warp (down).
+__global__ void warp_kernel(const double* in, double* out, double* out2) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  double v = in[i];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (threadIdx.x % 32 == 0) out[i / 32] = v;
+  out2[i] = __shfl_down_sync(0xffffffffu, in[i], 1);
+}
+void warp(const double* in, double* out, double* out2, int blocks) {
+  warp_kernel<<<blocks, 64>>>(in, out, out2);
+}
+
+// out[linear thread of the grid] = packed (block, thread) coordinates, 3-D grid and block.
+__global__ void coords_kernel(int64_t* out) {
+  const int64_t block = (int64_t(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  const int64_t thread = (int64_t(threadIdx.z) * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+  const int64_t threads = int64_t(blockDim.x) * blockDim.y * blockDim.z;
+  out[block * threads + thread] = ((((int64_t(blockIdx.z) * 8 + blockIdx.y) * 8 + blockIdx.x) * 8 +
+                                    threadIdx.z) * 8 + threadIdx.y) * 8 + threadIdx.x;
+}
+void coords(int64_t* out, dim3 grid, dim3 block) { coords_kernel<<<grid, block>>>(out); }
+
+// Every thread of every block adds 1 (atomically) to *count.
+__global__ void count_kernel(unsigned long long* count, float* fsum) {
+  atomicAdd(count, 1ull);
+  atomicAdd(fsum, 0.5f);
+}
+void count(unsigned long long* c, float* fsum, int blocks, int threads) {
+  count_kernel<<<blocks, threads>>>(c, fsum);
+}
+
+// out[t] = dynamic shared memory read before any write (poisoned), then after a write.
+__global__ void dyn_smem_kernel(float* before, float* after) {
+  extern __shared__ __align__(16) unsigned char raw[];
+  float* s = reinterpret_cast<float*>(raw);
+  before[threadIdx.x] = s[threadIdx.x];
+  __syncthreads();
+  s[threadIdx.x] = float(threadIdx.x);
+  __syncthreads();
+  after[threadIdx.x] = s[blockDim.x - 1 - threadIdx.x];
+}
+cudaError_t dyn_smem(float* before, float* after, int threads, size_t smem, int raise_to) {
+  if (raise_to > 0 &&
+      cudaFuncSetAttribute(dyn_smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           raise_to) != cudaSuccess)
+    return cudaErrorInvalidValue;
+  dyn_smem_kernel<<<1, threads, smem>>>(before, after);
+  return cudaGetLastError();
+}
+
+}  // namespace emu_selftest

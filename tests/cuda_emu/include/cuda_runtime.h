@@ -1,0 +1,3 @@
+// cuda_runtime.h for the CUDA emulator: everything lives in cuda_emu.h.
+#pragma once
+#include "cuda_emu.h"
