@@ -1,6 +1,7 @@
 // cuda_emu.cpp: the fiber scheduler and runtime API of the CUDA emulator (see cuda_emu.h).
 #include "cuda_emu.h"
 
+#include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -82,6 +83,19 @@ struct Stack {
   size_t bytes = 0;
 };
 
+// Device memory: each cudaMalloc is its own mapping, the allocation (256-byte aligned) placed so
+// that its end is at most 255 bytes before a PROT_NONE guard page. An access past the end faults
+// at once (the SIGSEGV handler names the allocation and the kernel thread); the bytes between the
+// end and the guard, and before the start, hold a canary checked after every launch and by
+// cudaFree (host code may write there too).
+struct Allocation {
+  char* base;    // the mapping
+  size_t total;  // mapping bytes, guard page included
+  size_t bytes;  // asked for
+};
+constexpr unsigned char kCanary = 0xA5;
+constexpr size_t kDeviceBytes = size_t(80) << 30;  // what the emulated card has
+
 struct Runtime {
   std::vector<Fiber> fibers;
   std::vector<Stack> stacks;
@@ -96,7 +110,8 @@ struct Runtime {
   std::vector<unsigned char> dyn;
   std::vector<unsigned char> slots;
   std::map<std::string, int> max_dyn;
-  std::map<void*, size_t> allocations;
+  std::map<char*, Allocation> allocations;  // by the pointer handed out
+  size_t allocated = 0;
   std::mutex launch_mu;  // one launch at a time (the scheduler state is global)
   std::mutex alloc_mu;
   int device = 0;
@@ -282,6 +297,8 @@ void run_block(uint64_t block_no) {
   }
 }
 
+void check_canaries_after(const char* kernel);
+
 void run_block_direct() {
   Runtime& r = rt();
   const int n = r.nthreads;
@@ -342,6 +359,7 @@ void launch_site(const LaunchCfg& cfg, const char* name, const std::function<voi
   site.launched = true;
   site.barriers = site.barriers || r.saw_barrier;
   r.body = nullptr;
+  check_canaries_after(name);
 }
 
 unsigned char* dynamic_shared() {
@@ -411,24 +429,143 @@ float half_bits_to_float(unsigned short h) {
 }  // namespace emu
 
 // ---------------------------------------------------------------- runtime API
+namespace emu {
+namespace {
+
+size_t page_bytes() { return size_t(sysconf(_SC_PAGESIZE)); }
+
+void write_str(const char* s) {
+  if (write(2, s, std::strlen(s)) < 0) return;
+}
+
+// Fatal-signal report: a fault in a guard page is an out-of-bounds access (or a fiber stack
+// overflow); say which, and in which kernel thread, then die as the signal would have.
+void on_fault(int sig, siginfo_t* info, void*) {
+  Runtime& r = rt();
+  const char* addr = static_cast<const char*>(info->si_addr);
+  const size_t page = page_bytes();
+  char msg[1024];
+  std::string what = "a fault outside any emulated allocation";
+  for (const auto& kv : r.allocations) {
+    const Allocation& a = kv.second;
+    const char* guard = a.base + a.total - page;
+    if (addr >= guard && addr < guard + page) {
+      std::snprintf(msg, sizeof msg,
+                    "an access %zu bytes past the end of a cudaMalloc allocation of %zu bytes",
+                    size_t(addr - (kv.first + a.bytes)), a.bytes);
+      what = msg;
+    }
+  }
+  for (const Stack& st : r.stacks)
+    if (addr >= static_cast<const char*>(st.base) && addr < static_cast<const char*>(st.base) + page)
+      what = "a fiber stack overflow (a kernel thread used more than 256 KiB of stack)";
+  if (r.cur >= 0)
+    std::snprintf(msg, sizeof msg,
+                  "\ncuda_emu: %s, in kernel %s, block (%u,%u,%u), thread (%u,%u,%u)\n",
+                  what.c_str(), r.kernel.c_str(), blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x,
+                  threadIdx.y, threadIdx.z);
+  else
+    std::snprintf(msg, sizeof msg, "\ncuda_emu: %s, in host code\n", what.c_str());
+  write_str(msg);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+void install_fault_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, nullptr);
+    sigaction(SIGBUS, &sa, nullptr);
+  });
+  // A stack overflow needs a stack of its own to report on (per thread).
+  thread_local bool alt = false;
+  if (!alt) {
+    static thread_local std::vector<char> buf(64 * 1024);
+    stack_t ss;
+    ss.ss_sp = buf.data();
+    ss.ss_size = buf.size();
+    ss.ss_flags = 0;
+    sigaltstack(&ss, nullptr);
+    alt = true;
+  }
+}
+
+bool canary_intact(const char* p, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (static_cast<unsigned char>(p[i]) != kCanary) return false;
+  return true;
+}
+
+// The canaries around allocation q, intact?
+bool canaries_intact(char* q, const Allocation& a) {
+  const size_t body = size_t(a.base + a.total - page_bytes() - q);
+  return canary_intact(a.base, size_t(q - a.base)) && canary_intact(q + a.bytes, body - a.bytes);
+}
+
+// After every launch: a write just outside an allocation (inside its canary bytes, short of the
+// guard page) is reported with the kernel that made it.
+void check_canaries_after(const char* kernel) {
+  Runtime& r = rt();
+  std::lock_guard<std::mutex> lock(r.alloc_mu);
+  for (auto& kv : r.allocations)
+    if (!canaries_intact(kv.first, kv.second)) {
+      std::fprintf(stderr,
+                   "cuda_emu: kernel %s wrote outside a cudaMalloc allocation of %zu bytes (its "
+                   "canary bytes changed)\n",
+                   kernel, kv.second.bytes);
+      std::abort();
+    }
+}
+
+}  // namespace
+}  // namespace emu
+
 cudaError_t cudaMalloc(void** p, size_t bytes) {
-  const size_t n = std::max<size_t>(256, (bytes + 255) / 256 * 256);
-  void* q = std::aligned_alloc(256, n);
-  if (!q) return emu::rt().last = cudaErrorMemoryAllocation;
-  std::lock_guard<std::mutex> lock(emu::rt().alloc_mu);
-  emu::rt().allocations[q] = bytes;
+  emu::Runtime& r = emu::rt();
+  emu::install_fault_handler();
+  const size_t page = emu::page_bytes();
+  const size_t body = std::max<size_t>(256, (bytes + 255) / 256 * 256);
+  const size_t total = (body + page - 1) / page * page + page;
+  std::lock_guard<std::mutex> lock(r.alloc_mu);
+  if (r.allocated + body > emu::kDeviceBytes) return r.last = cudaErrorMemoryAllocation;
+  void* m = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return r.last = cudaErrorMemoryAllocation;
+  char* base = static_cast<char*>(m);
+  char* guard = base + total - page;
+  mprotect(guard, page, PROT_NONE);
+  char* q = guard - body;
+  std::memset(base, emu::kCanary, size_t(q - base));
+  std::memset(q + bytes, emu::kCanary, body - bytes);
+  r.allocations[q] = emu::Allocation{base, total, bytes};
+  r.allocated += body;
   *p = q;
   return cudaSuccess;
 }
 
 cudaError_t cudaFree(void* p) {
   if (!p) return cudaSuccess;
-  std::lock_guard<std::mutex> lock(emu::rt().alloc_mu);
-  auto& a = emu::rt().allocations;
-  const auto it = a.find(p);
-  if (it == a.end()) return emu::rt().last = cudaErrorInvalidValue;
-  a.erase(it);
-  std::free(p);
+  emu::Runtime& r = emu::rt();
+  std::lock_guard<std::mutex> lock(r.alloc_mu);
+  const auto it = r.allocations.find(static_cast<char*>(p));
+  if (it == r.allocations.end()) return r.last = cudaErrorInvalidValue;
+  const emu::Allocation a = it->second;
+  char* q = it->first;
+  const size_t body = size_t(a.base + a.total - emu::page_bytes() - q);
+  if (!emu::canaries_intact(q, a)) {
+    std::fprintf(stderr,
+                 "cuda_emu: something wrote outside a cudaMalloc allocation of %zu bytes (its "
+                 "canary bytes changed; found at cudaFree)\n",
+                 a.bytes);
+    std::abort();
+  }
+  r.allocations.erase(it);
+  r.allocated -= body;
+  munmap(a.base, a.total);
   return cudaSuccess;
 }
 
@@ -483,7 +620,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
   if (d != 0) return emu::rt().last = cudaErrorInvalidDevice;
   *p = cudaDeviceProp{};
   std::snprintf(p->name, sizeof p->name, "CUDA emulator (CPU)");
-  p->totalGlobalMem = size_t(80) << 30;
+  p->totalGlobalMem = emu::kDeviceBytes;
   p->sharedMemPerBlock = 48 * 1024;
   p->sharedMemPerBlockOptin = 227 * 1024;
   p->major = 9;
@@ -506,8 +643,9 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int d) {
   return cudaSuccess;
 }
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
-  *total_bytes = size_t(80) << 30;
-  *free_bytes = *total_bytes / 2;
+  *total_bytes = emu::kDeviceBytes;
+  std::lock_guard<std::mutex> lock(emu::rt().alloc_mu);
+  *free_bytes = emu::kDeviceBytes - emu::rt().allocated;
   return cudaSuccess;
 }
 

@@ -98,4 +98,10 @@ cudaError_t dyn_smem(float* before, float* after, int threads, size_t smem, int 
   return cudaGetLastError();
 }
 
+// Thread 0 of block 0 writes p[i] (out of bounds when the test says so).
+__global__ void write_at_kernel(float* p, int i) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) p[i] = 1.f;
+}
+void write_at(float* p, int i) { write_at_kernel<<<2, 32>>>(p, i); }
+
 }  // namespace emu_selftest

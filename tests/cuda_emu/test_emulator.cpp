@@ -8,6 +8,9 @@
 #include <stdexcept>
 #include <vector>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "cuda_emu.h"
 
 namespace emu_selftest {
@@ -18,6 +21,7 @@ void warp(const double* in, double* out, double* out2, int blocks);
 void coords(int64_t* out, dim3 grid, dim3 block);
 void count(unsigned long long* c, float* fsum, int blocks, int threads);
 cudaError_t dyn_smem(float* before, float* after, int threads, size_t smem, int raise_to);
+void write_at(float* p, int i);
 }  // namespace emu_selftest
 
 namespace es = emu_selftest;
@@ -137,4 +141,72 @@ TEST_CASE("emulator: half and bfloat16 conversions round to nearest even", "[cud
   CHECK(__nv_bfloat16(1.0f + 3.0f / 256).x == 0x3f82);
   CHECK(float(__nv_bfloat16(-3.5f)) == -3.5f);
   CHECK(std::isinf(float(__nv_bfloat16(3.4e38f))));
+}
+
+namespace {
+// Runs f in a child process; returns its stderr and how it ended.
+struct ChildEnd {
+  std::string err;
+  bool signaled = false;
+  int sig = 0;
+};
+template <class F>
+ChildEnd in_child(F&& f) {
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    dup2(fds[1], 2);
+    close(fds[0]);
+    f();
+    _exit(0);
+  }
+  close(fds[1]);
+  ChildEnd e;
+  char buf[512];
+  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;) e.err.append(buf, size_t(n));
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  e.signaled = WIFSIGNALED(status);
+  e.sig = e.signaled ? WTERMSIG(status) : 0;
+  return e;
+}
+}  // namespace
+
+TEST_CASE("emulator: out-of-bounds writes to device memory are caught", "[cuda_emu]") {
+  // 100 floats: bytes 400..511 are canary, the guard page starts at byte 512.
+  const ChildEnd far = in_child([] {
+    float* p = nullptr;
+    cudaMalloc(&p, 100 * sizeof(float));
+    es::write_at(p, 130);
+  });
+  CHECK(far.signaled);
+  CHECK(far.sig == SIGSEGV);
+  CHECK_THAT(far.err, Catch::Contains("past the end of a cudaMalloc allocation of 400 bytes") &&
+                          Catch::Contains("write_at_kernel") && Catch::Contains("thread (0,0,0)"));
+  const ChildEnd near = in_child([] {
+    float* p = nullptr;
+    cudaMalloc(&p, 100 * sizeof(float));
+    es::write_at(p, 100);
+    cudaFree(p);
+  });
+  CHECK(near.signaled);
+  CHECK(near.sig == SIGABRT);
+  CHECK_THAT(near.err, Catch::Contains("kernel write_at_kernel wrote outside a cudaMalloc "
+                                       "allocation of 400 bytes"));
+  // In bounds: nothing to report.
+  float* p = nullptr;
+  REQUIRE(cudaMalloc(&p, 100 * sizeof(float)) == cudaSuccess);
+  es::write_at(p, 99);
+  CHECK(p[99] == 1.f);
+  CHECK(reinterpret_cast<uintptr_t>(p) % 256 == 0);
+  CHECK(cudaFree(p) == cudaSuccess);
+  CHECK(cudaFree(p) == cudaErrorInvalidValue);  // twice
+  CHECK(cudaGetLastError() == cudaErrorInvalidValue);
+  // More than the emulated card's 80 GiB is out of memory.
+  void* huge = nullptr;
+  CHECK(cudaMalloc(&huge, size_t(81) << 30) == cudaErrorMemoryAllocation);
+  CHECK(cudaGetLastError() == cudaErrorMemoryAllocation);
 }
