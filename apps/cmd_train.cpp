@@ -334,7 +334,7 @@ int cmd_train(const Args& args_in) {
               (long long)batch_images);
   auto t_start = Clock::now();
   auto t_last = t_start;
-  int64_t images_since = 0, first_step = step, skipped = 0, overflows = 0;
+  int64_t images_since = 0, first_step = step, skipped = 0, overflows = 0, overflows_since = 0;
   double sum_loss = 0, sum_group = 0, sum_contrast = 0;
   int64_t n_sum = 0;
   auto save = [&](const std::string& path) {
@@ -394,8 +394,12 @@ int cmd_train(const Args& args_in) {
     if (scaler) {
       scaler->scale(loss.total).backward();
       const bool finite = scaler->unscale_(ptensors);
-      if (finite) opt.step();  // an overflowed step changes nothing but the scale
-      else ++overflows;
+      if (finite) {
+        opt.step();  // an overflowed step changes nothing but the scale
+      } else {
+        ++overflows;
+        ++overflows_since;
+      }
       scaler->update(finite);
     } else {
       loss.total.backward();
@@ -414,11 +418,17 @@ int cmd_train(const Args& args_in) {
       const double el = std::chrono::duration<double>(now - t_start).count();
       const double ips = dt > 0 ? double(images_since) / dt : 0;
       const double eta = el / double(step - first_step) * double(total_steps - step);
+      // fp16: the loss scale, and how many steps since the last line overflowed (not applied)
+      const std::string fp16 =
+          scaler ? str_cat("  scale ", int64_t(scaler->current_scale()),
+                           overflows_since ? str_cat(" (", overflows_since, " overflowed)") : "")
+                 : std::string();
       std::printf("epoch %lld step %lld/%lld  loss %.4f (group %.4f, contrast %.4f)  lr %.4g  "
-                  "m %.5f  %.1f img/s  eta %s\n",
+                  "m %.5f  %.1f img/s  eta %s%s\n",
                   (long long)(step - 1) / steps_per_epoch, (long long)step, (long long)total_steps,
                   sum_loss / n_sum, sum_group / n_sum, sum_contrast / n_sum, lr, m, ips,
-                  fmt_time(eta).c_str());
+                  fmt_time(eta).c_str(), fp16.c_str());
+      overflows_since = 0;
       std::fflush(stdout);
       nlohmann::json j = {{"epoch", (step - 1) / steps_per_epoch}, {"step", step},
                           {"loss", sum_loss / n_sum}, {"group", sum_group / n_sum},
@@ -441,10 +451,11 @@ int cmd_train(const Args& args_in) {
   const double el = std::chrono::duration<double>(Clock::now() - t_start).count();
   const std::string final_path = (fs::path(cfg.output_dir) / "final.safetensors").string();
   save(final_path);
-  std::printf("done: %lld steps in %s (%lld skipped)\n", (long long)(step - first_step),
-              fmt_time(el).c_str(), (long long)skipped);
+  std::printf("done: %lld steps in %s (%lld skipped for a non-finite loss)\n",
+              (long long)(step - first_step), fmt_time(el).c_str(), (long long)skipped);
   if (scaler)
-    std::printf("fp16 loss scale %.0f; %lld steps skipped for overflowing gradients\n",
+    std::printf("fp16: loss scale %.0f at the end; %lld of these steps overflowed in fp16 and were "
+                "not applied (normal while the scale settles)\n",
                 scaler->current_scale(), (long long)overflows);
   if (scorer)
     print_score("at the end", step, grouping_eval(model, *scorer, dev), cfg.num_prototypes);
