@@ -231,70 +231,62 @@ inline void __syncwarp(unsigned = 0xffffffffu) { emu::sync_warp(); }
 inline void __threadfence() {}
 inline void __threadfence_block() {}
 
+namespace emu {
+// Lane `src`'s value of v (the lane's own where src is outside its group of `width`).
+template <class T>
+inline T shfl_from(T v, int src, int width) {
+  const int lane = lane_id();
+  T r;
+  warp_exchange(&v, &r, sizeof(T), (src >= 0 && src / width == lane / width) ? src : lane);
+  return r;
+}
+}  // namespace emu
 template <class T>
 inline T __shfl_sync(unsigned, T v, int src, int width = 32) {
-  T r;
-  const int lane = emu::lane_id();
-  emu::warp_exchange(&v, &r, sizeof(T), (lane & ~(width - 1)) + (src & (width - 1)));
-  return r;
+  return emu::shfl_from(v, (emu::lane_id() & ~(width - 1)) + (src & (width - 1)), width);
 }
 template <class T>
 inline T __shfl_xor_sync(unsigned, T v, int mask, int width = 32) {
-  T r;
-  const int lane = emu::lane_id();
-  const int src = lane ^ mask;
-  // a source outside the lane's group of `width` returns the lane's own value
-  emu::warp_exchange(&v, &r, sizeof(T), (src / width == lane / width) ? src : lane);
-  return r;
+  return emu::shfl_from(v, emu::lane_id() ^ mask, width);
 }
 template <class T>
 inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
-  T r;
-  const int lane = emu::lane_id();
-  const int src = lane + int(delta);
-  emu::warp_exchange(&v, &r, sizeof(T), (src / width == lane / width) ? src : lane);
-  return r;
+  return emu::shfl_from(v, emu::lane_id() + int(delta), width);
 }
 template <class T>
 inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
-  T r;
-  const int lane = emu::lane_id();
-  const int src = lane - int(delta);
-  emu::warp_exchange(&v, &r, sizeof(T), (src >= 0 && src / width == lane / width) ? src : lane);
-  return r;
+  return emu::shfl_from(v, emu::lane_id() - int(delta), width);
 }
 
 // Atomics: the fibers of the emulation never interleave inside an expression, so a plain
 // read-modify-write is atomic here.
+namespace emu {
+template <class T, class F>
+inline T atomic_rmw(T* p, F f) {
+  const T old = *p;
+  *p = f(old);
+  return old;
+}
+}  // namespace emu
 template <class T>
 inline T atomicAdd(T* p, T v) {
-  const T old = *p;
-  *p = old + v;
-  return old;
+  return emu::atomic_rmw(p, [&](T o) { return T(o + v); });
 }
 template <class T>
 inline T atomicMax(T* p, T v) {
-  const T old = *p;
-  *p = std::max(old, v);
-  return old;
+  return emu::atomic_rmw(p, [&](T o) { return std::max(o, v); });
 }
 template <class T>
 inline T atomicMin(T* p, T v) {
-  const T old = *p;
-  *p = std::min(old, v);
-  return old;
+  return emu::atomic_rmw(p, [&](T o) { return std::min(o, v); });
 }
 template <class T>
 inline T atomicCAS(T* p, T cmp, T v) {
-  const T old = *p;
-  if (old == cmp) *p = v;
-  return old;
+  return emu::atomic_rmw(p, [&](T o) { return o == cmp ? v : o; });
 }
 template <class T>
 inline T atomicExch(T* p, T v) {
-  const T old = *p;
-  *p = v;
-  return old;
+  return emu::atomic_rmw(p, [&](T) { return v; });
 }
 
 template <class T>

@@ -290,6 +290,24 @@ void one_result(int requested, int* returned, Perf* perf, Algo algo, cudnnMathTy
 
 }  // namespace
 
+namespace {
+template <class T>
+cudnnStatus_t make(T** p) {
+  *p = new T;
+  return CUDNN_STATUS_SUCCESS;
+}
+template <class T>
+cudnnStatus_t destroy(T* p) {
+  delete p;
+  return CUDNN_STATUS_SUCCESS;
+}
+// The checks shared by the tensor and the filter descriptor.
+bool valid4d(const void* d, cudnnDataType_t t, cudnnTensorFormat_t f, int a, int b, int c, int e) {
+  return d && a > 0 && b > 0 && c > 0 && e > 0 && code_of(t) >= 0 &&
+         (f == CUDNN_TENSOR_NCHW || f == CUDNN_TENSOR_NHWC);
+}
+}  // namespace
+
 const char* cudnnGetErrorString(cudnnStatus_t s) {
   switch (s) {
     case CUDNN_STATUS_SUCCESS: return "CUDNN_STATUS_SUCCESS";
@@ -299,57 +317,31 @@ const char* cudnnGetErrorString(cudnnStatus_t s) {
   }
   return "CUDNN_STATUS_UNKNOWN";
 }
-cudnnStatus_t cudnnCreate(cudnnHandle_t* h) {
-  *h = new cudnnContext;
-  return CUDNN_STATUS_SUCCESS;
-}
-cudnnStatus_t cudnnDestroy(cudnnHandle_t h) {
-  delete h;
-  return CUDNN_STATUS_SUCCESS;
-}
+cudnnStatus_t cudnnCreate(cudnnHandle_t* h) { return make(h); }
+cudnnStatus_t cudnnDestroy(cudnnHandle_t h) { return destroy(h); }
 cudnnStatus_t cudnnSetStream(cudnnHandle_t h, cudaStream_t s) {
   if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
   h->stream = s;
   return CUDNN_STATUS_SUCCESS;
 }
-cudnnStatus_t cudnnCreateTensorDescriptor(cudnnTensorDescriptor_t* d) {
-  *d = new cudnnTensorStruct;
-  return CUDNN_STATUS_SUCCESS;
-}
-cudnnStatus_t cudnnDestroyTensorDescriptor(cudnnTensorDescriptor_t d) {
-  delete d;
-  return CUDNN_STATUS_SUCCESS;
-}
+cudnnStatus_t cudnnCreateTensorDescriptor(cudnnTensorDescriptor_t* d) { return make(d); }
+cudnnStatus_t cudnnDestroyTensorDescriptor(cudnnTensorDescriptor_t d) { return destroy(d); }
 cudnnStatus_t cudnnSetTensor4dDescriptor(cudnnTensorDescriptor_t d, cudnnTensorFormat_t f,
                                          cudnnDataType_t t, int n, int c, int h, int w) {
-  if (!d || n <= 0 || c <= 0 || h <= 0 || w <= 0 || code_of(t) < 0) return CUDNN_STATUS_BAD_PARAM;
-  if (f != CUDNN_TENSOR_NCHW && f != CUDNN_TENSOR_NHWC) return CUDNN_STATUS_BAD_PARAM;
+  if (!valid4d(d, t, f, n, c, h, w)) return CUDNN_STATUS_BAD_PARAM;
   *d = cudnnTensorStruct{true, f, code_of(t), n, c, h, w};
   return CUDNN_STATUS_SUCCESS;
 }
-cudnnStatus_t cudnnCreateFilterDescriptor(cudnnFilterDescriptor_t* d) {
-  *d = new cudnnFilterStruct;
-  return CUDNN_STATUS_SUCCESS;
-}
-cudnnStatus_t cudnnDestroyFilterDescriptor(cudnnFilterDescriptor_t d) {
-  delete d;
-  return CUDNN_STATUS_SUCCESS;
-}
+cudnnStatus_t cudnnCreateFilterDescriptor(cudnnFilterDescriptor_t* d) { return make(d); }
+cudnnStatus_t cudnnDestroyFilterDescriptor(cudnnFilterDescriptor_t d) { return destroy(d); }
 cudnnStatus_t cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t d, cudnnDataType_t t,
                                          cudnnTensorFormat_t f, int k, int c, int h, int w) {
-  if (!d || k <= 0 || c <= 0 || h <= 0 || w <= 0 || code_of(t) < 0) return CUDNN_STATUS_BAD_PARAM;
-  if (f != CUDNN_TENSOR_NCHW && f != CUDNN_TENSOR_NHWC) return CUDNN_STATUS_BAD_PARAM;
+  if (!valid4d(d, t, f, k, c, h, w)) return CUDNN_STATUS_BAD_PARAM;
   *d = cudnnFilterStruct{true, f, code_of(t), k, c, h, w};
   return CUDNN_STATUS_SUCCESS;
 }
-cudnnStatus_t cudnnCreateConvolutionDescriptor(cudnnConvolutionDescriptor_t* d) {
-  *d = new cudnnConvolutionStruct;
-  return CUDNN_STATUS_SUCCESS;
-}
-cudnnStatus_t cudnnDestroyConvolutionDescriptor(cudnnConvolutionDescriptor_t d) {
-  delete d;
-  return CUDNN_STATUS_SUCCESS;
-}
+cudnnStatus_t cudnnCreateConvolutionDescriptor(cudnnConvolutionDescriptor_t* d) { return make(d); }
+cudnnStatus_t cudnnDestroyConvolutionDescriptor(cudnnConvolutionDescriptor_t d) { return destroy(d); }
 cudnnStatus_t cudnnSetConvolution2dDescriptor(cudnnConvolutionDescriptor_t d, int pad_h, int pad_w,
                                               int u, int v, int dil_h, int dil_w,
                                               cudnnConvolutionMode_t mode,
@@ -385,38 +377,43 @@ cudnnStatus_t cudnnGetConvolution2dForwardOutputDim(cudnnConvolutionDescriptor_t
   return (*h > 0 && *w > 0) ? CUDNN_STATUS_SUCCESS : CUDNN_STATUS_BAD_PARAM;
 }
 
+namespace {
+// Find*Ex: checks the geometry, leaves the output undefined (NaN) as the real one may, and offers
+// one algorithm with the requested maths and no workspace.
+template <class Perf, class Algo>
+cudnnStatus_t find(cudnnHandle_t h, const cudnnTensorStruct* x, const cudnnFilterStruct* w,
+                   const cudnnConvolutionStruct* cd, const cudnnTensorStruct* y, void* out,
+                   int out_type, size_t out_count, int requested, int* returned, Perf* perf,
+                   Algo algo) {
+  if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
+  const cudnnStatus_t st = check(x, w, cd, y);
+  if (st != CUDNN_STATUS_SUCCESS) return st;
+  fill_nan(out, out_type, out_count);
+  one_result(requested, returned, perf, algo, cd->math);
+  return CUDNN_STATUS_SUCCESS;
+}
+}  // namespace
+
 cudnnStatus_t cudnnFindConvolutionForwardAlgorithmEx(
     cudnnHandle_t h, cudnnTensorDescriptor_t xd, const void*, cudnnFilterDescriptor_t wd,
     const void*, cudnnConvolutionDescriptor_t cd, cudnnTensorDescriptor_t yd, void* y,
     int requested, int* returned, cudnnConvolutionFwdAlgoPerf_t* perf, void*, size_t) {
-  if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
-  const cudnnStatus_t st = check(xd, wd, cd, yd);
-  if (st != CUDNN_STATUS_SUCCESS) return st;
-  fill_nan(y, yd->t, yd->count());
-  one_result(requested, returned, perf, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, cd->math);
-  return CUDNN_STATUS_SUCCESS;
+  return find(h, xd, wd, cd, yd, y, yd ? yd->t : 0, yd ? yd->count() : 0, requested, returned,
+              perf, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM);
 }
 cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithmEx(
     cudnnHandle_t h, cudnnFilterDescriptor_t wd, const void*, cudnnTensorDescriptor_t dyd,
     const void*, cudnnConvolutionDescriptor_t cd, cudnnTensorDescriptor_t dxd, void* dx,
     int requested, int* returned, cudnnConvolutionBwdDataAlgoPerf_t* perf, void*, size_t) {
-  if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
-  const cudnnStatus_t st = check(dxd, wd, cd, dyd);
-  if (st != CUDNN_STATUS_SUCCESS) return st;
-  fill_nan(dx, dxd->t, dxd->count());
-  one_result(requested, returned, perf, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, cd->math);
-  return CUDNN_STATUS_SUCCESS;
+  return find(h, dxd, wd, cd, dyd, dx, dxd ? dxd->t : 0, dxd ? dxd->count() : 0, requested,
+              returned, perf, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0);
 }
 cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(
     cudnnHandle_t h, cudnnTensorDescriptor_t xd, const void*, cudnnTensorDescriptor_t dyd,
     const void*, cudnnConvolutionDescriptor_t cd, cudnnFilterDescriptor_t dwd, void* dw,
     int requested, int* returned, cudnnConvolutionBwdFilterAlgoPerf_t* perf, void*, size_t) {
-  if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
-  const cudnnStatus_t st = check(xd, dwd, cd, dyd);
-  if (st != CUDNN_STATUS_SUCCESS) return st;
-  fill_nan(dw, dwd->t, dwd->count());
-  one_result(requested, returned, perf, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, cd->math);
-  return CUDNN_STATUS_SUCCESS;
+  return find(h, xd, dwd, cd, dyd, dw, dwd ? dwd->t : 0, dwd ? dwd->count() : 0, requested,
+              returned, perf, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0);
 }
 
 cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void* alpha,
