@@ -272,22 +272,11 @@ void dispatch(DType x_dtype, DType p_dtype, const char* what, F&& f) {
   const bool ok_p = (x_dtype == DType::F64) == (p_dtype == DType::F64) &&
                     (p_dtype == DType::F64 || p_dtype == DType::F32);
   SC_KERNEL_REQUIRE(ok_p, what, "parameters must be F64 for F64 activations and F32 otherwise");
-  switch (x_dtype) {
-    case DType::F32:
-      f(float{}, float{});
-      break;
-    case DType::F64:
-      f(double{}, double{});
-      break;
-    case DType::BF16:
-      f(__nv_bfloat16{}, float{});
-      break;
-    case DType::F16:
-      f(__half{}, float{});
-      break;
-    default:
-      kernels::fail(what, "unsupported activation dtype");
-  }
+  dispatch_float(x_dtype, what, [&](auto tv) {
+    using T = decltype(tv);
+    using P = typename AccOf<T>::type;  // double for double, float otherwise
+    f(T{}, P{});
+  });
 }
 
 }  // namespace
@@ -384,49 +373,22 @@ void batch_norm_param_grads_cuda(DType p_dtype, int64_t C, const double* gsum, v
 void add_relu_cuda(DType dtype, int64_t n, const void* a, const void* b, void* y,
                    cudaStream_t stream) {
   const int grid = grid_for(n, 256);
-  switch (dtype) {
-    case DType::F32:
-      add_relu_kernel<<<grid, 256, 0, stream>>>(n, (const float*)a, (const float*)b, (float*)y);
-      break;
-    case DType::F64:
-      add_relu_kernel<<<grid, 256, 0, stream>>>(n, (const double*)a, (const double*)b, (double*)y);
-      break;
-    case DType::BF16:
-      add_relu_kernel<<<grid, 256, 0, stream>>>(n, (const __nv_bfloat16*)a, (const __nv_bfloat16*)b,
-                                                (__nv_bfloat16*)y);
-      break;
-    case DType::F16:
-      add_relu_kernel<<<grid, 256, 0, stream>>>(n, (const __half*)a, (const __half*)b, (__half*)y);
-      break;
-    default:
-      kernels::fail("add_relu_cuda", "unsupported dtype");
-  }
+  dispatch_float(dtype, "add_relu_cuda", [&](auto tv) {
+    using T = decltype(tv);
+    add_relu_kernel<<<grid, 256, 0, stream>>>(n, static_cast<const T*>(a), static_cast<const T*>(b),
+                                              static_cast<T*>(y));
+  });
   SC_KERNEL_LAUNCH_CHECK("add_relu_cuda");
 }
 
 void add_relu_backward_cuda(DType dtype, int64_t n, const void* dy, const void* y, void* dab,
                             cudaStream_t stream) {
   const int grid = grid_for(n, 256);
-  switch (dtype) {
-    case DType::F32:
-      add_relu_backward_kernel<<<grid, 256, 0, stream>>>(n, (const float*)dy, (const float*)y,
-                                                         (float*)dab);
-      break;
-    case DType::F64:
-      add_relu_backward_kernel<<<grid, 256, 0, stream>>>(n, (const double*)dy, (const double*)y,
-                                                         (double*)dab);
-      break;
-    case DType::BF16:
-      add_relu_backward_kernel<<<grid, 256, 0, stream>>>(
-          n, (const __nv_bfloat16*)dy, (const __nv_bfloat16*)y, (__nv_bfloat16*)dab);
-      break;
-    case DType::F16:
-      add_relu_backward_kernel<<<grid, 256, 0, stream>>>(n, (const __half*)dy, (const __half*)y,
-                                                         (__half*)dab);
-      break;
-    default:
-      kernels::fail("add_relu_backward_cuda", "unsupported dtype");
-  }
+  dispatch_float(dtype, "add_relu_backward_cuda", [&](auto tv) {
+    using T = decltype(tv);
+    add_relu_backward_kernel<<<grid, 256, 0, stream>>>(
+        n, static_cast<const T*>(dy), static_cast<const T*>(y), static_cast<T*>(dab));
+  });
   SC_KERNEL_LAUNCH_CHECK("add_relu_backward_cuda");
 }
 

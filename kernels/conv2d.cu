@@ -112,23 +112,11 @@ void conv2d_bias_add_cuda(DType dtype, int64_t outer, int64_t C, int64_t inner, 
                           const void* bias, cudaStream_t stream) {
   const int64_t n = outer * C * inner;
   const int g = grid_for(n, 256);
-  switch (dtype) {
-    case DType::F32:
-      bias_add_kernel<<<g, 256, 0, stream>>>(n, C, inner, (float*)y, (const float*)bias);
-      break;
-    case DType::F64:
-      bias_add_kernel<<<g, 256, 0, stream>>>(n, C, inner, (double*)y, (const double*)bias);
-      break;
-    case DType::BF16:
-      bias_add_kernel<<<g, 256, 0, stream>>>(n, C, inner, (__nv_bfloat16*)y,
-                                             (const __nv_bfloat16*)bias);
-      break;
-    case DType::F16:
-      bias_add_kernel<<<g, 256, 0, stream>>>(n, C, inner, (__half*)y, (const __half*)bias);
-      break;
-    default:
-      kernels::fail("conv2d_bias_add_cuda", "unsupported dtype");
-  }
+  dispatch_float(dtype, "conv2d_bias_add_cuda", [&](auto tv) {
+    using T = decltype(tv);
+    bias_add_kernel<<<g, 256, 0, stream>>>(n, C, inner, static_cast<T*>(y),
+                                           static_cast<const T*>(bias));
+  });
   SC_KERNEL_LAUNCH_CHECK("conv2d_bias_add_cuda");
 }
 
@@ -137,23 +125,11 @@ size_t channel_sum_workspace_bytes(int64_t C) { return size_t(C) * sizeof(double
 void channel_sum_cuda(DType dtype, int64_t outer, int64_t C, int64_t inner, const void* dy,
                       void* dbias, void* ws, cudaStream_t stream) {
   double* w = static_cast<double*>(ws);
-  switch (dtype) {
-    case DType::F32:
-      channel_sum_typed(outer, C, inner, (const float*)dy, (float*)dbias, w, stream);
-      break;
-    case DType::F64:
-      channel_sum_typed(outer, C, inner, (const double*)dy, (double*)dbias, w, stream);
-      break;
-    case DType::BF16:
-      channel_sum_typed(outer, C, inner, (const __nv_bfloat16*)dy, (__nv_bfloat16*)dbias, w,
-                        stream);
-      break;
-    case DType::F16:
-      channel_sum_typed(outer, C, inner, (const __half*)dy, (__half*)dbias, w, stream);
-      break;
-    default:
-      kernels::fail("channel_sum_cuda", "unsupported dtype");
-  }
+  dispatch_float(dtype, "channel_sum_cuda", [&](auto tv) {
+    using T = decltype(tv);
+    channel_sum_typed(outer, C, inner, static_cast<const T*>(dy), static_cast<T*>(dbias), w,
+                      stream);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,9 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/check.h"
+#include "kernels/dtype.h"
+
 namespace sc {
 namespace kernels {
 
@@ -30,6 +33,28 @@ __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(double* p, double v) { *p = v; }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
 __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half(v); }
+
+// Calls f(T{}) with T the element type of a floating dtype (F32 float, F64 double, BF16
+// __nv_bfloat16, F16 __half); any other dtype fails with "<what>: unsupported dtype".
+template <class F>
+void dispatch_float(DType dtype, const char* what, F&& f) {
+  switch (dtype) {
+    case DType::F32:
+      f(float{});
+      break;
+    case DType::F64:
+      f(double{});
+      break;
+    case DType::BF16:
+      f(__nv_bfloat16{});
+      break;
+    case DType::F16:
+      f(__half{});
+      break;
+    default:
+      fail(what, "unsupported dtype");
+  }
+}
 
 // Blocks for a grid-stride loop over n elements: at least 1, at most max_blocks.
 inline int grid_for(int64_t n, int threads, int64_t max_blocks = 65536) {

@@ -119,23 +119,11 @@ void max_pool2d_forward_cuda(DType dtype, const Pool2dGeom& g, Layout layout, co
   SC_KERNEL_REQUIRE(g.valid(), "max_pool2d_forward_cuda", "invalid pooling geometry");
   const Dims d = make_dims(g, layout);
   const int grid = grid_for(g.N * g.C * g.OH() * g.OW(), 256);
-  switch (dtype) {
-    case DType::F32:
-      max_pool_forward_kernel<<<grid, 256, 0, stream>>>(d, (const float*)x, (float*)y, idx);
-      break;
-    case DType::F64:
-      max_pool_forward_kernel<<<grid, 256, 0, stream>>>(d, (const double*)x, (double*)y, idx);
-      break;
-    case DType::BF16:
-      max_pool_forward_kernel<<<grid, 256, 0, stream>>>(d, (const __nv_bfloat16*)x,
-                                                        (__nv_bfloat16*)y, idx);
-      break;
-    case DType::F16:
-      max_pool_forward_kernel<<<grid, 256, 0, stream>>>(d, (const __half*)x, (__half*)y, idx);
-      break;
-    default:
-      kernels::fail("max_pool2d_forward_cuda", "unsupported dtype");
-  }
+  dispatch_float(dtype, "max_pool2d_forward_cuda", [&](auto tv) {
+    using T = decltype(tv);
+    max_pool_forward_kernel<<<grid, 256, 0, stream>>>(d, static_cast<const T*>(x),
+                                                      static_cast<T*>(y), idx);
+  });
   SC_KERNEL_LAUNCH_CHECK("max_pool2d_forward_cuda");
 }
 
@@ -144,23 +132,11 @@ void max_pool2d_backward_cuda(DType dtype, const Pool2dGeom& g, Layout layout, c
   SC_KERNEL_REQUIRE(g.valid(), "max_pool2d_backward_cuda", "invalid pooling geometry");
   const Dims d = make_dims(g, layout);
   const int grid = grid_for(g.N * g.C * g.H * g.W, 256);
-  switch (dtype) {
-    case DType::F32:
-      max_pool_backward_kernel<<<grid, 256, 0, stream>>>(d, (const float*)dy, idx, (float*)dx);
-      break;
-    case DType::F64:
-      max_pool_backward_kernel<<<grid, 256, 0, stream>>>(d, (const double*)dy, idx, (double*)dx);
-      break;
-    case DType::BF16:
-      max_pool_backward_kernel<<<grid, 256, 0, stream>>>(d, (const __nv_bfloat16*)dy, idx,
-                                                         (__nv_bfloat16*)dx);
-      break;
-    case DType::F16:
-      max_pool_backward_kernel<<<grid, 256, 0, stream>>>(d, (const __half*)dy, idx, (__half*)dx);
-      break;
-    default:
-      kernels::fail("max_pool2d_backward_cuda", "unsupported dtype");
-  }
+  dispatch_float(dtype, "max_pool2d_backward_cuda", [&](auto tv) {
+    using T = decltype(tv);
+    max_pool_backward_kernel<<<grid, 256, 0, stream>>>(d, static_cast<const T*>(dy), idx,
+                                                       static_cast<T*>(dx));
+  });
   SC_KERNEL_LAUNCH_CHECK("max_pool2d_backward_cuda");
 }
 
