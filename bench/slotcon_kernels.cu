@@ -15,6 +15,9 @@
 // peak) for the fused op's compulsory traffic.
 //
 // Usage: bench_slotcon_kernels [repeats]   (default 20). No GPU: one line, exit 0.
+//        bench_slotcon_kernels --smoke       every path once at a tiny scale (B = 2, D = 33,
+//                                            K = 37, R = 2; timings meaningless): that the
+//                                            benchmark itself runs (the CUDA emulator's ctest).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -22,6 +25,7 @@
 #include <cstdlib>
 #include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "bench/bench_common.h"
@@ -67,8 +71,12 @@ double time_fwd_bwd(Bench& b, const std::vector<Tensor>& leaves, const Tensor& c
   });
 }
 
-void run_scale(Bench& bench, int64_t K) {
-  const int64_t B = 64, D = 256, H = 7, W = 7, P = H * W, R = 8;
+struct Scale {
+  int64_t B = 64, D = 256, H = 7, W = 7, R = 8;
+};
+
+void run_scale(Bench& bench, int64_t K, const Scale& sc_) {
+  const int64_t B = sc_.B, D = sc_.D, H = sc_.H, W = sc_.W, P = H * W, R = sc_.R;
   const double f4 = 4.0;
   Generator gen(1234 + uint64_t(K));
   std::printf("K = %lld (B = %lld, D = %lld, P = %lld, R = %lld)\n", (long long)K, (long long)B,
@@ -208,12 +216,18 @@ int main(int argc, char** argv) {
     std::printf("bench_slotcon_kernels: no CUDA device, nothing to measure\n");
     return 0;
   }
-  const int repeats = argc > 1 ? std::max(1, std::atoi(argv[1])) : 20;
+  const bool smoke = argc > 1 && std::string(argv[1]) == "--smoke";
+  const int repeats = smoke ? 1 : argc > 1 ? std::max(1, std::atoi(argv[1])) : 20;
   std::printf(
       "bench_slotcon_kernels on %s; roofline used: H100 SXM %.0f GB/s, %.0f TFLOP/s FP32 "
       "(%.0f BF16 dense for reference); F32 throughout\n",
       sc::cuda_device_name(0).c_str(), kPeakGBs, kPeakF32TF, kPeakBf16TF);
   Bench bench(repeats);
-  for (int64_t K : {256, 2048}) run_scale(bench, K);
+  if (smoke) {
+    std::printf("--smoke: tiny scale, timings meaningless\n");
+    run_scale(bench, 37, Scale{2, 33, 5, 5, 2});
+    return 0;
+  }
+  for (int64_t K : {256, 2048}) run_scale(bench, K, Scale{});
   return 0;
 }

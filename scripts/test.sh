@@ -18,7 +18,8 @@ if [ "${SLOTCON_SKIP_EMU:-0}" != 1 ] && [ "$has_gpu" = 0 ]; then
   emu="${build}-emu"
   echo "== GPU tests on the CUDA emulator ($emu)"
   cmake -S "$root" -B "$emu" -DCMAKE_BUILD_TYPE=Release -DSLOTCON_CUDA=OFF -DSLOTCON_CUDA_EMU=ON \
-    -DSLOTCON_BUILD_BENCH=OFF >/dev/null
-  cmake --build "$emu" -j "$jobs" --target test_gpu test_cuda_emu
+    >/dev/null
+  cmake --build "$emu" -j "$jobs" --target test_gpu test_cuda_emu bench_slotcon_kernels \
+    bench_train_step
   (cd "$emu" && ctest --output-on-failure -j "$jobs" --timeout 900 -R '^(gpu|cuda_emu):')
 fi
