@@ -10,6 +10,7 @@
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <vector>
@@ -115,6 +116,9 @@ struct Runtime {
   std::mutex launch_mu;  // one launch at a time (the scheduler state is global)
   std::mutex alloc_mu;
   int device = 0;
+  bool shuffle = false;      // SLOTCON_EMU_SHUFFLE set: random thread order
+  std::mt19937_64 rng;
+  std::vector<int> order;
   bool direct = false;       // running a barrier-free site without fibers
   bool saw_barrier = false;  // a thread of the current launch waited at a barrier
   cudaError_t last = cudaSuccess;
@@ -123,8 +127,15 @@ struct Runtime {
 };
 
 Runtime& rt() {
-  static Runtime r;
-  return r;
+  static Runtime* r = [] {
+    Runtime* p = new Runtime;  // never freed: kernels may launch during static destruction
+    if (const char* seed = std::getenv("SLOTCON_EMU_SHUFFLE")) {
+      p->shuffle = true;
+      p->rng.seed(std::strtoull(seed, nullptr, 10));
+    }
+    return p;
+  }();
+  return *r;
 }
 
 [[noreturn]] void die(const std::string& msg) {
@@ -234,11 +245,16 @@ void run_block(uint64_t block_no) {
   }
   if (!r.dyn.empty()) std::memset(r.dyn.data(), 0xFF, r.dyn.size());
   // Alternate the order of the threads from one barrier interval to the next (and start each
-  // block the other way round from the previous one).
+  // block the other way round from the previous one); SLOTCON_EMU_SHUFFLE=<seed> runs them in a
+  // fresh random order every interval instead (a slower search for ordering bugs).
   bool reverse = (block_no & 1) != 0;
+  std::vector<int>& order = r.order;
+  order.resize(size_t(n));
+  for (int i = 0; i < n; ++i) order[size_t(i)] = i;
   for (;;) {
+    if (r.shuffle) std::shuffle(order.begin(), order.end(), r.rng);
     for (int i = 0; i < n; ++i) {
-      const int t = reverse ? n - 1 - i : i;
+      const int t = r.shuffle ? order[size_t(i)] : reverse ? n - 1 - i : i;
       Fiber& f = r.fibers[size_t(t)];
       if (f.st != St::Ready) continue;
       r.cur = t;
