@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 
 #include "kernels/check.h"
 #include "kernels/dtype.h"
@@ -35,7 +36,8 @@ __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2
 __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half(v); }
 
 // Calls f(T{}) with T the element type of a floating dtype (F32 float, F64 double, BF16
-// __nv_bfloat16, F16 __half); any other dtype fails with "<what>: unsupported dtype".
+// __nv_bfloat16, F16 __half); any other dtype fails naming `what` and the dtype. The engine's CUDA
+// backend dispatches with it too (engine/cuda/device_utils.cuh).
 template <class F>
 void dispatch_float(DType dtype, const char* what, F&& f) {
   switch (dtype) {
@@ -52,7 +54,8 @@ void dispatch_float(DType dtype, const char* what, F&& f) {
       f(__half{});
       break;
     default:
-      fail(what, "unsupported dtype");
+      fail(what, std::string("the CUDA backend computes in F32, F64, BF16 and F16, not ") +
+                     dtype_name(dtype));
   }
 }
 

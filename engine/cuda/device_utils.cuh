@@ -20,6 +20,7 @@
 
 #include "engine/backend.h"
 #include "engine/cuda/context.h"
+#include "kernels/elementwise.cuh"
 
 namespace sc {
 namespace cuda {
@@ -302,16 +303,8 @@ void dispatch_any(DType t, F&& f) {
   throw Error("unknown dtype");
 }
 
-// dispatch_any restricted to the float types (f is instantiated for those only).
-template <class F>
-void dispatch_float(DType t, const char* op, F&& f) {
-  if (!is_floating(t))
-    throw Error(str_cat(op, ": the CUDA backend computes in F32, F64, BF16 and F16, not ",
-                        dtype_name(t)));
-  dispatch_any(t, [&](auto v) {
-    if constexpr (!std::is_integral<decltype(v)>::value) f(v);
-  });
-}
+// f(T{}) for the float types only: the kernels' dispatch (kernels/elementwise.cuh).
+using kernels::dispatch_float;
 
 // Unsigned integer of an element's width, for code that only moves bits.
 template <class F>
