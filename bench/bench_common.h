@@ -13,7 +13,8 @@
 
 namespace bench {
 
-// An H100 SXM: HBM3 bandwidth, dense BF16 tensor-core and FP32 (non-tensor) peaks.
+// An H100 SXM by its datasheet: HBM3 bandwidth, dense BF16 tensor-core and FP32 (non-tensor)
+// peaks. Leads only: bench/ceilings.cuh measures the card's own.
 constexpr double kPeakGBs = 3350.0;
 constexpr double kPeakBf16TF = 989.0;
 constexpr double kPeakF32TF = 67.0;

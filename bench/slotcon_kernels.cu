@@ -9,10 +9,12 @@
 // selected on the host, full logits matrix of the selected rows), since the masked static-shape
 // logits matrix would not fit in memory at K = 2048.
 // Timing: CUDA events on the engine stream, 3 warm-up calls, an L2 flush (memset of 2x the L2
-// size) before every repeat, the median of the repeats. Roofline of an H100 SXM (the numbers used
-// for every line, whatever the card): 3350 GB/s HBM3, 67 TFLOP/s FP32 non-tensor (989 dense BF16
-// is printed for reference; these kernels run FP32 FMA). "floor" = max(bytes / BW, flops / FP32
-// peak) for the fused op's compulsory traffic.
+// size) before every repeat, the median of the repeats. Roofline: this card's ceilings measured
+// at start (bench_common.h: copy bandwidth, FP32 FMA rate; the launch cost is printed beside
+// them, since at this scale a floor can be a few microseconds); these kernels run FP32 FMA.
+// "floor" = max(bytes / BW, flops / FP32 rate) for the fused op's compulsory traffic. The last
+// line per K, "RESULT K=...", gives each op's fwd+bwd speed-up and time over its floor against
+// the goals (at least 3x faster than unfused, within 2x of the floor).
 //
 // Usage: bench_slotcon_kernels [repeats]   (default 20). No GPU: one line, exit 0.
 //        bench_slotcon_kernels --smoke       every path once at a tiny scale (B = 2, D = 33,
@@ -29,6 +31,7 @@
 #include <vector>
 
 #include "bench/bench_common.h"
+#include "bench/ceilings.cuh"
 #include "engine/autograd.h"
 #include "engine/cuda/context.h"
 #include "engine/cuda_runtime.h"
@@ -39,15 +42,46 @@ namespace {
 
 using namespace sc;
 
-using namespace bench;  // kPeak*, Bench
+using namespace bench;  // kPeak*, Bench, Ceilings
+
+// The card's measured ceilings (main) and, per K, each op's fwd+bwd figures for the RESULT line.
+Ceilings g_ceil;
+struct Row {
+  std::string op;
+  double fused_ms, unfused_ms, floor_ms;
+};
+std::vector<Row> g_rows;
 
 void report(const char* what, double fused_ms, double unfused_ms, double bytes, double flops) {
-  const double floor_ms = std::max(bytes / (kPeakGBs * 1e9), flops / (kPeakF32TF * 1e12)) * 1e3;
+  const double floor_ms =
+      std::max(bytes / (g_ceil.copy_gbs * 1e9), flops / (g_ceil.f32_tf * 1e12)) * 1e3;
   std::printf(
       "  %-34s fused %8.3f ms  %7.1f GB/s %6.2f TF/s | floor %7.3f ms (x%.2f) | "
       "unfused %8.3f ms (fused x%.2f faster)\n",
       what, fused_ms, bytes / (fused_ms * 1e-3) / 1e9, flops / (fused_ms * 1e-3) / 1e12, floor_ms,
       fused_ms / floor_ms, unfused_ms, unfused_ms / fused_ms);
+  const std::string w = what;
+  if (w.size() > 8 && w.compare(w.size() - 8, 8, " fwd+bwd") == 0)
+    g_rows.push_back({w.substr(0, w.size() - 8), fused_ms, unfused_ms, floor_ms});
+}
+
+// One line per K for scripts/gpu_check.sh's table: each op's fwd+bwd speed-up over its unfused
+// path and its time over the roofline floor, against issue 4's goals (>= 3x, <= 2x floor).
+void result_line(int64_t K) {
+  std::string speed, over;
+  int met = 0;
+  char buf[96];
+  for (const Row& r : g_rows) {
+    const double up = r.unfused_ms / r.fused_ms, x = r.fused_ms / r.floor_ms;
+    std::snprintf(buf, sizeof buf, " %s=%.2f", r.op.c_str(), up);
+    speed += buf;
+    std::snprintf(buf, sizeof buf, " %s=%.1f", r.op.c_str(), x);
+    over += buf;
+    met += (up >= 3.0 && x <= 2.0) ? 1 : 0;
+  }
+  std::printf("RESULT K=%lld fwd+bwd unfused/fused:%s | fused/floor:%s | both goals met by %d of %zu\n",
+              (long long)K, speed.c_str(), over.c_str(), met, g_rows.size());
+  g_rows.clear();
 }
 
 Tensor dev_rand(const Shape& s, Generator& gen, double lo, double hi, DType t = DType::F32) {
@@ -218,16 +252,23 @@ int main(int argc, char** argv) {
   }
   const bool smoke = argc > 1 && std::string(argv[1]) == "--smoke";
   const int repeats = smoke ? 1 : argc > 1 ? std::max(1, std::atoi(argv[1])) : 20;
+  g_ceil = measure_ceilings(smoke);
   std::printf(
-      "bench_slotcon_kernels on %s; roofline used: H100 SXM %.0f GB/s, %.0f TFLOP/s FP32 "
-      "(%.0f BF16 dense for reference); F32 throughout\n",
-      sc::cuda_device_name(0).c_str(), kPeakGBs, kPeakF32TF, kPeakBf16TF);
+      "bench_slotcon_kernels on %s; F32 throughout. Roofline from this card, measured now: "
+      "copy %.0f GB/s (read + write), FP32 FMA %.1f TFLOP/s; one kernel launch %.2f us "
+      "(an H100 SXM's datasheet: %.0f GB/s, %.0f TFLOP/s FP32)\n",
+      sc::cuda_device_name(0).c_str(), g_ceil.copy_gbs, g_ceil.f32_tf, g_ceil.launch_us, kPeakGBs,
+      kPeakF32TF);
   Bench bench(repeats);
   if (smoke) {
     std::printf("--smoke: tiny scale, timings meaningless\n");
     run_scale(bench, 37, Scale{2, 33, 5, 5, 2});
+    result_line(37);
     return 0;
   }
-  for (int64_t K : {256, 2048}) run_scale(bench, K, Scale{});
+  for (int64_t K : {256, 2048}) {
+    run_scale(bench, K, Scale{});
+    result_line(K);
+  }
   return 0;
 }

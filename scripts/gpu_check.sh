@@ -1,83 +1,211 @@
 #!/usr/bin/env bash
-# The one prepared GPU check (run on the lent H100/H200 machine, ~8 minutes on 16 cores):
-#   1. build the CUDA backend for the card (sm_90 unless ARCH is set),
-#   2. run the whole test suite, GPU tests included (they must not be skipped here),
-#   3. optionally run the GPU tests under compute-sanitizer (SANITIZE=1),
-#   4. compare the GPU step with the PyTorch reference step (scripts/compare_torch_step.sh),
-#   5. run every benchmark (bench_resnet50 and bench_train_step run their PyTorch baselines,
-#      bench/*_torch.py, in the same invocation and print the ratio),
-#   6. print a short table last.
-# Usage: scripts/gpu_check.sh [build-dir]     env: ARCH=90 SANITIZE=0 BENCH=1 COMPARE=1
+# The one prepared GPU check, for the lent H100/H200 machine (see docs/gpu.md). In order:
+#   setup        the card, CUDA/cuBLAS/cuDNN libraries (the machine's, or PyTorch's wheels), the
+#                binaries: the prebuilt ones of .devkit/slotcon-devkit.tar.xz (scripts/devkit.sh,
+#                run here before the call) when their sources match this tree and they start, else
+#                a build for the card (sm_$ARCH) with the kit's headers and libraries as a prefix
+#   tests        every GPU test (test_gpu: each CUDA op and kernel against its CPU reference, the
+#                whole training step); here they must pass, not skip
+#   bench_kernels  bench_slotcon_kernels: the five fused head kernels vs their unfused paths
+#   bench_train  bench_train_step: the full step vs the PyTorch step (bench/train_step_torch.py)
+#   compare      scripts/compare_torch_step.sh on the GPU: 3 fp32 steps vs the PyTorch step
+#   memcheck, racecheck   compute-sanitizer over test_gpu (without the whole-model [train] cases)
+#   benches      the other bench_* binaries (resnet50 with its PyTorch baseline, conv, engine_ops,
+#                loader)
+# Each stage gets its own time limit, cut to what is left of BUDGET seconds, so the table at the end
+# is printed (and written) even when the later stages do not fit: they are listed as not run, and a
+# second call with STAGES=... runs them. Logs: $OUT (on the device machine) or <build>/gpu_check,
+# as 2 files: summary.txt (the table, rewritten after every stage) and gpu_check.log (every stage's
+# output, appended as it ends).
+#
+# Usage: scripts/gpu_check.sh [build-dir]
+# env:   BUDGET=540  STAGES="tests bench_kernels bench_train compare memcheck racecheck benches"
+#        SANITIZE=1 (0: leave out memcheck/racecheck)  ARCH=90  KIT=.devkit/slotcon-devkit.tar.xz
+#        PREBUILT=auto (0: always build)  BIN=<dir> (use the binaries there, e.g. an emulator build)
+#        REQUIRE_GPU=1 (0: go on without nvidia-smi, to try the script itself on the emulator)
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
 build="${1:-$root/build-gpu}"
 arch="${ARCH:-90}"
+budget="${BUDGET:-540}"
+stages="${STAGES:-tests bench_kernels bench_train compare memcheck racecheck benches}"
+[ "${SANITIZE:-1}" = "0" ] && stages="$(echo " $stages " | sed 's/ memcheck / /; s/ racecheck / /')"
+kit_tar="${KIT:-$root/.devkit/slotcon-devkit.tar.xz}"
 out="${OUT:-$build/gpu_check}"
-mkdir -p "$out"
-summary=()
-stamp() { date +%s; }
-t0=$(stamp)
+work="$build/gpu_check_work"
+mkdir -p "$out" "$work"
+: >"$out/gpu_check.log"
+t0=$(date +%s)
+rows=()
+linebuf=""
+command -v stdbuf >/dev/null && linebuf="stdbuf -oL -eL"
+export PYTHONUNBUFFERED=1
+now() { echo $(( $(date +%s) - t0 )); }
+left() { echo $(( budget - $(now) )); }
+# row <stage> <result> <seconds> <figures>; the table is rewritten after each row
+row() {
+  rows+=("$1|$2|$3s|$4")
+  { echo "gpu_check at $(now)s of $budget:"; printf '%s\n' "${rows[@]}" | column -t -s'|'; } \
+    >"$out/summary.txt"
+}
+keep_log() {  # keep_log <stage> <file>: append (at most 3 MB of) a stage's log to gpu_check.log
+  { echo; echo "######## $1"; head -c 3000000 "$2"; } >>"$out/gpu_check.log"
+}
+# stage <name> <max-seconds> <command...>: runs it under min(max, what is left - 15 s)
+stage() {
+  local name="$1" max="$2"; shift 2
+  local lim=$(( $(left) - 15 )); [ "$lim" -gt "$max" ] && lim="$max"
+  if [ "$lim" -lt 20 ]; then row "$name" "not run (budget)" 0 ""; return 99; fi
+  echo "== $name (limit ${lim}s)"
+  local s=$(date +%s)
+  # line-buffered, so that a stage stopped at its limit still leaves what it printed
+  timeout -k 10 "$lim" $linebuf "$@" >"$work/$name.log" 2>&1
+  local rc=$?
+  STAGE_SECONDS=$(( $(date +%s) - s ))
+  tail -n "${TAIL:-12}" "$work/$name.log"
+  keep_log "$name" "$work/$name.log"
+  [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && echo "$name: stopped at its ${lim}s limit"
+  return "$rc"
+}
+result() { case "$1" in 0) echo ok ;; 124|137) echo "TIMEOUT" ;; 77) echo "SKIPPED (no GPU seen)" ;; *) echo "FAILED rc=$1" ;; esac; }
+results_of() { grep -E '^RESULT' "$1" 2>/dev/null | sed 's/^RESULT //' | paste -sd';' -; }
 
+# ---------------------------------------------------------------- setup
 echo "== device"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-echo "== commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+gpu="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
+echo "${gpu:-no nvidia-smi}"
+if [ -z "$gpu" ] && [ "${REQUIRE_GPU:-1}" = "1" ]; then
+  row setup FAILED 0 "no GPU (nvidia-smi found none); REQUIRE_GPU=0 to try the script anyway"
+  cat "$out/summary.txt"; exit 1
+fi
+echo "source tree: $(git rev-parse --short HEAD 2>/dev/null || echo 'no git here (commit: see the kit INFO / the caller)')"
 
-echo "== build (sm_$arch)"
-if cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DSLOTCON_CUDA=ON \
-     -DCMAKE_CUDA_ARCHITECTURES="$arch" >"$out/configure.log" 2>&1 &&
-   cmake --build "$build" -j "$(nproc)" >"$out/build.log" 2>&1; then
-  summary+=("build|ok|$(( $(stamp) - t0 ))s")
+# CUDA's libraries: the machine's own (system or toolkit), else PyTorch's wheels (nvidia/...).
+pydirs="$(python3 -c 'import nvidia, sys; print("\n".join(nvidia.__path__))' 2>/dev/null || true)"
+find_lib() {  # prints the folder holding $1, searching the loader's cache, the toolkit, the wheels
+  local p
+  p="$(ldconfig -p 2>/dev/null | awk -v n="$1" '$1 == n {print $NF; exit}')"
+  [ -n "$p" ] && { dirname "$p"; return 0; }
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib $pydirs; do
+    p="$(find -L "$d" -maxdepth 4 -name "$1" 2>/dev/null | head -1)"
+    [ -n "$p" ] && { dirname "$p"; return 0; }
+  done
+  return 1
+}
+libdirs=()
+for l in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcudnn.so.9; do
+  if d="$(find_lib "$l")"; then
+    echo "  $l: $d"
+    case ":${LD_LIBRARY_PATH:-}:" in *":$d:"*) ;; *) libdirs+=("$d") ;; esac
+  else
+    echo "  $l: NOT FOUND"
+  fi
+done
+cudnn_dir="$(find_lib libcudnn.so.9 || true)"
+
+kit=""
+if [ -f "$kit_tar" ]; then
+  rm -rf "$build/devkit" && mkdir -p "$build/devkit"
+  if tar -C "$build/devkit" -xJf "$kit_tar" 2>/dev/null ||
+     python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$kit_tar" "$build/devkit"; then
+    kit="$build/devkit/slotcon-devkit"
+    echo "kit: $(tr '\n' ';' <"$kit/INFO")"
+    libdirs+=("$kit/lib")
+  else
+    echo "kit: $kit_tar could not be unpacked"
+  fi
 else
-  tail -40 "$out/build.log" "$out/configure.log"
-  summary+=("build|FAILED|see $out/build.log")
-  printf '%s\n' "${summary[@]}" | column -t -s'|'
-  exit 1
+  echo "kit: none at $kit_tar (scripts/devkit.sh makes it); building with the machine's packages"
 fi
+[ ${#libdirs[@]} -gt 0 ] && export LD_LIBRARY_PATH="$(IFS=:; echo "${libdirs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
-echo "== tests"
-t1=$(stamp)
-(cd "$build" && ctest --output-on-failure -j 8 --timeout 300) >"$out/ctest.log" 2>&1
-rc=$?
-tail -15 "$out/ctest.log"
-skipped=$(grep -c "Skipped" "$out/ctest.log" || true)
-summary+=("ctest|$([ $rc -eq 0 ] && echo ok || echo FAILED)|$(grep -E 'tests passed|tests failed' "$out/ctest.log" | tail -1), skipped lines: $skipped, $(( $(stamp) - t1 ))s")
-grep -E "^\s*[0-9]+/[0-9]+ Test.*(Failed|Skipped)" "$out/ctest.log" | head -20
-
-if [ "${SANITIZE:-0}" = "1" ] && command -v compute-sanitizer >/dev/null; then
-  for tool in memcheck racecheck; do
-    echo "== compute-sanitizer $tool"
-    # the kernel and op tests; the whole-model train-step tests ([train]) would take minutes
-    # under the sanitizer and run no kernel the others do not
-    timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 "$build/tests/test_gpu" "~[train]" \
-      >"$out/sanitize_$tool.log" 2>&1
-    r=$?
-    tail -5 "$out/sanitize_$tool.log"
-    summary+=("sanitizer $tool|$([ $r -eq 0 ] && echo ok || echo FAILED rc=$r)|")
-  done
+setup_s=$(date +%s)
+bin="${BIN:-}"
+how=""
+if [ -n "$bin" ]; then
+  how="given: $bin"
+elif [ -n "$kit" ] && [ "${PREBUILT:-auto}" != "0" ]; then
+  stale="$(sha256sum -c --quiet "$kit/sources.sha256" 2>&1 | grep -v '^sha256sum: WARNING' | head -5)"
+  missing_libs="$(for b in "$kit"/build/*/*; do ldd "$b"; done 2>&1 | grep 'not found' | sort -u)"
+  if [ -n "$stale" ]; then
+    echo "prebuilt binaries are stale (sources differ): $stale"
+  elif [ -n "$missing_libs" ]; then
+    echo "prebuilt binaries miss libraries: $missing_libs"
+  elif ! { "$kit/build/tests/test_gpu" --list-test-names-only >"$work/list.log" 2>&1
+           grep -q 'CUDA matches the CPU reference' "$work/list.log"; }; then
+    # (Catch2 v2 exits with the number of tests it listed, so the listing itself is checked)
+    echo "prebuilt test_gpu does not start:"; tail -5 "$work/list.log"
+  else
+    bin="$kit/build"; how="prebuilt ($(sed -n 's/^commit: //p' "$kit/INFO"))"
+  fi
 fi
-
-if [ "${COMPARE:-1}" = "1" ]; then
-  # the whole step on the GPU (fp32) against the PyTorch reference step on the same state and
-  # batch (PyTorch on the CPU, as in the CPU check)
-  echo "== compare_torch_step (engine on cuda, fp32)"
-  DEVICE=cuda timeout 300 "$root/scripts/compare_torch_step.sh" "$build" >"$out/compare.log" 2>&1
-  r=$?
-  tail -14 "$out/compare.log"
-  summary+=("compare_torch_step|$([ $r -eq 0 ] && echo ok || echo "rc=$r")|$(grep -E '^compare: [0-9]+ tensors' "$out/compare.log" | sed 's/^compare: //')")
+if [ -z "$bin" ]; then
+  echo "== build (sm_$arch) in $build"
+  cfg=(-DCMAKE_BUILD_TYPE=Release -DSLOTCON_CUDA=ON -DSLOTCON_REQUIRE_CUDNN=ON
+       -DCMAKE_CUDA_ARCHITECTURES="$arch")
+  command -v ninja >/dev/null && [ ! -f "$build/CMakeCache.txt" ] && cfg+=(-G Ninja)
+  [ -n "$kit" ] && cfg+=(-DCMAKE_PREFIX_PATH="$kit" -DBLA_VENDOR=OpenBLAS)
+  [ -n "$cudnn_dir" ] && cfg+=(-DCUDNN_ROOT="$(dirname "$cudnn_dir")")
+  targets=(test_gpu slotcon)
+  for f in bench/*.cpp bench/*.cu; do [ -e "$f" ] && targets+=("bench_$(basename "${f%.*}")"); done
+  # the build as a script of its own, so that it runs under the stage's time limit
+  { printf 'set -e\n'
+    printf 'cmake -S %q -B %q' "$root" "$build"; printf ' %q' "${cfg[@]}"; printf '\n'
+    printf 'cmake --build %q -j %q --target' "$build" "$(nproc)"; printf ' %q' "${targets[@]}"; printf '\n'
+  } >"$work/build.sh"
+  if stage build 300 bash "$work/build.sh"; then
+    bin="$build"; how="built here in ${STAGE_SECONDS}s"
+  else
+    grep -E 'error|Error|not found' "$work/build.log" | head -20
+    row build FAILED "$STAGE_SECONDS" "see gpu_check.log"
+    cat "$out/summary.txt"; exit 1
+  fi
 fi
+row setup ok $(( $(date +%s) - setup_s + 0 )) "${gpu:-no GPU}; binaries $how"
 
-if [ "${BENCH:-1}" = "1" ]; then
-  for b in "$build"/bench/bench_*; do
-    [ -x "$b" ] || continue
-    name=$(basename "$b")
-    echo "== $name"
-    timeout 240 "$b" >"$out/$name.log" 2>&1
-    r=$?
-    tail -25 "$out/$name.log"
-    summary+=("$name|$([ $r -eq 0 ] && echo ok || echo "rc=$r")|$(grep -E '^RESULT' "$out/$name.log" | head -3 | sed 's/^RESULT //' | paste -sd';' -)")
-  done
-fi
+# ---------------------------------------------------------------- stages
+for s in $stages; do
+  case "$s" in
+    tests)
+      stage tests 240 "$bin/tests/test_gpu" --durations yes; rc=$?
+      [ "$rc" -eq 99 ] && continue
+      row tests "$(result $rc)" "$STAGE_SECONDS" \
+        "$(grep -E 'All tests passed|test cases:|assertions:' "$work/tests.log" | tail -2 | paste -sd' ' -)" ;;
+    bench_kernels)
+      stage bench_kernels 150 "$bin/bench/bench_slotcon_kernels"; rc=$?
+      [ "$rc" -eq 99 ] && continue
+      row bench_kernels "$(result $rc)" "$STAGE_SECONDS" "$(results_of "$work/bench_kernels.log")" ;;
+    bench_train)
+      stage bench_train 180 "$bin/bench/bench_train_step"; rc=$?
+      [ "$rc" -eq 99 ] && continue
+      row bench_train "$(result $rc)" "$STAGE_SECONDS" "$(results_of "$work/bench_train.log")" ;;
+    compare)
+      stage compare 180 env DEVICE=cuda "$root/scripts/compare_torch_step.sh" "$bin"; rc=$?
+      [ "$rc" -eq 99 ] && continue
+      row compare "$(result $rc)" "$STAGE_SECONDS" \
+        "$(grep -E '^compare: |AGREE|DIFFER' "$work/compare.log" | tail -2 | paste -sd' ' -)" ;;
+    memcheck|racecheck)
+      if ! command -v compute-sanitizer >/dev/null; then row "$s" "not run" 0 "no compute-sanitizer"; continue; fi
+      # the kernel and op tests; the whole-model [train] cases take minutes under the sanitizer
+      # and run no kernel the others do not
+      stage "$s" 200 compute-sanitizer --tool "$s" --error-exitcode 9 "$bin/tests/test_gpu" "~[train]"; rc=$?
+      [ "$rc" -eq 99 ] && continue
+      row "$s" "$(result $rc)" "$STAGE_SECONDS" \
+        "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|All tests passed|test cases' "$work/$s.log" | tail -2 | paste -sd' ' -)" ;;
+    benches)
+      for b in "$bin"/bench/bench_*; do
+        name="$(basename "$b")"
+        case "$name" in bench_slotcon_kernels|bench_train_step) continue ;; esac
+        stage "$name" 90 "$b"; rc=$?
+        [ "$rc" -eq 99 ] && continue
+        row "$name" "$(result $rc)" "$STAGE_SECONDS" "$(results_of "$work/$name.log")"
+      done ;;
+    *) echo "unknown stage $s"; row "$s" "unknown stage" 0 "" ;;
+  esac
+done
 
 echo
-echo "== summary ($(( $(stamp) - t0 ))s total)"
-printf '%s\n' "${summary[@]}" | column -t -s'|'
+echo "== summary ($(now)s; logs: $out/summary.txt, $out/gpu_check.log)"
+cat "$out/summary.txt"
+! grep -qE 'FAILED|TIMEOUT|SKIPPED' "$out/summary.txt"
