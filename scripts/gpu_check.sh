@@ -168,10 +168,19 @@ row setup ok $(( $(date +%s) - setup_s + 0 )) "${gpu:-no GPU}; binaries $how"
 for s in $stages; do
   case "$s" in
     tests)
-      stage tests 240 "$bin/tests/test_gpu" --durations yes; rc=$?
-      [ "$rc" -eq 99 ] && continue
-      row tests "$(result $rc)" "$STAGE_SECONDS" \
-        "$(grep -E 'All tests passed|test cases:|assertions:' "$work/tests.log" | tail -2 | paste -sd' ' -)" ;;
+      # one process per test file, so that a kernel that takes down its CUDA context (an illegal
+      # address is sticky) costs only its own file's results
+      files="$("$bin/tests/test_gpu" -# --list-tags 2>/dev/null | grep -o '\[#[A-Za-z0-9_]*\]')"
+      [ -n "$files" ] || files="all"
+      for f in $files; do
+        n="tests${f#\[#test}"; n="${n%]}"
+        if [ "$f" = all ]; then stage "$n" 240 "$bin/tests/test_gpu" --durations yes
+        else stage "$n" 150 "$bin/tests/test_gpu" -# "$f" --durations yes; fi
+        rc=$?
+        [ "$rc" -eq 99 ] && continue
+        row "$n" "$(result $rc)" "$STAGE_SECONDS" \
+          "$(grep -E 'All tests passed|test cases:|assertions:' "$work/$n.log" | tail -2 | paste -sd' ' -)"
+      done ;;
     bench_kernels)
       stage bench_kernels 150 "$bin/bench/bench_slotcon_kernels"; rc=$?
       [ "$rc" -eq 99 ] && continue
