@@ -81,6 +81,12 @@ if [ -z "$gpu" ] && [ "${REQUIRE_GPU:-1}" = "1" ]; then
 fi
 echo "source tree: $(git rev-parse --short HEAD 2>/dev/null || echo 'no git here (commit: see the kit INFO / the caller)')"
 
+# nvcc and compute-sanitizer may live off the PATH
+for d in /usr/local/cuda/bin /usr/local/cuda/compute-sanitizer; do
+  [ -d "$d" ] && case ":$PATH:" in *":$d:"*) ;; *) PATH="$PATH:$d" ;; esac
+done
+export PATH
+
 # CUDA's libraries: the machine's own (system or toolkit), else PyTorch's wheels (nvidia/...).
 pydirs="$(python3 -c 'import nvidia, sys; print("\n".join(nvidia.__path__))' 2>/dev/null || true)"
 find_lib() {  # prints the folder holding $1, searching the loader's cache, the toolkit, the wheels
@@ -195,10 +201,15 @@ for s in $stages; do
       row compare "$(result $rc)" "$STAGE_SECONDS" \
         "$(grep -E '^compare: |AGREE|DIFFER' "$work/compare.log" | tail -2 | paste -sd' ' -)" ;;
     memcheck|racecheck)
-      if ! command -v compute-sanitizer >/dev/null; then row "$s" "not run" 0 "no compute-sanitizer"; continue; fi
+      san="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
+             /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)"
+      if [ -z "$san" ]; then row "$s" "not run" 0 "no compute-sanitizer"; continue; fi
       # the kernel and op tests; the whole-model [train] cases take minutes under the sanitizer
       # and run no kernel the others do not
-      stage "$s" 200 compute-sanitizer --tool "$s" --error-exitcode 9 "$bin/tests/test_gpu" "~[train]"; rc=$?
+      # (not under stdbuf: its LD_PRELOAD would ride along into the sanitizer's injection)
+      keep="$linebuf"; linebuf=""
+      stage "$s" 200 "$san" --tool "$s" --error-exitcode 9 "$bin/tests/test_gpu" "~[train]"; rc=$?
+      linebuf="$keep"
       [ "$rc" -eq 99 ] && continue
       row "$s" "$(result $rc)" "$STAGE_SECONDS" \
         "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|All tests passed|test cases' "$work/$s.log" | tail -2 | paste -sd' ' -)" ;;
