@@ -92,6 +92,8 @@ done
   echo "arch: sm_$arch"
   echo "nvcc: $(nvcc --version | tail -1)"
   echo "glibc: $(ldd --version | head -1)"
+  echo "needs at least: $(for f in "$kit"/build/*/* "$kit"/lib/*.so.*; do objdump -T "$f" 2>/dev/null; done |
+    grep -oE 'GLIBC_[0-9.]+|GLIBCXX_[0-9.]+' | sort -V -u | awk -F_ '{m[$1]=$0} END {print m["GLIBC"], m["GLIBCXX"]}')"
   echo "cudnn headers: $(grep -E '#define CUDNN_(MAJOR|MINOR|PATCHLEVEL) ' "$cudnn_h/cudnn_version.h" | awk '{print $3}' | paste -sd.)"
   echo "libs: $(cd "$kit/lib" && ls *.so.* | paste -sd' ')"
 } >"$kit/INFO"
