@@ -34,30 +34,14 @@ __global__ void ceiling_empty_kernel() {}
 // device-to-device copy bandwidth counting bytes read + written (512 MiB, far over the L2), FP32
 // FMA rate (a full grid of register-resident FMA chains), and the cost of one kernel launch
 // back to back (the least any single-kernel op can take, whatever its bytes). Each the median of
-// 5. `tiny`: sizes for the CUDA emulator (figures meaningless).
+// 5 (Bench). `tiny`: sizes for the CUDA emulator (figures meaningless).
 struct Ceilings {
   double copy_gbs = 0, f32_tf = 0, launch_us = 0;
 };
 inline Ceilings measure_ceilings(bool tiny = false) {
-  cudaStream_t st = sc::cuda::stream(0);
-  cudaEvent_t a, b;
-  SC_CUDA_CHECK(cudaEventCreate(&a));
-  SC_CUDA_CHECK(cudaEventCreate(&b));
-  auto median_ms = [&](const std::function<void()>& fn) {
-    fn();  // warm-up
-    std::vector<float> ms;
-    for (int r = 0; r < 5; ++r) {
-      SC_CUDA_CHECK(cudaEventRecord(a, st));
-      fn();
-      SC_CUDA_CHECK(cudaEventRecord(b, st));
-      SC_CUDA_CHECK(cudaEventSynchronize(b));
-      float t = 0;
-      SC_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
-      ms.push_back(t);
-    }
-    std::sort(ms.begin(), ms.end());
-    return double(ms[ms.size() / 2]);
-  };
+  Bench timer(5);  // the benchmarks' own timer: 3 warm-ups, the median of 5
+  cudaStream_t st = timer.stream;
+  auto median_ms = [&](const std::function<void()>& fn) { return timer.time_ms(fn); };
   Ceilings c;
   const size_t bytes = tiny ? (size_t(1) << 16) : (size_t(512) << 20);
   sc::Tensor src = sc::empty({int64_t(bytes)}, sc::DType::U8, sc::Device::cuda(0));
@@ -85,8 +69,6 @@ inline Ceilings measure_ceilings(bool tiny = false) {
     SC_CUDA_CHECK(cudaGetLastError());
   });
   c.launch_us = launch_ms * 1e3 / launches;
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
   return c;
 }
 
