@@ -97,6 +97,8 @@ struct Allocation {
 constexpr unsigned char kCanary = 0xA5;
 constexpr size_t kDeviceBytes = size_t(80) << 30;  // what the emulated card has
 
+constexpr size_t kDynAlign = 128;
+
 struct Runtime {
   std::vector<Fiber> fibers;
   std::vector<Stack> stacks;
@@ -108,7 +110,7 @@ struct Runtime {
   int cur = -1;  // running thread (linear index in the block), -1 on the host
   int nthreads = 0;
   const std::function<void()>* body = nullptr;
-  std::vector<unsigned char> dyn;
+  std::vector<unsigned char> dyn;  // the block's dynamic shared memory, + kDynAlign of slack
   std::vector<unsigned char> slots;
   std::map<std::string, int> max_dyn;
   std::map<char*, Allocation> allocations;  // by the pointer handed out
@@ -124,6 +126,7 @@ struct Runtime {
   cudaError_t last = cudaSuccess;
   uint64_t nlaunch = 0, nrun = 0;
   std::string kernel;
+  std::string fiber_error;  // set by a thread that stopped at an error, thrown by the scheduler
 };
 
 Runtime& rt() {
@@ -220,7 +223,24 @@ std::string where() {
 }
 
 [[noreturn]] void kernel_error(const std::string& what) {
-  rt().cur = -1;
+  Runtime& r = rt();
+  if (r.cur >= 0 && !r.direct) {
+    // Inside a thread's fiber: an exception cannot unwind across the fiber switch, so the thread
+    // ends here and the scheduler throws (run_block, after the switch back).
+    std::ostringstream os;
+    os << "cuda_emu: " << what << " in " << where() << ", thread (" << threadIdx.x << ","
+       << threadIdx.y << "," << threadIdx.z << ")";
+    r.fiber_error = os.str();
+    Fiber& f = r.fibers[size_t(r.cur)];
+    f.st = St::Done;
+#if defined(SLOTCON_EMU_ASM_SWITCH)
+    emu_switch(&f.sp, r.sched_sp);
+#else
+    swapcontext(&f.ctx, &r.sched);
+#endif
+    std::abort();  // never resumed
+  }
+  r.cur = -1;
   throw std::runtime_error("cuda_emu: " + what + " in " + where());
 }
 
@@ -264,6 +284,12 @@ void run_block(uint64_t block_no) {
 #else
       swapcontext(&r.sched, &f.ctx);
 #endif
+      if (!r.fiber_error.empty()) {  // the thread stopped at an error (kernel_error)
+        std::string m;
+        m.swap(r.fiber_error);
+        r.cur = -1;
+        throw std::runtime_error(m);
+      }
     }
     r.cur = -1;
     reverse = !reverse;
@@ -356,7 +382,7 @@ void launch_site(const LaunchCfg& cfg, const char* name, const std::function<voi
   gridDim = g;
   blockDim = b;
   ensure_stacks(r.nthreads);
-  r.dyn.assign(cfg.smem, 0xFF);
+  r.dyn.assign(cfg.smem ? cfg.smem + kDynAlign : 0, 0xFF);
   r.slots.assign(size_t(r.nthreads) * kSlotBytes, 0);
   ++r.nlaunch;
   const bool direct = site.launched && !site.barriers;
@@ -380,11 +406,16 @@ void launch_site(const LaunchCfg& cfg, const char* name, const std::function<voi
 
 unsigned char* dynamic_shared() {
   Runtime& r = rt();
-  return r.dyn.empty() ? nullptr : r.dyn.data();
+  if (r.dyn.empty()) return nullptr;
+  // aligned as the GPU's shared window is (wmma, for one, needs 256-bit aligned tiles)
+  const uintptr_t p = reinterpret_cast<uintptr_t>(r.dyn.data());
+  return r.dyn.data() + ((kDynAlign - p % kDynAlign) % kDynAlign);
 }
 
 void sync_block() { block_on(St::BlockWait, "__syncthreads"); }
 void sync_warp() { block_on(St::WarpWait, "a warp barrier"); }
+
+void device_error(const std::string& what) { kernel_error(what); }
 
 int lane_id() {
   Runtime& r = rt();

@@ -48,7 +48,7 @@
 #define __shared__ static
 #define __constant__ static
 #define __launch_bounds__(...)
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))
 
 // ---------------------------------------------------------------- runtime types
 typedef struct CUstream_st* cudaStream_t;
@@ -161,6 +161,8 @@ void sync_warp();
 // Warp exchange: every lane of the warp posts `bytes` (<= 16) of `v`, then reads lane `src`'s.
 void warp_exchange(const void* v, void* out, size_t bytes, int src_lane);
 int lane_id();
+// Stops the launch with `what` and the kernel, block and thread (for checks in device functions).
+[[noreturn]] void device_error(const std::string& what);
 
 // Number of launches and of threads run so far (for tests of the emulator itself).
 uint64_t launches();

@@ -2,6 +2,7 @@
 // (test_emulator.cpp). Rewritten by cuda_emu_rewrite like the kernels of kernels/; it would also
 // compile with nvcc.
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include <cstdint>
 
@@ -103,5 +104,34 @@ __global__ void write_at_kernel(float* p, int i) {
   if (blockIdx.x == 0 && threadIdx.x == 0) p[i] = 1.f;
 }
 void write_at(float* p, int i) { write_at_kernel<<<2, 32>>>(p, i); }
+
+// One warp: d (16 x 16, row-major) = 1 + A (16 x 8, row-major, ld 8, from a + a_off) x B (8 x 16,
+// col-major, ld 8) in TF32 through wmma, staged through shared memory; each lane then copies out
+// 8 elements that other lanes stored, after a __syncwarp only when `sync` (else the emulator must
+// show stale values: the staging buffer is poisoned first).
+template <bool kSync>
+__global__ void wmma_kernel(const float* a, const float* b, float* d, int a_off) {
+  using namespace nvcuda;
+  __shared__ __align__(32) float st[16 * 16];
+  const int lane = threadIdx.x;
+  for (int k = 0; k < 8; ++k) st[lane * 8 + k] = -1.0f;
+  __syncwarp();
+  wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> fc;
+  wmma::fill_fragment(fc, 1.0f);
+  wmma::load_matrix_sync(fa, a + a_off, 8);
+  wmma::load_matrix_sync(fb, b, 8);
+  for (int i = 0; i < fa.num_elements; ++i) fa.x[i] = wmma::__float_to_tf32(fa.x[i]);
+  for (int i = 0; i < fb.num_elements; ++i) fb.x[i] = wmma::__float_to_tf32(fb.x[i]);
+  wmma::mma_sync(fc, fa, fb, fc);
+  wmma::store_matrix_sync(st, fc, 16, wmma::mem_row_major);
+  if (kSync) __syncwarp();
+  for (int k = 0; k < 8; ++k) d[lane * 8 + k] = st[lane * 8 + k];
+}
+void wmma_tf32(const float* a, const float* b, float* d, int a_off, bool sync) {
+  if (sync) wmma_kernel<true><<<1, 32>>>(a, b, d, a_off);
+  else wmma_kernel<false><<<1, 32>>>(a, b, d, a_off);
+}
 
 }  // namespace emu_selftest

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
@@ -22,6 +23,7 @@ void coords(int64_t* out, dim3 grid, dim3 block);
 void count(unsigned long long* c, float* fsum, int blocks, int threads);
 cudaError_t dyn_smem(float* before, float* after, int threads, size_t smem, int raise_to);
 void write_at(float* p, int i);
+void wmma_tf32(const float* a, const float* b, float* d, int a_off, bool sync);
 }  // namespace emu_selftest
 
 namespace es = emu_selftest;
@@ -209,4 +211,47 @@ TEST_CASE("emulator: out-of-bounds writes to device memory are caught", "[cuda_e
   void* huge = nullptr;
   CHECK(cudaMalloc(&huge, size_t(81) << 30) == cudaErrorMemoryAllocation);
   CHECK(cudaGetLastError() == cudaErrorMemoryAllocation);
+}
+
+TEST_CASE("emulator: wmma TF32 products, their alignment rule and the missing __syncwarp",
+          "[cuda_emu]") {
+  // 32-byte aligned operands; a has one spare float in front for the misaligned case.
+  alignas(32) float abuf[8 + 16 * 8];
+  alignas(32) float b[8 * 16];
+  alignas(32) float d[16 * 16];
+  float* a = abuf + 8;
+  uint32_t x = 12345;
+  auto next = [&] {
+    x = x * 1664525u + 1013904223u;
+    return float(int(x >> 9) - (1 << 22)) / float(1 << 21);  // [-2, 2), all mantissa bits used
+  };
+  for (float& v : abuf) v = next();
+  for (float& v : b) v = next();
+  auto tf32 = [](float f) {  // cvt.rna.tf32.f32
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    u = (u + 0x1000u) & 0xffffe000u;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
+  es::wmma_tf32(a, b, d, 0, true);
+  int exact = 0, off_by_tf32 = 0;
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      float want = 1.0f, full = 1.0f;
+      for (int k = 0; k < 8; ++k) {
+        want += tf32(a[i * 8 + k]) * tf32(b[j * 8 + k]);
+        full += a[i * 8 + k] * b[j * 8 + k];
+      }
+      exact += d[i * 16 + j] == want ? 1 : 0;
+      off_by_tf32 += d[i * 16 + j] != full ? 1 : 0;
+    }
+  CHECK(exact == 256);        // TF32 operands, float accumulation in k order
+  CHECK(off_by_tf32 > 200);   // and not the FP32 product
+  // Without the __syncwarp after the store, a lane reads elements other lanes have not stored yet.
+  es::wmma_tf32(a, b, d, 0, false);
+  int stale = 0;
+  for (float v : d) stale += v == -1.0f ? 1 : 0;
+  CHECK(stale > 0);
+  REQUIRE_THROWS_WITH(es::wmma_tf32(a - 1, b, d, 0, true), Catch::Contains("256-bit aligned"));
 }
