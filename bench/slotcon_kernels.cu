@@ -14,7 +14,9 @@
 // them, since at this scale a floor can be a few microseconds); these kernels run FP32 FMA.
 // "floor" = max(bytes / BW, flops / FP32 rate) for the fused op's compulsory traffic. The last
 // line per K, "RESULT K=...", gives each op's fwd+bwd speed-up and time over its floor against
-// the goals (at least 3x faster than unfused, within 2x of the floor).
+// the goals (at least 3x faster than unfused, within 2x of the floor). slot_contrast_tf32: the
+// fused contrast with its logits tiles on the tensor cores (TF32); its floor is still the FP32
+// one (conservative: the tiles' share of the FLOPs runs at the tensor-core rate).
 //
 // Usage: bench_slotcon_kernels [repeats]   (default 20). No GPU: one line, exit 0.
 //        bench_slotcon_kernels --smoke       every path once at a tiny scale (B = 2, D = 33,
@@ -237,6 +239,14 @@ void run_scale(Bench& bench, int64_t K, const Scale& sc_) {
     report("slot_contrast fwd+bwd",
            time_fwd_bwd(bench, {z}, one,
                         [&] { return fused::slot_contrast(z, keys, qm, km, 0, 0.2); }),
+           time_fwd_bwd(bench, {z}, one, unfused_fwd), 2 * bytes, 3 * flops);
+    // The same with the logits tiles on the tensor cores (TF32), against the same unfused path.
+    report("slot_contrast_tf32 fwd",
+           time_fwd(bench, [&] { fused::slot_contrast(z, keys, qm, km, 0, 0.2, true); }),
+           time_fwd(bench, unfused_fwd), bytes, flops);
+    report("slot_contrast_tf32 fwd+bwd",
+           time_fwd_bwd(bench, {z}, one,
+                        [&] { return fused::slot_contrast(z, keys, qm, km, 0, 0.2, true); }),
            time_fwd_bwd(bench, {z}, one, unfused_fwd), 2 * bytes, 3 * flops);
     std::printf("  (contrast: %.0f valid queries x %.0f valid keys of %lld x %lld rows)\n", nq, nk,
                 (long long)N, (long long)NK);

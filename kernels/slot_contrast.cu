@@ -17,6 +17,9 @@
 //      and applies the normalisation backward; invalid rows get zeros.
 // Grids are sized for the worst case (every row valid); blocks beyond the device-side counts exit.
 #include <cuda_runtime.h>
+#include <mma.h>
+
+#include <type_traits>
 
 #include "kernels/check.h"
 #include "kernels/slot_contrast.h"
@@ -35,6 +38,10 @@ struct AccOf<double> {
 
 constexpr double kEps = 1e-12;
 constexpr int kTile = 64, kSlab = 16, kThreads = 256, kScanThreads = 1024;
+// Tensor-core tiles (TF32, float only): slabs of 32 of D, row stride 36 floats (a multiple of 16
+// bytes, as wmma needs, and off the 32-bank period); the 64 x 64 result is staged through shared
+// memory with row stride 68.
+constexpr int kSlabTC = 32, kLdT = kSlabTC + 4, kLdS = kTile + 4;
 
 inline size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
@@ -209,6 +216,82 @@ __device__ __forceinline__ void logits_tile(const Side<T, A>& R, const Side<T, A
   }
 }
 
+// The same tile on the tensor cores (TF32 operands, float accumulation), same result layout:
+// acc[i][j] for rows r0 + ty + 16 i and columns c0 + tx + 16 j. Warp w computes the 16 x 32 block
+// of rows 16 (w / 2) and columns 32 (w % 2) as two 16 x 16 wmma accumulators over D; the tile is
+// staged through St (kTile x kLdS floats, 32-byte aligned) and each thread reads its 4 x 4 back.
+// Ta / Tb: kTile x kLdT floats each, 32-byte aligned. St may be read by the caller until its next
+// call (the D loop's barriers come before the next store).
+template <class T>
+__device__ __forceinline__ void logits_tile_tc(const Side<T, float>& R, const Side<T, float>& C,
+                                               int nr, int nc, int r0, int c0, int64_t D,
+                                               float inv_tau, float* Ta, float* Tb, float* St,
+                                               float acc[4][4]) {
+  using namespace nvcuda;
+  const int tid = threadIdx.x, warp = tid / 32, tx = tid % 16, ty = tid / 16;
+  const int fr = warp / 2, fc = (warp % 2) * 2;
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> c0f, c1f;
+  wmma::fill_fragment(c0f, 0.0f);
+  wmma::fill_fragment(c1f, 0.0f);
+  for (int64_t d0 = 0; d0 < D; d0 += kSlabTC) {
+#pragma unroll
+    for (int q = 0; q < kTile * kSlabTC / kThreads; ++q) {
+      const int e = tid + q * kThreads, row = e / kSlabTC, dd = e % kSlabTC;
+      const int64_t d = d0 + dd;
+      const int rr = r0 + row, cc = c0 + row;
+      Ta[row * kLdT + dd] = wmma::__float_to_tf32(
+          (rr < nr && d < D) ? float(R.src[int64_t(R.idx[rr]) * D + d]) : 0.0f);
+      Tb[row * kLdT + dd] = wmma::__float_to_tf32(
+          (cc < nc && d < D) ? float(C.src[int64_t(C.idx[cc]) * D + d]) : 0.0f);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kSlabTC; kk += 8) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
+      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> b0, b1;
+      wmma::load_matrix_sync(a, Ta + fr * 16 * kLdT + kk, kLdT);
+      wmma::load_matrix_sync(b0, Tb + fc * 16 * kLdT + kk, kLdT);
+      wmma::load_matrix_sync(b1, Tb + (fc + 1) * 16 * kLdT + kk, kLdT);
+      wmma::mma_sync(c0f, a, b0, c0f);
+      wmma::mma_sync(c1f, a, b1, c1f);
+    }
+    __syncthreads();
+  }
+  wmma::store_matrix_sync(St + fr * 16 * kLdS + fc * 16, c0f, kLdS, wmma::mem_row_major);
+  wmma::store_matrix_sync(St + fr * 16 * kLdS + (fc + 1) * 16, c1f, kLdS, wmma::mem_row_major);
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int rr = r0 + ty + 16 * i;
+    const float ri = rr < nr ? R.inv[rr] * inv_tau : 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int cc = c0 + tx + 16 * j;
+      acc[i][j] = St[(ty + 16 * i) * kLdS + tx + 16 * j] * (cc < nc ? ri * C.inv[cc] : 0.0f);
+    }
+  }
+}
+
+// Shared memory of the two tile paths: SIMT Rs, Cs [kSlab][kTile + 1] (A); TC Ta, Tb
+// [kTile][kLdT] (float). Rounded to 32 bytes.
+template <class A, bool TC>
+constexpr int tile_smem_elems() {
+  return TC ? 2 * kTile * kLdT : ((2 * kSlab * (kTile + 1) * int(sizeof(A)) + 31) / 32 * 32) /
+                                     int(sizeof(A));
+}
+
+template <class T, class A, bool TC>
+__device__ __forceinline__ void logits_any(const Side<T, A>& R, const Side<T, A>& C, int nr,
+                                           int nc, int r0, int c0, int64_t D, A inv_tau,
+                                           A* tiles, A* St, A acc[4][4]) {
+  if constexpr (TC) {
+    logits_tile_tc(R, C, nr, nc, r0, c0, D, inv_tau, tiles, tiles + kTile * kLdT, St, acc);
+  } else {
+    (void)St;
+    logits_tile(R, C, nr, nc, r0, c0, D, inv_tau, tiles, tiles + kSlab * (kTile + 1), acc);
+  }
+}
+
 template <class A>
 __device__ __forceinline__ void merge_stats(A& m, A& s, A m2, A s2) {
   const A mn = max(m, m2);
@@ -217,11 +300,13 @@ __device__ __forceinline__ void merge_stats(A& m, A& s, A m2, A s2) {
   m = mn;
 }
 
-template <class T, class A>
+template <class T, class A, bool TC>
 __global__ void __launch_bounds__(kThreads)
     contrast_forward_kernel(Side<T, A> Q, Side<T, A> K, int64_t D, A inv_tau, const A* qlabel,
                             T* row_lse, A* part_loss) {
-  __shared__ A Rs[kSlab * (kTile + 1)], Cs[kSlab * (kTile + 1)];
+  constexpr int kTiles = tile_smem_elems<A, TC>(), kStage = TC ? kTile * kLdS : 0;
+  __shared__ __align__(32) A smem[kTiles + (kStage > 0 ? kStage : 1)];
+  A* const St = smem + kTiles;
   const int nq = *Q.count, nk = *K.count;
   const int r0 = blockIdx.x * kTile;
   if (r0 >= nq) return;  // uniform over the block
@@ -234,7 +319,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   A acc[4][4];
   for (int c0 = 0; c0 < nk; c0 += kTile) {
-    logits_tile(Q, K, nq, nk, r0, c0, D, inv_tau, Rs, Cs, acc);
+    logits_any<T, A, TC>(Q, K, nq, nk, r0, c0, D, inv_tau, smem, St, acc);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       if (c0 + tx + 16 * j >= nk) continue;
@@ -293,19 +378,27 @@ __global__ void contrast_finalize_kernel(int64_t N, int64_t label_offset, const 
 
 // Backward sweep: out[R.idx[r], d] = sum_c p_rc * unit(C)[c, d] over the valid columns, with
 // p_rc = exp(l_rc - lse), lse of the row (lse_on_rows) or of the column (the query side).
-// Dynamic shared memory: union{Rs, Cs | Vs[kSlab][NJ*16 + 1]}, Ps[kTile][kTile + 1].
-template <class T, class A, int NJ>
+// Dynamic shared memory: union{logits tiles | Vs[kSlab][NJ*16 + 1]}, Ps[kTile][kPld] (the TC
+// tile stages its result in Ps; the probabilities then overwrite it element for element).
+template <int NJ>
+constexpr int grad_chunk() {
+  return NJ * 16;
+}
+template <class A, bool TC, int NJ>
+constexpr int grad_union_elems() {
+  constexpr int t = tile_smem_elems<A, TC>(), v = kSlab * (grad_chunk<NJ>() + 1);
+  constexpr int u = t > v ? t : v;
+  return (u * int(sizeof(A)) + 31) / 32 * 32 / int(sizeof(A));
+}
+template <class T, class A, bool TC, int NJ>
 __global__ void __launch_bounds__(kThreads)
     contrast_grad_kernel(Side<T, A> R, Side<T, A> C, int64_t D, A inv_tau, const T* row_lse,
                          bool lse_on_rows, T* out) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(32) unsigned char smem_raw[];
   A* base = reinterpret_cast<A*>(smem_raw);
-  constexpr int kChunk = NJ * 16;
-  constexpr int kUnion = (2 * kSlab * (kTile + 1)) > (kSlab * (kChunk + 1))
-                             ? (2 * kSlab * (kTile + 1))
-                             : (kSlab * (kChunk + 1));
-  A* Rs = base;
-  A* Cs = base + kSlab * (kTile + 1);
+  constexpr int kChunk = grad_chunk<NJ>();
+  constexpr int kUnion = grad_union_elems<A, TC, NJ>();
+  constexpr int kPld = TC ? kLdS : kTile + 1;
   A* Vs = base;
   A* Ps = base + kUnion;
   const int nr = *R.count, nc = *C.count;
@@ -326,7 +419,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int j = 0; j < NJ; ++j) o[i][j] = A(0);
     for (int c0 = 0; c0 < nc; c0 += kTile) {
       A acc[4][4];
-      logits_tile(R, C, nr, nc, r0, c0, D, inv_tau, Rs, Cs, acc);
+      logits_any<T, A, TC>(R, C, nr, nc, r0, c0, D, inv_tau, base, Ps, acc);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int cc = c0 + tx + 16 * j;
@@ -335,7 +428,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int i = 0; i < 4; ++i) {
           const int rr = r0 + ty + 16 * i;
           const A lse = lse_on_rows ? lse_r[i] : lse_c;
-          Ps[(ty + 16 * i) * (kTile + 1) + tx + 16 * j] =
+          Ps[(ty + 16 * i) * kPld + tx + 16 * j] =
               (cc < nc && rr < nr) ? exp(acc[i][j] - lse) : A(0);
         }
       }
@@ -353,7 +446,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int c = 0; c < kSlab; ++c) {
           A pr[4];
 #pragma unroll
-          for (int i = 0; i < 4; ++i) pr[i] = Ps[(ty + 16 * i) * (kTile + 1) + cs + c];
+          for (int i = 0; i < 4; ++i) pr[i] = Ps[(ty + 16 * i) * kPld + cs + c];
 #pragma unroll
           for (int j = 0; j < NJ; ++j) {
             const A v = Vs[c * (kChunk + 1) + tx + 16 * j];
@@ -378,13 +471,9 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <class T, class A, int NJ>
+template <class A, bool TC, int NJ>
 size_t grad_smem_bytes() {
-  constexpr int kChunk = NJ * 16;
-  constexpr int kUnion = (2 * kSlab * (kTile + 1)) > (kSlab * (kChunk + 1))
-                             ? (2 * kSlab * (kTile + 1))
-                             : (kSlab * (kChunk + 1));
-  return sizeof(A) * size_t(kUnion + kTile * (kTile + 1));
+  return sizeof(A) * size_t(grad_union_elems<A, TC, NJ>() + kTile * (TC ? kLdS : kTile + 1));
 }
 
 // Finish, warp per row i of `rows` rows (own = the side being differentiated):
@@ -514,18 +603,24 @@ struct GradChunk<double> {
   static constexpr int NJ = 8;  // 128 doubles
 };
 
-template <class T, class A>
+template <class T, class A, bool TC>
 void launch_grad(const Side<T, A>& R, const Side<T, A>& C, int64_t rows, int64_t D, double tau,
                  const T* row_lse, bool lse_on_rows, T* out, cudaStream_t stream,
                  const char* what) {
   constexpr int NJ = GradChunk<T>::NJ;
-  const size_t smem = grad_smem_bytes<T, A, NJ>();
-  if (cudaFuncSetAttribute(contrast_grad_kernel<T, A, NJ>,
+  const size_t smem = grad_smem_bytes<A, TC, NJ>();
+  if (cudaFuncSetAttribute(contrast_grad_kernel<T, A, TC, NJ>,
                            cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) != cudaSuccess)
     kernels::fail(what, "cudaFuncSetAttribute (dynamic shared memory) failed");
   const unsigned blocks = unsigned((rows + kTile - 1) / kTile);
-  contrast_grad_kernel<T, A, NJ>
+  contrast_grad_kernel<T, A, TC, NJ>
       <<<blocks, kThreads, smem, stream>>>(R, C, D, A(1.0 / tau), row_lse, lse_on_rows, out);
+}
+
+// The tensor-core path exists for float only.
+template <class T>
+constexpr bool tc_capable() {
+  return std::is_same<T, float>::value;
 }
 
 }  // namespace
@@ -561,9 +656,18 @@ void slot_contrast_forward_cuda(const SlotContrastShape& s, const T* z, const T*
   const Side<T, A> Q{z, ws.q_idx, ws.counts, ws.qinv};
   const Side<T, A> Kside{keys, ws.k_idx, ws.counts + 1, ws.kinv};
   const unsigned blocks = unsigned((s.rows() + kTile - 1) / kTile);
-  contrast_forward_kernel<T, A>
-      <<<blocks, kThreads, 0, stream>>>(Q, Kside, s.D, A(1.0 / tau), ws.qlabel, row_lse, ws.part);
-  SC_KERNEL_LAUNCH_CHECK(what);
+  if constexpr (tc_capable<T>()) {
+    if (s.tf32) {
+      contrast_forward_kernel<T, A, true><<<blocks, kThreads, 0, stream>>>(
+          Q, Kside, s.D, A(1.0 / tau), ws.qlabel, row_lse, ws.part);
+      SC_KERNEL_LAUNCH_CHECK(what);
+    }
+  }
+  if (!(tc_capable<T>() && s.tf32)) {
+    contrast_forward_kernel<T, A, false><<<blocks, kThreads, 0, stream>>>(
+        Q, Kside, s.D, A(1.0 / tau), ws.qlabel, row_lse, ws.part);
+    SC_KERNEL_LAUNCH_CHECK(what);
+  }
   contrast_finalize_kernel<T, A><<<1, 256, 0, stream>>>(s.rows(), s.rank * s.rows(), query_mask,
                                                         key_mask, ws.counts, ws.part, 2.0 * tau,
                                                         loss, row_lse);
@@ -585,15 +689,23 @@ void slot_contrast_backward_cuda(const SlotContrastShape& s, const T* z, const T
   const Side<T, A> Q{z, ws.q_idx, ws.counts, ws.qinv};
   const Side<T, A> Kside{keys, ws.k_idx, ws.counts + 1, ws.kinv};
   const int64_t N = s.rows(), NK = s.key_rows(), off = s.rank * N;
+  auto grad = [&](const Side<T, A>& R, const Side<T, A>& C, int64_t rows, bool lse_on_rows,
+                  T* out) {
+    if constexpr (tc_capable<T>()) {
+      if (s.tf32) return launch_grad<T, A, true>(R, C, rows, s.D, tau, row_lse, lse_on_rows, out,
+                                                 stream, what);
+    }
+    launch_grad<T, A, false>(R, C, rows, s.D, tau, row_lse, lse_on_rows, out, stream, what);
+  };
   if (dL_dz) {
-    launch_grad<T, A>(Q, Kside, N, s.D, tau, row_lse, true, dL_dz, stream, what);
+    grad(Q, Kside, N, true, dL_dz);
     SC_KERNEL_LAUNCH_CHECK(what);
     contrast_finish_kernel<T, A><<<row_blocks(N, 8), 256, 0, stream>>>(
         N, N, s.D, off, false, z, keys, query_mask, key_mask, ws.counts, dL_dloss, dL_dz);
     SC_KERNEL_LAUNCH_CHECK(what);
   }
   if (dL_dkeys) {
-    launch_grad<T, A>(Kside, Q, NK, s.D, tau, row_lse, false, dL_dkeys, stream, what);
+    grad(Kside, Q, NK, false, dL_dkeys);
     SC_KERNEL_LAUNCH_CHECK(what);
     contrast_finish_kernel<T, A><<<row_blocks(NK, 8), 256, 0, stream>>>(
         NK, N, s.D, off, true, keys, z, query_mask, key_mask, ws.counts, dL_dloss, dL_dkeys);

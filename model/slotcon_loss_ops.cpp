@@ -345,7 +345,7 @@ Tensor slot_presence(const Tensor& dots_in, const Tensor& and_mask_in) {
 }
 
 Tensor slot_contrast(const Tensor& z_in, const Tensor& keys_in, const Tensor& query_mask,
-                     const Tensor& key_mask, int64_t rank, double tau) {
+                     const Tensor& key_mask, int64_t rank, double tau, bool tf32) {
   const char* op = "slot_contrast";
   check_float_same(op, z_in, keys_in);
   SC_CHECK(z_in.dim() == 2 && keys_in.dim() == 2 && z_in.size(1) == keys_in.size(1), op,
@@ -357,7 +357,7 @@ Tensor slot_contrast(const Tensor& z_in, const Tensor& keys_in, const Tensor& qu
   const Device dev = z.device();
   const Tensor qm = u8_mask(op, query_mask, N, dev), km = u8_mask(op, key_mask, NK, dev);
   // The kernels see the rows as B*K with B = 1 (only B*K matters).
-  const SlotContrastShape s{1, N, D, NK / N, rank};
+  const SlotContrastShape s{1, N, D, NK / N, rank, tf32};
   SC_CHECK(rank >= 0 && rank < s.R, op, ": rank ", rank, " out of range for ", s.R, " ranks");
   Tensor loss = empty({}, z.dtype(), dev), lse = empty({N}, z.dtype(), dev);
   by_dtype(op, z.dtype(), [&](auto tag) {

@@ -47,9 +47,10 @@ SelfDistillResult self_distill(const Tensor& student, const Tensor& teacher, con
 // U8 (B, K); and_mask (B, K) U8 optional. Not differentiable.
 Tensor slot_presence(const Tensor& dots, const Tensor& and_mask = Tensor());
 // z (B*K, D), keys (R*B*K, D), query_mask (B*K), key_mask (R*B*K); scalar loss. Differentiable
-// in z and (when it requires grad) keys.
+// in z and (when it requires grad) keys. tf32: on the GPU in float, the logits tiles on the tensor
+// cores in TF32 (kernels/slot_contrast.h); no effect on the CPU or in double.
 Tensor slot_contrast(const Tensor& z, const Tensor& keys, const Tensor& query_mask,
-                     const Tensor& key_mask, int64_t rank, double tau);
+                     const Tensor& key_mask, int64_t rank, double tau, bool tf32 = false);
 
 }  // namespace fused
 

@@ -367,7 +367,8 @@ template <class T>
 void check_contrast(const sc::SlotContrastShape& s, double tau, double p_valid, uint64_t seed) {
   INFO("slot_contrast B=" << s.B << " K=" << s.K << " D=" << s.D << " R=" << s.R
                           << " rank=" << s.rank << " tau=" << tau << " p_valid=" << p_valid
-                          << " T=" << (sizeof(T) == 8 ? "F64" : "F32") << " seed " << seed);
+                          << " T=" << (sizeof(T) == 8 ? "F64" : "F32") << (s.tf32 ? " tf32" : "")
+                          << " seed " << seed);
   std::mt19937_64 rng(seed);
   const size_t N = size_t(s.rows()), NK = size_t(s.key_rows()), D = size_t(s.D);
   auto z = rand_vec<T>(N * D, rng, -2, 2), keys = rand_vec<T>(NK * D, rng, -2, 2);
@@ -385,7 +386,11 @@ void check_contrast(const sc::SlotContrastShape& s, double tau, double p_valid, 
   Workspace ws(sc::slot_contrast_workspace_bytes(s));
   sc::slot_contrast_forward_cuda<T>(s, Z.p(), KEYS.p(), QM.p(), KM.p(), tau, LOSS.p(), LSE.p(),
                                     ws.p(), nullptr);
-  const double tol = base_tol<T>(tau);
+  // TF32 tiles: each operand carries a relative error up to 2^-11, so a logit of unit vectors is
+  // off by at most ~2 * 2^-11 / tau ~ 1e-3 / tau (Cauchy-Schwarz); lse moves by no more than its
+  // largest logit. Seen on the emulator (which rounds as the GPU does): ~5e-4 of that bound's
+  // 5e-3 at tau = 0.2 for the gradients, ~3e-5 for row_lse.
+  const double tol = s.tf32 && sizeof(T) == 4 ? 1e-3 / tau : base_tol<T>(tau);
   EXPECT_CLOSE("loss", LOSS.get(1), loss, tol);
   EXPECT_CLOSE("row_lse", LSE.get(N), lse, tol);
   LSE.put(lse);
@@ -412,6 +417,44 @@ TEST_CASE("slot_contrast CUDA matches the CPU reference", "[gpu][slot_contrast]"
   check_contrast<double>({2, 20, 140, 2, 0}, 0.05, 0.7, seed + 4);  // D > 128 (double chunk)
   check_contrast<float>({2, 37, 16, 2, 1}, 0.2, 0.0, seed + 5);     // empty selection
   check_contrast<float>({8, 64, 64, 2, 1}, 0.2, 1.0, seed + 6);     // everything valid
+}
+
+TEST_CASE("slot_contrast CUDA with TF32 tensor-core tiles matches the CPU reference",
+          "[gpu][slot_contrast]") {
+  const uint64_t seed = fresh_seed();
+  auto tf = [](sc::SlotContrastShape s) {
+    s.tf32 = true;
+    return s;
+  };
+  check_contrast<float>(tf({4, 37, 33, 3, 1}), 0.2, 0.6, seed);   // D not a multiple of 8
+  check_contrast<float>(tf({2, 40, 300, 2, 0}), 0.1, 0.8, seed + 1);  // two D chunks
+  check_contrast<float>(tf({8, 64, 64, 2, 1}), 0.2, 1.0, seed + 2);   // everything valid
+  check_contrast<float>(tf({2, 37, 16, 2, 1}), 0.2, 0.0, seed + 3);   // empty selection
+  check_contrast<double>(tf({3, 37, 33, 2, 1}), 0.2, 0.6, seed + 4);  // double: no TF32
+
+  // The TF32 path is the one that ran: its row log-sum-exps differ from the FP32 kernel's (the
+  // operands' low mantissa bits are dropped; ~140 valid rows here), by no more than the bound.
+  const sc::SlotContrastShape s{4, 50, 64, 2, 1};
+  std::mt19937_64 rng(seed + 5);
+  const size_t N = size_t(s.rows()), NK = size_t(s.key_rows()), D = size_t(s.D);
+  auto z = rand_vec<float>(N * D, rng, -2, 2), keys = rand_vec<float>(NK * D, rng, -2, 2);
+  auto qm = rand_mask(N, rng, 0.7), km = rand_mask(NK, rng, 0.7);
+  Dev<float> Z(z), KEYS(keys), LOSS(1), LSE(N);
+  Dev<uint8_t> QM(qm), KM(km);
+  Workspace ws(sc::slot_contrast_workspace_bytes(s));
+  std::vector<float> lse32, lsetf;
+  for (bool t : {false, true}) {
+    sc::SlotContrastShape st = s;
+    st.tf32 = t;
+    sc::slot_contrast_forward_cuda<float>(st, Z.p(), KEYS.p(), QM.p(), KM.p(), 0.2, LOSS.p(),
+                                          LSE.p(), ws.p(), nullptr);
+    (t ? lsetf : lse32) = LSE.get(N);
+  }
+  size_t differ = 0;
+  for (size_t i = 0; i < N; ++i) differ += lsetf[i] != lse32[i] ? 1 : 0;
+  INFO(differ << " of " << N << " row log-sum-exps differ between the TF32 and FP32 kernels");
+  CHECK(differ > 0);
+  EXPECT_CLOSE("tf32 vs fp32 row_lse", lsetf, lse32, 1e-3 / 0.2);
 }
 
 }  // namespace
