@@ -384,9 +384,14 @@ template <int NJ>
 constexpr int grad_chunk() {
   return NJ * 16;
 }
+// Row stride of Vs: + 1 against bank conflicts (SIMT), + 4 for wmma's 16-byte rule (TC).
+template <bool TC, int NJ>
+constexpr int grad_vld() {
+  return grad_chunk<NJ>() + (TC ? 4 : 1);
+}
 template <class A, bool TC, int NJ>
 constexpr int grad_union_elems() {
-  constexpr int t = tile_smem_elems<A, TC>(), v = kSlab * (grad_chunk<NJ>() + 1);
+  constexpr int t = tile_smem_elems<A, TC>(), v = kSlab * grad_vld<TC, NJ>();
   constexpr int u = t > v ? t : v;
   return (u * int(sizeof(A)) + 31) / 32 * 32 / int(sizeof(A));
 }
@@ -411,12 +416,22 @@ __global__ void __launch_bounds__(kThreads)
     const int rr = r0 + ty + 16 * i;
     lse_r[i] = (lse_on_rows && rr < nr) ? A(row_lse[R.idx[rr]]) : A(0);
   }
+  constexpr int kVld = grad_vld<TC, NJ>();
   for (int64_t dc0 = 0; dc0 < D; dc0 += kChunk) {
-    A o[4][NJ];
+    // SIMT: o[i][j] for rows ty + 16 i, columns tx + 16 j of the chunk. TC: warp w owns rows
+    // 16 (w / 2) and the chunk's half w % 2, as kChunk / 32 wmma accumulators.
+    A o[TC ? 1 : 4][TC ? 1 : NJ];
+    constexpr int kFrags = TC ? kChunk / 32 : 1;
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> of[kFrags];
+    if constexpr (TC) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+      for (int f = 0; f < kFrags; ++f) nvcuda::wmma::fill_fragment(of[f], 0.0f);
+    } else {
 #pragma unroll
-      for (int j = 0; j < NJ; ++j) o[i][j] = A(0);
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) o[i][j] = A(0);
+    }
     for (int c0 = 0; c0 < nc; c0 += kTile) {
       A acc[4][4];
       logits_any<T, A, TC>(R, C, nr, nc, r0, c0, D, inv_tau, base, Ps, acc);
@@ -428,8 +443,9 @@ __global__ void __launch_bounds__(kThreads)
         for (int i = 0; i < 4; ++i) {
           const int rr = r0 + ty + 16 * i;
           const A lse = lse_on_rows ? lse_r[i] : lse_c;
-          Ps[(ty + 16 * i) * kPld + tx + 16 * j] =
-              (cc < nc && rr < nr) ? exp(acc[i][j] - lse) : A(0);
+          const A p = (cc < nc && rr < nr) ? exp(acc[i][j] - lse) : A(0);
+          if constexpr (TC) Ps[(ty + 16 * i) * kPld + tx + 16 * j] = nvcuda::wmma::__float_to_tf32(p);
+          else Ps[(ty + 16 * i) * kPld + tx + 16 * j] = p;
         }
       }
       __syncthreads();
@@ -438,34 +454,75 @@ __global__ void __launch_bounds__(kThreads)
           const int c = e / kChunk, dd = e % kChunk;
           const int cc = c0 + cs + c;
           const int64_t d = dc0 + dd;
-          Vs[c * (kChunk + 1) + dd] =
-              (cc < nc && d < D) ? A(C.src[int64_t(C.idx[cc]) * D + d]) * C.inv[cc] : A(0);
+          const A v = (cc < nc && d < D) ? A(C.src[int64_t(C.idx[cc]) * D + d]) * C.inv[cc] : A(0);
+          if constexpr (TC) Vs[c * kVld + dd] = nvcuda::wmma::__float_to_tf32(v);
+          else Vs[c * kVld + dd] = v;
         }
         __syncthreads();
+        if constexpr (TC) {
+          using namespace nvcuda;
+          const int warp = tid / 32, fr = warp / 2, half = warp % 2;
+#pragma unroll
+          for (int kk = 0; kk < kSlab; kk += 8) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> pa;
+            wmma::load_matrix_sync(pa, Ps + fr * 16 * kPld + cs + kk, kPld);
+#pragma unroll
+            for (int f = 0; f < kFrags; ++f) {
+              wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> vb;
+              wmma::load_matrix_sync(vb, Vs + kk * kVld + half * (kChunk / 2) + f * 16, kVld);
+              wmma::mma_sync(of[f], pa, vb, of[f]);
+            }
+          }
+        } else {
 #pragma unroll 4
-        for (int c = 0; c < kSlab; ++c) {
-          A pr[4];
+          for (int c = 0; c < kSlab; ++c) {
+            A pr[4];
 #pragma unroll
-          for (int i = 0; i < 4; ++i) pr[i] = Ps[(ty + 16 * i) * kPld + cs + c];
+            for (int i = 0; i < 4; ++i) pr[i] = Ps[(ty + 16 * i) * kPld + cs + c];
 #pragma unroll
-          for (int j = 0; j < NJ; ++j) {
-            const A v = Vs[c * (kChunk + 1) + tx + 16 * j];
+            for (int j = 0; j < NJ; ++j) {
+              const A v = Vs[c * kVld + tx + 16 * j];
 #pragma unroll
-            for (int i = 0; i < 4; ++i) o[i][j] += pr[i] * v;
+              for (int i = 0; i < 4; ++i) o[i][j] += pr[i] * v;
+            }
           }
         }
         __syncthreads();
       }
     }
+    if constexpr (TC) {
+      // Each warp stages one 16 x 16 accumulator at a time in its own part of Ps (free now: the
+      // last barrier above ended the reads; the next logits tile stores there only after the
+      // barriers of its D loop), then its lanes write 8 elements each to the scattered rows.
+      using namespace nvcuda;
+      const int warp = tid / 32, lane = tid % 32, fr = warp / 2, half = warp % 2;
+      constexpr int kStLd = 20;
+      A* stage = Ps + warp * 16 * kStLd;
+      const int sr = lane / 2, sc = (lane % 2) * 8;
+      const int rr = r0 + fr * 16 + sr;
+      T* orow = rr < nr ? out + int64_t(R.idx[rr]) * D : nullptr;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int rr = r0 + ty + 16 * i;
-      if (rr >= nr) continue;
-      T* orow = out + int64_t(R.idx[rr]) * D;
+      for (int f = 0; f < kFrags; ++f) {
+        wmma::store_matrix_sync(stage, of[f], kStLd, wmma::mem_row_major);
+        __syncwarp();
+        const int64_t d0 = dc0 + half * (kChunk / 2) + f * 16 + sc;
+        if (orow)
 #pragma unroll
-      for (int j = 0; j < NJ; ++j) {
-        const int64_t d = dc0 + tx + 16 * j;
-        if (d < D) orow[d] = T(o[i][j]);
+          for (int k = 0; k < 8; ++k)
+            if (d0 + k < D) orow[d0 + k] = T(stage[sr * kStLd + sc + k]);
+        __syncwarp();
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int rr = r0 + ty + 16 * i;
+        if (rr >= nr) continue;
+        T* orow = out + int64_t(R.idx[rr]) * D;
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) {
+          const int64_t d = dc0 + tx + 16 * j;
+          if (d < D) orow[d] = T(o[i][j]);
+        }
       }
     }
   }

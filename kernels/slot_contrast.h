@@ -41,9 +41,10 @@ struct SlotContrastShape {
   int64_t B = 0, K = 0, D = 0;
   int64_t R = 1;     // ranks whose keys are gathered
   int64_t rank = 0;  // this rank
-  // CUDA, T = float only (ignored for double and by the reference): the logits tiles on the
+  // CUDA, T = float only (ignored for double and by the reference): the two products on the
   // tensor cores in TF32 (operands rounded to 10 mantissa bits, float accumulation), as
-  // PyTorch's allow_tf32 matmuls; the softmax, the sums and the P . k products stay FP32.
+  // PyTorch's allow_tf32 matmuls: the logits tiles (forward and backward) and the backward's
+  // P . k accumulation; the norms, the softmax statistics and the loss stay FP32.
   bool tf32 = false;
   int64_t rows() const { return B * K; }
   int64_t key_rows() const { return R * B * K; }
