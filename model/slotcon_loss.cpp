@@ -11,6 +11,7 @@ namespace {
 // The head operations of one path (fused or unfused), chosen once.
 struct HeadOps {
   bool fused;
+  bool tf32;  // fused slot_contrast on TF32 tensor cores
   GroupingScores proto_assign(const Tensor& x, const Tensor& p, double tau) const {
     return fused ? fused::proto_assign(x, p, tau) : unfused::proto_assign(x, p, tau);
   }
@@ -32,7 +33,7 @@ struct HeadOps {
   }
   Tensor slot_contrast(const Tensor& z, const Tensor& keys, const Tensor& qm, const Tensor& km,
                        int64_t rank, double tau) const {
-    return fused ? fused::slot_contrast(z, keys, qm, km, rank, tau)
+    return fused ? fused::slot_contrast(z, keys, qm, km, rank, tau, tf32)
                  : unfused::slot_contrast(z, keys, qm, km, rank, tau);
   }
 };
@@ -43,7 +44,7 @@ SlotConLossParts slotcon_loss(const SlotConViews& views, const Tensor& protos_q,
                               const Tensor& protos_k, Tensor& center,
                               const SlotPredictorFn& predictor, const SlotConLossConfig& cfg,
                               const SlotConDistributed& dist) {
-  const HeadOps ops{cfg.fused};
+  const HeadOps ops{cfg.fused, cfg.contrast_tf32};
   for (int v = 0; v < 2; ++v)
     SC_CHECK(views.x[v].defined() && views.x[v].dim() == 4 && views.y[v].defined() &&
                  views.y[v].shape() == views.x[v].shape(),

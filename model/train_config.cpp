@@ -76,6 +76,8 @@ const std::map<std::string, Field>& fields() {
       {"precision", field(&TrainConfig::precision, "auto | fp32 | bf16 | fp16")},
       {"channels_last", field(&TrainConfig::channels_last,
                               "NHWC activations and conv weights: auto (GPU) | on | off")},
+      {"tf32", field(&TrainConfig::tf32, "slot contrast on TF32 tensor cores (GPU, float): auto "
+                                         "(on in bf16/fp16) | on | off")},
       {"nonfinite", field(&TrainConfig::nonfinite, "stop | skip on a non-finite loss")},
       {"dataset", field(&TrainConfig::dataset, "folder | synthetic")},
       {"data_dir", field(&TrainConfig::data_dir, "image folder(s), ':'-separated")},
@@ -118,6 +120,8 @@ void TrainConfig::validate() const {
            precision, "' (auto, fp32, bf16 or fp16)");
   SC_CHECK(one_of(channels_last, {"auto", "on", "off"}), "config key 'channels_last': unknown '",
            channels_last, "' (auto, on or off)");
+  SC_CHECK(one_of(tf32, {"auto", "on", "off"}), "config key 'tf32': unknown '", tf32,
+           "' (auto, on or off)");
   SC_CHECK(one_of(nonfinite, {"stop", "skip"}), "config key 'nonfinite': unknown '", nonfinite,
            "' (stop or skip)");
   SC_CHECK(one_of(dataset, {"folder", "synthetic"}), "config key 'dataset': unknown '", dataset,

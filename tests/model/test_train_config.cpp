@@ -74,6 +74,10 @@ TEST_CASE("config: errors name the key") {
   bad.data_dir = "x";
   bad.batch_size = 1;
   CHECK_THROWS_WITH(bad.validate(), Catch::Contains("batch_size"));
+  bad = TrainConfig();
+  bad.data_dir = "x";
+  bad.tf32 = "yes";
+  CHECK_THROWS_WITH(bad.validate(), Catch::Contains("tf32"));
   // malformed file
   std::string path = std::string(SLOTCON_BINARY_DIR) + "/bad_config.json";
   std::ofstream(path) << "{\"epochs\": 10,";
