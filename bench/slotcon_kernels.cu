@@ -14,9 +14,9 @@
 // them, since at this scale a floor can be a few microseconds); these kernels run FP32 FMA.
 // "floor" = max(bytes / BW, flops / FP32 rate) for the fused op's compulsory traffic. The last
 // line per K, "RESULT K=...", gives each op's fwd+bwd speed-up and time over its floor against
-// the goals (at least 3x faster than unfused, within 2x of the floor). slot_contrast_tf32: the
-// fused contrast with its logits tiles on the tensor cores (TF32); its floor is still the FP32
-// one (conservative: the tiles' share of the FLOPs runs at the tensor-core rate).
+// the goals (at least 3x faster than unfused, within 2x of the floor). *_tf32: the fused kernel
+// with its products on the tensor cores (TF32, the `tf32` option), against the same unfused path;
+// its floor is still the FP32 one (conservative: those FLOPs run at the tensor-core rate).
 //
 // Usage: bench_slotcon_kernels [repeats]   (default 20). No GPU: one line, exit 0.
 //        bench_slotcon_kernels --smoke       every path once at a tiny scale (B = 2, D = 33,
@@ -81,8 +81,9 @@ void result_line(int64_t K) {
     over += buf;
     met += (up >= 3.0 && x <= 2.0) ? 1 : 0;
   }
-  std::printf("RESULT K=%lld fwd+bwd unfused/fused:%s | fused/floor:%s | both goals met by %d of %zu\n",
-              (long long)K, speed.c_str(), over.c_str(), met, g_rows.size());
+  std::printf(
+      "RESULT K=%lld fwd+bwd unfused/fused:%s | fused/floor:%s | both goals met by %d of %zu\n",
+      (long long)K, speed.c_str(), over.c_str(), met, g_rows.size());
   g_rows.clear();
 }
 
@@ -123,21 +124,29 @@ void run_scale(Bench& bench, int64_t K, const Scale& sc_) {
   x.set_requires_grad(true);
   protos.set_requires_grad(true);
   Tensor cot_bkp2 = dev_rand({2, B, K, P}, gen, -1, 1);
-  auto pa = [&](bool fz) {
+  // fused (optionally with TF32 tensor-core GEMMs) or unfused
+  auto pa = [&](bool fz, bool tf32 = false) {
     GroupingScores g =
-        fz ? fused::proto_assign(x, protos, 0.07) : unfused::proto_assign(x, protos, 0.07);
+        fz ? fused::proto_assign(x, protos, 0.07, tf32) : unfused::proto_assign(x, protos, 0.07);
     return concat({unsqueeze(g.dots, 0), unsqueeze(g.attn, 0)}, 0);
   };
   {
     const double bytes = f4 * double(B * D * P + K * D + 2 * B * K * P);
     const double flops = 2.0 * double(B * K * D * P);
-    report("proto_assign fwd", time_fwd(bench, [&] { fused::proto_assign(x, protos, 0.07); }),
-           time_fwd(bench, [&] { unfused::proto_assign(x, protos, 0.07); }), bytes, flops);
+    const double unf = time_fwd(bench, [&] { unfused::proto_assign(x, protos, 0.07); });
+    report("proto_assign fwd", time_fwd(bench, [&] { fused::proto_assign(x, protos, 0.07); }), unf,
+           bytes, flops);
+    report("proto_assign_tf32 fwd",
+           time_fwd(bench, [&] { fused::proto_assign(x, protos, 0.07, true); }), unf, bytes, flops);
     // fwd+bwd (the concat adds the same copy to both paths)
+    const double unf_b = time_fwd_bwd(bench, {x, protos}, cot_bkp2, [&] { return pa(false); });
+    const double bytes_b = bytes + f4 * double(2 * B * K * P + B * D * P + K * D);
     report("proto_assign fwd+bwd",
-           time_fwd_bwd(bench, {x, protos}, cot_bkp2, [&] { return pa(true); }),
-           time_fwd_bwd(bench, {x, protos}, cot_bkp2, [&] { return pa(false); }),
-           bytes + f4 * double(2 * B * K * P + B * D * P + K * D), 3 * flops);
+           time_fwd_bwd(bench, {x, protos}, cot_bkp2, [&] { return pa(true); }), unf_b, bytes_b,
+           3 * flops);
+    report("proto_assign_tf32 fwd+bwd",
+           time_fwd_bwd(bench, {x, protos}, cot_bkp2, [&] { return pa(true, true); }), unf_b,
+           bytes_b, 3 * flops);
   }
   // ---- slot_pool
   Tensor attn;
@@ -150,12 +159,19 @@ void run_scale(Bench& bench, int64_t K, const Scale& sc_) {
   {
     const double bytes = f4 * double(B * D * P + B * K * P + B * K * D);
     const double flops = 2.0 * double(B * K * D * P);
-    report("slot_pool fwd", time_fwd(bench, [&] { fused::slot_pool(x, attn); }),
-           time_fwd(bench, [&] { unfused::slot_pool(x, attn); }), bytes, flops);
+    const double unf = time_fwd(bench, [&] { unfused::slot_pool(x, attn); });
+    report("slot_pool fwd", time_fwd(bench, [&] { fused::slot_pool(x, attn); }), unf, bytes, flops);
+    report("slot_pool_tf32 fwd", time_fwd(bench, [&] { fused::slot_pool(x, attn, true); }), unf,
+           bytes, flops);
+    const double unf_b =
+        time_fwd_bwd(bench, {x, attn}, cot_bkd, [&] { return unfused::slot_pool(x, attn); });
+    const double bytes_b = bytes + f4 * double(2 * B * K * P + 2 * B * D * P + B * K * D);
     report("slot_pool fwd+bwd",
            time_fwd_bwd(bench, {x, attn}, cot_bkd, [&] { return fused::slot_pool(x, attn); }),
-           time_fwd_bwd(bench, {x, attn}, cot_bkd, [&] { return unfused::slot_pool(x, attn); }),
-           bytes + f4 * double(2 * B * K * P + 2 * B * D * P + B * K * D), 3 * flops);
+           unf_b, bytes_b, 3 * flops);
+    report("slot_pool_tf32 fwd+bwd",
+           time_fwd_bwd(bench, {x, attn}, cot_bkd, [&] { return fused::slot_pool(x, attn, true); }),
+           unf_b, bytes_b, 3 * flops);
   }
   // ---- view_align
   Tensor scores = dev_rand({B, K, P}, gen, -1, 1);

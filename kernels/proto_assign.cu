@@ -345,7 +345,7 @@ void proto_assign_forward_cuda(const ProtoAssignShape& s, const T* x, const T* p
       <<<blocks_for(s.B * s.P, 256), 256, 0, stream>>>(s.B, s.D, s.P, x, ws.invx);
   SC_KERNEL_LAUNCH_CHECK(what);
   launch_tile_gemm<A>(s.K, s.P, s.D, s.B, 1, ProtoRows<T>{protos, s.D}, PixelCols<T>{x, s.D, s.P},
-                      DotsEpilogue<T, A>{dots, ws.invp, ws.invx, s.K, s.P}, stream);
+                      DotsEpilogue<T, A>{dots, ws.invp, ws.invx, s.K, s.P}, stream, s.tf32);
   SC_KERNEL_LAUNCH_CHECK(what);
   if (attn) {
     softmax_cols_kernel<T, A><<<dim3(blocks_for(s.P, 32), unsigned(s.B)), dim3(32, 8), 0, stream>>>(
@@ -375,7 +375,7 @@ void proto_assign_backward_cuda(const ProtoAssignShape& s, const T* x, const T* 
   const GradDots<T, A> G{dots, dL_ddots, dL_dattn, ws.stats, s.K, s.P, inv_tau};
   if (dL_dx) {
     launch_tile_gemm<A>(s.D, s.P, s.K, s.B, 1, UnitProtosT<T, A>{protos, ws.invp, s.D},
-                        GradCols<T, A>{G}, StoreDx<T, A>{dL_dx, s.D, s.P}, stream);
+                        GradCols<T, A>{G}, StoreDx<T, A>{dL_dx, s.D, s.P}, stream, s.tf32);
     pixel_norm_backward_kernel<T, A>
         <<<blocks_for(s.B * s.P, 256), 256, 0, stream>>>(s.B, s.D, s.P, x, dL_dx);
     SC_KERNEL_LAUNCH_CHECK(what);
@@ -388,7 +388,8 @@ void proto_assign_backward_cuda(const ProtoAssignShape& s, const T* x, const T* 
     const int splits = int(std::max<int64_t>(
         1, std::min<int64_t>((contraction + 255) / 256, std::max<int64_t>(1, 264 / tiles))));
     launch_tile_gemm<A>(s.K, s.D, contraction, 1, splits, GradRowsFlat<T, A>{G},
-                        UnitPixelsFlat<T, A>{x, ws.invx, s.D, s.P}, AddDpn<A>{ws.dpn, s.D}, stream);
+                        UnitPixelsFlat<T, A>{x, ws.invx, s.D, s.P}, AddDpn<A>{ws.dpn, s.D}, stream,
+                        s.tf32);
     SC_KERNEL_LAUNCH_CHECK(what);
     proto_norm_backward_kernel<T, A>
         <<<blocks_for(s.K * 32, 256), 256, 0, stream>>>(s.K, s.D, protos, ws.dpn, dL_dprotos);

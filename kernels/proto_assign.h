@@ -32,6 +32,10 @@ namespace sc {
 
 struct ProtoAssignShape {
   int64_t B = 0, K = 0, D = 0, P = 0;
+  // CUDA, T = float only (ignored for double and by the reference): the GEMMs on the tensor
+  // cores in TF32 (operands rounded to 10 mantissa bits, float accumulation), as PyTorch's
+  // allow_tf32; norms, softmax and epilogues stay FP32.
+  bool tf32 = false;
 };
 
 constexpr double kProtoNormEps = 1e-12;  // F.normalize's eps

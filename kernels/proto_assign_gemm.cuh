@@ -10,11 +10,13 @@
 // (kA_m_contiguous, kB_n_contiguous) so that the tile loads are coalesced either way.
 //
 // Launch: 256 threads, a 64 x 64 output tile per block, 16-deep slabs of the contraction through
-// shared memory, 4 x 4 outputs per thread at stride 16 (conflict-free shared reads). Grid
+// shared memory, 4 x 4 outputs per thread at stride 16 (conflict-free shared reads); optionally
+// (tf32, float) the products on the tensor cores (below). Grid
 // (ceil(N/64), ceil(M/64), Z * splits): blockIdx.z = z * splits + split, and split s covers the
 // contraction slice [s chunk, (s+1) chunk), chunk a multiple of 16.
 #pragma once
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include <cstdint>
 
@@ -32,12 +34,47 @@ struct AccOf<double> {
   using type = double;
 };
 
-template <class Acc, class LoadA, class LoadB, class Epi>
+template <bool TC, class A>
+__device__ __forceinline__ A tc_round(A v) {
+  if constexpr (TC) return nvcuda::wmma::__float_to_tf32(v);
+  else return v;
+}
+// The tensor-core accumulators of a warp (none for the SIMT path).
+template <bool TC>
+struct TcAcc {
+  __device__ TcAcc() {}
+};
+template <>
+struct TcAcc<true> {
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> c[2];
+  __device__ TcAcc() {
+    nvcuda::wmma::fill_fragment(c[0], 0.0f);
+    nvcuda::wmma::fill_fragment(c[1], 0.0f);
+  }
+};
+
+// TC (Acc = float only): the products on the tensor cores, wmma m16n16k8 TF32 with float
+// accumulators. The same tiles, padded to a row stride of 68 (wmma's 16-byte rule), operands
+// rounded to TF32 as they are staged; warp w computes rows 16 (w / 2) and columns 32 (w % 2) of
+// the tile as two accumulators, stores them to a 64 x 68 staging tile, and every thread reads its
+// 4 x 4 back for the same epilogue.
+constexpr int kTcLd = kTileM + 4;
+template <class Acc, bool TC>
+struct GemmSmem {
+  static constexpr int kLd = TC ? kTcLd : kTileM + 1;
+  Acc As[kTileK][kLd];  // As[k][m]
+  Acc Bs[kTileK][kLd];  // Bs[k][n]
+  Acc St[TC ? kTileM : 1][TC ? kTcLd : 1];
+};
+
+template <class Acc, bool TC, class LoadA, class LoadB, class Epi>
 __global__ void __launch_bounds__(kGemmThreads)
     tile_gemm_kernel(int64_t M, int64_t N, int64_t Kc, int splits, int64_t chunk, LoadA la,
                      LoadB lb, Epi epi) {
-  __shared__ Acc As[kTileK][kTileM + 1];
-  __shared__ Acc Bs[kTileK][kTileN + 1];
+  static_assert(!TC || sizeof(Acc) == 4, "the tensor-core path is float only");
+  __shared__ __align__(32) GemmSmem<Acc, TC> sm;
+  auto& As = sm.As;
+  auto& Bs = sm.Bs;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int64_t z = blockIdx.z / splits, split = blockIdx.z % splits;
   const int64_t m0 = int64_t(blockIdx.y) * kTileM, n0 = int64_t(blockIdx.x) * kTileN;
@@ -48,6 +85,7 @@ __global__ void __launch_bounds__(kGemmThreads)
   for (int i = 0; i < 4; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
+  TcAcc<TC> tc;
 
   for (int64_t k0 = k_begin; k0 < k_end; k0 += kTileK) {
     // 64 x 16 elements of each operand, 4 per thread.
@@ -63,7 +101,7 @@ __global__ void __launch_bounds__(kGemmThreads)
         kk = e % kTileK;
       }
       const int64_t gm = m0 + mm, gk = k0 + kk;
-      As[kk][mm] = (gm < M && gk < k_end) ? Acc(la(z, gm, gk)) : Acc(0);
+      As[kk][mm] = tc_round<TC>((gm < M && gk < k_end) ? Acc(la(z, gm, gk)) : Acc(0));
       int nn, kb;
       if (LoadB::kB_n_contiguous) {
         nn = e % kTileN;
@@ -73,22 +111,48 @@ __global__ void __launch_bounds__(kGemmThreads)
         kb = e % kTileK;
       }
       const int64_t gn = n0 + nn, gkb = k0 + kb;
-      Bs[kb][nn] = (gn < N && gkb < k_end) ? Acc(lb(z, gkb, gn)) : Acc(0);
+      Bs[kb][nn] = tc_round<TC>((gn < N && gkb < k_end) ? Acc(lb(z, gkb, gn)) : Acc(0));
     }
     __syncthreads();
+    if constexpr (TC) {
+      using namespace nvcuda;
+      const int warp = tid / 32, fr = warp / 2, fc = (warp % 2) * 2;
 #pragma unroll
-    for (int kk = 0; kk < kTileK; ++kk) {
-      Acc a[4], b[4];
+      for (int kk = 0; kk < kTileK; kk += 8) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b0, b1;
+        wmma::load_matrix_sync(a, &As[kk][fr * 16], kTcLd);
+        wmma::load_matrix_sync(b0, &Bs[kk][fc * 16], kTcLd);
+        wmma::load_matrix_sync(b1, &Bs[kk][(fc + 1) * 16], kTcLd);
+        wmma::mma_sync(tc.c[0], a, b0, tc.c[0]);
+        wmma::mma_sync(tc.c[1], a, b1, tc.c[1]);
+      }
+    } else {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i];
+      for (int kk = 0; kk < kTileK; ++kk) {
+        Acc a[4], b[4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
+        for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i];
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+      }
     }
     __syncthreads();
+  }
+  if constexpr (TC) {
+    using namespace nvcuda;
+    const int warp = tid / 32, fr = warp / 2, fc = (warp % 2) * 2;
+    wmma::store_matrix_sync(&sm.St[fr * 16][fc * 16], tc.c[0], kTcLd, wmma::mem_row_major);
+    wmma::store_matrix_sync(&sm.St[fr * 16][(fc + 1) * 16], tc.c[1], kTcLd, wmma::mem_row_major);
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[i][j] = sm.St[ty + 16 * i][tx + 16 * j];
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i)
@@ -100,14 +164,24 @@ __global__ void __launch_bounds__(kGemmThreads)
 }
 
 // Launches tile_gemm_kernel; `splits` >= 1 slices the contraction (the epilogue must then add).
+// tf32: the tensor-core path (honoured for Acc = float, ignored for double).
 template <class Acc, class LoadA, class LoadB, class Epi>
 void launch_tile_gemm(int64_t M, int64_t N, int64_t Kc, int64_t Z, int splits, const LoadA& la,
-                      const LoadB& lb, const Epi& epi, cudaStream_t stream) {
+                      const LoadB& lb, const Epi& epi, cudaStream_t stream, bool tf32 = false) {
   int64_t chunk = (Kc + splits - 1) / splits;
   chunk = (chunk + kTileK - 1) / kTileK * kTileK;
   const dim3 grid(unsigned((N + kTileN - 1) / kTileN), unsigned((M + kTileM - 1) / kTileM),
                   unsigned(Z * splits));
-  tile_gemm_kernel<Acc><<<grid, kGemmThreads, 0, stream>>>(M, N, Kc, splits, chunk, la, lb, epi);
+  if constexpr (sizeof(Acc) == 4) {
+    if (tf32) {
+      tile_gemm_kernel<Acc, true>
+          <<<grid, kGemmThreads, 0, stream>>>(M, N, Kc, splits, chunk, la, lb, epi);
+      return;
+    }
+  }
+  (void)tf32;
+  tile_gemm_kernel<Acc, false>
+      <<<grid, kGemmThreads, 0, stream>>>(M, N, Kc, splits, chunk, la, lb, epi);
 }
 
 // Warp-level sum (all lanes get the total).

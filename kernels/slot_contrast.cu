@@ -444,8 +444,9 @@ __global__ void __launch_bounds__(kThreads)
           const int rr = r0 + ty + 16 * i;
           const A lse = lse_on_rows ? lse_r[i] : lse_c;
           const A p = (cc < nc && rr < nr) ? exp(acc[i][j] - lse) : A(0);
-          if constexpr (TC) Ps[(ty + 16 * i) * kPld + tx + 16 * j] = nvcuda::wmma::__float_to_tf32(p);
-          else Ps[(ty + 16 * i) * kPld + tx + 16 * j] = p;
+          A& dst = Ps[(ty + 16 * i) * kPld + tx + 16 * j];
+          if constexpr (TC) dst = nvcuda::wmma::__float_to_tf32(p);
+          else dst = p;
         }
       }
       __syncthreads();

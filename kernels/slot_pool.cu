@@ -156,7 +156,7 @@ void slot_pool_forward_cuda(const SlotPoolShape& s, const T* x, const T* attn, T
       s.B * s.K, s.P, s.D, attn, nullptr, nullptr, ws.asum, ws.c);
   SC_KERNEL_LAUNCH_CHECK(what);
   launch_tile_gemm<A>(s.K, s.D, s.P, s.B, 1, AttnRows<T>{attn, s.K, s.P}, PixelsT<T>{x, s.D, s.P},
-                      SlotsEpilogue<T, A>{slots, ws.asum, s.K, s.D}, stream);
+                      SlotsEpilogue<T, A>{slots, ws.asum, s.K, s.D}, stream, s.tf32);
   SC_KERNEL_LAUNCH_CHECK(what);
 }
 
@@ -175,13 +175,13 @@ void slot_pool_backward_cuda(const SlotPoolShape& s, const T* x, const T* attn, 
   if (dL_dx) {
     launch_tile_gemm<A>(s.D, s.P, s.K, s.B, 1, GradSlotsT<T>{dL_dslots, s.K, s.D},
                         AttnWeights<T, A>{attn, ws.asum, s.K, s.P}, StoreDx<T, A>{dL_dx, s.D, s.P},
-                        stream);
+                        stream, s.tf32);
     SC_KERNEL_LAUNCH_CHECK(what);
   }
   if (dL_dattn) {
     launch_tile_gemm<A>(s.K, s.P, s.D, s.B, 1, GradSlots<T>{dL_dslots, s.K, s.D},
                         Pixels<T>{x, s.D, s.P},
-                        DattnEpilogue<T, A>{dL_dattn, ws.asum, ws.c, s.K, s.P}, stream);
+                        DattnEpilogue<T, A>{dL_dattn, ws.asum, ws.c, s.K, s.P}, stream, s.tf32);
     SC_KERNEL_LAUNCH_CHECK(what);
   }
 }

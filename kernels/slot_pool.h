@@ -24,6 +24,10 @@ namespace sc {
 
 struct SlotPoolShape {
   int64_t B = 0, K = 0, D = 0, P = 0;
+  // CUDA, T = float only (ignored for double and by the reference): the GEMMs on the tensor
+  // cores in TF32 (operands rounded to 10 mantissa bits, float accumulation), as PyTorch's
+  // allow_tf32; norms, softmax and epilogues stay FP32.
+  bool tf32 = false;
 };
 
 // ---- CPU reference ----

@@ -129,9 +129,9 @@ StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype) {
   lc.group_loss_weight = cfg_.group_loss_weight;
   lc.center_momentum = cfg_.center_momentum;
   lc.fused = fused_;
-  // TF32 contrast: `auto` follows the precision (bf16/fp16 run only on the GPU); the kernels
-  // ignore it on the CPU and in double
-  lc.contrast_tf32 = cfg_.tf32 == "on" || (cfg_.tf32 == "auto" && compute_dtype != DType::F32);
+  // TF32 head products: `auto` follows the precision (bf16/fp16 run only on the GPU); the
+  // kernels ignore it on the CPU and in double
+  lc.tf32 = cfg_.tf32 == "on" || (cfg_.tf32 == "auto" && compute_dtype != DType::F32);
   SlotPredictor& pred = *predictor_slot;
   SlotConLossParts parts = slotcon_loss(
       views, grouping_q->slot_embed->weight, grouping_k->slot_embed->weight, center,

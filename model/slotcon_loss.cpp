@@ -11,12 +11,12 @@ namespace {
 // The head operations of one path (fused or unfused), chosen once.
 struct HeadOps {
   bool fused;
-  bool tf32;  // fused slot_contrast on TF32 tensor cores
+  bool tf32;  // the fused products on TF32 tensor cores
   GroupingScores proto_assign(const Tensor& x, const Tensor& p, double tau) const {
-    return fused ? fused::proto_assign(x, p, tau) : unfused::proto_assign(x, p, tau);
+    return fused ? fused::proto_assign(x, p, tau, tf32) : unfused::proto_assign(x, p, tau);
   }
   Tensor slot_pool(const Tensor& x, const Tensor& attn) const {
-    return fused ? fused::slot_pool(x, attn) : unfused::slot_pool(x, attn);
+    return fused ? fused::slot_pool(x, attn, tf32) : unfused::slot_pool(x, attn);
   }
   Tensor view_align(const Tensor& s, const Tensor& boxes, const Tensor& flips, int64_t H,
                     int64_t W) const {
@@ -44,7 +44,7 @@ SlotConLossParts slotcon_loss(const SlotConViews& views, const Tensor& protos_q,
                               const Tensor& protos_k, Tensor& center,
                               const SlotPredictorFn& predictor, const SlotConLossConfig& cfg,
                               const SlotConDistributed& dist) {
-  const HeadOps ops{cfg.fused, cfg.contrast_tf32};
+  const HeadOps ops{cfg.fused, cfg.tf32};
   for (int v = 0; v < 2; ++v)
     SC_CHECK(views.x[v].defined() && views.x[v].dim() == 4 && views.y[v].defined() &&
                  views.y[v].shape() == views.x[v].shape(),

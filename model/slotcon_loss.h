@@ -29,7 +29,8 @@ struct SlotConLossConfig {
   double group_loss_weight = 0.5;  // w
   double center_momentum = 0.9;    // m_c
   bool fused = true;               // fused kernels vs plain engine ops
-  bool contrast_tf32 = false;      // fused, GPU, float: the contrast's products in TF32
+  bool tf32 = false;  // fused, GPU, float: the products of proto_assign, slot_pool, slot_contrast
+                      // on TF32 tensor cores
 };
 
 // One rank's view of the collectives (identity on a single rank).

@@ -95,7 +95,7 @@ Tensor u8_mask(const char* op, const Tensor& m, int64_t n, const Device& dev) {
 // ====================================================================== fused
 namespace fused {
 
-GroupingScores proto_assign(const Tensor& x_in, const Tensor& protos_in, double tau) {
+GroupingScores proto_assign(const Tensor& x_in, const Tensor& protos_in, double tau, bool tf32) {
   const char* op = "proto_assign";
   check_float_same(op, x_in, protos_in);
   int64_t B, D, P;
@@ -104,7 +104,7 @@ GroupingScores proto_assign(const Tensor& x_in, const Tensor& protos_in, double 
            "), got ", shape_str(protos_in.shape()));
   const Tensor x = x_in.contiguous(), protos = protos_in.contiguous();
   const int64_t K = protos.size(0);
-  const ProtoAssignShape s{B, K, D, P};
+  const ProtoAssignShape s{B, K, D, P, tf32};
   const Device dev = x.device();
   Tensor dots = empty({B, K, P}, x.dtype(), dev), attn = empty({B, K, P}, x.dtype(), dev);
   by_dtype(op, x.dtype(), [&](auto tag) {
@@ -151,7 +151,7 @@ GroupingScores proto_assign(const Tensor& x_in, const Tensor& protos_in, double 
   return {dots, attn};
 }
 
-Tensor slot_pool(const Tensor& x_in, const Tensor& attn_in) {
+Tensor slot_pool(const Tensor& x_in, const Tensor& attn_in, bool tf32) {
   const char* op = "slot_pool";
   check_float_same(op, x_in, attn_in);
   int64_t B, D, P;
@@ -160,7 +160,7 @@ Tensor slot_pool(const Tensor& x_in, const Tensor& attn_in) {
            ": attn must be (", B, ", K, ", P, "), got ", shape_str(attn_in.shape()));
   const Tensor x = x_in.contiguous(), attn = attn_in.contiguous();
   const int64_t K = attn.size(1);
-  const SlotPoolShape s{B, K, D, P};
+  const SlotPoolShape s{B, K, D, P, tf32};
   const Device dev = x.device();
   Tensor slots = empty({B, K, D}, x.dtype(), dev);
   by_dtype(op, x.dtype(), [&](auto tag) {

@@ -34,10 +34,14 @@ struct SelfDistillResult {
 
 namespace fused {
 
+// tf32 (proto_assign, slot_pool, slot_contrast): on the GPU in float, the products on the tensor
+// cores in TF32 (kernels/*.h: operands rounded to 10 mantissa bits, float accumulation); no
+// effect on the CPU or in double.
+
 // Differentiable in x and protos.
-GroupingScores proto_assign(const Tensor& x, const Tensor& protos, double tau);
+GroupingScores proto_assign(const Tensor& x, const Tensor& protos, double tau, bool tf32 = false);
 // Differentiable in x and attn.
-Tensor slot_pool(const Tensor& x, const Tensor& attn);
+Tensor slot_pool(const Tensor& x, const Tensor& attn, bool tf32 = false);
 // scores (B, K, P) on an H x W map; differentiable in scores.
 Tensor view_align(const Tensor& scores, const Tensor& boxes, const Tensor& flips, int64_t H,
                   int64_t W);
@@ -47,8 +51,7 @@ SelfDistillResult self_distill(const Tensor& student, const Tensor& teacher, con
 // U8 (B, K); and_mask (B, K) U8 optional. Not differentiable.
 Tensor slot_presence(const Tensor& dots, const Tensor& and_mask = Tensor());
 // z (B*K, D), keys (R*B*K, D), query_mask (B*K), key_mask (R*B*K); scalar loss. Differentiable
-// in z and (when it requires grad) keys. tf32: on the GPU in float, the logits tiles on the tensor
-// cores in TF32 (kernels/slot_contrast.h); no effect on the CPU or in double.
+// in z and (when it requires grad) keys.
 Tensor slot_contrast(const Tensor& z, const Tensor& keys, const Tensor& query_mask,
                      const Tensor& key_mask, int64_t rank, double tau, bool tf32 = false);
 

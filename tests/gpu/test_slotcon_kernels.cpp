@@ -133,11 +133,21 @@ std::string mismatch(const char* name, const std::vector<T>& got, const std::vec
     CHECK(m_.empty());                                     \
   } while (0)
 
+// TF32 tensor-core products (the kernels' tf32 option): each operand is rounded to 10 mantissa
+// bits (relative error <= 2^-11), accumulation is float. For a contraction of n terms of random
+// sign the error grows like the result itself (sqrt(n)), so the relative error stays near 2^-11
+// ~ 5e-4, more where the terms nearly cancel (proto_assign's softmax-Jacobian rows sum to ~0):
+// seen on the emulator, which rounds as the GPU does, up to 2.5e-3 (dL_dx). 2e-2 keeps a margin
+// of 8 and still fails any indexing or staging error (those are O(1)); the floor at a tenth of the
+// output's scale covers elements near zero. A softmax over logits/tau moves by up to ~2e-3/tau.
+constexpr double kTf32GemmTol = 2e-2;
+
 // ---------------------------------------------------------------- proto_assign
 template <class T>
 void check_proto_assign(const sc::ProtoAssignShape& s, double tau, uint64_t seed) {
   INFO("proto_assign B=" << s.B << " K=" << s.K << " D=" << s.D << " P=" << s.P << " tau=" << tau
-                         << " T=" << (sizeof(T) == 8 ? "F64" : "F32") << " seed " << seed);
+                         << " T=" << (sizeof(T) == 8 ? "F64" : "F32") << (s.tf32 ? " tf32" : "")
+                         << " seed " << seed);
   std::mt19937_64 rng(seed);
   const size_t nx = size_t(s.B * s.D * s.P), np = size_t(s.K * s.D), nd = size_t(s.B * s.K * s.P);
   auto x = rand_vec<T>(nx, rng, -2, 2);
@@ -156,9 +166,11 @@ void check_proto_assign(const sc::ProtoAssignShape& s, double tau, uint64_t seed
   Dev<T> X(x), PR(pr), GD(gd), GA(ga), DOTS(nd), ATTN(nd), DX(nx), DP(dp0);
   Workspace ws(sc::proto_assign_workspace_bytes(s));
   sc::proto_assign_forward_cuda<T>(s, X.p(), PR.p(), tau, DOTS.p(), ATTN.p(), ws.p(), nullptr);
-  const double tol = base_tol<T>(tau);
-  EXPECT_CLOSE("dots", DOTS.get(nd), dots, base_tol<T>());
-  EXPECT_CLOSE("attn", ATTN.get(nd), attn, tol);
+  // TF32 (see tf32_tols): the GEMM outputs at tf32_gemm_tol, the softmax at its 1/tau bound.
+  const bool tf = s.tf32 && sizeof(T) == 4;
+  const double tol = tf ? kTf32GemmTol : base_tol<T>(tau);
+  EXPECT_CLOSE("dots", DOTS.get(nd), dots, tf ? kTf32GemmTol : base_tol<T>());
+  EXPECT_CLOSE("attn", ATTN.get(nd), attn, tf ? std::max(kTf32GemmTol, 2e-3 / tau) : tol);
   // The backward reads the reference dots so that both sides differentiate the same point.
   DOTS.put(dots);
   sc::proto_assign_backward_cuda<T>(s, X.p(), PR.p(), DOTS.p(), tau, GD.p(), GA.p(), DX.p(), DP.p(),
@@ -185,11 +197,44 @@ TEST_CASE("proto_assign CUDA matches the CPU reference", "[gpu][proto_assign]") 
   check_proto_assign<float>({2, 5, 3, 130}, 0.5, seed + 3);  // P > 64: several pixel tiles
 }
 
+TEST_CASE("proto_assign CUDA with TF32 tensor-core GEMMs matches the CPU reference",
+          "[gpu][proto_assign]") {
+  const uint64_t seed = fresh_seed();
+  auto tf = [](sc::ProtoAssignShape s) {
+    s.tf32 = true;
+    return s;
+  };
+  check_proto_assign<float>(tf({3, 37, 33, 49}), 0.07, seed);
+  check_proto_assign<float>(tf({4, 300, 256, 49}), 0.07, seed + 1);
+  check_proto_assign<float>(tf({2, 5, 3, 130}), 0.5, seed + 2);
+  check_proto_assign<double>(tf({2, 37, 33, 49}), 0.07, seed + 3);  // double: no TF32
+  // The TF32 path is the one that ran: its dots differ from the FP32 kernel's somewhere.
+  const sc::ProtoAssignShape s{2, 40, 64, 49};
+  std::mt19937_64 rng(seed + 4);
+  const size_t nd = size_t(s.B * s.K * s.P);
+  Dev<float> X(rand_vec<float>(size_t(s.B * s.D * s.P), rng, -2, 2)),
+      PR(rand_vec<float>(size_t(s.K * s.D), rng, -1, 1)), DOTS(nd), ATTN(nd);
+  Workspace ws(sc::proto_assign_workspace_bytes(s));
+  std::vector<float> d32, dtf;
+  for (bool t : {false, true}) {
+    sc::ProtoAssignShape st = s;
+    st.tf32 = t;
+    sc::proto_assign_forward_cuda<float>(st, X.p(), PR.p(), 0.07, DOTS.p(), ATTN.p(), ws.p(),
+                                         nullptr);
+    (t ? dtf : d32) = DOTS.get(nd);
+  }
+  size_t differ = 0;
+  for (size_t i = 0; i < nd; ++i) differ += dtf[i] != d32[i] ? 1 : 0;
+  INFO(differ << " of " << nd << " dots differ between the TF32 and FP32 kernels");
+  CHECK(differ > nd / 10);
+}
+
 // ---------------------------------------------------------------- slot_pool
 template <class T>
 void check_slot_pool(const sc::SlotPoolShape& s, uint64_t seed) {
   INFO("slot_pool B=" << s.B << " K=" << s.K << " D=" << s.D << " P=" << s.P
-                      << " T=" << (sizeof(T) == 8 ? "F64" : "F32") << " seed " << seed);
+                      << " T=" << (sizeof(T) == 8 ? "F64" : "F32") << (s.tf32 ? " tf32" : "")
+                      << " seed " << seed);
   std::mt19937_64 rng(seed);
   const size_t nx = size_t(s.B * s.D * s.P), na = size_t(s.B * s.K * s.P),
                ns = size_t(s.B * s.K * s.D);
@@ -208,7 +253,7 @@ void check_slot_pool(const sc::SlotPoolShape& s, uint64_t seed) {
   Dev<T> X(x), AT(attn), G(g), SL(ns), DX(nx), DA(na);
   Workspace ws(sc::slot_pool_workspace_bytes(s));
   sc::slot_pool_forward_cuda<T>(s, X.p(), AT.p(), SL.p(), ws.p(), nullptr);
-  const double tol = base_tol<T>();
+  const double tol = s.tf32 && sizeof(T) == 4 ? kTf32GemmTol : base_tol<T>();
   EXPECT_CLOSE("slots", SL.get(ns), slots, tol);
   SL.put(slots);
   sc::slot_pool_backward_cuda<T>(s, X.p(), AT.p(), SL.p(), G.p(), DX.p(), DA.p(), ws.p(), nullptr);
@@ -224,6 +269,37 @@ TEST_CASE("slot_pool CUDA matches the CPU reference", "[gpu][slot_pool]") {
   check_slot_pool<float>({2, 300, 256, 49}, seed + 1);
   check_slot_pool<double>({2, 37, 33, 49}, seed + 2);
   check_slot_pool<float>({1, 70, 65, 130}, seed + 3);
+}
+
+TEST_CASE("slot_pool CUDA with TF32 tensor-core GEMMs matches the CPU reference",
+          "[gpu][slot_pool]") {
+  const uint64_t seed = fresh_seed();
+  auto tf = [](sc::SlotPoolShape s) {
+    s.tf32 = true;
+    return s;
+  };
+  check_slot_pool<float>(tf({3, 37, 33, 49}), seed);
+  check_slot_pool<float>(tf({2, 300, 256, 49}), seed + 1);
+  check_slot_pool<float>(tf({1, 70, 65, 130}), seed + 2);
+  check_slot_pool<double>(tf({2, 37, 33, 49}), seed + 3);
+  // The TF32 path is the one that ran: its slots differ from the FP32 kernel's somewhere.
+  const sc::SlotPoolShape s{2, 40, 64, 49};
+  std::mt19937_64 rng(seed + 4);
+  const size_t ns = size_t(s.B * s.K * s.D);
+  Dev<float> X(rand_vec<float>(size_t(s.B * s.D * s.P), rng, -2, 2)),
+      AT(rand_vec<float>(size_t(s.B * s.K * s.P), rng, 1e-6, 1)), SL(ns);
+  Workspace ws(sc::slot_pool_workspace_bytes(s));
+  std::vector<float> s32, stf;
+  for (bool t : {false, true}) {
+    sc::SlotPoolShape st = s;
+    st.tf32 = t;
+    sc::slot_pool_forward_cuda<float>(st, X.p(), AT.p(), SL.p(), ws.p(), nullptr);
+    (t ? stf : s32) = SL.get(ns);
+  }
+  size_t differ = 0;
+  for (size_t i = 0; i < ns; ++i) differ += stf[i] != s32[i] ? 1 : 0;
+  INFO(differ << " of " << ns << " slot values differ between the TF32 and FP32 kernels");
+  CHECK(differ > ns / 10);
 }
 
 // ---------------------------------------------------------------- view_align
