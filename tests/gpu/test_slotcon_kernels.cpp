@@ -142,6 +142,24 @@ std::string mismatch(const char* name, const std::vector<T>& got, const std::vec
 // output's scale covers elements near zero. A softmax over logits/tau moves by up to ~2e-3/tau.
 constexpr double kTf32GemmTol = 2e-2;
 
+using PA = sc::ProtoAssignShape;
+using SP = sc::SlotPoolShape;
+using SC = sc::SlotContrastShape;
+
+// A kernel shape with the tf32 option on.
+template <class S>
+S tf(S s) {
+  s.tf32 = true;
+  return s;
+}
+
+// How many elements differ (that a TF32 path ran: it changes the low bits of most results).
+inline size_t count_differ(const std::vector<float>& a, const std::vector<float>& b) {
+  size_t n = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) n += a[i] != b[i] ? 1 : 0;
+  return n;
+}
+
 // ---------------------------------------------------------------- proto_assign
 template <class T>
 void check_proto_assign(const sc::ProtoAssignShape& s, double tau, uint64_t seed) {
@@ -200,14 +218,10 @@ TEST_CASE("proto_assign CUDA matches the CPU reference", "[gpu][proto_assign]") 
 TEST_CASE("proto_assign CUDA with TF32 tensor-core GEMMs matches the CPU reference",
           "[gpu][proto_assign]") {
   const uint64_t seed = fresh_seed();
-  auto tf = [](sc::ProtoAssignShape s) {
-    s.tf32 = true;
-    return s;
-  };
-  check_proto_assign<float>(tf({3, 37, 33, 49}), 0.07, seed);
-  check_proto_assign<float>(tf({4, 300, 256, 49}), 0.07, seed + 1);
-  check_proto_assign<float>(tf({2, 5, 3, 130}), 0.5, seed + 2);
-  check_proto_assign<double>(tf({2, 37, 33, 49}), 0.07, seed + 3);  // double: no TF32
+  check_proto_assign<float>(tf(PA{3, 37, 33, 49}), 0.07, seed);
+  check_proto_assign<float>(tf(PA{4, 300, 256, 49}), 0.07, seed + 1);
+  check_proto_assign<float>(tf(PA{2, 5, 3, 130}), 0.5, seed + 2);
+  check_proto_assign<double>(tf(PA{2, 37, 33, 49}), 0.07, seed + 3);  // double: no TF32
   // The TF32 path is the one that ran: its dots differ from the FP32 kernel's somewhere.
   const sc::ProtoAssignShape s{2, 40, 64, 49};
   std::mt19937_64 rng(seed + 4);
@@ -223,8 +237,7 @@ TEST_CASE("proto_assign CUDA with TF32 tensor-core GEMMs matches the CPU referen
                                          nullptr);
     (t ? dtf : d32) = DOTS.get(nd);
   }
-  size_t differ = 0;
-  for (size_t i = 0; i < nd; ++i) differ += dtf[i] != d32[i] ? 1 : 0;
+  const size_t differ = count_differ(dtf, d32);
   INFO(differ << " of " << nd << " dots differ between the TF32 and FP32 kernels");
   CHECK(differ > nd / 10);
 }
@@ -274,14 +287,10 @@ TEST_CASE("slot_pool CUDA matches the CPU reference", "[gpu][slot_pool]") {
 TEST_CASE("slot_pool CUDA with TF32 tensor-core GEMMs matches the CPU reference",
           "[gpu][slot_pool]") {
   const uint64_t seed = fresh_seed();
-  auto tf = [](sc::SlotPoolShape s) {
-    s.tf32 = true;
-    return s;
-  };
-  check_slot_pool<float>(tf({3, 37, 33, 49}), seed);
-  check_slot_pool<float>(tf({2, 300, 256, 49}), seed + 1);
-  check_slot_pool<float>(tf({1, 70, 65, 130}), seed + 2);
-  check_slot_pool<double>(tf({2, 37, 33, 49}), seed + 3);
+  check_slot_pool<float>(tf(SP{3, 37, 33, 49}), seed);
+  check_slot_pool<float>(tf(SP{2, 300, 256, 49}), seed + 1);
+  check_slot_pool<float>(tf(SP{1, 70, 65, 130}), seed + 2);
+  check_slot_pool<double>(tf(SP{2, 37, 33, 49}), seed + 3);
   // The TF32 path is the one that ran: its slots differ from the FP32 kernel's somewhere.
   const sc::SlotPoolShape s{2, 40, 64, 49};
   std::mt19937_64 rng(seed + 4);
@@ -296,8 +305,7 @@ TEST_CASE("slot_pool CUDA with TF32 tensor-core GEMMs matches the CPU reference"
     sc::slot_pool_forward_cuda<float>(st, X.p(), AT.p(), SL.p(), ws.p(), nullptr);
     (t ? stf : s32) = SL.get(ns);
   }
-  size_t differ = 0;
-  for (size_t i = 0; i < ns; ++i) differ += stf[i] != s32[i] ? 1 : 0;
+  const size_t differ = count_differ(stf, s32);
   INFO(differ << " of " << ns << " slot values differ between the TF32 and FP32 kernels");
   CHECK(differ > ns / 10);
 }
@@ -499,15 +507,11 @@ TEST_CASE("slot_contrast CUDA matches the CPU reference", "[gpu][slot_contrast]"
 TEST_CASE("slot_contrast CUDA with TF32 tensor-core tiles matches the CPU reference",
           "[gpu][slot_contrast]") {
   const uint64_t seed = fresh_seed();
-  auto tf = [](sc::SlotContrastShape s) {
-    s.tf32 = true;
-    return s;
-  };
-  check_contrast<float>(tf({4, 37, 33, 3, 1}), 0.2, 0.6, seed);   // D not a multiple of 8
-  check_contrast<float>(tf({2, 40, 300, 2, 0}), 0.1, 0.8, seed + 1);  // two D chunks
-  check_contrast<float>(tf({8, 64, 64, 2, 1}), 0.2, 1.0, seed + 2);   // everything valid
-  check_contrast<float>(tf({2, 37, 16, 2, 1}), 0.2, 0.0, seed + 3);   // empty selection
-  check_contrast<double>(tf({3, 37, 33, 2, 1}), 0.2, 0.6, seed + 4);  // double: no TF32
+  check_contrast<float>(tf(SC{4, 37, 33, 3, 1}), 0.2, 0.6, seed);   // D not a multiple of 8
+  check_contrast<float>(tf(SC{2, 40, 300, 2, 0}), 0.1, 0.8, seed + 1);  // two D chunks
+  check_contrast<float>(tf(SC{8, 64, 64, 2, 1}), 0.2, 1.0, seed + 2);   // everything valid
+  check_contrast<float>(tf(SC{2, 37, 16, 2, 1}), 0.2, 0.0, seed + 3);   // empty selection
+  check_contrast<double>(tf(SC{3, 37, 33, 2, 1}), 0.2, 0.6, seed + 4);  // double: no TF32
 
   // The TF32 path is the one that ran: its row log-sum-exps differ from the FP32 kernel's (the
   // operands' low mantissa bits are dropped; ~140 valid rows here), by no more than the bound.
@@ -527,8 +531,7 @@ TEST_CASE("slot_contrast CUDA with TF32 tensor-core tiles matches the CPU refere
                                           LSE.p(), ws.p(), nullptr);
     (t ? lsetf : lse32) = LSE.get(N);
   }
-  size_t differ = 0;
-  for (size_t i = 0; i < N; ++i) differ += lsetf[i] != lse32[i] ? 1 : 0;
+  const size_t differ = count_differ(lsetf, lse32);
   INFO(differ << " of " << N << " row log-sum-exps differ between the TF32 and FP32 kernels");
   CHECK(differ > 0);
   EXPECT_CLOSE("tf32 vs fp32 row_lse", lsetf, lse32, 1e-3 / 0.2);
