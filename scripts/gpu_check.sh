@@ -43,11 +43,12 @@ command -v stdbuf >/dev/null && linebuf="stdbuf -oL -eL"
 export PYTHONUNBUFFERED=1
 now() { echo $(( $(date +%s) - t0 )); }
 left() { echo $(( budget - $(now) )); }
+# '|'-separated rows as aligned columns (`column` is not on every image)
+table() { if command -v column >/dev/null; then column -t -s'|'; else tr '|' '\t'; fi; }
 # row <stage> <result> <seconds> <figures>; the table is rewritten after each row
 row() {
   rows+=("$1|$2|$3s|$4")
-  { echo "gpu_check at $(now)s of $budget:"; printf '%s\n' "${rows[@]}" | column -t -s'|'; } \
-    >"$out/summary.txt"
+  { echo "gpu_check at $(now)s of $budget:"; printf '%s\n' "${rows[@]}" | table; } >"$out/summary.txt"
 }
 keep_log() {  # keep_log <stage> <file>: append (at most 3 MB of) a stage's log to gpu_check.log
   { echo; echo "######## $1"; head -c 3000000 "$2"; } >>"$out/gpu_check.log"
