@@ -1,8 +1,8 @@
 // mma.h for the CUDA emulator: the warp matrix functions (nvcuda::wmma) that the kernels use,
 // written from CUDA's documented semantics, not from any kernel's code:
-//   shapes m16n16k8 (precision::tf32 inputs, float accumulators) and m16n16k16 (__half and
-//   __nv_bfloat16 inputs, float accumulators); fill_fragment, load_matrix_sync,
-//   store_matrix_sync, mma_sync, __float_to_tf32.
+//   shapes m16n16k8 (precision::tf32 inputs, float accumulators; used by the kernels and checked
+//   by test_emulator.cpp) and m16n16k16 (__half and __nv_bfloat16 inputs, float accumulators; not
+//   exercised yet); fill_fragment, load_matrix_sync, store_matrix_sync, mma_sync, __float_to_tf32.
 // A fragment's elements are distributed over the warp's lanes in an unspecified way on the GPU;
 // here every lane holds the whole tile (so code that touches fragment.x[] element-wise, the same
 // way in every lane, behaves as on the GPU; code that depends on which lane holds what is wrong on
