@@ -39,7 +39,9 @@ __device__ __forceinline__ A tc_round(A v) {
   if constexpr (TC) return nvcuda::wmma::__float_to_tf32(v);
   else return v;
 }
-// The tensor-core accumulators of a warp (none for the SIMT path).
+// The tensor-core accumulators of a warp (none for the SIMT path). In a block of 256 threads
+// computing a 64 x 64 tile, warp w holds rows 16 (w / 2) .. + 16 and columns 32 (w % 2) .. + 32 as
+// two 16 x 16 accumulators (also used by slot_contrast.cu's logits tile).
 template <bool TC>
 struct TcAcc {
   __device__ TcAcc() {}
@@ -47,9 +49,24 @@ struct TcAcc {
 template <>
 struct TcAcc<true> {
   nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> c[2];
-  __device__ TcAcc() {
+  int row0, col0;  // this warp's block of the tile
+  __device__ TcAcc() : row0(int(threadIdx.x / 32) / 2 * 16), col0(int(threadIdx.x / 32) % 2 * 32) {
     nvcuda::wmma::fill_fragment(c[0], 0.0f);
     nvcuda::wmma::fill_fragment(c[1], 0.0f);
+  }
+  // Stores the block's tile to St (64 rows of stride ld floats, 32-byte aligned), waits for the
+  // block, and gives each thread its 4 x 4: acc[i][j] = tile[ty + 16 i][tx + 16 j] (tx = t % 16,
+  // ty = t / 16), the SIMT tile's layout.
+  __device__ void stage(float* St, int ld, float acc[4][4]) const {
+    using namespace nvcuda;
+    wmma::store_matrix_sync(St + row0 * ld + col0, c[0], ld, wmma::mem_row_major);
+    wmma::store_matrix_sync(St + row0 * ld + col0 + 16, c[1], ld, wmma::mem_row_major);
+    __syncthreads();
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[i][j] = St[(ty + 16 * i) * ld + tx + 16 * j];
   }
 };
 
@@ -116,14 +133,13 @@ __global__ void __launch_bounds__(kGemmThreads)
     __syncthreads();
     if constexpr (TC) {
       using namespace nvcuda;
-      const int warp = tid / 32, fr = warp / 2, fc = (warp % 2) * 2;
 #pragma unroll
       for (int kk = 0; kk < kTileK; kk += 8) {
         wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> a;
         wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b0, b1;
-        wmma::load_matrix_sync(a, &As[kk][fr * 16], kTcLd);
-        wmma::load_matrix_sync(b0, &Bs[kk][fc * 16], kTcLd);
-        wmma::load_matrix_sync(b1, &Bs[kk][(fc + 1) * 16], kTcLd);
+        wmma::load_matrix_sync(a, &As[kk][tc.row0], kTcLd);
+        wmma::load_matrix_sync(b0, &Bs[kk][tc.col0], kTcLd);
+        wmma::load_matrix_sync(b1, &Bs[kk][tc.col0 + 16], kTcLd);
         wmma::mma_sync(tc.c[0], a, b0, tc.c[0]);
         wmma::mma_sync(tc.c[1], a, b1, tc.c[1]);
       }
@@ -143,17 +159,7 @@ __global__ void __launch_bounds__(kGemmThreads)
     }
     __syncthreads();
   }
-  if constexpr (TC) {
-    using namespace nvcuda;
-    const int warp = tid / 32, fr = warp / 2, fc = (warp % 2) * 2;
-    wmma::store_matrix_sync(&sm.St[fr * 16][fc * 16], tc.c[0], kTcLd, wmma::mem_row_major);
-    wmma::store_matrix_sync(&sm.St[fr * 16][(fc + 1) * 16], tc.c[1], kTcLd, wmma::mem_row_major);
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) acc[i][j] = sm.St[ty + 16 * i][tx + 16 * j];
-  }
+  if constexpr (TC) tc.stage(&sm.St[0][0], kTcLd, acc);
 #pragma unroll
   for (int i = 0; i < 4; ++i)
 #pragma unroll

@@ -22,6 +22,7 @@
 #include <type_traits>
 
 #include "kernels/check.h"
+#include "kernels/proto_assign_gemm.cuh"  // grouping::TcAcc (the tensor-core tile accumulators)
 #include "kernels/slot_contrast.h"
 
 namespace sc {
@@ -228,11 +229,8 @@ __device__ __forceinline__ void logits_tile_tc(const Side<T, float>& R, const Si
                                                float inv_tau, float* Ta, float* Tb, float* St,
                                                float acc[4][4]) {
   using namespace nvcuda;
-  const int tid = threadIdx.x, warp = tid / 32, tx = tid % 16, ty = tid / 16;
-  const int fr = warp / 2, fc = (warp % 2) * 2;
-  wmma::fragment<wmma::accumulator, 16, 16, 8, float> c0f, c1f;
-  wmma::fill_fragment(c0f, 0.0f);
-  wmma::fill_fragment(c1f, 0.0f);
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  grouping::TcAcc<true> tc;
   for (int64_t d0 = 0; d0 < D; d0 += kSlabTC) {
 #pragma unroll
     for (int q = 0; q < kTile * kSlabTC / kThreads; ++q) {
@@ -249,17 +247,15 @@ __device__ __forceinline__ void logits_tile_tc(const Side<T, float>& R, const Si
     for (int kk = 0; kk < kSlabTC; kk += 8) {
       wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
       wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> b0, b1;
-      wmma::load_matrix_sync(a, Ta + fr * 16 * kLdT + kk, kLdT);
-      wmma::load_matrix_sync(b0, Tb + fc * 16 * kLdT + kk, kLdT);
-      wmma::load_matrix_sync(b1, Tb + (fc + 1) * 16 * kLdT + kk, kLdT);
-      wmma::mma_sync(c0f, a, b0, c0f);
-      wmma::mma_sync(c1f, a, b1, c1f);
+      wmma::load_matrix_sync(a, Ta + tc.row0 * kLdT + kk, kLdT);
+      wmma::load_matrix_sync(b0, Tb + tc.col0 * kLdT + kk, kLdT);
+      wmma::load_matrix_sync(b1, Tb + (tc.col0 + 16) * kLdT + kk, kLdT);
+      wmma::mma_sync(tc.c[0], a, b0, tc.c[0]);
+      wmma::mma_sync(tc.c[1], a, b1, tc.c[1]);
     }
     __syncthreads();
   }
-  wmma::store_matrix_sync(St + fr * 16 * kLdS + fc * 16, c0f, kLdS, wmma::mem_row_major);
-  wmma::store_matrix_sync(St + fr * 16 * kLdS + (fc + 1) * 16, c1f, kLdS, wmma::mem_row_major);
-  __syncthreads();
+  tc.stage(St, kLdS, acc);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int rr = r0 + ty + 16 * i;
@@ -267,7 +263,7 @@ __device__ __forceinline__ void logits_tile_tc(const Side<T, float>& R, const Si
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int cc = c0 + tx + 16 * j;
-      acc[i][j] = St[(ty + 16 * i) * kLdS + tx + 16 * j] * (cc < nc ? ri * C.inv[cc] : 0.0f);
+      acc[i][j] *= cc < nc ? ri * C.inv[cc] : 0.0f;
     }
   }
 }
@@ -714,18 +710,18 @@ void slot_contrast_forward_cuda(const SlotContrastShape& s, const T* z, const T*
   const Side<T, A> Q{z, ws.q_idx, ws.counts, ws.qinv};
   const Side<T, A> Kside{keys, ws.k_idx, ws.counts + 1, ws.kinv};
   const unsigned blocks = unsigned((s.rows() + kTile - 1) / kTile);
-  if constexpr (tc_capable<T>()) {
-    if (s.tf32) {
-      contrast_forward_kernel<T, A, true><<<blocks, kThreads, 0, stream>>>(
-          Q, Kside, s.D, A(1.0 / tau), ws.qlabel, row_lse, ws.part);
-      SC_KERNEL_LAUNCH_CHECK(what);
+  [&] {
+    if constexpr (tc_capable<T>()) {
+      if (s.tf32) {
+        contrast_forward_kernel<T, A, true><<<blocks, kThreads, 0, stream>>>(
+            Q, Kside, s.D, A(1.0 / tau), ws.qlabel, row_lse, ws.part);
+        return;
+      }
     }
-  }
-  if (!(tc_capable<T>() && s.tf32)) {
     contrast_forward_kernel<T, A, false><<<blocks, kThreads, 0, stream>>>(
         Q, Kside, s.D, A(1.0 / tau), ws.qlabel, row_lse, ws.part);
-    SC_KERNEL_LAUNCH_CHECK(what);
-  }
+  }();
+  SC_KERNEL_LAUNCH_CHECK(what);
   contrast_finalize_kernel<T, A><<<1, 256, 0, stream>>>(s.rows(), s.rank * s.rows(), query_mask,
                                                         key_mask, ws.counts, ws.part, 2.0 * tau,
                                                         loss, row_lse);

@@ -195,6 +195,18 @@ void ensure_stacks(int n) {
   if (int(r.fibers.size()) < n) r.fibers.resize(size_t(n));
 }
 
+// Switches from the running fiber to the scheduler, leaving it in state `st`.
+void yield_fiber(St st) {
+  Runtime& r = rt();
+  Fiber& f = r.fibers[size_t(r.cur)];
+  f.st = st;
+#if defined(SLOTCON_EMU_ASM_SWITCH)
+  emu_switch(&f.sp, r.sched_sp);
+#else
+  swapcontext(&f.ctx, &r.sched);
+#endif
+}
+
 // Yields the running fiber back to the scheduler in state `st`.
 void block_on(St st, const char* what) {
   Runtime& r = rt();
@@ -204,13 +216,7 @@ void block_on(St st, const char* what) {
         ", whose first launch from this site used no barrier, so this launch runs without fibers "
         "(see cuda_emu.h)");
   r.saw_barrier = true;
-  Fiber& f = r.fibers[size_t(r.cur)];
-  f.st = st;
-#if defined(SLOTCON_EMU_ASM_SWITCH)
-  emu_switch(&f.sp, r.sched_sp);
-#else
-  swapcontext(&f.ctx, &r.sched);
-#endif
+  yield_fiber(st);
 }
 
 std::string where() {
@@ -231,13 +237,7 @@ std::string where() {
     os << "cuda_emu: " << what << " in " << where() << ", thread (" << threadIdx.x << ","
        << threadIdx.y << "," << threadIdx.z << ")";
     r.fiber_error = os.str();
-    Fiber& f = r.fibers[size_t(r.cur)];
-    f.st = St::Done;
-#if defined(SLOTCON_EMU_ASM_SWITCH)
-    emu_switch(&f.sp, r.sched_sp);
-#else
-    swapcontext(&f.ctx, &r.sched);
-#endif
+    yield_fiber(St::Done);
     std::abort();  // never resumed
   }
   r.cur = -1;
