@@ -25,6 +25,7 @@
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "engine/safetensors.h"
+#include "kernels/parallel.h"
 #include "model/checkpoint.h"
 #include "model/grouping_score.h"
 #include "model/schedule.h"
@@ -54,6 +55,9 @@ void train_usage() {
       "  --steps N           stop after N steps and write the full state to\n"
       "                      output_dir/final.safetensors\n"
       "  --steps 0           only print the grouping score of the initial / resumed state\n\n"
+      "environment: SLOTCON_NUM_THREADS = threads of the CPU ops (default: every core);\n"
+      "OPENBLAS_NUM_THREADS = threads of the CPU matrix products (OpenBLAS's default: every "
+      "core)\n\n"
       "config keys (--key value or --key=value; defaults are the authors' settings):\n%s",
       config_help().c_str());
 }
@@ -209,9 +213,12 @@ int cmd_train(const Args& args_in) {
                 "a collapse short runs fall into (the authors always have K >= D)\n",
                 (long long)cfg.dim_out, (long long)cfg.num_prototypes);
   fs::create_directories(cfg.output_dir);
+  const int nt = cpu_threads();
+  const std::string dev_detail = dev.is_cuda()
+                                     ? " (" + cuda_device_name(0) + ")"
+                                     : str_cat(" (", nt, nt == 1 ? " thread)" : " threads)");
   std::printf("slotcon train: %s on %s%s, precision %s, output %s\n", cfg.arch.c_str(),
-              dev.str().c_str(), dev.is_cuda() ? (" (" + cuda_device_name(0) + ")").c_str() : "",
-              precision.c_str(), cfg.output_dir.c_str());
+              dev.str().c_str(), dev_detail.c_str(), precision.c_str(), cfg.output_dir.c_str());
 
   // ---- model and optimizer ----
   SlotConModel model(cfg, dev, cfg.seed);

@@ -1,63 +1,87 @@
 // batch_norm_ref.cpp: CPU reference of the batch-norm passes (see batch_norm.h).
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/batch_norm.h"
+#include "kernels/parallel.h"
 
 namespace sc {
 
-double act_forward(Act a, double z) {
-  switch (a) {
-    case Act::None:
-      return z;
-    case Act::Relu:
-      return z > 0 ? z : 0.0;
-    case Act::Gelu:
-      return 0.5 * z * (1.0 + std::erf(z * M_SQRT1_2));
-  }
+namespace {
+// The activation as a compile-time choice, so that the per-element loops inline it.
+template <Act A>
+inline double act_fwd(double z) {
+  if constexpr (A == Act::Relu) return z > 0 ? z : 0.0;
+  if constexpr (A == Act::Gelu) return 0.5 * z * (1.0 + std::erf(z * M_SQRT1_2));
   return z;
 }
-
-double act_derivative(Act a, double z) {
-  switch (a) {
-    case Act::None:
-      return 1.0;
-    case Act::Relu:
-      return z > 0 ? 1.0 : 0.0;
-    case Act::Gelu: {
-      const double cdf = 0.5 * (1.0 + std::erf(z * M_SQRT1_2));
-      const double pdf = std::exp(-0.5 * z * z) * 0.3989422804014327;  // 1/sqrt(2 pi)
-      return cdf + z * pdf;
-    }
+template <Act A>
+inline double act_grad(double z) {
+  if constexpr (A == Act::Relu) return z > 0 ? 1.0 : 0.0;
+  if constexpr (A == Act::Gelu) {
+    const double cdf = 0.5 * (1.0 + std::erf(z * M_SQRT1_2));
+    const double pdf = std::exp(-0.5 * z * z) * 0.3989422804014327;  // 1/sqrt(2 pi)
+    return cdf + z * pdf;
   }
   return 1.0;
 }
+// f(std::integral_constant<Act, a>{}).
+template <class F>
+void with_act(Act a, F&& f) {
+  switch (a) {
+    case Act::None:
+      f(std::integral_constant<Act, Act::None>{});
+      return;
+    case Act::Relu:
+      f(std::integral_constant<Act, Act::Relu>{});
+      return;
+    case Act::Gelu:
+      f(std::integral_constant<Act, Act::Gelu>{});
+      return;
+  }
+}
 
-namespace {
 inline bool selected(const uint8_t* mask, int64_t o) { return mask == nullptr || mask[o] != 0; }
 }  // namespace
 
+double act_forward(Act a, double z) {
+  double r = z;
+  with_act(a, [&](auto A) { r = act_fwd<decltype(A)::value>(z); });
+  return r;
+}
+
+double act_derivative(Act a, double z) {
+  double r = 1.0;
+  with_act(a, [&](auto A) { r = act_grad<decltype(A)::value>(z); });
+  return r;
+}
+
+// The sums are split over channels: each channel's are accumulated over the rows in order, as a
+// serial loop would, for any number of threads.
 template <class T>
 void batch_norm_stats_ref(const BnGeom& g, const T* x, const uint8_t* mask, double* stats) {
   const int64_t C = g.C;
   std::fill(stats, stats + 2 * C + 1, 0.0);
   int64_t rows = 0;
-  for (int64_t o = 0; o < g.outer; ++o) {
-    if (!selected(mask, o)) continue;
-    ++rows;
-    for (int64_t c = 0; c < C; ++c) {
-      const T* p = x + (o * C + c) * g.inner;
-      double s = 0, s2 = 0;
-      for (int64_t i = 0; i < g.inner; ++i) {
-        const double v = double(p[i]);
-        s += v;
-        s2 += v * v;
+  for (int64_t o = 0; o < g.outer; ++o) rows += selected(mask, o) ? 1 : 0;
+  parallel_for(C, grain_for(g.outer * g.inner), [&](int64_t c0, int64_t c1) {
+    for (int64_t o = 0; o < g.outer; ++o) {
+      if (!selected(mask, o)) continue;
+      for (int64_t c = c0; c < c1; ++c) {
+        const T* p = x + (o * C + c) * g.inner;
+        double s = 0, s2 = 0;
+        for (int64_t i = 0; i < g.inner; ++i) {
+          const double v = double(p[i]);
+          s += v;
+          s2 += v * v;
+        }
+        stats[c] += s;
+        stats[C + c] += s2;
       }
-      stats[c] += s;
-      stats[C + c] += s2;
     }
-  }
+  });
   stats[2 * C] = double(rows * g.inner);
 }
 
@@ -88,17 +112,22 @@ template <class T>
 void batch_norm_apply_ref(const BnGeom& g, const T* x, const double* save, const T* gamma,
                           const T* beta, const T* residual, Act act, T* y) {
   const int64_t C = g.C;
-  for (int64_t o = 0; o < g.outer; ++o)
-    for (int64_t c = 0; c < C; ++c) {
-      const double scale = (gamma ? double(gamma[c]) : 1.0) * save[C + c];
-      const double shift = (beta ? double(beta[c]) : 0.0) - save[c] * scale;
-      const int64_t base = (o * C + c) * g.inner;
-      for (int64_t i = 0; i < g.inner; ++i) {
-        double z = double(x[base + i]) * scale + shift;
-        if (residual) z += double(residual[base + i]);
-        y[base + i] = T(act_forward(act, z));
+  with_act(act, [&](auto A) {
+    constexpr Act kA = decltype(A)::value;
+    parallel_for(g.outer * C, grain_for(g.inner), [&](int64_t b, int64_t e) {
+      for (int64_t oc = b; oc < e; ++oc) {
+        const int64_t c = oc % C;
+        const double scale = (gamma ? double(gamma[c]) : 1.0) * save[C + c];
+        const double shift = (beta ? double(beta[c]) : 0.0) - save[c] * scale;
+        const int64_t base = oc * g.inner;
+        for (int64_t i = 0; i < g.inner; ++i) {
+          double z = double(x[base + i]) * scale + shift;
+          if (residual) z += double(residual[base + i]);
+          y[base + i] = T(act_fwd<kA>(z));
+        }
       }
-    }
+    });
+  });
 }
 
 template <class T>
@@ -107,28 +136,33 @@ void batch_norm_grad_sums_ref(const BnGeom& g, const T* dy, const T* x, const do
                               const uint8_t* mask, double* gsum) {
   const int64_t C = g.C;
   std::fill(gsum, gsum + 2 * C, 0.0);
-  for (int64_t o = 0; o < g.outer; ++o) {
-    if (!selected(mask, o)) continue;
-    for (int64_t c = 0; c < C; ++c) {
-      const double mean = save[c], invstd = save[C + c];
-      const double gm = gamma ? double(gamma[c]) : 1.0, bt = beta ? double(beta[c]) : 0.0;
-      const int64_t base = (o * C + c) * g.inner;
-      double s = 0, sx = 0;
-      for (int64_t i = 0; i < g.inner; ++i) {
-        const double xhat = (double(x[base + i]) - mean) * invstd;
-        double dz = double(dy[base + i]);
-        if (act != Act::None) {
-          double z = xhat * gm + bt;
-          if (residual) z += double(residual[base + i]);
-          dz *= act_derivative(act, z);
+  with_act(act, [&](auto A) {
+    constexpr Act kA = decltype(A)::value;
+    parallel_for(C, grain_for(g.outer * g.inner * 4), [&](int64_t c0, int64_t c1) {
+      for (int64_t o = 0; o < g.outer; ++o) {
+        if (!selected(mask, o)) continue;
+        for (int64_t c = c0; c < c1; ++c) {
+          const double mean = save[c], invstd = save[C + c];
+          const double gm = gamma ? double(gamma[c]) : 1.0, bt = beta ? double(beta[c]) : 0.0;
+          const int64_t base = (o * C + c) * g.inner;
+          double s = 0, sx = 0;
+          for (int64_t i = 0; i < g.inner; ++i) {
+            const double xhat = (double(x[base + i]) - mean) * invstd;
+            double dz = double(dy[base + i]);
+            if constexpr (kA != Act::None) {
+              double z = xhat * gm + bt;
+              if (residual) z += double(residual[base + i]);
+              dz *= act_grad<kA>(z);
+            }
+            s += dz;
+            sx += dz * xhat;
+          }
+          gsum[c] += s;
+          gsum[C + c] += sx;
         }
-        s += dz;
-        sx += dz * xhat;
       }
-      gsum[c] += s;
-      gsum[C + c] += sx;
-    }
-  }
+    });
+  });
 }
 
 template <class T>
@@ -138,28 +172,32 @@ void batch_norm_grad_apply_ref(const BnGeom& g, const T* dy, const T* x, const d
                                T* dx, T* dresidual) {
   const int64_t C = g.C;
   const double inv_n = count > 0 ? 1.0 / count : 0.0;
-  for (int64_t o = 0; o < g.outer; ++o) {
-    const bool sel = selected(mask, o);
-    for (int64_t c = 0; c < C; ++c) {
-      const double mean = save[c], invstd = save[C + c];
-      const double gm = gamma ? double(gamma[c]) : 1.0, bt = beta ? double(beta[c]) : 0.0;
-      const double mean_dz = gsum[c] * inv_n, mean_dzx = gsum[C + c] * inv_n;
-      const int64_t base = (o * C + c) * g.inner;
-      for (int64_t i = 0; i < g.inner; ++i) {
-        const double xhat = (double(x[base + i]) - mean) * invstd;
-        double dz = double(dy[base + i]);
-        if (act != Act::None) {
-          double z = xhat * gm + bt;
-          if (residual) z += double(residual[base + i]);
-          dz *= act_derivative(act, z);
+  with_act(act, [&](auto A) {
+    constexpr Act kA = decltype(A)::value;
+    parallel_for(g.outer * C, grain_for(g.inner * 4), [&](int64_t b, int64_t e) {
+      for (int64_t oc = b; oc < e; ++oc) {
+        const int64_t o = oc / C, c = oc % C;
+        const bool sel = selected(mask, o);
+        const double mean = save[c], invstd = save[C + c];
+        const double gm = gamma ? double(gamma[c]) : 1.0, bt = beta ? double(beta[c]) : 0.0;
+        const double mean_dz = gsum[c] * inv_n, mean_dzx = gsum[C + c] * inv_n;
+        const int64_t base = oc * g.inner;
+        for (int64_t i = 0; i < g.inner; ++i) {
+          const double xhat = (double(x[base + i]) - mean) * invstd;
+          double dz = double(dy[base + i]);
+          if constexpr (kA != Act::None) {
+            double z = xhat * gm + bt;
+            if (residual) z += double(residual[base + i]);
+            dz *= act_grad<kA>(z);
+          }
+          if (dresidual) dresidual[base + i] = sel ? T(dz) : T(0);
+          double d = 0;
+          if (sel) d = training ? gm * invstd * (dz - mean_dz - xhat * mean_dzx) : gm * invstd * dz;
+          dx[base + i] = T(d);
         }
-        if (dresidual) dresidual[base + i] = sel ? T(dz) : T(0);
-        double d = 0;
-        if (sel) d = training ? gm * invstd * (dz - mean_dz - xhat * mean_dzx) : gm * invstd * dz;
-        dx[base + i] = T(d);
       }
-    }
-  }
+    });
+  });
 }
 
 template <class T>
@@ -172,15 +210,19 @@ void batch_norm_param_grads_ref(int64_t C, const double* gsum, T* dgamma, T* dbe
 
 template <class T>
 void add_relu_ref(int64_t n, const T* a, const T* b, T* y) {
-  for (int64_t i = 0; i < n; ++i) {
-    const T z = a[i] + b[i];
-    y[i] = z > T(0) ? z : T(0);
-  }
+  parallel_for(n, grain_for(1), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const T z = a[i] + b[i];
+      y[i] = z > T(0) ? z : T(0);
+    }
+  });
 }
 
 template <class T>
 void add_relu_backward_ref(int64_t n, const T* dy, const T* y, T* dab) {
-  for (int64_t i = 0; i < n; ++i) dab[i] = y[i] > T(0) ? dy[i] : T(0);
+  parallel_for(n, grain_for(1), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) dab[i] = y[i] > T(0) ? dy[i] : T(0);
+  });
 }
 
 #define SC_INSTANTIATE(T)                                                                        \

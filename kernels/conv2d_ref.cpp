@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/conv2d.h"
+#include "kernels/parallel.h"
 
 namespace sc {
 namespace {
@@ -20,6 +21,17 @@ inline void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha
                  int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(m),
               int(n), int(k), alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+}
+
+// Two of this thread's scratch buffers, reused across calls and not cleared (a std::vector of the
+// size would zero several MB per call): a of na and b of nb elements.
+template <class T>
+void scratch(size_t na, size_t nb, T** a, T** b) {
+  thread_local std::vector<T> buf;
+  const size_t pad = (64 + sizeof(T) - 1) / sizeof(T);  // b starts on its own cache line
+  if (buf.size() < na + pad + nb) buf.resize(na + pad + nb);
+  *a = buf.data();
+  *b = buf.data() + na + pad;
 }
 
 // Element strides (c, h, w) of one image in the layout.
@@ -47,10 +59,12 @@ inline void valid_cols(int64_t OW, int64_t W, int64_t stride, int64_t pad, int64
 
 // col[(c*R + r)*S + s, oh*OW + ow] = x[c, oh*sh - ph + r, ow*sw - pw + s] (0 outside); rows of
 // col are ld apart (ld >= OH*OW: several images side by side in one column block).
+// Channels [c0, c1) only.
 template <class T>
-void im2col(const Conv2dGeom& g, ImageStrides st, const T* x, T* col, int64_t ld) {
+void im2col(const Conv2dGeom& g, ImageStrides st, const T* x, T* col, int64_t ld, int64_t c0,
+            int64_t c1) {
   const int64_t OH = g.OH(), OW = g.OW();
-  for (int64_t c = 0; c < g.C; ++c)
+  for (int64_t c = c0; c < c1; ++c)
     for (int64_t r = 0; r < g.R; ++r)
       for (int64_t s = 0; s < g.S; ++s) {
         T* row = col + ((c * g.R + r) * g.S + s) * ld;
@@ -79,10 +93,12 @@ void im2col(const Conv2dGeom& g, ImageStrides st, const T* x, T* col, int64_t ld
 }
 
 // x[c, ih, iw] += col[...] for every column entry that im2col read from (c, ih, iw).
+// Channels [c0, c1) only.
 template <class T>
-void col2im_add(const Conv2dGeom& g, ImageStrides st, const T* col, int64_t ld, T* x) {
+void col2im_add(const Conv2dGeom& g, ImageStrides st, const T* col, int64_t ld, T* x, int64_t c0,
+                int64_t c1) {
   const int64_t OH = g.OH(), OW = g.OW();
-  for (int64_t c = 0; c < g.C; ++c)
+  for (int64_t c = c0; c < c1; ++c)
     for (int64_t r = 0; r < g.R; ++r)
       for (int64_t s = 0; s < g.S; ++s) {
         const T* row = col + ((c * g.R + r) * g.S + s) * ld;
@@ -107,21 +123,28 @@ constexpr int64_t kChunkElems = int64_t(1) << 22;
 inline int64_t chunk_images(int64_t N, int64_t per_image) {
   return std::max<int64_t>(1, std::min<int64_t>(N, kChunkElems / std::max<int64_t>(per_image, 1)));
 }
-// dst (rows, n*L) block <- src images (n, rows, L), or the reverse.
+// dst (rows, n*L) block <- src images (n, rows, L), or the reverse; split over (image, row).
 template <class T>
 void gather_images(const T* src, int64_t n, int64_t rows, int64_t L, T* dst) {
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t r = 0; r < rows; ++r)
-      std::memcpy(dst + r * n * L + i * L, src + (i * rows + r) * L, size_t(L) * sizeof(T));
+  parallel_for(n * rows, grain_for(L), [&](int64_t b, int64_t e) {
+    for (int64_t ir = b; ir < e; ++ir) {
+      const int64_t i = ir / rows, r = ir % rows;
+      std::memcpy(dst + r * n * L + i * L, src + ir * L, size_t(L) * sizeof(T));
+    }
+  });
 }
 template <class T>
 void scatter_images(const T* src, int64_t n, int64_t rows, int64_t L, T* dst) {
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t r = 0; r < rows; ++r)
-      std::memcpy(dst + (i * rows + r) * L, src + r * n * L + i * L, size_t(L) * sizeof(T));
+  parallel_for(n * rows, grain_for(L), [&](int64_t b, int64_t e) {
+    for (int64_t ir = b; ir < e; ++ir) {
+      const int64_t i = ir / rows, r = ir % rows;
+      std::memcpy(dst + ir * L, src + r * n * L + i * L, size_t(L) * sizeof(T));
+    }
+  });
 }
 
-// The column block (C*R*S, n*L) of n NCHW images (a pointwise conv's columns are the images).
+// The column block (C*R*S, n*L) of n NCHW images (a pointwise conv's columns are the images);
+// split over (image, channel).
 template <class T>
 void chunk_columns(const Conv2dGeom& g, ImageStrides st, const T* x, int64_t n, T* col) {
   const int64_t L = g.OH() * g.OW(), x_img = g.C * g.H * g.W;
@@ -129,7 +152,29 @@ void chunk_columns(const Conv2dGeom& g, ImageStrides st, const T* x, int64_t n, 
     gather_images(x, n, g.C, L, col);
     return;
   }
-  for (int64_t i = 0; i < n; ++i) im2col(g, st, x + i * x_img, col + i * L, n * L);
+  parallel_for(n * g.C, grain_for(g.R * g.S * L), [&](int64_t b, int64_t e) {
+    for (int64_t ic = b; ic < e;) {  // image i, channels [c, c_end) of it
+      const int64_t i = ic / g.C, c = ic % g.C, c_end = std::min(g.C, c + (e - ic));
+      im2col(g, st, x + i * x_img, col + i * L, n * L, c, c_end);
+      ic += c_end - c;
+    }
+  });
+}
+
+// Image-wise col2im of a column block (C*R*S, n*L) into n NCHW images: dx = 0, then adds; split
+// over (image, channel).
+template <class T>
+void chunk_col2im(const Conv2dGeom& g, ImageStrides st, const T* dcol, int64_t n, T* dx) {
+  const int64_t L = g.OH() * g.OW(), HW = g.H * g.W;
+  parallel_for(n * g.C, grain_for(g.R * g.S * L), [&](int64_t b, int64_t e) {
+    for (int64_t ic = b; ic < e;) {
+      const int64_t i = ic / g.C, c = ic % g.C, c_end = std::min(g.C, c + (e - ic));
+      T* dxi = dx + i * g.C * HW;
+      std::fill(dxi + c * HW, dxi + c_end * HW, T(0));
+      col2im_add(g, st, dcol + i * L, n * L, dxi, c, c_end);
+      ic += c_end - c;
+    }
+  });
 }
 
 }  // namespace
@@ -144,22 +189,26 @@ void conv2d_forward_ref(const Conv2dGeom& g, Layout layout, const T* x, const T*
   if (layout == Layout::NCHW) {
     // y chunk (K, n*L) = w (K, CRS) @ col (CRS, n*L), then back to (n, K, L)
     const int64_t nc = chunk_images(g.N, (CRS + g.K) * L);
-    std::vector<T> col(size_t(CRS * nc * L)), out(size_t(g.K * nc * L));
+    T *col, *out;
+    scratch(size_t(CRS * nc * L), size_t(g.K * nc * L), &col, &out);
     for (int64_t n0 = 0; n0 < g.N; n0 += nc) {
       const int64_t n = std::min(nc, g.N - n0), ld = n * L;
-      chunk_columns(g, st, x + n0 * x_img, n, col.data());
-      gemm(false, false, g.K, ld, CRS, T(1), w, CRS, col.data(), ld, T(0), out.data(), ld);
-      scatter_images(out.data(), n, g.K, L, y + n0 * y_img);
+      chunk_columns(g, st, x + n0 * x_img, n, col);
+      gemm(false, false, g.K, ld, CRS, T(1), w, CRS, col, ld, T(0), out, ld);
+      scatter_images(out, n, g.K, L, y + n0 * y_img);
     }
     if (bias)
-      for (int64_t i = 0; i < g.N; ++i)
-        for (int64_t k = 0; k < g.K; ++k) {
-          T* yk = y + i * y_img + k * L;
-          for (int64_t l = 0; l < L; ++l) yk[l] += bias[k];
+      parallel_for(g.N * g.K, grain_for(L), [&](int64_t b, int64_t e) {
+        for (int64_t ik = b; ik < e; ++ik) {
+          T* yk = y + ik * L;
+          const T bk = bias[ik % g.K];
+          for (int64_t l = 0; l < L; ++l) yk[l] += bk;
         }
+      });
     return;
   }
-  std::vector<T> col(pointwise ? 0 : size_t(CRS * L));
+  T *col, *unused;
+  scratch(pointwise ? 0 : size_t(CRS * L), 0, &col, &unused);
   for (int64_t n = 0; n < g.N; ++n) {
     const T* xn = x + n * x_img;
     T* yn = y + n * y_img;
@@ -167,8 +216,8 @@ void conv2d_forward_ref(const Conv2dGeom& g, Layout layout, const T* x, const T*
     if (pointwise) {
       gemm(false, true, L, g.K, CRS, T(1), xn, CRS, w, CRS, T(0), yn, g.K);
     } else {
-      im2col(g, st, xn, col.data(), L);
-      gemm(true, true, L, g.K, CRS, T(1), col.data(), L, w, CRS, T(0), yn, g.K);
+      im2col(g, st, xn, col, L, 0, g.C);
+      gemm(true, true, L, g.K, CRS, T(1), col, L, w, CRS, T(0), yn, g.K);
     }
     if (bias)
       for (int64_t i = 0; i < L; ++i)
@@ -185,24 +234,22 @@ void conv2d_backward_data_ref(const Conv2dGeom& g, Layout layout, const T* dy, c
   if (layout == Layout::NCHW) {
     // dcol chunk (CRS, n*L) = w^T (CRS, K) @ dy chunk (K, n*L), then col2im per image
     const int64_t nc = chunk_images(g.N, (CRS + g.K) * L);
-    std::vector<T> dyc(size_t(g.K * nc * L)), dcol(size_t(CRS * nc * L));
+    T *dyc, *dcol;
+    scratch(size_t(g.K * nc * L), size_t(CRS * nc * L), &dyc, &dcol);
     for (int64_t n0 = 0; n0 < g.N; n0 += nc) {
       const int64_t n = std::min(nc, g.N - n0), ld = n * L;
-      gather_images(dy + n0 * y_img, n, g.K, L, dyc.data());
-      gemm(true, false, CRS, ld, g.K, T(1), w, CRS, dyc.data(), ld, T(0), dcol.data(), ld);
+      gather_images(dy + n0 * y_img, n, g.K, L, dyc);
+      gemm(true, false, CRS, ld, g.K, T(1), w, CRS, dyc, ld, T(0), dcol, ld);
       if (pointwise) {
-        scatter_images(dcol.data(), n, g.C, L, dx + n0 * x_img);
+        scatter_images(dcol, n, g.C, L, dx + n0 * x_img);
         continue;
       }
-      for (int64_t i = 0; i < n; ++i) {
-        T* dxn = dx + (n0 + i) * x_img;
-        std::fill(dxn, dxn + x_img, T(0));
-        col2im_add(g, st, dcol.data() + i * L, ld, dxn);
-      }
+      chunk_col2im(g, st, dcol, n, dx + n0 * x_img);
     }
     return;
   }
-  std::vector<T> col(pointwise ? 0 : size_t(CRS * L));
+  T *col, *unused;
+  scratch(pointwise ? 0 : size_t(CRS * L), 0, &col, &unused);
   for (int64_t n = 0; n < g.N; ++n) {
     const T* dyn = dy + n * y_img;
     T* dxn = dx + n * x_img;
@@ -211,9 +258,9 @@ void conv2d_backward_data_ref(const Conv2dGeom& g, Layout layout, const T* dy, c
       continue;
     }
     // dcol (CRS, L) = w^T (CRS, K) @ dy_n^T (dy_n is (L, K))
-    gemm(true, true, CRS, L, g.K, T(1), w, CRS, dyn, g.K, T(0), col.data(), L);
+    gemm(true, true, CRS, L, g.K, T(1), w, CRS, dyn, g.K, T(0), col, L);
     std::fill(dxn, dxn + x_img, T(0));
-    col2im_add(g, st, col.data(), L, dxn);
+    col2im_add(g, st, col, L, dxn, 0, g.C);
   }
 }
 
@@ -227,15 +274,17 @@ void conv2d_backward_weight_ref(const Conv2dGeom& g, Layout layout, const T* x, 
   if (dw && layout == Layout::NCHW) {
     // dw (K, CRS) += dy chunk (K, n*L) @ col chunk^T (n*L, CRS)
     const int64_t nc = chunk_images(g.N, (CRS + g.K) * L);
-    std::vector<T> col(size_t(CRS * nc * L)), dyc(size_t(g.K * nc * L));
+    T *col, *dyc;
+    scratch(size_t(CRS * nc * L), size_t(g.K * nc * L), &col, &dyc);
     for (int64_t n0 = 0; n0 < g.N; n0 += nc) {
       const int64_t n = std::min(nc, g.N - n0), ld = n * L;
-      chunk_columns(g, st, x + n0 * x_img, n, col.data());
-      gather_images(dy + n0 * y_img, n, g.K, L, dyc.data());
-      gemm(false, true, g.K, CRS, ld, T(1), dyc.data(), ld, col.data(), ld, T(1), dw, CRS);
+      chunk_columns(g, st, x + n0 * x_img, n, col);
+      gather_images(dy + n0 * y_img, n, g.K, L, dyc);
+      gemm(false, true, g.K, CRS, ld, T(1), dyc, ld, col, ld, T(1), dw, CRS);
     }
   } else if (dw) {
-    std::vector<T> col(pointwise ? 0 : size_t(CRS * L));
+    T *col, *unused;
+    scratch(pointwise ? 0 : size_t(CRS * L), 0, &col, &unused);
     for (int64_t n = 0; n < g.N; ++n) {
       const T* xn = x + n * x_img;
       const T* dyn = dy + n * y_img;
@@ -243,8 +292,8 @@ void conv2d_backward_weight_ref(const Conv2dGeom& g, Layout layout, const T* x, 
         // dw (K, C) += dy_n^T (K, L) @ x_n (L, C)
         gemm(true, false, g.K, CRS, L, T(1), dyn, g.K, xn, CRS, T(1), dw, CRS);
       } else {
-        im2col(g, st, xn, col.data(), L);
-        gemm(true, true, g.K, CRS, L, T(1), dyn, g.K, col.data(), L, T(1), dw, CRS);
+        im2col(g, st, xn, col, L, 0, g.C);
+        gemm(true, true, g.K, CRS, L, T(1), dyn, g.K, col, L, T(1), dw, CRS);
       }
     }
   }

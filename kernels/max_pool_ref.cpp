@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/max_pool.h"
+#include "kernels/parallel.h"
 
 namespace sc {
 namespace {
@@ -16,38 +17,56 @@ inline int64_t offset_of(Layout layout, int64_t n, int64_t c, int64_t h, int64_t
 template <class T>
 void max_pool2d_forward_ref(const Pool2dGeom& g, Layout layout, const T* x, T* y, uint8_t* idx) {
   const int64_t OH = g.OH(), OW = g.OW();
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t c = 0; c < g.C; ++c)
-      for (int64_t oh = 0; oh < OH; ++oh)
+  const bool nchw = layout == Layout::NCHW;
+  const int64_t xh = nchw ? g.W : g.W * g.C, xw = nchw ? 1 : g.C;  // element strides of h, w
+  const int64_t yh = nchw ? OW : OW * g.C, yw = nchw ? 1 : g.C;
+  // split over the (image, channel) planes
+  parallel_for(g.N * g.C, grain_for(OH * OW * g.R * g.S), [&](int64_t b, int64_t e) {
+    for (int64_t nc = b; nc < e; ++nc) {
+      const int64_t n = nc / g.C, c = nc % g.C;
+      const T* xp = x + offset_of(layout, n, c, 0, 0, g.C, g.H, g.W);
+      const int64_t y0 = offset_of(layout, n, c, 0, 0, g.C, OH, OW);
+      for (int64_t oh = 0; oh < OH; ++oh) {
+        const int64_t ih0 = oh * g.stride_h - g.pad_h;
+        const int64_t r_lo = std::max<int64_t>(0, -ih0), r_hi = std::min(g.R, g.H - ih0);
         for (int64_t ow = 0; ow < OW; ++ow) {
+          const int64_t iw0 = ow * g.stride_w - g.pad_w;
+          const int64_t s_lo = std::max<int64_t>(0, -iw0), s_hi = std::min(g.S, g.W - iw0);
+          // the first maximum in window order; a NaN wins over any number (as in PyTorch)
           T best = -INFINITY;
           int best_i = -1;
-          for (int64_t r = 0; r < g.R; ++r) {
-            const int64_t ih = oh * g.stride_h - g.pad_h + r;
-            if (ih < 0 || ih >= g.H) continue;
-            for (int64_t s = 0; s < g.S; ++s) {
-              const int64_t iw = ow * g.stride_w - g.pad_w + s;
-              if (iw < 0 || iw >= g.W) continue;
-              const T v = x[offset_of(layout, n, c, ih, iw, g.C, g.H, g.W)];
-              if (best_i < 0 || v > best || (std::isnan(v) && !std::isnan(best))) {
-                best = v;
-                best_i = int(r * g.S + s);
-              }
+          if (r_lo < r_hi && s_lo < s_hi) {
+            best = xp[(ih0 + r_lo) * xh + (iw0 + s_lo) * xw];
+            best_i = int(r_lo * g.S + s_lo);
+          }
+          for (int64_t r = r_lo; r < r_hi; ++r) {
+            const T* row = xp + (ih0 + r) * xh + iw0 * xw;
+            for (int64_t s = s_lo; s < s_hi; ++s) {
+              const T v = row[s * xw];
+              const bool take = v > best || (v != v && best == best);
+              best = take ? v : best;
+              best_i = take ? int(r * g.S + s) : best_i;
             }
           }
-          const int64_t o = offset_of(layout, n, c, oh, ow, g.C, OH, OW);
+          const int64_t o = y0 + oh * yh + ow * yw;
           y[o] = best;
           idx[o] = uint8_t(best_i);
         }
+      }
+    }
+  });
 }
 
 template <class T>
 void max_pool2d_backward_ref(const Pool2dGeom& g, Layout layout, const T* dy, const uint8_t* idx,
                              T* dx) {
   const int64_t OH = g.OH(), OW = g.OW();
-  std::fill(dx, dx + g.N * g.C * g.H * g.W, T(0));
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t c = 0; c < g.C; ++c)
+  const int64_t numel = g.N * g.C * g.H * g.W;
+  parallel_for(numel, grain_for(1), [&](int64_t b, int64_t e) { std::fill(dx + b, dx + e, T(0)); });
+  // split over the (image, channel) planes: each writes only its own plane's elements
+  parallel_for(g.N * g.C, grain_for(OH * OW * 2), [&](int64_t b, int64_t e) {
+    for (int64_t nc = b; nc < e; ++nc) {
+      const int64_t n = nc / g.C, c = nc % g.C;
       for (int64_t oh = 0; oh < OH; ++oh)
         for (int64_t ow = 0; ow < OW; ++ow) {
           const int64_t o = offset_of(layout, n, c, oh, ow, g.C, OH, OW);
@@ -55,6 +74,8 @@ void max_pool2d_backward_ref(const Pool2dGeom& g, Layout layout, const T* dy, co
           const int64_t ih = oh * g.stride_h - g.pad_h + r, iw = ow * g.stride_w - g.pad_w + s;
           dx[offset_of(layout, n, c, ih, iw, g.C, g.H, g.W)] += dy[o];
         }
+    }
+  });
 }
 
 template void max_pool2d_forward_ref<float>(const Pool2dGeom&, Layout, const float*, float*,

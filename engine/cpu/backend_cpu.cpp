@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "engine/backend.h"
+#include "kernels/parallel.h"
 
 namespace sc {
 namespace cpu {
@@ -105,8 +106,9 @@ void map1(const Tensor& out, const Tensor& a, F&& f) {
   T* po = out.data<T>();
   const T* pa = a.data<T>();
   if (out.is_contiguous() && a.is_contiguous()) {
-    const int64_t n = out.numel();
-    for (int64_t i = 0; i < n; ++i) po[i] = T(f(double(pa[i])));
+    parallel_for(out.numel(), grain_for(1), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) po[i] = T(f(double(pa[i])));
+    });
     return;
   }
   strided_loop<2>(out.shape(), {&out.strides(), &a.strides()},
@@ -120,8 +122,9 @@ void map2(const Tensor& out, const Tensor& a, const Tensor& b, F&& f) {
   const T* pb = b.data<T>();
   if (out.is_contiguous() && a.is_contiguous() && b.is_contiguous() &&
       a.shape() == out.shape() && b.shape() == out.shape()) {
-    const int64_t n = out.numel();
-    for (int64_t i = 0; i < n; ++i) po[i] = T(f(double(pa[i]), double(pb[i])));
+    parallel_for(out.numel(), grain_for(1), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) po[i] = T(f(double(pa[i]), double(pb[i])));
+    });
     return;
   }
   strided_loop<3>(out.shape(), {&out.strides(), &a.strides(), &b.strides()},
@@ -142,7 +145,9 @@ void copy(const Tensor& dst, const Tensor& src) {
       D* pd = dst.data<D>();
       const S* ps = src.data<S>();
       if (std::is_same<D, S>::value && dst.is_contiguous() && src.is_contiguous()) {
-        std::memcpy(pd, ps, size_t(dst.numel()) * sizeof(D));
+        parallel_for(dst.numel(), grain_for(1), [&](int64_t b, int64_t e) {
+          std::memcpy(pd + b, ps + b, size_t(e - b) * sizeof(D));
+        });
         return;
       }
       strided_loop<2>(dst.shape(), {&dst.strides(), &src.strides()},
@@ -162,6 +167,11 @@ void fill(const Tensor& dst, double value) {
     using D = decltype(dt);
     D v = from_d<D>(value);
     D* pd = dst.data<D>();
+    if (dst.is_contiguous()) {
+      parallel_for(dst.numel(), grain_for(1),
+                   [&](int64_t b, int64_t e) { std::fill(pd + b, pd + e, v); });
+      return;
+    }
     strided_loop<1>(dst.shape(), {&dst.strides()},
                     [&](const std::array<int64_t, 1>& o) { pd[o[0]] = v; });
   });
@@ -236,12 +246,14 @@ void sum_rows(const Tensor& out, const Tensor& in, int64_t rows, int64_t cols) {
     using T = decltype(t);
     const T* p = in.data<T>();
     T* o = out.data<T>();
-    for (int64_t r = 0; r < rows; ++r) {
-      double s = 0;
-      const T* row = p + r * cols;
-      for (int64_t c = 0; c < cols; ++c) s += row[c];
-      o[r] = T(s);
-    }
+    parallel_for(rows, grain_for(cols), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        double s = 0;
+        const T* row = p + r * cols;
+        for (int64_t c = 0; c < cols; ++c) s += row[c];
+        o[r] = T(s);
+      }
+    });
   });
 }
 

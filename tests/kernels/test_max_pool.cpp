@@ -104,3 +104,25 @@ TEST_CASE("max_pool2d backward matches float64 finite differences, ties go to th
   expect[0] = 1, expect[1] = 1, expect[4] = 1, expect[5] = 1;
   REQUIRE(dx == expect);
 }
+
+TEST_CASE("max_pool2d a NaN wins its window, ties go to the first, all layouts", "[max_pool]") {
+  for (Layout l : {Layout::NCHW, Layout::NHWC}) {
+    Pool2dGeom g = pool(1, 2, 4, 4);  // 3x3/2 pad 1: 2x2 outputs
+    std::vector<float> x(size_t(g.N * g.C * g.H * g.W), 0.5f);
+    x[size_t(at(l, 0, 0, 1, 1, g.C, g.H, g.W))] = NAN;  // in every window of channel 0
+    x[size_t(at(l, 0, 0, 0, 0, g.C, g.H, g.W))] = 9.f;  // larger, but loses to the NaN
+    std::vector<float> y(size_t(g.N * g.C * g.OH() * g.OW()));
+    std::vector<uint8_t> idx(y.size());
+    sc::max_pool2d_forward_ref<float>(g, l, x.data(), y.data(), idx.data());
+    for (int64_t oh = 0; oh < 2; ++oh)
+      for (int64_t ow = 0; ow < 2; ++ow) {
+        const size_t o0 = size_t(at(l, 0, 0, oh, ow, g.C, 2, 2));
+        const size_t o1 = size_t(at(l, 0, 1, oh, ow, g.C, 2, 2));
+        CHECK(std::isnan(y[o0]));
+        // the NaN at (1, 1) is window element (1 - oh*2 + 1, 1 - ow*2 + 1)
+        CHECK(int(idx[o0]) == (2 - 2 * oh) * 3 + (2 - 2 * ow));
+        CHECK(y[o1] == 0.5f);  // all equal: the first valid element of the window
+        CHECK(int(idx[o1]) == (oh == 0 ? 1 : 0) * 3 + (ow == 0 ? 1 : 0));
+      }
+  }
+}
