@@ -18,6 +18,7 @@
 #include <optional>
 
 #include "apps/commands.h"
+#include "apps/slot_picture.h"
 #include "data/loader.h"
 #include "data/scenes.h"
 #include "engine/autograd.h"
@@ -327,6 +328,33 @@ int cmd_train(const Args& args_in) {
     print_score("at the start", step, grouping_eval(model, *scorer, dev), cfg.num_prototypes);
   }
 
+  // ---- slot pictures ----
+  std::optional<PictureImages> pictures;
+  if (cfg.slot_images > 0) {
+    const int size = int(cfg.score_size > 0 ? cfg.score_size : cfg.image_size);
+    try {
+      if (cfg.dataset == "synthetic")
+        pictures = picture_scenes(cfg.seed, cfg.synthetic_images, cfg.slot_images, size);
+      else
+        pictures = picture_folder_images(data::split_paths(cfg.data_dir), cfg.slot_images, size,
+                                         nullptr);
+    } catch (const std::exception& e) {
+      std::printf("warning: no slot pictures: %s\n", e.what());
+    }
+  }
+  // Draws them into output_dir/<name>; a failure (e.g. a full disk) is reported, not fatal.
+  auto draw_slots = [&](const std::string& name) {
+    if (!pictures) return;
+    const std::string path = (fs::path(cfg.output_dir) / name).string();
+    try {
+      const int used = write_slot_picture(model, *pictures, dev, 4, path);
+      std::printf("slots drawn in %s (%d prototypes in use)\n", path.c_str(), used);
+    } catch (const std::exception& e) {
+      std::printf("warning: could not draw the slots in %s: %s\n", path.c_str(), e.what());
+    }
+  };
+  if (step == 0) draw_slots("slots_epoch_0000.png");
+
   if (score_only) {
     if (!scorer)
       std::printf("--steps 0: nothing to do (the grouping score needs dataset 'synthetic' and "
@@ -451,13 +479,18 @@ int cmd_train(const Args& args_in) {
     }
     if (epoch_end && !fixed) {
       const int64_t epoch = step / steps_per_epoch;
-      if (epoch % cfg.save_freq == 0 || step == epoch_steps_total)
+      if (epoch % cfg.save_freq == 0 || step == epoch_steps_total) {
         save(checkpoint_path(cfg.output_dir, epoch));
+        char name[48];
+        std::snprintf(name, sizeof name, "slots_epoch_%04lld.png", (long long)epoch);
+        draw_slots(name);
+      }
     }
   }
   const double el = std::chrono::duration<double>(Clock::now() - t_start).count();
   const std::string final_path = (fs::path(cfg.output_dir) / "final.safetensors").string();
   save(final_path);
+  draw_slots("slots_final.png");
   std::printf("done: %lld steps in %s (%lld skipped for a non-finite loss)\n",
               (long long)(step - first_step), fmt_time(el).c_str(), (long long)skipped);
   if (scaler)

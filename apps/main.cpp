@@ -38,6 +38,8 @@ const Command kCommands[] = {
     {"train", sc::app::cmd_train, "SlotCon pre-training on one device (GPU if present, else CPU)"},
     {"export", sc::app::cmd_export,
      "write the teacher backbone as torchvision- and detectron2-named safetensors"},
+    {"slots", sc::app::cmd_slots,
+     "draw a checkpoint's slots: images beside their arg-max prototype maps, as a PNG"},
     {"inspect", sc::app::cmd_inspect, "list the tensors of a safetensors file, or say why not"},
 };
 

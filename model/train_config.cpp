@@ -93,6 +93,8 @@ const std::map<std::string, Field>& fields() {
       {"score_images", field(&TrainConfig::score_images,
                              "held-out synthetic scenes for the grouping score (0: off)")},
       {"score_size", field(&TrainConfig::score_size, "size they are scored at (0: image_size)")},
+      {"slot_images", field(&TrainConfig::slot_images,
+                            "images drawn with their slots in output_dir/slots_*.png (0: off)")},
   };
   return f;
 }
@@ -138,6 +140,8 @@ void TrainConfig::validate() const {
   SC_CHECK(max_steps >= 0, "config key 'max_steps' must be >= 0");
   SC_CHECK(image_size >= 32, "config key 'image_size' must be at least 32, got ", image_size);
   SC_CHECK(score_images >= 0, "config key 'score_images' must be >= 0");
+  SC_CHECK(slot_images >= 0 && slot_images <= 1024,
+           "config key 'slot_images' must be in [0, 1024]");
   SC_CHECK(score_size == 0 || score_size >= 32, "config key 'score_size' must be 0 or at least 32");
   SC_CHECK(min_scale > 0 && min_scale <= 1, "config key 'min_scale' must be in (0, 1]");
   SC_CHECK(teacher_temp > 0 && student_temp > 0 && contrast_temp > 0,

@@ -58,6 +58,10 @@ struct TrainConfig {
   // (0: image_size)
   int64_t score_images = 64;
   int64_t score_size = 0;
+  // slot pictures (apps/slot_picture.h): this many images drawn beside their prototype maps into
+  // output_dir/slots_*.png at the start, at every checkpoint and at the end, at score_size px
+  // (held-out scenes, or the first images of data_dir); 0: off
+  int64_t slot_images = 8;
 
   // Validate ranges and choices; throws sc::Error naming the key.
   void validate() const;
