@@ -17,6 +17,7 @@ std::string tiny_run(const fs::path& out, int steps, const std::string& extra = 
          "/configs/demo.json --device cuda --image_size 64 --batch_size 4 --max_steps " +
          std::to_string(steps) +
          " --print_freq 1 --synthetic_images 8 --score_images 4 --score_size 64 --num_workers 1"
+         " --slot_images 2"
          " --output_dir " + out.string() + " " + extra;
 }
 }  // namespace
@@ -33,6 +34,7 @@ TEST_CASE("emulated GPU: slotcon train in bf16 and fp16 on cuda:0, checkpoints a
                           Catch::Contains("precision bf16") && Catch::Contains("done: 2 steps"));
     CHECK_THAT(r.out, !Catch::Contains("nan") && !Catch::Contains("inf "));
     CHECK(fs::exists(dir / "bf16" / "final.safetensors"));
+    CHECK(fs::exists(dir / "bf16" / "slots_final.png"));  // the teacher's maps from the device
   }
   {
     const app_test::Run r = app_test::run(tiny_run(dir / "fp16", 2, "--precision fp16"));
