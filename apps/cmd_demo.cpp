@@ -35,10 +35,7 @@ int cmd_demo(const Args& args) {
   Device dev = cuda_available() ? Device::cuda(0) : Device::cpu();
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
-    auto value = [&]() -> std::string {
-      SC_CHECK(i + 1 < args.size(), "option ", a, " needs a value");
-      return args[++i];
-    };
+    auto value = [&]() -> std::string { return option_value(args, &i); };
     if (a == "--help" || a == "-h") {
       demo_usage();
       return 0;

@@ -16,10 +16,7 @@ int cmd_export(const Args& args) {
   std::string prefix = "encoder_k.";
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
-    auto value = [&]() -> std::string {
-      SC_CHECK(i + 1 < args.size(), "option ", a, " needs a value");
-      return args[++i];
-    };
+    auto value = [&]() -> std::string { return option_value(args, &i); };
     if (a == "--help" || a == "-h") {
       std::printf(
           "usage: slotcon export CHECKPOINT --out DIR [--student]\n\n"

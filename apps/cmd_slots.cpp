@@ -44,10 +44,7 @@ int cmd_slots(const Args& args) {
   int64_t count = 8, size = 224, cols = 4;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
-    auto value = [&]() -> std::string {
-      SC_CHECK(i + 1 < args.size(), "option ", a, " needs a value");
-      return args[++i];
-    };
+    auto value = [&]() -> std::string { return option_value(args, &i); };
     if (a == "--help" || a == "-h") {
       slots_usage(stdout);
       return 0;

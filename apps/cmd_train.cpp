@@ -171,10 +171,7 @@ int cmd_train(const Args& args_in) {
   Args rest = apply_overrides(cfg, args);
   for (size_t i = 0; i < rest.size(); ++i) {
     const std::string& a = rest[i];
-    auto value = [&]() -> std::string {
-      SC_CHECK(i + 1 < rest.size(), "option ", a, " needs a value");
-      return rest[++i];
-    };
+    auto value = [&]() -> std::string { return option_value(rest, &i); };
     if (a == "--resume") resume = value();
     else if (a == "--init") init = value();
     else if (a == "--batch-file") batch_file = value();

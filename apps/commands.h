@@ -12,6 +12,9 @@ using Args = std::vector<std::string>;
 
 // The value of option `name` as a non-negative integer; sc::Error naming the option otherwise.
 int64_t parse_count(const std::string& name, const std::string& value);
+// The argument after option args[*i] (advancing *i past it); sc::Error "option X needs a value"
+// when there is none.
+const std::string& option_value(const Args& args, size_t* i);
 
 int cmd_inspect(const Args& args);  // list the tensors of a safetensors file, or say why not
 int cmd_demo(const Args& args);     // the smallest end-to-end run of the engine

@@ -21,6 +21,10 @@ int64_t parse_count(const std::string& name, const std::string& value) {
     throw Error(str_cat("option ", name, " needs a non-negative integer, got '", value, "'"));
   return v;
 }
+const std::string& option_value(const Args& args, size_t* i) {
+  SC_CHECK(*i + 1 < args.size(), "option ", args[*i], " needs a value");
+  return args[++*i];
+}
 }  // namespace app
 }  // namespace sc
 

@@ -27,6 +27,18 @@ inline double act_grad(double z) {
   }
   return 1.0;
 }
+// dL/dz at element j: dy times the activation's derivative at z = xhat gamma + beta (+ residual).
+template <Act A, class T>
+inline double grad_z(const T* dy, const T* residual, int64_t j, double xhat, double gm,
+                     double bt) {
+  double dz = double(dy[j]);
+  if constexpr (A != Act::None) {
+    double z = xhat * gm + bt;
+    if (residual) z += double(residual[j]);
+    dz *= act_grad<A>(z);
+  }
+  return dz;
+}
 // f(std::integral_constant<Act, a>{}).
 template <class F>
 void with_act(Act a, F&& f) {
@@ -148,12 +160,7 @@ void batch_norm_grad_sums_ref(const BnGeom& g, const T* dy, const T* x, const do
           double s = 0, sx = 0;
           for (int64_t i = 0; i < g.inner; ++i) {
             const double xhat = (double(x[base + i]) - mean) * invstd;
-            double dz = double(dy[base + i]);
-            if constexpr (kA != Act::None) {
-              double z = xhat * gm + bt;
-              if (residual) z += double(residual[base + i]);
-              dz *= act_grad<kA>(z);
-            }
+            const double dz = grad_z<kA>(dy, residual, base + i, xhat, gm, bt);
             s += dz;
             sx += dz * xhat;
           }
@@ -184,12 +191,7 @@ void batch_norm_grad_apply_ref(const BnGeom& g, const T* dy, const T* x, const d
         const int64_t base = oc * g.inner;
         for (int64_t i = 0; i < g.inner; ++i) {
           const double xhat = (double(x[base + i]) - mean) * invstd;
-          double dz = double(dy[base + i]);
-          if constexpr (kA != Act::None) {
-            double z = xhat * gm + bt;
-            if (residual) z += double(residual[base + i]);
-            dz *= act_grad<kA>(z);
-          }
+          const double dz = grad_z<kA>(dy, residual, base + i, xhat, gm, bt);
           if (dresidual) dresidual[base + i] = sel ? T(dz) : T(0);
           double d = 0;
           if (sel) d = training ? gm * invstd * (dz - mean_dz - xhat * mean_dzx) : gm * invstd * dz;

@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 namespace app_test {
@@ -25,5 +26,20 @@ inline Run run(const std::string& args) {
   r.status = pclose(p);
   return r;
 }
+
+// An empty directory <build>/test_tmp/<name> (removed first if it exists).
+inline std::string fresh_dir(const std::string& name) {
+  std::filesystem::path d = std::filesystem::path(SLOTCON_BINARY_DIR) / "test_tmp" / name;
+  std::filesystem::remove_all(d);
+  std::filesystem::create_directories(d);
+  return d.string();
+}
+
+// `slotcon train` with a tiny CPU model on 8 synthetic scenes at 64 px, a progress line per
+// step, no grouping score: a few seconds per step.
+inline const std::string kTinyTrain =
+    "train --dataset synthetic --arch resnet18 --dim_hidden 32 --dim_out 16 --num_prototypes 8 "
+    "--image_size 64 --batch_size 4 --synthetic_images 8 --num_workers 1 --warmup_epoch 0 "
+    "--print_freq 1 --score-images 0 ";
 
 }  // namespace app_test

@@ -14,16 +14,8 @@ using app_test::Run;
 using app_test::run;
 
 namespace {
-std::string fresh_dir(const std::string& name) {
-  fs::path d = fs::path(SLOTCON_BINARY_DIR) / "test_tmp" / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d.string();
-}
-const std::string kTinyTrain =
-    "train --dataset synthetic --arch resnet18 --dim_hidden 32 --dim_out 16 --num_prototypes 8 "
-    "--image_size 64 --batch_size 4 --synthetic_images 8 --num_workers 1 --warmup_epoch 0 "
-    "--print_freq 1 --score-images 0 --no-auto-resume ";
+using app_test::fresh_dir;
+const std::string kTiny = app_test::kTinyTrain + "--no-auto-resume ";
 
 // The size of a PNG, read back with the project's decoder.
 std::pair<int, int> png_size(const std::string& path) {
@@ -42,7 +34,7 @@ std::pair<int, int> grid_size(int n, int s, int c) {
 
 TEST_CASE("slots: train draws them at the start, at each checkpoint and at the end") {
   const std::string d = fresh_dir("slots_train");
-  Run r = run(kTinyTrain + "--epochs 1 --slot_images 3 --output_dir " + d);
+  Run r = run(kTiny + "--epochs 1 --slot_images 3 --output_dir " + d);
   INFO(r.out);
   REQUIRE(r.code() == 0);
   for (const char* f : {"slots_epoch_0000.png", "slots_epoch_0001.png", "slots_final.png"}) {
@@ -50,19 +42,19 @@ TEST_CASE("slots: train draws them at the start, at each checkpoint and at the e
     CHECK(png_size(d + "/" + f) == grid_size(3, 64, 4));
   }
   const std::string off = fresh_dir("slots_train_off");
-  Run r0 = run(kTinyTrain + "--steps 1 --slot_images 0 --output_dir " + off);
+  Run r0 = run(kTiny + "--steps 1 --slot_images 0 --output_dir " + off);
   INFO(r0.out);
   REQUIRE(r0.code() == 0);
   CHECK_FALSE(fs::exists(off + "/slots_epoch_0000.png"));
   CHECK_FALSE(fs::exists(off + "/slots_final.png"));
-  Run bad = run(kTinyTrain + "--steps 1 --slot_images -1 --output_dir " + off);
+  Run bad = run(kTiny + "--steps 1 --slot_images -1 --output_dir " + off);
   CHECK(bad.code() != 0);
   CHECK(bad.out.find("slot_images") != std::string::npos);
 }
 
 TEST_CASE("slots: slotcon slots draws a checkpoint, a state file with --config, a folder") {
   const std::string d = fresh_dir("slots_cmd");
-  Run t = run(kTinyTrain + "--steps 1 --slot_images 0 --output_dir " + d);
+  Run t = run(kTiny + "--steps 1 --slot_images 0 --output_dir " + d);
   INFO(t.out);
   REQUIRE(t.code() == 0);
   const std::string ckpt = d + "/final.safetensors";

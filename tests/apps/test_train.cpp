@@ -22,16 +22,8 @@ namespace fs = std::filesystem;
 namespace {
 using app_test::Run;
 using app_test::run;
-std::string dir(const std::string& name) {
-  fs::path d = fs::path(SLOTCON_BINARY_DIR) / "test_tmp" / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d.string();
-}
-const std::string kTiny =
-    "train --dataset synthetic --arch resnet18 --dim_hidden 32 --dim_out 16 --num_prototypes 8 "
-    "--image_size 64 --batch_size 4 --synthetic_images 8 --num_workers 1 --warmup_epoch 0 "
-    "--print_freq 1 --score-images 0 --epochs 10 ";
+std::string dir(const std::string& name) { return app_test::fresh_dir(name); }
+const std::string kTiny = app_test::kTinyTrain + "--epochs 10 ";
 // The first batch of the synthetic loader at kTiny's settings (8 scenes, 64 px, seed 0).
 data::Batch first_batch(int batch_size, int workers) {
   data::LoaderConfig lc;

@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "kernel_test_util.h"
 #include "kernels/batch_norm.h"
 #include "kernels/conv2d.h"
 #include "kernels/max_pool.h"
@@ -24,10 +25,8 @@ struct ThreadsGuard {
 
 template <class T>
 std::vector<T> rand_vec(size_t n, std::mt19937_64& rng, double lo = -1, double hi = 1) {
-  std::uniform_real_distribution<double> u(lo, hi);
-  std::vector<T> v(n);
-  for (T& x : v) x = T(u(rng));
-  return v;
+  const kernel_test::Vec v = kernel_test::random_vec(n, rng, lo, hi);
+  return std::vector<T>(v.begin(), v.end());
 }
 
 template <class T>
