@@ -3,7 +3,9 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "app_test_util.h"
 #include "data/image.h"
@@ -117,4 +119,24 @@ TEST_CASE("slots: slotcon slots draws a checkpoint, a state file with --config, 
   CHECK(help.code() == 0);
   CHECK(help.out.find("usage: slotcon slots") != std::string::npos);
   CHECK(run("--help").out.find("slots") != std::string::npos);
+}
+
+TEST_CASE("slots: train on an image folder, a corrupt file in it, draws its first images") {
+  const std::string imgs = fresh_dir("slots_folder_images");
+  std::mt19937 rng(7);
+  for (int i = 0; i < 6; ++i) {  // landscape and portrait, not square
+    const int w = i % 2 ? 90 : 70, h = i % 2 ? 70 : 90;
+    std::vector<uint8_t> px(size_t(w * h * 3));
+    for (uint8_t& v : px) v = uint8_t(rng() % 256);
+    sc::data::write_png(imgs + "/img" + std::to_string(i) + ".png", px.data(), w, h, 3);
+  }
+  std::ofstream(imgs + "/img0_bad.png") << "truncated";  // sorts second: the picture skips it
+  const std::string d = fresh_dir("slots_folder");
+  Run r = run(app_test::kTinyTrain + "--no-auto-resume --dataset folder --data_dir " + imgs +
+              " --steps 2 --slot_images 3 --output_dir " + d);
+  INFO(r.out);
+  REQUIRE(r.code() == 0);
+  CHECK(r.out.find("done: 2 steps") != std::string::npos);
+  CHECK(png_size(d + "/slots_epoch_0000.png") == grid_size(3, 64, 4));
+  CHECK(png_size(d + "/slots_final.png") == grid_size(3, 64, 4));
 }
