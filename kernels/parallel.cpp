@@ -1,6 +1,8 @@
 // parallel.cpp: the CPU ops' thread pool (see parallel.h).
 #include "kernels/parallel.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -19,6 +21,9 @@ int threads_from_env() {
     const long v = std::strtol(s, &end, 10);
     if (end != s && *end == '\0' && v > 0) return int(std::min<long>(v, 1024));
   }
+  // the CPUs this process may run on (taskset, cpusets), else the machine's count
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
   const unsigned hw = std::thread::hardware_concurrency();
   return hw > 0 ? int(hw) : 1;
 }

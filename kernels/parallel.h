@@ -11,7 +11,7 @@
 namespace sc {
 
 // Threads the CPU ops use (the caller included): SLOTCON_NUM_THREADS when set to a positive
-// integer, else the hardware's concurrency. At least 1.
+// integer, else the number of CPUs this process may run on (its affinity mask). At least 1.
 int cpu_threads();
 // Sets that number for the rest of the process (tests); n < 1 means 1.
 void set_cpu_threads(int n);
