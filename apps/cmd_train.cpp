@@ -147,6 +147,18 @@ void print_score(const char* when, int64_t step, const GroupingScore& g, int64_t
               when, (long long)step, g.miou, g.pixel_accuracy, g.prototypes_used, (long long)K);
 }
 
+// One line of output_dir/grouping.jsonl: the score after `step` steps.
+void log_score(const std::string& output_dir, int64_t step, int64_t epoch, const GroupingScore& g) {
+  std::ofstream f(fs::path(output_dir) / "grouping.jsonl", std::ios::app);
+  f << nlohmann::json{{"step", step},
+                      {"epoch", epoch},
+                      {"miou", g.miou},
+                      {"pixel_accuracy", g.pixel_accuracy},
+                      {"prototypes_used", g.prototypes_used}}
+           .dump()
+    << "\n";
+}
+
 }  // namespace
 
 int cmd_train(const Args& args_in) {
@@ -322,8 +334,14 @@ int cmd_train(const Args& args_in) {
     std::printf("grouping score: the teacher's arg-max prototype per pixel vs the scene classes "
                 "on %lld held-out scenes at %d px (one-to-one matching, mean IoU over %d classes)\n",
                 (long long)scorer->count, scorer->size, data::kSceneClasses);
-    print_score("at the start", step, grouping_eval(model, *scorer, dev), cfg.num_prototypes);
   }
+  // Scores the teacher now: a line on stdout and one in output_dir/grouping.jsonl.
+  auto score_now = [&](const std::string& when) {
+    const GroupingScore g = grouping_eval(model, *scorer, dev);
+    print_score(when.c_str(), step, g, cfg.num_prototypes);
+    log_score(cfg.output_dir, step, step / steps_per_epoch, g);
+  };
+  if (scorer) score_now("at the start");
 
   // ---- slot pictures ----
   std::optional<PictureImages> pictures;
@@ -481,6 +499,7 @@ int cmd_train(const Args& args_in) {
         char name[48];
         std::snprintf(name, sizeof name, "slots_epoch_%04lld.png", (long long)epoch);
         draw_slots(name);
+        if (scorer && step < total_steps) score_now(str_cat("after epoch ", epoch));
       }
     }
   }
@@ -494,8 +513,7 @@ int cmd_train(const Args& args_in) {
     std::printf("fp16: loss scale %.0f at the end; %lld of these steps overflowed in fp16 and were "
                 "not applied (normal while the scale settles)\n",
                 scaler->current_scale(), (long long)overflows);
-  if (scorer)
-    print_score("at the end", step, grouping_eval(model, *scorer, dev), cfg.num_prototypes);
+  if (scorer) score_now("at the end");
   if (loader) {
     data::LoaderStats ls = loader->stats();
     if (ls.bad_files)

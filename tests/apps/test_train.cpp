@@ -175,14 +175,29 @@ TEST_CASE("train: --save-batch records the batch trained on, in the --batch-file
 
 TEST_CASE("train: the grouping score at the start and the end, --steps 0 only scores") {
   std::string d = dir("train_score");
-  Run r = run(kTiny + "--steps 2 --no-auto-resume --score_images 4 --score_size 96 --output_dir " +
-              d);
+  Run r = run(kTiny + "--steps 4 --save_freq 1 --no-auto-resume --score_images 4 --score_size 96 "
+                      "--output_dir " + d);
   INFO(r.out);
   REQUIRE(r.code() == 0);
   CHECK(r.out.find("on 4 held-out scenes at 96 px") != std::string::npos);
   CHECK(r.out.find("grouping score at the start (step 0): mIoU") != std::string::npos);
-  CHECK(r.out.find("grouping score at the end (step 2): mIoU") != std::string::npos);
+  // with every checkpoint (2 steps per epoch), except the last, which is the end's
+  CHECK(r.out.find("grouping score after epoch 1 (step 2): mIoU") != std::string::npos);
+  CHECK(r.out.find("grouping score after epoch 2") == std::string::npos);
+  CHECK(r.out.find("grouping score at the end (step 4): mIoU") != std::string::npos);
   CHECK(r.out.find("of 8 prototypes used") != std::string::npos);
+  // ... and as JSON lines
+  std::vector<nlohmann::json> g;
+  std::ifstream gin(d + "/grouping.jsonl");
+  for (std::string line; std::getline(gin, line);) g.push_back(nlohmann::json::parse(line));
+  REQUIRE(g.size() == 3);
+  for (size_t i = 0; i < 3; ++i) {
+    CHECK(g[i]["step"].get<int64_t>() == int64_t(2 * i));
+    CHECK(g[i]["epoch"].get<int64_t>() == int64_t(i));
+    const double miou = g[i]["miou"].get<double>();
+    CHECK((miou >= 0 && miou <= 1));
+    CHECK(g[i]["prototypes_used"].get<int>() >= 1);
+  }
   std::string s = dir("train_score_only");
   Run r0 = run(kTiny + "--steps 0 --no-auto-resume --score_images 4 --output_dir " + s);
   INFO(r0.out);
