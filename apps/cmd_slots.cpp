@@ -1,5 +1,5 @@
 // slotcon slots: a picture of a checkpoint's slots (each image beside its teacher arg-max
-// prototype map), on held-out synthetic scenes or the first images of a folder.
+// prototype map), on held-out synthetic scenes or images spread over a folder.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -26,8 +26,9 @@ void slots_usage(FILE* out) {
       "prototype changes, as a PNG grid. `slotcon train` writes the same picture into its\n"
       "output_dir at the start, at every checkpoint and at the end (config key slot_images).\n\n"
       "  --out FILE     the PNG to write (default slots.png)\n"
-      "  --images DIR   the first N images under DIR (':' separates several folders), centre\n"
-      "                 square of each; default: held-out synthetic scenes of the run's seed\n"
+      "  --images DIR   N images spread evenly over DIR's sorted files (':' separates several\n"
+      "                 folders), the centre square of each; default: held-out synthetic\n"
+      "                 scenes of the run's seed\n"
       "  --count N      images to draw (default 8)\n"
       "  --size S       pixels per image side (default 224)\n"
       "  --cols C       (image, slots) pairs per row (default 4)\n"
@@ -118,6 +119,8 @@ int cmd_slots(const Args& args) {
     for (const std::string& s : skipped) std::printf("skipped %s\n", s.c_str());
   }
   const int used = write_slot_picture(model, pics, dev, int(cols), out);
+  for (int64_t i = 0; i < pics.count(); ++i)
+    std::printf("  %lld: %s\n", (long long)i, pics.names[size_t(i)].c_str());
   std::printf("wrote %s: %lld images at %lld px, %d of %lld prototypes in use\n", out.c_str(),
               (long long)pics.count(), (long long)size, used, (long long)cfg.num_prototypes);
   return 0;

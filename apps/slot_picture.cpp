@@ -29,26 +29,32 @@ PictureImages picture_scenes(uint64_t seed, int64_t first, int64_t count, int si
   return out;
 }
 
-PictureImages picture_folder_images(const std::vector<std::string>& roots, int64_t count, int size,
-                                    std::vector<std::string>* skipped) {
+PictureImages picture_folder_images(const std::vector<std::string>& roots, int64_t count,
+                                    int size, std::vector<std::string>* skipped) {
   SC_CHECK(count >= 1 && size >= 1, "slot picture: bad image count ", count, " or size ", size);
   const std::vector<std::string> files = data::scan_image_folders(roots);
+  const int64_t n = int64_t(files.size());
   PictureImages out;
   out.size = size;
   data::ImageU8 img, sq;
   data::ResampleScratch scratch;
-  for (const std::string& f : files) {
-    if (out.count() == count) break;
-    std::string why;
-    if (!data::load_image(f, &img, &why)) {
-      if (skipped) skipped->push_back(f + ": " + why);
-      continue;
+  // pick j starts at file j * n / count (spread over the sorted list, e.g. over ImageNet's
+  // classes); an unreadable file gives way to the next one before the next pick's start
+  for (int64_t j = 0; j < std::min(count, n); ++j) {
+    const int64_t begin = j * n / std::min(count, n), end = (j + 1) * n / std::min(count, n);
+    for (int64_t f = begin; f < end; ++f) {
+      std::string why;
+      if (!data::load_image(files[size_t(f)], &img, &why)) {
+        if (skipped) skipped->push_back(files[size_t(f)] + ": " + why);
+        continue;
+      }
+      const int side = std::min(img.width, img.height);
+      data::resize_crop_bicubic(img, (img.width - side) / 2, (img.height - side) / 2, side, side,
+                                size, size, false, &sq, &scratch);
+      out.rgb.insert(out.rgb.end(), sq.rgb.begin(), sq.rgb.end());
+      out.names.push_back(files[size_t(f)]);
+      break;
     }
-    const int side = std::min(img.width, img.height);
-    data::resize_crop_bicubic(img, (img.width - side) / 2, (img.height - side) / 2, side, side,
-                              size, size, false, &sq, &scratch);
-    out.rgb.insert(out.rgb.end(), sq.rgb.begin(), sq.rgb.end());
-    out.names.push_back(f);
   }
   SC_CHECK(out.count() > 0, "slot picture: none of the ", files.size(),
            " images under the folders could be read");

@@ -22,9 +22,10 @@ struct PictureImages {
 // Synthetic scenes first .. first + count - 1 of `seed` (the held-out ones start at the training
 // set's size, as the grouping score's do).
 PictureImages picture_scenes(uint64_t seed, int64_t first, int64_t count, int size);
-// The first `count` images of the folders (scan_image_folders' order) that decode, each the
-// centre square of its shorter side resized to size x size (bicubic); files that cannot be read
-// are skipped and named in *skipped. Throws sc::Error when none can be used.
+// `count` images of the folders spread evenly over scan_image_folders' sorted list (all of them
+// when there are no more), each the centre square of its shorter side resized to size x size
+// (bicubic); a file that cannot be read is named in *skipped and the next one is tried. Throws
+// sc::Error when none can be used.
 PictureImages picture_folder_images(const std::vector<std::string>& roots, int64_t count, int size,
                                     std::vector<std::string>* skipped);
 

@@ -60,7 +60,7 @@ struct TrainConfig {
   int64_t score_size = 0;
   // slot pictures (apps/slot_picture.h): this many images drawn beside their prototype maps into
   // output_dir/slots_*.png at the start, at every checkpoint and at the end, at score_size px
-  // (held-out scenes, or the first images of data_dir); 0: off
+  // (held-out scenes, or images spread over data_dir); 0: off
   int64_t slot_images = 8;
 
   // Validate ranges and choices; throws sc::Error naming the key.

@@ -88,6 +88,22 @@ TEST_CASE("slots: slotcon slots draws a checkpoint, a state file with --config, 
   CHECK(none.out.find("could be read") != std::string::npos);
   CHECK_FALSE(fs::exists(d + "/n.png"));
 
+  // picks spread over the sorted files: one per class folder
+  const std::string classes = fresh_dir("slots_cmd_classes");
+  for (const char* c : {"a", "b", "c"}) {
+    fs::create_directories(classes + "/" + c);
+    for (int i = 0; i < 3; ++i)
+      sc::data::write_png(classes + "/" + c + "/" + std::to_string(i) + ".png", px.data(), 80, 50,
+                          3);
+  }
+  std::ofstream(classes + "/b/0.png") << "corrupt";  // b's pick moves on to b/1.png
+  Run sp = run("slots " + ckpt + " --images " + classes + " --count 3 --out " + d + "/sp.png");
+  INFO(sp.out);
+  REQUIRE(sp.code() == 0);
+  CHECK(sp.out.find("0: " + classes + "/a/0.png") != std::string::npos);
+  CHECK(sp.out.find("1: " + classes + "/b/1.png") != std::string::npos);
+  CHECK(sp.out.find("2: " + classes + "/c/0.png") != std::string::npos);
+
   // a state file without the run's config: a clear error, then fine with --config
   sc::SafetensorsFile c = sc::read_safetensors(ckpt);
   sc::TensorMap model;
