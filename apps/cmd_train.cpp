@@ -56,9 +56,10 @@ void train_usage() {
       "  --steps N           stop after N steps and write the full state to\n"
       "                      output_dir/final.safetensors\n"
       "  --steps 0           only print the grouping score of the initial / resumed state\n\n"
-      "environment: SLOTCON_NUM_THREADS = threads of the CPU ops (default: every core);\n"
+      "environment: SLOTCON_NUM_THREADS = threads of the CPU ops (default: the CPUs it may use);\n"
       "OPENBLAS_NUM_THREADS = threads of the CPU matrix products (OpenBLAS's default: every "
-      "core)\n\n"
+      "core);\nOPENBLAS_THREAD_TIMEOUT = how long idle BLAS threads spin (slotcon sets 4 when "
+      "unset)\n\n"
       "config keys (--key value or --key=value; defaults are the authors' settings):\n%s",
       config_help().c_str());
 }
