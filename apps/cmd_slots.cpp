@@ -7,7 +7,6 @@
 #include "apps/commands.h"
 #include "apps/slot_picture.h"
 #include "data/dataset.h"
-#include "engine/cuda_runtime.h"
 #include "engine/safetensors.h"
 #include "model/slotcon.h"
 #include "model/train_config.h"
@@ -42,7 +41,7 @@ void slots_usage(FILE* out) {
 
 int cmd_slots(const Args& args) {
   std::string in, out = "slots.png", images, config_file, device = "auto";
-  int64_t count = 8, size = 224, cols = 4;
+  int64_t count = 8, size = 224, cols = kSlotPictureCols;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     auto value = [&]() -> std::string { return option_value(args, &i); };
@@ -78,8 +77,7 @@ int cmd_slots(const Args& args) {
   SC_CHECK(count >= 1 && count <= 1024, "--count must be in [1, 1024], got ", count);
   SC_CHECK(size >= 32 && size <= 1024, "--size must be in [32, 1024], got ", size);
   SC_CHECK(cols >= 1, "--cols must be at least 1");
-  SC_CHECK(device == "auto" || device == "cpu" || device == "cuda", "--device: unknown '", device,
-           "' (auto, cpu or cuda)");
+  const Device dev = choose_device(device, "--device");
 
   SafetensorsFile f = read_safetensors(in);
   TrainConfig cfg;
@@ -98,11 +96,6 @@ int cmd_slots(const Args& args) {
           str_cat(in, ": the run config in its metadata is not valid JSON (", e.what(), ")"));
     }
     cfg = config_from_json(j, in + " metadata config");
-  }
-  Device dev = Device::cpu();
-  if (device == "cuda" || (device == "auto" && cuda_available())) {
-    SC_CHECK(cuda_available(), "--device cuda asked for, but no CUDA device is available");
-    dev = Device::cuda(0);
   }
   TensorMap state;
   for (auto& kv : f.tensors)

@@ -203,11 +203,7 @@ int cmd_train(const Args& args_in) {
   cfg.validate();
 
   // ---- device and precision ----
-  Device dev = Device::cpu();
-  if (cfg.device == "cuda" || (cfg.device == "auto" && cuda_available())) {
-    SC_CHECK(cuda_available(), "device 'cuda' asked for, but no CUDA device is available");
-    dev = Device::cuda(0);
-  }
+  const Device dev = choose_device(cfg.device, "device");
   std::string precision = cfg.precision == "auto" ? (dev.is_cuda() ? "bf16" : "fp32") : cfg.precision;
   SC_CHECK(dev.is_cuda() || precision == "fp32", "precision '", precision,
            "' needs a GPU; the CPU trains in fp32");
@@ -363,7 +359,7 @@ int cmd_train(const Args& args_in) {
     if (!pictures) return;
     const std::string path = (fs::path(cfg.output_dir) / name).string();
     try {
-      const int used = write_slot_picture(model, *pictures, dev, 4, path);
+      const int used = write_slot_picture(model, *pictures, dev, kSlotPictureCols, path);
       std::printf("slots drawn in %s (%d prototypes in use)\n", path.c_str(), used);
     } catch (const std::exception& e) {
       std::printf("warning: could not draw the slots in %s: %s\n", path.c_str(), e.what());

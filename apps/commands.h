@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/dtype.h"
+
 namespace sc {
 namespace app {
 
@@ -15,6 +17,10 @@ int64_t parse_count(const std::string& name, const std::string& value);
 // The argument after option args[*i] (advancing *i past it); sc::Error "option X needs a value"
 // when there is none.
 const std::string& option_value(const Args& args, size_t* i);
+// The device a command runs on for the choice "auto" (the GPU when one is present, else the
+// CPU), "cpu" or "cuda" (an error when no CUDA device is available); `what` names the setting
+// in messages.
+Device choose_device(const std::string& choice, const std::string& what);
 
 int cmd_inspect(const Args& args);  // list the tensors of a safetensors file, or say why not
 int cmd_demo(const Args& args);     // the smallest end-to-end run of the engine

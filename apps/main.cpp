@@ -8,6 +8,7 @@
 #include <string>
 
 #include "apps/commands.h"
+#include "engine/cuda_runtime.h"
 #include "engine/error.h"
 
 namespace sc {
@@ -27,6 +28,13 @@ int64_t parse_count(const std::string& name, const std::string& value) {
 const std::string& option_value(const Args& args, size_t* i) {
   SC_CHECK(*i + 1 < args.size(), "option ", args[*i], " needs a value");
   return args[++*i];
+}
+Device choose_device(const std::string& choice, const std::string& what) {
+  SC_CHECK(choice == "auto" || choice == "cpu" || choice == "cuda", what, ": unknown '", choice,
+           "' (auto, cpu or cuda)");
+  if (choice == "cpu" || (choice == "auto" && !cuda_available())) return Device::cpu();
+  SC_CHECK(cuda_available(), what, " 'cuda' asked for, but no CUDA device is available");
+  return Device::cuda(0);
 }
 }  // namespace app
 }  // namespace sc

@@ -33,15 +33,15 @@ PictureImages picture_folder_images(const std::vector<std::string>& roots, int64
                                     int size, std::vector<std::string>* skipped) {
   SC_CHECK(count >= 1 && size >= 1, "slot picture: bad image count ", count, " or size ", size);
   const std::vector<std::string> files = data::scan_image_folders(roots);
-  const int64_t n = int64_t(files.size());
+  const int64_t n = int64_t(files.size()), picks = std::min(count, n);
   PictureImages out;
   out.size = size;
   data::ImageU8 img, sq;
   data::ResampleScratch scratch;
   // pick j starts at file j * n / count (spread over the sorted list, e.g. over ImageNet's
   // classes); an unreadable file gives way to the next one before the next pick's start
-  for (int64_t j = 0; j < std::min(count, n); ++j) {
-    const int64_t begin = j * n / std::min(count, n), end = (j + 1) * n / std::min(count, n);
+  for (int64_t j = 0; j < picks; ++j) {
+    const int64_t begin = j * n / picks, end = (j + 1) * n / picks;
     for (int64_t f = begin; f < end; ++f) {
       std::string why;
       if (!data::load_image(files[size_t(f)], &img, &why)) {

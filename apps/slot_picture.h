@@ -29,6 +29,9 @@ PictureImages picture_scenes(uint64_t seed, int64_t first, int64_t count, int si
 PictureImages picture_folder_images(const std::vector<std::string>& roots, int64_t count, int size,
                                     std::vector<std::string>* skipped);
 
+// (image, slots) pairs per row of a picture, unless `slotcon slots --cols` says otherwise.
+constexpr int kSlotPictureCols = 4;
+
 // The teacher's arg-max prototype maps of the images (model.assign_prototypes on `dev`), drawn
 // as a grid of `cols` (image, slots) pairs per row into the PNG `path` (written to a temporary
 // file, then renamed). Returns how many distinct prototypes the maps use.
