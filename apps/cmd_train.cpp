@@ -27,6 +27,7 @@
 #include "engine/optim.h"
 #include "engine/safetensors.h"
 #include "kernels/parallel.h"
+#include "model/batch_file.h"
 #include "model/checkpoint.h"
 #include "model/grouping_score.h"
 #include "model/schedule.h"
@@ -85,38 +86,19 @@ struct Optimizer {
   std::vector<Tensor>& state() { return lars ? lars->state() : sgd->state(); }
 };
 
-TwoViewBatch load_batch_file(const std::string& path, Device dev, DType dt) {
-  SafetensorsFile f = read_safetensors(path);
-  TwoViewBatch b;
-  for (int v = 0; v < 2; ++v) {
-    const std::string s = std::to_string(v);
-    for (const char* key : {"crops.", "coords.", "flags."})
-      SC_CHECK(f.tensors.count(key + s), path, ": batch file has no '", key, s, "'");
-    Tensor crops = f.tensors.at("crops." + s), coords = f.tensors.at("coords." + s),
-           flags = f.tensors.at("flags." + s);
-    SC_CHECK(crops.dim() == 4 && crops.size(1) == 3, path, ": crops.", s,
-             " must be (B, 3, S, S), got ", shape_str(crops.shape()));
-    const int64_t B = crops.size(0);
-    SC_CHECK(coords.shape() == Shape({B, 4}), path, ": coords.", s, " must be (", B, ", 4)");
-    SC_CHECK(flags.shape() == Shape({B}) && flags.dtype() == DType::U8, path, ": flags.", s,
-             " must be U8 (", B, ")");
-    b.crops[v] = cast(crops, dt).to(dev);
-    b.coords[v] = cast(coords, DType::F32).to(dev);
-    b.flags[v] = flags.to(dev);
+// Create output_dir and prove that a file can be written there (the way checkpoints are
+// written), so that a read-only or full folder stops the run now, not at its first checkpoint.
+void check_output_dir(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  SC_CHECK(!ec, "cannot create output_dir '", dir, "': ", ec.message());
+  const std::string probe = (fs::path(dir) / ".slotcon_write_test").string();
+  try {
+    write_file_atomic(probe, "slotcon\n");
+  } catch (const Error& e) {
+    throw Error(str_cat("output_dir '", dir, "' is not writable: ", e.what()));
   }
-  return b;
-}
-
-// The --batch-file format, written (crops as F32 on the host).
-void save_batch_file(const std::string& path, const TwoViewBatch& b) {
-  TensorMap rec;
-  for (int v = 0; v < 2; ++v) {
-    const std::string s = std::to_string(v);
-    rec["crops." + s] = cast(b.crops[v], DType::F32).to(Device::cpu());
-    rec["coords." + s] = b.coords[v].to(Device::cpu());
-    rec["flags." + s] = b.flags[v].to(Device::cpu());
-  }
-  write_safetensors(path, rec);
+  fs::remove(probe, ec);
 }
 
 struct Scorer {
@@ -219,7 +201,7 @@ int cmd_train(const Args& args_in) {
                 "space, and pixel features orthogonal to all of them get a uniform assignment, "
                 "a collapse short runs fall into (the authors always have K >= D)\n",
                 (long long)cfg.dim_out, (long long)cfg.num_prototypes);
-  fs::create_directories(cfg.output_dir);
+  check_output_dir(cfg.output_dir);
   const int nt = cpu_threads();
   const std::string dev_detail = dev.is_cuda()
                                      ? " (" + cuda_device_name(0) + ")"
@@ -243,7 +225,11 @@ int cmd_train(const Args& args_in) {
   int64_t step = 0;
   if (!init.empty()) {
     SafetensorsFile f = read_safetensors(init);
-    model.load_state_dict(f.tensors, /*strict=*/true, {"num_batches_tracked"});
+    try {
+      model.load_state_dict(f.tensors, /*strict=*/true, {"num_batches_tracked"});
+    } catch (const Error& e) {
+      throw Error(str_cat(init, ": ", e.what()));
+    }
     std::printf("initialised from %s (%zu tensors)\n", init.c_str(), f.tensors.size());
   }
   if (resume.empty() && auto_resume) {
@@ -253,7 +239,13 @@ int cmd_train(const Args& args_in) {
   }
   if (!resume.empty()) {
     Checkpoint c = load_checkpoint(resume);
-    model.load_state_dict(c.model, true, {"num_batches_tracked"});
+    for (const std::string& d : check_resume_config(c.info.config_json, cfg, resume))
+      std::printf("note: resuming with a changed setting: %s\n", d.c_str());
+    try {
+      model.load_state_dict(c.model, true, {"num_batches_tracked"});
+    } catch (const Error& e) {
+      throw Error(str_cat(resume, ": ", e.what()));
+    }
     std::vector<Tensor>& st = opt.state();
     size_t missing = 0;
     for (size_t i = 0; i < params.size(); ++i) {
@@ -285,7 +277,12 @@ int cmd_train(const Args& args_in) {
   std::optional<TwoViewBatch> fixed;
   int64_t steps_per_epoch = 1;
   if (!batch_file.empty()) {
-    fixed = load_batch_file(batch_file, dev, compute);
+    fixed = read_batch_file(batch_file);
+    for (int v = 0; v < 2; ++v) {
+      fixed->crops[v] = cast(fixed->crops[v], compute).to(dev);
+      fixed->coords[v] = fixed->coords[v].to(dev);
+      fixed->flags[v] = fixed->flags[v].to(dev);
+    }
     std::printf("replaying the batch in %s every step (B = %lld)\n", batch_file.c_str(),
                 (long long)fixed->crops[0].size(0));
   } else {
@@ -388,13 +385,18 @@ int cmd_train(const Args& args_in) {
     NamedTensors opt_state;
     for (size_t i = 0; i < params.size(); ++i)
       if (opt.state()[i].defined()) opt_state.emplace_back(params[i].first, opt.state()[i]);
-    CheckpointInfo info{step / steps_per_epoch, step, cfg.to_json().dump()};
+    CheckpointInfo info{step / steps_per_epoch, step, cfg.to_json_text()};
     if (scaler) {
       info.loss_scale = scaler->current_scale();
       info.loss_scale_growth = scaler->growth_tracker();
     }
     save_checkpoint(path, model.state_dict(), opt_state, info);
     std::printf("saved %s\n", path.c_str());
+    std::vector<std::string> warn;
+    for (const std::string& old : prune_checkpoints(cfg.output_dir, cfg.keep_checkpoints, &warn))
+      std::printf("deleted %s (keep_checkpoints %lld)\n", old.c_str(),
+                  (long long)cfg.keep_checkpoints);
+    for (const std::string& w : warn) std::printf("warning: %s\n", w.c_str());
   };
   while (step < total_steps) {
     TwoViewBatch batch;
@@ -410,7 +412,7 @@ int cmd_train(const Args& args_in) {
     }
     const int64_t B = batch.crops[0].size(0);
     if (!save_batch.empty()) {
-      save_batch_file(save_batch, batch);
+      write_batch_file(save_batch, batch);
       std::printf("recorded this batch in %s\n", save_batch.c_str());
       save_batch.clear();
     }

@@ -280,7 +280,13 @@ std::string serialize_safetensors(const TensorMap& tensors,
       host.push_back(t);
     }
   }
-  std::string h = header.dump();
+  std::string h;
+  try {
+    h = header.dump();
+  } catch (const json::exception& e) {
+    throw Error(str_cat("write_safetensors: a tensor name or metadata value is not valid UTF-8 (",
+                        e.what(), ")"));
+  }
   h.append((8 - h.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
   std::string out;
   out.reserve(8 + h.size() + size_t(offset));

@@ -63,7 +63,10 @@ void save_checkpoint(const std::string& path, const NamedTensors& model_state,
 }
 
 Checkpoint load_checkpoint(const std::string& path) {
-  SafetensorsFile f = read_safetensors(path);
+  return checkpoint_from_file(read_safetensors(path), path);
+}
+
+Checkpoint checkpoint_from_file(const SafetensorsFile& f, const std::string& path) {
   auto fmt = f.metadata.find("format");
   SC_CHECK(fmt != f.metadata.end() && fmt->second == kFormat, path,
            ": not a SlotCon checkpoint (metadata 'format' is not '", kFormat, "')");
@@ -100,17 +103,43 @@ std::string checkpoint_path(const std::string& dir, int64_t epoch) {
   return (std::filesystem::path(dir) / name).string();
 }
 
-std::string find_latest_checkpoint(const std::string& dir, std::vector<std::string>* warnings) {
+namespace {
+// The epoch checkpoints in `dir`, newest first (zero-padded epochs sort by name; an epoch past
+// 9999 has more digits and sorts by length first).
+std::vector<std::string> epoch_checkpoints(const std::string& dir) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return "";
   std::vector<std::string> files;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.rfind("ckpt_epoch_", 0) == 0 && e.path().extension() == ".safetensors")
-      files.push_back(e.path().string());
+  if (!fs::is_directory(dir, ec)) return files;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind("ckpt_epoch_", 0) == 0 && it->path().extension() == ".safetensors")
+      files.push_back(it->path().string());
   }
-  std::sort(files.rbegin(), files.rend());  // zero-padded epochs: newest first
+  std::sort(files.begin(), files.end(), [](const std::string& a, const std::string& b) {
+    return a.size() != b.size() ? a.size() > b.size() : a > b;
+  });
+  return files;
+}
+}  // namespace
+
+std::vector<std::string> prune_checkpoints(const std::string& dir, int64_t keep,
+                                           std::vector<std::string>* warnings) {
+  std::vector<std::string> removed;
+  if (keep <= 0) return removed;
+  const std::vector<std::string> files = epoch_checkpoints(dir);
+  for (size_t i = size_t(keep); i < files.size(); ++i) {
+    std::error_code ec;
+    if (std::filesystem::remove(files[i], ec))
+      removed.push_back(files[i]);
+    else if (ec && warnings)
+      warnings->push_back(str_cat("could not delete old checkpoint ", files[i], ": ", ec.message()));
+  }
+  return removed;
+}
+
+std::string find_latest_checkpoint(const std::string& dir, std::vector<std::string>* warnings) {
+  const std::vector<std::string> files = epoch_checkpoints(dir);
   for (const std::string& f : files) {
     try {
       load_checkpoint(f);

@@ -40,11 +40,19 @@ void save_checkpoint(const std::string& path, const NamedTensors& model_state,
                      const NamedTensors& optimizer_state, const CheckpointInfo& info);
 // Read and validate a checkpoint (format tag, counters); throws sc::Error naming the file.
 Checkpoint load_checkpoint(const std::string& path);
+// The same validation of an already parsed file; errors name `what`.
+Checkpoint checkpoint_from_file(const SafetensorsFile& f, const std::string& what);
 
 // Path of the checkpoint for `epoch` in `dir`.
 std::string checkpoint_path(const std::string& dir, int64_t epoch);
 // The newest checkpoint in `dir` that loads; corrupt or truncated ones are skipped and reported
 // through `warnings`. Returns "" when there is none.
 std::string find_latest_checkpoint(const std::string& dir, std::vector<std::string>* warnings);
+// Keep the newest `keep` epoch checkpoints (ckpt_epoch_*.safetensors, by epoch number) in `dir`
+// and delete the older ones; keep <= 0 keeps all. Other files (final.safetensors, temporaries)
+// are never touched. Returns the paths deleted; a file that cannot be deleted is reported
+// through `warnings` and left.
+std::vector<std::string> prune_checkpoints(const std::string& dir, int64_t keep,
+                                           std::vector<std::string>* warnings);
 
 }  // namespace sc

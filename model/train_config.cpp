@@ -3,6 +3,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "engine/error.h"
@@ -89,6 +90,8 @@ const std::map<std::string, Field>& fields() {
       {"seed", field(&TrainConfig::seed, "random seed")},
       {"output_dir", field(&TrainConfig::output_dir, "checkpoints and metrics")},
       {"save_freq", field(&TrainConfig::save_freq, "epochs between checkpoints")},
+      {"keep_checkpoints", field(&TrainConfig::keep_checkpoints,
+                                 "keep the newest N epoch checkpoints (0: all)")},
       {"print_freq", field(&TrainConfig::print_freq, "steps between progress lines")},
       {"score_images", field(&TrainConfig::score_images,
                              "held-out synthetic scenes for the grouping score (0: off)")},
@@ -157,12 +160,18 @@ void TrainConfig::validate() const {
   SC_CHECK(num_workers >= 0 && synthetic_images > 0, "config: num_workers >= 0 and "
            "synthetic_images > 0 are required");
   SC_CHECK(save_freq > 0 && print_freq > 0, "config: save_freq and print_freq must be positive");
+  SC_CHECK(keep_checkpoints >= 0, "config key 'keep_checkpoints' must be >= 0 (0: keep all), got ",
+           keep_checkpoints);
 }
 
 nlohmann::json TrainConfig::to_json() const {
   json j = json::object();
   for (const auto& kv : fields()) j[kv.first] = kv.second.get(*this);
   return j;
+}
+
+std::string TrainConfig::to_json_text() const {
+  return to_json().dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 TrainConfig config_from_json(const nlohmann::json& j, const std::string& where) {
@@ -188,18 +197,50 @@ TrainConfig config_from_json(const nlohmann::json& j, const std::string& where) 
   return c;
 }
 
+TrainConfig parse_config_text(const std::string& text, const std::string& where) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {  // syntax (parse_error), a number beyond double
+                                        // (out_of_range), ...
+    throw Error(str_cat(where, ": not valid JSON: ", e.what()));
+  }
+  return config_from_json(j, where);
+}
+
 TrainConfig load_config_file(const std::string& path) {
   std::ifstream in(path);
   SC_CHECK(in.good(), "cannot open config file '", path, "'");
   std::stringstream ss;
   ss << in.rdbuf();
-  json j;
-  try {
-    j = json::parse(ss.str());
-  } catch (const json::parse_error& e) {
-    throw Error(str_cat(path, ": not valid JSON: ", e.what()));
+  SC_CHECK(!in.bad(), "cannot read config file '", path, "'");
+  return parse_config_text(ss.str(), path);
+}
+
+std::vector<std::string> check_resume_config(const std::string& saved_json, const TrainConfig& now,
+                                             const std::string& what) {
+  static const std::set<std::string> must_match = {"arch",      "dim_hidden", "dim_out",
+                                                   "num_prototypes", "optimizer",  "batch_size",
+                                                   "dataset",   "synthetic_images"};
+  json saved = json::parse(saved_json, nullptr, /*allow_exceptions=*/false);
+  if (!saved.is_object())
+    return {str_cat("the config saved in ", what, " could not be read; it is not compared")};
+  std::vector<std::string> changed;
+  const json cur = now.to_json();
+  for (auto it = cur.begin(); it != cur.end(); ++it) {
+    auto s = saved.find(it.key());
+    if (s == saved.end() || *s == it.value()) continue;
+    // numbers compare by value (5 and 5.0 are the same setting)
+    if (s->is_number() && it.value().is_number() && s->get<double>() == it.value().get<double>())
+      continue;
+    const std::string was = s->dump(-1, ' ', false, json::error_handler_t::replace),
+                      is = it.value().dump(-1, ' ', false, json::error_handler_t::replace);
+    SC_CHECK(!must_match.count(it.key()), what, " was written by a run with ", it.key(), " ", was,
+             ", this run has ", is, ": its state does not fit (start a new output_dir, or use "
+             "--init to start from its weights)");
+    changed.push_back(str_cat(it.key(), " ", was, " -> ", is));
   }
-  return config_from_json(j, path);
+  return changed;
 }
 
 std::vector<std::string> apply_overrides(TrainConfig& cfg, const std::vector<std::string>& args) {
@@ -233,14 +274,18 @@ std::vector<std::string> apply_overrides(TrainConfig& cfg, const std::vector<std
     } else {
       try {
         v = json::parse(value);
-      } catch (const json::parse_error&) {
+      } catch (const json::exception&) {  // not a number, or beyond double's range
         throw Error(str_cat("option --", key, " must be ", std::string(f->second.type) == "integer"
                                                             ? "an integer"
                                                             : "a number",
                             ", got '", value, "'"));
       }
     }
-    f->second.set(cfg, v, key);
+    try {
+      f->second.set(cfg, v, key);
+    } catch (const json::exception& e) {
+      throw Error(str_cat("option --", key, ": ", e.what()));
+    }
   }
   return rest;
 }

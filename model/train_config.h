@@ -53,6 +53,8 @@ struct TrainConfig {
   uint64_t seed = 0;
   std::string output_dir = "output";
   int64_t save_freq = 50;           // epochs between checkpoints (and always at the end)
+  int64_t keep_checkpoints = 0;     // keep the newest N epoch checkpoints, delete older ones
+                                    // after each save (0: keep all)
   int64_t print_freq = 10;          // steps between progress lines
   // grouping score (synthetic scenes only): held-out scenes (0: off), rendered at score_size px
   // (0: image_size)
@@ -66,15 +68,29 @@ struct TrainConfig {
   // Validate ranges and choices; throws sc::Error naming the key.
   void validate() const;
   nlohmann::json to_json() const;
+  // to_json() as text (as checkpoints store it); bytes that are not UTF-8 (a Linux path may hold
+  // any) become U+FFFD instead of failing the save.
+  std::string to_json_text() const;
 };
 
 // Parse a JSON object into a config on top of the defaults.
 TrainConfig config_from_json(const nlohmann::json& j, const std::string& where = "config");
+// Parse JSON text (a file's bytes) into a config; every failure is an sc::Error naming `where`
+// and, for syntax errors, the byte position.
+TrainConfig parse_config_text(const std::string& text, const std::string& where);
 // Read a JSON file; errors name the file and, for syntax errors, the byte position.
 TrainConfig load_config_file(const std::string& path);
 // Apply `--key value` / `--key=value` overrides (values parsed by the key's type); returns the
 // arguments that are not config keys, in order, for the caller to handle.
 std::vector<std::string> apply_overrides(TrainConfig& cfg, const std::vector<std::string>& args);
+// Resuming: compare the config a checkpoint was written with (its JSON text, `saved_json`) with
+// this run's. A key that changes the state's shapes or what its step counter means (arch,
+// dim_hidden, dim_out, num_prototypes, optimizer, batch_size, dataset, synthetic_images) must be
+// equal: an sc::Error naming `what`, the key and both values otherwise. The other keys that differ
+// are returned as "key saved -> now" for the caller to report. Keys missing on either side and
+// an unreadable `saved_json` (returned as one note) are not errors.
+std::vector<std::string> check_resume_config(const std::string& saved_json, const TrainConfig& now,
+                                             const std::string& what);
 // One line per key: name, type, default (for --help).
 std::string config_help();
 

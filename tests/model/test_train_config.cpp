@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <fstream>
+#include <functional>
 
 #include "engine/error.h"
 #include "model/schedule.h"
@@ -83,6 +84,47 @@ TEST_CASE("config: errors name the key") {
   std::ofstream(path) << "{\"epochs\": 10,";
   CHECK_THROWS_WITH(load_config_file(path), Catch::Contains("not valid JSON"));
   CHECK_THROWS_WITH(load_config_file(path + ".missing"), Catch::Contains("cannot open"));
+}
+
+// Findings of the config fuzz target (tests/fuzz/regressions/config), each once a crash: only
+// sc::Error may leave the readers, naming the file or the option.
+TEST_CASE("config: numbers beyond double's range are errors, not crashes (fuzz findings)") {
+  // nlohmann::json raises out_of_range, not parse_error, for them; it escaped the readers
+  CHECK_THROWS_AS(parse_config_text("{\"base_lr\": 2.7E600}", "f.json"), Error);
+  CHECK_THROWS_WITH(parse_config_text("{\"ac\": [1, 2.7E600]}", "f.json"),
+                    Catch::Contains("f.json: not valid JSON") && Catch::Contains("overflow"));
+  TrainConfig c;
+  CHECK_THROWS_AS(apply_overrides(c, {"--base_lr", "1e999"}), Error);
+  CHECK_THROWS_WITH(apply_overrides(c, {"--epochs=-1e400"}), Catch::Contains("--epochs"));
+}
+
+TEST_CASE("config: written as checkpoints store it, read back the same, compared on resume") {
+  TrainConfig c;
+  apply_overrides(c, {"--output_dir", "out\xff\xfe", "--arch", "resnet18", "--epochs", "3"});
+  const std::string text = c.to_json_text();  // not UTF-8: replaced, not a failed save
+  CHECK(text.find("out\xef\xbf\xbd") != std::string::npos);
+  TrainConfig back = parse_config_text(text, "saved");
+  CHECK(back.to_json_text() == text);
+  CHECK(check_resume_config(text, back, "ck").empty());
+  TrainConfig longer = back;
+  longer.epochs = 5;
+  longer.print_freq = 1;
+  CHECK(check_resume_config(text, longer, "ck") ==
+        std::vector<std::string>{"epochs 3 -> 5", "print_freq 10 -> 1"});
+  for (auto change : std::vector<std::function<void(TrainConfig&)>>{
+           [](TrainConfig& t) { t.arch = "resnet50"; },
+           [](TrainConfig& t) { t.dim_out = 8; },
+           [](TrainConfig& t) { t.batch_size = 3; },
+           [](TrainConfig& t) { t.optimizer = "sgd"; },
+           [](TrainConfig& t) { t.synthetic_images = 9; }}) {
+    TrainConfig other = back;
+    change(other);
+    CHECK_THROWS_WITH(check_resume_config(text, other, "ck"),
+                      Catch::Contains("ck was written by a run with") &&
+                          Catch::Contains("does not fit"));
+  }
+  // an unreadable saved config is a note, not an error
+  CHECK(check_resume_config("{not json", back, "ck").size() == 1);
 }
 
 TEST_CASE("schedules: warm-up, cosine and teacher momentum") {
