@@ -2,7 +2,9 @@
 # Install the Debian packages the build needs, only those that are missing.
 # Needs root (or sudo) the first time on a fresh machine; a no-op afterwards.
 set -euo pipefail
-pkgs=(cmake g++ make catch2 nlohmann-json3-dev libstb-dev libopenblas-dev pkg-config)
+# clang and its runtimes: the sanitizer and fuzzing build (AddressSanitizer, UBSan, libFuzzer)
+pkgs=(cmake g++ make catch2 nlohmann-json3-dev libstb-dev libopenblas-dev pkg-config clang
+      libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
