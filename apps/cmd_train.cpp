@@ -209,6 +209,20 @@ int cmd_train(const Args& args_in) {
   std::printf("slotcon train: %s on %s%s, precision %s, output %s\n", cfg.arch.c_str(),
               dev.str().c_str(), dev_detail.c_str(), precision.c_str(), cfg.output_dir.c_str());
 
+  // ---- the checkpoint to resume from: read and compared with this run's config before the
+  // model is built, so that one that does not fit is refused at once ----
+  std::optional<Checkpoint> ckpt;
+  if (resume.empty() && auto_resume) {
+    std::vector<std::string> warn;
+    resume = find_latest_checkpoint(cfg.output_dir, &warn);
+    for (auto& w : warn) std::printf("warning: %s\n", w.c_str());
+  }
+  if (!resume.empty()) {
+    ckpt = load_checkpoint(resume);
+    for (const std::string& d : check_resume_config(ckpt->info.config_json, cfg, resume))
+      std::printf("note: resuming with a changed setting: %s\n", d.c_str());
+  }
+
   // ---- model and optimizer ----
   SlotConModel model(cfg, dev, cfg.seed);
   model.train();
@@ -232,15 +246,8 @@ int cmd_train(const Args& args_in) {
     }
     std::printf("initialised from %s (%zu tensors)\n", init.c_str(), f.tensors.size());
   }
-  if (resume.empty() && auto_resume) {
-    std::vector<std::string> warn;
-    resume = find_latest_checkpoint(cfg.output_dir, &warn);
-    for (auto& w : warn) std::printf("warning: %s\n", w.c_str());
-  }
-  if (!resume.empty()) {
-    Checkpoint c = load_checkpoint(resume);
-    for (const std::string& d : check_resume_config(c.info.config_json, cfg, resume))
-      std::printf("note: resuming with a changed setting: %s\n", d.c_str());
+  if (ckpt) {
+    Checkpoint& c = *ckpt;
     try {
       model.load_state_dict(c.model, true, {"num_batches_tracked"});
     } catch (const Error& e) {
@@ -266,6 +273,7 @@ int cmd_train(const Args& args_in) {
     if (scaler && c.info.loss_scale > 0) scaler->load_state(c.info.loss_scale, c.info.loss_scale_growth);
     std::printf("resumed from %s at step %lld (epoch %lld)\n", resume.c_str(),
                 (long long)c.info.step, (long long)c.info.epoch);
+    ckpt.reset();  // its tensors are copied into the model and optimizer
   }
 
   // NHWC backbone (after loading: the loads copy values into whatever layout the tensors have)
