@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Build everything and run every test (CPU tests always; GPU tests run when a CUDA device is
-# present and are reported "Skipped" otherwise). Then, unless SLOTCON_SKIP_EMU=1 or a CUDA device
-# is present, build the CUDA backend again for the CPU emulator (tests/cuda_emu, docs/cuda_emu.md)
-# in <build-dir>-emu and run the GPU tests there. Usage: scripts/test.sh [build-dir]
+# present and are reported "Skipped" otherwise). Then, unless SLOTCON_SKIP_SAN=1, build the CPU
+# code and its tests again with clang under AddressSanitizer + UndefinedBehaviorSanitizer and
+# libFuzzer in <build-dir>-san, run the CPU tests there and each fuzz target for
+# SLOTCON_FUZZ_SECONDS (default 20) seconds (docs/hardening.md). Then, unless SLOTCON_SKIP_EMU=1
+# or a CUDA device is present, build the CUDA backend again for the CPU emulator (tests/cuda_emu,
+# docs/cuda_emu.md) in <build-dir>-emu and run the GPU tests there.
+# Usage: scripts/test.sh [build-dir]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${1:-$root/build}"
@@ -11,6 +15,22 @@ jobs="$(nproc)"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" -j "$jobs"
 (cd "$build" && ctest --output-on-failure -j "$jobs" --timeout 600)
+
+if [ "${SLOTCON_SKIP_SAN:-0}" != 1 ]; then
+  san="${build}-san"
+  echo "== CPU tests under AddressSanitizer + UndefinedBehaviorSanitizer, then fuzzing ($san)"
+  cmake -S "$root" -B "$san" -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_COMPILER=clang \
+    -DCMAKE_CXX_COMPILER=clang++ -DSLOTCON_CUDA=OFF -DSLOTCON_SANITIZE=ON -DSLOTCON_FUZZ=ON \
+    -DSLOTCON_BUILD_BENCH=OFF >/dev/null
+  cmake --build "$san" -j "$jobs" --target slotcon test_engine test_kernels test_data test_model \
+    test_apps fuzz_safetensors fuzz_image fuzz_config
+  # every CPU test but the longer `slotcon train` / `slotcon slots` app tests (minutes each under
+  # the sanitizers); one of them, the bitwise resume, covers the loader, step and checkpoints
+  san_tests='^(engine|kernels|data|model|fuzz|apps:apps|apps:threads|apps:train: a few CPU steps)'
+  (cd "$san" && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --output-on-failure -j "$jobs" --timeout 1200 -R "$san_tests")
+  "$root/scripts/fuzz.sh" all "${SLOTCON_FUZZ_SECONDS:-20}" "$san"
+fi
 
 has_gpu=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then has_gpu=1; fi
