@@ -111,6 +111,7 @@ struct Runtime {
   int nthreads = 0;
   const std::function<void()>* body = nullptr;
   std::vector<unsigned char> dyn;  // the block's dynamic shared memory, + kDynAlign of slack
+  std::vector<void*> shared_poisoned;  // static __shared__ variables poisoned in this block
   std::vector<unsigned char> slots;
   std::map<std::string, int> max_dyn;
   std::map<char*, Allocation> allocations;  // by the pointer handed out
@@ -244,6 +245,13 @@ std::string where() {
   throw std::runtime_error("cuda_emu: " + what + " in " + where());
 }
 
+// Every block starts with its shared memory poisoned: the dynamic part now, each static
+// __shared__ variable when the block first reaches its declaration (poison_shared_once).
+void start_block_memory(Runtime& r) {
+  if (!r.dyn.empty()) std::memset(r.dyn.data(), 0xFF, r.dyn.size());
+  r.shared_poisoned.clear();
+}
+
 void run_block(uint64_t block_no) {
   Runtime& r = rt();
   const int n = r.nthreads;
@@ -263,7 +271,7 @@ void run_block(uint64_t block_no) {
     makecontext(&f.ctx, entry, 0);
 #endif
   }
-  if (!r.dyn.empty()) std::memset(r.dyn.data(), 0xFF, r.dyn.size());
+  start_block_memory(r);
   // Alternate the order of the threads from one barrier interval to the next (and start each
   // block the other way round from the previous one); SLOTCON_EMU_SHUFFLE=<seed> runs them in a
   // fresh random order every interval instead (a slower search for ordering bugs).
@@ -344,6 +352,7 @@ void check_canaries_after(const char* kernel);
 void run_block_direct() {
   Runtime& r = rt();
   const int n = r.nthreads;
+  start_block_memory(r);
   r.direct = true;
   for (int t = 0; t < n; ++t) {
     r.cur = t;
@@ -402,6 +411,14 @@ void launch_site(const LaunchCfg& cfg, const char* name, const std::function<voi
   site.barriers = site.barriers || r.saw_barrier;
   r.body = nullptr;
   check_canaries_after(name);
+}
+
+void poison_shared_once(void* p, size_t bytes) {
+  Runtime& r = rt();
+  if (std::find(r.shared_poisoned.begin(), r.shared_poisoned.end(), p) != r.shared_poisoned.end())
+    return;
+  r.shared_poisoned.push_back(p);
+  std::memset(p, 0xFF, bytes);
 }
 
 unsigned char* dynamic_shared() {

@@ -12,9 +12,10 @@
 //     at different barriers) are reported as errors naming the kernel;
 //   - warp shuffles and __syncwarp synchronise the 32 lanes of a warp (every lane of the warp
 //     must take part: the kernels use full masks);
-//   - __shared__ variables are function-local statics (one block at a time makes that exact);
-//     dynamic shared memory is filled with 0xFF bytes (NaN) at every block start, so a read
-//     before a write shows; launch configurations are checked against the CUDA limits (block
+//   - __shared__ variables are function-local statics (one block at a time makes that exact),
+//     filled with 0xFF bytes (NaN for floats, -1 for integers) when the block's first thread
+//     reaches the declaration; dynamic shared memory is filled with 0xFF bytes at every block
+//     start; so a read before a write shows, in block 0 as in later ones; launch configurations are checked against the CUDA limits (block
 //     size, grid size, 48 KiB of dynamic shared memory unless raised with cudaFuncSetAttribute,
 //     at most 227 KiB);
 //   - device memory is host memory (cudaMalloc is an aligned malloc) and every stream is the
@@ -154,6 +155,9 @@ void launch(const LaunchCfg& cfg, const char* name, F&& body) {
 
 // The current block's dynamic shared memory.
 unsigned char* dynamic_shared();
+// A static __shared__ variable's declaration (inserted by cuda_emu_rewrite): the first call for
+// `p` in a block fills its `bytes` with 0xFF; later calls in the same block do nothing.
+void poison_shared_once(void* p, size_t bytes);
 
 // Barriers (called from kernel code).
 void sync_block();

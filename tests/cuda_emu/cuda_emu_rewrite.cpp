@@ -2,10 +2,12 @@
 //
 //   cuda_emu_rewrite IN OUT
 //
-// Three mechanical rewrites; everything else is left as written (the emulator header gives the
+// Four mechanical rewrites; everything else is left as written (the emulator header gives the
 // CUDA keywords and built-ins their host meaning):
 //   K<<<cfg>>>(args)          ->  ::emu::launch(::emu::LaunchCfg(cfg), "K", [&]() { K(args); })
 //   extern __shared__ T n[];  ->  T* n = reinterpret_cast<T*>(::emu::dynamic_shared());
+//   __shared__ T a[N], b;     ->  the same, then ::emu::poison_shared_once(&a, sizeof(a)); and
+//                                 likewise for b (a declaration that starts a line)
 //   cudaFuncSetAttribute(K,   ->  ::emu::func_set_attribute("K",
 // where K is the kernel expression (a possibly qualified name with template arguments) and "K" its
 // text without spaces. Line numbers are kept (#line and padding), so compiler messages point into
@@ -17,6 +19,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -140,6 +143,58 @@ std::string rewrite_extern_shared(const std::string& s) {
   return out;
 }
 
+// `__shared__ T a[N], b[M];` at the start of a line (not extern: rewrite_extern_shared ran first)
+// stays as it is (a function-local static, cuda_emu.h) and is followed by
+// `::emu::poison_shared_once(&a, sizeof(a)); ::emu::poison_shared_once(&b, sizeof(b));`, so that
+// each block starts with the array full of 0xFF bytes, as dynamic shared memory does, instead of
+// the previous block's values (or zeros for block 0).
+std::string rewrite_static_shared(const std::string& s) {
+  std::string out;
+  size_t pos = 0;
+  const std::string key = "__shared__";
+  for (size_t at = s.find(key, pos); at != std::string::npos; at = s.find(key, at + 1)) {
+    size_t ls = at;
+    while (ls > 0 && (s[ls - 1] == ' ' || s[ls - 1] == '\t')) --ls;
+    if (ls > 0 && s[ls - 1] != '\n') continue;  // not a declaration at the start of a line
+    const size_t semi = s.find(';', at);
+    if (semi == std::string::npos) throw std::runtime_error("__shared__ without ;");
+    const std::string decl = s.substr(at + key.size(), semi - at - key.size());
+    // the declarators: split at commas outside (), [], {} and template <>
+    std::vector<std::string> parts;
+    int round = 0, angle = 0;
+    size_t b = 0;
+    for (size_t k = 0; k < decl.size(); ++k) {
+      const char c = decl[k];
+      if (c == '(' || c == '[' || c == '{') ++round;
+      if (c == ')' || c == ']' || c == '}') --round;
+      if (round == 0 && c == '<') ++angle;
+      if (round == 0 && c == '>') --angle;
+      if (c == ',' && round == 0 && angle == 0) {
+        parts.push_back(decl.substr(b, k - b));
+        b = k + 1;
+      }
+    }
+    parts.push_back(decl.substr(b));
+    std::string poison;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const std::string& d = parts[i];
+      size_t ne = d.find_first_of("[=");
+      if (ne == std::string::npos) ne = d.size();
+      while (ne > 0 && !ident(d[ne - 1])) --ne;  // trailing blanks
+      size_t nb = ne;
+      while (nb > 0 && ident(d[nb - 1])) --nb;
+      const std::string name = d.substr(nb, ne - nb);
+      if (name.empty()) throw std::runtime_error("__shared__ declaration without a name");
+      poison += " ::emu::poison_shared_once(&" + name + ", sizeof(" + name + "));";
+    }
+    out += s.substr(pos, semi + 1 - pos);
+    out += poison;
+    pos = semi + 1;
+  }
+  out += s.substr(pos);
+  return out;
+}
+
 std::string rewrite_func_attribute(const std::string& s) {
   std::string out;
   size_t pos = 0;
@@ -182,7 +237,8 @@ int main(int argc, char** argv) {
   ss << in.rdbuf();
   std::string text;
   try {
-    text = rewrite_func_attribute(rewrite_extern_shared(rewrite_launches(ss.str())));
+    text = rewrite_func_attribute(
+        rewrite_static_shared(rewrite_extern_shared(rewrite_launches(ss.str()))));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "cuda_emu_rewrite: %s: %s\n", argv[1], e.what());
     return 1;

@@ -99,6 +99,26 @@ cudaError_t dyn_smem(float* before, float* after, int threads, size_t smem, int 
   return cudaGetLastError();
 }
 
+// Static shared memory, which only thread 0 writes (element 0) before all threads read their
+// element; then every element is written, which the next block must not see. `flag` (a second
+// declarator) is read before any write too.
+__global__ void static_smem_kernel(float* out, int* flags) {
+  __shared__ float s[32], t2[2];
+  __shared__ int flag;
+  if (threadIdx.x == 0) {
+    s[0] = float(blockIdx.x + 1);
+    flags[blockIdx.x] = flag;
+  }
+  __syncthreads();
+  out[blockIdx.x * 32 + threadIdx.x] = s[threadIdx.x];
+  __syncthreads();
+  s[threadIdx.x] = 7.f;
+  if (threadIdx.x == 0) flag = 5, t2[0] = t2[1] = 0.f;
+}
+void static_smem(float* out, int* flags, int blocks) {
+  static_smem_kernel<<<blocks, 32>>>(out, flags);
+}
+
 // Thread 0 of block 0 writes p[i] (out of bounds when the test says so).
 __global__ void write_at_kernel(float* p, int i) {
   if (blockIdx.x == 0 && threadIdx.x == 0) p[i] = 1.f;

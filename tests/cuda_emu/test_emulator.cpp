@@ -23,6 +23,7 @@ void coords(int64_t* out, dim3 grid, dim3 block);
 void count(unsigned long long* c, float* fsum, int blocks, int threads);
 cudaError_t dyn_smem(float* before, float* after, int threads, size_t smem, int raise_to);
 void write_at(float* p, int i);
+void static_smem(float* out, int* flags, int blocks);
 void wmma_tf32(const float* a, const float* b, float* d, int a_off, bool sync);
 }  // namespace emu_selftest
 
@@ -120,6 +121,19 @@ TEST_CASE("emulator: dynamic shared memory is poisoned and its limit enforced", 
   // A block of more than 1024 threads is an invalid configuration.
   std::vector<float> big(2048);
   CHECK(es::dyn_smem(big.data(), big.data(), 2048, 0, 0) == cudaErrorInvalidConfiguration);
+}
+
+TEST_CASE("emulator: static shared memory is poisoned at every block start", "[cuda_emu]") {
+  // block 0 would read zeros (a static's initial value) and later blocks the previous block's 7s
+  std::vector<float> out(3 * 32);
+  std::vector<int> flags(3, 0);
+  es::static_smem(out.data(), flags.data(), 3);
+  for (int b = 0; b < 3; ++b) {
+    INFO("block " << b);
+    CHECK(out[size_t(b * 32)] == float(b + 1));
+    for (int t = 1; t < 32; ++t) CHECK(std::isnan(out[size_t(b * 32 + t)]));
+    CHECK(flags[size_t(b)] == -1);  // 0xFF bytes
+  }
 }
 
 TEST_CASE("emulator: half and bfloat16 conversions round to nearest even", "[cuda_emu]") {
