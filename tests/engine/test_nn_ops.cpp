@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "test_seed.h"
 #include "engine/autograd.h"
 #include "engine/nn_ops.h"
 #include "engine/ops.h"
@@ -20,7 +21,7 @@ using sc::testing::rand64;
 namespace {
 GradcheckOptions tight() {
   GradcheckOptions o;
-  o.seed = std::random_device{}();
+  o.seed = sc::testing::next_seed();
   o.atol = 1e-7;
   o.rtol = 1e-5;
   return o;
@@ -30,7 +31,7 @@ Tensor channels_last(const Tensor& t) { return t.contiguous(MemoryFormat::Channe
 
 TEST_CASE("conv2d: float64 gradcheck for every ResNet kernel / stride / padding, both layouts",
           "[nn_ops][conv2d]") {
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   struct Cfg {
     int64_t N, C, H, W, K, R, stride, pad;
   };
@@ -57,7 +58,7 @@ TEST_CASE("conv2d: float64 gradcheck for every ResNet kernel / stride / padding,
 
 TEST_CASE("conv2d: forward equals the kernel reference, float32 path, argument errors",
           "[nn_ops][conv2d]") {
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   Tensor x = randn({2, 3, 9, 7}, gen), w = randn({4, 3, 3, 3}, gen), b = randn({4}, gen);
   Tensor y = conv2d(x, w, b, 2, 1);
   Conv2dGeom g;
@@ -80,7 +81,7 @@ TEST_CASE("conv2d: forward equals the kernel reference, float32 path, argument e
 
 TEST_CASE("batch_norm: float64 gradcheck (train / eval, activations, residual, layouts)",
           "[nn_ops][batch_norm]") {
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   for (int shape_kind = 0; shape_kind < 4; ++shape_kind)  // (N,C), (N,C,L), NCHW, NHWC
     for (bool training : {true, false})
       for (Act act : {Act::None, Act::Relu, Act::Gelu})
@@ -110,7 +111,7 @@ TEST_CASE("batch_norm: float64 gradcheck (train / eval, activations, residual, l
 
 TEST_CASE("batch_norm 1-D with a row mask: gradcheck on the selected rows, equals BN of them",
           "[nn_ops][batch_norm]") {
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   const int64_t N = 9, C = 4;
   std::vector<double> m = {1, 0, 1, 1, 0, 1, 0, 1, 1};
   Tensor mask = from_vector(m, {N}, DType::U8);
@@ -164,7 +165,7 @@ TEST_CASE("batch_norm 1-D with a row mask: gradcheck on the selected rows, equal
 
 TEST_CASE("batch_norm: running statistics after two training steps equal the formula",
           "[nn_ops][batch_norm]") {
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   const int64_t N = 4, C = 3, H = 2, W = 3;
   Tensor rm = zeros({C}), rv = ones({C});
   std::vector<double> em(size_t(C), 0.0), ev(size_t(C), 1.0);
@@ -196,7 +197,7 @@ TEST_CASE("batch_norm: running statistics after two training steps equal the for
 }
 
 TEST_CASE("batch_norm: stats API and distributed hooks", "[nn_ops][batch_norm]") {
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   const int64_t N = 5, C = 3;
   Tensor x = rand64({N, C, 2, 2}, gen);
   Tensor st = batch_norm_stats(x);
@@ -266,7 +267,7 @@ TEST_CASE("batch_norm: argument errors", "[nn_ops][batch_norm]") {
 }
 
 TEST_CASE("max_pool2d and add_relu: float64 gradchecks, layouts", "[nn_ops][max_pool]") {
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   for (bool nhwc : {false, true}) {
     INFO("nhwc " << nhwc);
     auto pool = [&](const std::vector<Tensor>& t) {

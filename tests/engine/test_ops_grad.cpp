@@ -2,6 +2,7 @@
 // ("gradcheck: <op>"), each on small random shapes, broadcasting and strided views included.
 #include <catch2/catch.hpp>
 
+#include "test_seed.h"
 #include "gradcheck.h"
 
 using namespace sc;
@@ -11,7 +12,7 @@ using V = std::vector<Tensor>;
 
 namespace {
 Generator& gen() {
-  static Generator g(std::random_device{}());
+  static Generator g(sc::testing::next_seed());
   return g;
 }
 void check(const std::function<Tensor(const V&)>& f, V inputs,

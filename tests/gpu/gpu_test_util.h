@@ -1,6 +1,7 @@
 // gpu_test_util.h: what the GPU-vs-CPU tests (tests/gpu) share.
 //
-// - fresh_seed(): a new seed per run (print it with INFO so a failure can be replayed);
+// - fresh_seed(): the next seed of test_seed.h (printed once per process, replayable with
+//   SLOTCON_TEST_SEED);
 // - dtype_tol(t): the per-dtype tolerance of one rounding of a float-accumulated result
 //   (F32 1e-5, F64 1e-12, BF16 1e-2, F16 1e-3, absolute and relative);
 // - ref_dtype(t): the CPU reference computes F64 in F64 and every other float type in F32 on the
@@ -17,6 +18,7 @@
 #include <string>
 
 #include "engine/allocator.h"
+#include "test_seed.h"
 #include "engine/ops.h"
 #include "engine/tensor.h"
 
@@ -24,8 +26,7 @@ namespace sc {
 namespace testing {
 
 inline uint64_t fresh_seed() {
-  std::random_device rd;
-  return (uint64_t(rd()) << 32) ^ uint64_t(rd());
+  return sc::testing::next_seed();
 }
 
 struct Tol {

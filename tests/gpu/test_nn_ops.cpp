@@ -7,6 +7,7 @@
 #include <cmath>
 #include <random>
 
+#include "test_seed.h"
 #include "engine/allocator.h"
 #include "engine/autograd.h"
 #include "engine/cuda_runtime.h"
@@ -59,7 +60,7 @@ struct PoisonGuard {
 
 TEST_CASE("gpu conv2d matches the CPU: forward, dx, dw, dbias", "[gpu][conv2d]") {
   PoisonGuard poison;
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   struct Cfg {
     int64_t N, C, H, W, K, R, stride, pad;
   };
@@ -103,7 +104,7 @@ TEST_CASE("gpu conv2d matches the CPU: forward, dx, dw, dbias", "[gpu][conv2d]")
 TEST_CASE("gpu batch_norm matches the CPU (2-D NCHW / NHWC, 1-D with mask, train / eval)",
           "[gpu][batch_norm]") {
   PoisonGuard poison;
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   struct Cfg {
     Shape shape;
     bool nhwc, masked;
@@ -167,7 +168,7 @@ TEST_CASE("gpu batch_norm matches the CPU (2-D NCHW / NHWC, 1-D with mask, train
 
 TEST_CASE("gpu max_pool2d and add_relu match the CPU", "[gpu][max_pool]") {
   PoisonGuard poison;
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   for (Shape s : {Shape{2, 16, 112, 111}, Shape{3, 5, 9, 8}, Shape{1, 64, 2, 1}})
     for (DType dt : {DType::F32, DType::F64, DType::BF16, DType::F16})
       for (bool nhwc : {false, true}) {

@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "test_seed.h"
 #include "kernels/proto_assign.h"
 #include "kernels/self_distill.h"
 #include "kernels/slot_contrast.h"
@@ -36,8 +37,7 @@ namespace {
 #define CUDA_OK(expr) REQUIRE((expr) == cudaSuccess)
 
 uint64_t fresh_seed() {
-  std::random_device rd;
-  return (uint64_t(rd()) << 32) ^ uint64_t(rd());
+  return sc::testing::next_seed();
 }
 
 // A device buffer filled with 0xFF bytes (NaN for float / double) until written.

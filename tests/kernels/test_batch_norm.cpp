@@ -5,6 +5,7 @@
 #include <random>
 #include <vector>
 
+#include "test_seed.h"
 #include "kernels/batch_norm.h"
 
 namespace {
@@ -48,7 +49,7 @@ std::vector<T> bn_forward(const BnCase& bc, const std::vector<T>& x, const std::
 }  // namespace
 
 TEST_CASE("batch_norm forward matches the formula, running stats follow PyTorch", "[batch_norm]") {
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng(sc::testing::next_seed());
   // (outer, C, inner): NCHW 2-D, NHWC 2-D, 1-D, 1-D with a mask.
   std::vector<BnCase> cases = {{{3, 4, 10}, {}},
                                {{21, 5, 1}, {}},
@@ -117,7 +118,7 @@ TEST_CASE("batch_norm forward matches the formula, running stats follow PyTorch"
 }
 
 TEST_CASE("batch_norm backward passes match float64 finite differences", "[batch_norm]") {
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng(sc::testing::next_seed());
   std::vector<BnCase> cases = {
       {{2, 3, 5}, {}}, {{7, 3, 1}, {}}, {{8, 2, 1}, {0, 1, 1, 0, 1, 1, 1, 0}}};
   const double eps = 1e-6;
@@ -189,7 +190,7 @@ TEST_CASE("batch_norm backward passes match float64 finite differences", "[batch
 }
 
 TEST_CASE("masked BN1d equals BN1d of the selected rows, forward and backward", "[batch_norm]") {
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng(sc::testing::next_seed());
   const int64_t N = 12, C = 5;
   std::vector<uint8_t> mask(static_cast<size_t>(N), 0);
   std::bernoulli_distribution coin(0.5);
@@ -261,7 +262,7 @@ TEST_CASE("batch_norm with no selected rows leaves running stats alone", "[batch
 }
 
 TEST_CASE("add_relu reference and its backward", "[batch_norm]") {
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng(sc::testing::next_seed());
   auto a = random_vec(100, rng), b = random_vec(100, rng), dy = random_vec(100, rng);
   std::vector<double> y(100), d(100);
   sc::add_relu_ref<double>(100, a.data(), b.data(), y.data());

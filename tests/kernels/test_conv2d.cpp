@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "test_seed.h"
 #include "kernels/conv2d.h"
 
 namespace {
@@ -75,7 +76,7 @@ std::vector<Conv2dGeom> resnet_geoms() {
 
 template <class T>
 void check_forward(double tol) {
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng(sc::testing::next_seed());
   for (const Conv2dGeom& g : resnet_geoms())
     for (Layout l : {Layout::NCHW, Layout::NHWC})
       for (bool with_bias : {false, true}) {
@@ -103,7 +104,7 @@ TEST_CASE("conv2d_forward_ref matches direct loops (float and double, NCHW and N
 }
 
 TEST_CASE("conv2d backward refs match float64 finite differences", "[conv2d]") {
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng(sc::testing::next_seed());
   std::vector<Conv2dGeom> geoms = {geom(2, 2, 7, 6, 3, 7, 2, 3), geom(1, 3, 5, 6, 2, 3, 1, 1),
                                    geom(2, 2, 7, 5, 3, 3, 2, 1), geom(2, 3, 4, 3, 2, 1, 1, 0),
                                    geom(1, 3, 5, 5, 2, 1, 2, 0)};
@@ -150,7 +151,7 @@ TEST_CASE("conv2d backward refs match float64 finite differences", "[conv2d]") {
 }
 
 TEST_CASE("conv2d float backward refs agree with double", "[conv2d]") {
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng(sc::testing::next_seed());
   for (const Conv2dGeom& g : resnet_geoms())
     for (Layout l : {Layout::NCHW, Layout::NHWC}) {
       const size_t nx = size_t(g.N * g.C * g.H * g.W), nw = size_t(g.K * g.C * g.R * g.S);
@@ -176,7 +177,7 @@ TEST_CASE("conv2d NCHW refs work across image chunks (one GEMM per chunk of imag
   // Large enough maps that a chunk holds fewer images than the batch (the chunk budget is 4M
   // elements of columns + outputs), for a 3x3 and a pointwise conv: forward against direct loops,
   // and backward by the adjoint identities <conv(x, w), dy> = <x, dx> = <w, dw>.
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng(sc::testing::next_seed());
   for (const Conv2dGeom& g : {geom(3, 8, 162, 161, 8, 3, 1, 1), geom(3, 32, 148, 149, 32, 1, 1, 0)}) {
     INFO("R " << g.R);
     const size_t nx = size_t(g.N * g.C * g.H * g.W), nw = size_t(g.K * g.C * g.R * g.S);

@@ -5,6 +5,7 @@
 #include <random>
 #include <vector>
 
+#include "test_seed.h"
 #include "kernels/max_pool.h"
 
 namespace {
@@ -23,7 +24,7 @@ Pool2dGeom pool(int64_t N, int64_t C, int64_t H, int64_t W) {
 }  // namespace
 
 TEST_CASE("max_pool2d 3x3/2 pad 1 forward matches direct loops", "[max_pool]") {
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng(sc::testing::next_seed());
   std::uniform_real_distribution<double> u(-1, 1);
   for (Pool2dGeom g : {pool(2, 3, 9, 8), pool(1, 4, 112, 112), pool(3, 2, 2, 1), pool(1, 1, 1, 1)})
     for (Layout l : {Layout::NCHW, Layout::NHWC}) {
@@ -60,7 +61,7 @@ TEST_CASE("max_pool2d 3x3/2 pad 1 forward matches direct loops", "[max_pool]") {
 
 TEST_CASE("max_pool2d backward matches float64 finite differences, ties go to the first",
           "[max_pool]") {
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng(sc::testing::next_seed());
   std::uniform_real_distribution<double> u(-1, 1);
   for (Layout l : {Layout::NCHW, Layout::NHWC}) {
     Pool2dGeom g = pool(2, 3, 7, 6);

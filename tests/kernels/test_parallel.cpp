@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "test_seed.h"
 #include "kernel_test_util.h"
 #include "kernels/batch_norm.h"
 #include "kernels/conv2d.h"
@@ -131,7 +132,7 @@ TEST_CASE("parallel_for from several threads at once", "[parallel]") {
 }
 
 TEST_CASE("conv2d CPU refs give the same bits on 1 thread and several", "[parallel][conv2d]") {
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng(sc::testing::next_seed());
   struct Case {
     int64_t N, C, H, W, K, R, stride, pad;
   };
@@ -161,7 +162,7 @@ TEST_CASE("conv2d CPU refs give the same bits on 1 thread and several", "[parall
 
 TEST_CASE("batch_norm and max_pool CPU refs give the same bits on 1 thread and several",
           "[parallel][batch_norm][max_pool]") {
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng(sc::testing::next_seed());
   for (bool one_d : {false, true})
     for (sc::Act act : {sc::Act::None, sc::Act::Relu, sc::Act::Gelu}) {
       sc::BnGeom g;

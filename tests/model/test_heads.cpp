@@ -4,6 +4,7 @@
 #include <cmath>
 #include <set>
 
+#include "test_seed.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "gradcheck.h"
@@ -12,7 +13,7 @@
 using namespace sc;
 
 TEST_CASE("projector and predictor: names, shapes and initialisation", "[heads]") {
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   Projector proj(64, 128, 32, gen);
   SlotPredictor pred(32, 128, 32, gen);
   std::set<std::string> pn, qn;
@@ -64,7 +65,7 @@ TEST_CASE("projector and predictor: names, shapes and initialisation", "[heads]"
 }
 
 TEST_CASE("projector and predictor: float64 gradient checks with parameters", "[heads]") {
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   Projector proj(3, 4, 2, gen, DType::F64);
   SlotPredictor pred(3, 5, 3, gen, DType::F64);
   Tensor mask = from_vector({1, 1, 0, 1, 0, 1, 1}, {7}, DType::U8);
@@ -91,7 +92,7 @@ TEST_CASE("projector and predictor: float64 gradient checks with parameters", "[
 }
 
 TEST_CASE("predictor with a row mask equals the predictor on the selected rows", "[heads]") {
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   const uint64_t seed = gen.next_u64();
   Generator ga(seed), gb(seed);
   SlotPredictor a(6, 16, 6, ga, DType::F64), b(6, 16, 6, gb, DType::F64);

@@ -7,6 +7,7 @@
 #include <set>
 #include <string>
 
+#include "test_seed.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/safetensors.h"
@@ -60,7 +61,7 @@ TEST_CASE("ResNet parameter counts and state-dict names equal torchvision's (no 
 }
 
 TEST_CASE("ResNet initialisation follows SLOTCON.md section 1", "[resnet]") {
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   ResNet r(50, gen);
   for (auto& kv : r.named_parameters()) {
     const std::string& n = kv.first;
@@ -95,7 +96,7 @@ TEST_CASE("ResNet initialisation follows SLOTCON.md section 1", "[resnet]") {
 
 TEST_CASE("ResNet-18 and ResNet-50 return the stride-32 map: 512x7x7 and 2048x7x7 at 224 px",
           "[resnet]") {
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   REQUIRE(resnet_output_size(224) == 7);
   REQUIRE(resnet_output_size(64) == 2);
   REQUIRE(resnet_output_size(96) == 3);
@@ -113,7 +114,7 @@ TEST_CASE("ResNet-18 and ResNet-50 return the stride-32 map: 512x7x7 and 2048x7x
 }
 
 TEST_CASE("residual blocks: float64 gradient check of input and every parameter", "[resnet]") {
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   auto check = [&](Module& block, const std::function<Tensor(const Tensor&)>& fwd, Shape xs) {
     NamedTensors params = block.named_parameters();
     {
@@ -142,7 +143,7 @@ TEST_CASE("residual blocks: float64 gradient check of input and every parameter"
 }
 
 TEST_CASE("BatchNorm module: running statistics after two training steps", "[resnet]") {
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   BatchNorm bn(3);
   std::vector<double> em(3, 0.0), ev(3, 1.0);
   for (int step = 0; step < 2; ++step) {
@@ -182,7 +183,7 @@ TEST_CASE("BatchNorm module: running statistics after two training steps", "[res
 }
 
 TEST_CASE("ResNet: channels-last weights and NHWC input give the NCHW result", "[resnet]") {
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   const uint64_t seed = gen.next_u64();
   Generator ga(seed), gb(seed);
   ResNet a(18, ga), b(18, gb);
@@ -203,7 +204,7 @@ TEST_CASE("ResNet: channels-last weights and NHWC input give the NCHW result", "
 }
 
 TEST_CASE("ResNet state dict round-trips through safetensors", "[resnet]") {
-  Generator gen(std::random_device{}());
+  Generator gen(sc::testing::next_seed());
   ResNet a(18, gen);
   // Make the buffers non-trivial: two training steps.
   a.forward(randn({2, 3, 32, 32}, gen));

@@ -5,6 +5,7 @@
 #include <set>
 #include <vector>
 
+#include "test_seed.h"
 #include "engine/error.h"
 #include "model/slot_vis.h"
 
@@ -27,7 +28,7 @@ TEST_CASE("slot pictures: prototype colours are deterministic and tell neighbour
 }
 
 TEST_CASE("slot pictures: the grid holds each image and its tinted prototype map", "[slot_vis]") {
-  std::mt19937_64 rng(std::random_device{}());
+  std::mt19937_64 rng(sc::testing::next_seed());
   const int S = 37, h = 5, w = 3, cols = 2;  // awkward: S not a multiple of the map size
   const int64_t n = 3;                       // two rows, the second half empty
   std::vector<uint8_t> images(size_t(n * S * S * 3));
