@@ -383,13 +383,20 @@ TEST_CASE("safetensors: random corruption either parses consistently or throws s
   m["e"] = empty({0}, DType::F16);
   const std::string good = serialize_safetensors(m, {{"k", "v"}});
   std::mt19937_64 rng(12345);
-  int parsed = 0, rejected = 0;
+  const size_t data_start = 8 + (uint8_t(good[0]) | (uint8_t(good[1]) << 8));
+  int parsed = 0, rejected = 0, data_only = 0;
   for (int iter = 0; iter < 600; ++iter) {
     std::string b = good;
     const int kind = iter % 4;
+    bool in_data = false;  // every change is in the tensor bytes: the file must still parse
     if (kind == 0) {  // flip 1..4 random bytes anywhere
-      for (int k = 0, n = 1 + int(rng() % 4); k < n; ++k)
-        b[rng() % b.size()] ^= char(1 + rng() % 255);
+      in_data = true;
+      for (int k = 0, n = 1 + int(rng() % 4); k < n; ++k) {
+        const size_t at = rng() % b.size();
+        b[at] ^= char(1 + rng() % 255);
+        in_data = in_data && at >= data_start;
+      }
+      data_only += in_data;
     } else if (kind == 1) {  // flip a byte of the header (JSON text and length)
       const size_t hl = 8 + (uint8_t(good[0]) | (uint8_t(good[1]) << 8));
       b[rng() % hl] = char(rng() % 256);
@@ -410,8 +417,10 @@ TEST_CASE("safetensors: random corruption either parses consistently or throws s
     } catch (const Error& e) {
       ++rejected;
       CHECK_THAT(std::string(e.what()), Contains("fuzz"));
+      CHECK_FALSE(in_data);  // a change of tensor values alone is no reason to refuse a file
     }
   }
   CHECK(rejected > 300);  // most corruptions are caught
-  CHECK(parsed + rejected == 600);
+  CHECK(parsed > 0);
+  CHECK(data_only > 5);  // the data-only case above was exercised (11 times with this seed)
 }

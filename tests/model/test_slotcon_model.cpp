@@ -92,8 +92,17 @@ TEST_CASE("slotcon model: one step's loss, fused equals unfused, gradients reach
   StepLoss lf = fused.forward(b), lp = plain.forward(b);
   CHECK(std::isfinite(lf.total.item()));
   CHECK(lf.total.item() == Approx(lp.total.item()).epsilon(1e-4));
-  CHECK(lf.value == lf.total.item());
   CHECK(lf.value == Approx(lf.group + lf.contrast).epsilon(1e-6));
+  {
+    // the parts are weighted w and 1 - w: the same step at w = 0.25 scales them by 1/2 and 3/2
+    TrainConfig c = tiny();
+    c.group_loss_weight = 0.25;
+    SlotConModel quarter(c, Device::cpu(), 4);
+    StepLoss lq = quarter.forward(b);
+    CHECK(lq.group == Approx(lf.group * 0.5).epsilon(1e-5));
+    CHECK(lq.contrast == Approx(lf.contrast * 1.5).epsilon(1e-5));
+    CHECK(lq.value == Approx(lq.group + lq.contrast).epsilon(1e-6));
+  }
   CHECK(lf.group == Approx(lp.group).epsilon(1e-4));
   CHECK(lf.contrast == Approx(lp.contrast).epsilon(1e-4));
   CHECK(compare(fused.center, plain.center, 1e-6, 1e-4).max_scaled <= 1);
@@ -103,8 +112,41 @@ TEST_CASE("slotcon model: one step's loss, fused equals unfused, gradients reach
   Tensor gp = plain.grouping_q->slot_embed->weight.grad();
   REQUIRE(gf.defined());
   CHECK(compare(gf, gp, 1e-5, 1e-3).max_scaled <= 1);
-  REQUIRE(fused.encoder_q->conv1->weight.grad().defined());
-  CHECK_FALSE(fused.encoder_k->conv1->weight.grad().defined());
+  // every student parameter gets a finite gradient, and one that is not all zeros once the
+  // residual branches are open (at initialisation each block's last BatchNorm scale is 0, which
+  // zeroes the gradient of the layers before it in the branch); no teacher tensor gets one
+  TrainConfig open_cfg = tiny();
+  SlotConModel open(open_cfg, Device::cpu(), 4);
+  {
+    NoGradGuard ng;
+    for (auto& kv : open.student_parameters()) {
+      bool zero = true;
+      for (double v : kv.second.to_vector()) zero = zero && v == 0;
+      if (zero && kv.first.find(".bn") != std::string::npos) fill_(kv.second, 1.0);
+    }
+  }
+  open.forward(b).total.backward();
+  std::string still;
+  for (auto& kv : open.student_parameters()) {
+    INFO(kv.first);
+    Tensor gr = kv.second.grad();
+    REQUIRE(gr.defined());
+    double sq = 0;
+    for (double v : gr.to_vector()) sq += v * v;
+    CHECK(std::isfinite(sq));
+    if (!(sq > 0)) still += kv.first + " ";
+  }
+  CHECK(still == "");
+  size_t teacher = 0;
+  for (auto& kv : open.named_parameters())
+    if (kv.first.find("_k.") != std::string::npos) {
+      INFO(kv.first);
+      CHECK_FALSE(kv.second.grad().defined());
+      ++teacher;
+    }
+  size_t mirrored = 0;  // the student's tensors that the teacher has too (not the predictor's)
+  for (auto& kv : open.student_parameters()) mirrored += kv.first.rfind("predictor", 0) != 0;
+  CHECK(teacher == mirrored);
 }
 
 TEST_CASE("slotcon model: channels-last (NHWC) computes what NCHW does, and saves the same") {
