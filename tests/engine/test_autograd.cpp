@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include "engine/autograd.h"
+#include "engine/nn_ops.h"
 #include "engine/ops.h"
 #include "gradcheck.h"
 
@@ -101,6 +102,46 @@ TEST_CASE("autograd: a custom op (the model's fused-kernel mechanism) is differe
       {sc::testing::rand64({3, 4}, gen)});
   INFO(worst);
   CHECK(worst.empty());
+}
+
+TEST_CASE("gradcheck: inputs at a kink pass with a one-sided derivative, wrong gradients still fail") {
+  // ReLU at 0 and within eps of 0 on both sides, and max pool with ties: kinks inside the
+  // finite-difference step
+  Tensor x = from_vector({0.0, 4e-7, -3e-7, 0.5, -0.5, 1e-9}, {6}, DType::F64);
+  int64_t kinks = 0;
+  std::string worst = sc::testing::gradcheck(
+      [](const std::vector<Tensor>& t) { return relu(t[0]); }, {x.clone()}, {}, &kinks);
+  INFO(worst);
+  CHECK(worst.empty());
+  CHECK(kinks == 4);
+  Tensor tied = from_vector({1, 1, 0.3, 1 + 5e-7, 0.2, 0.1, -1, -1, -1}, {1, 1, 3, 3}, DType::F64);
+  worst = sc::testing::gradcheck(
+      [](const std::vector<Tensor>& t) { return max_pool2d(t[0], 3, 1, 0); }, {tied}, {}, &kinks);
+  INFO(worst);
+  CHECK(worst.empty());
+  CHECK(kinks >= 2);
+  // a gradient 1 % off fails away from the kinks and at them
+  auto bad_relu = [](const Tensor& in) {
+    Tensor y;
+    {
+      NoGradGuard ng;
+      y = relu(in);
+    }
+    Tensor xs = in.detach();
+    record_op("bad_relu", {in}, {y}, [xs](const std::vector<Tensor>& g) {
+      std::vector<double> d = xs.to_vector();
+      for (double& e : d) e = e > 0 ? 1.01 : 0.0;
+      return std::vector<Tensor>{mul(g[0], from_vector(d, xs.shape(), DType::F64))};
+    });
+    return y;
+  };
+  CHECK_FALSE(sc::testing::gradcheck([&](const std::vector<Tensor>& t) { return bad_relu(t[0]); },
+                                     {x.clone()})
+                  .empty());
+  Tensor at_kinks = from_vector({4e-7, -3e-7, 2e-7}, {3}, DType::F64);
+  CHECK_FALSE(sc::testing::gradcheck([&](const std::vector<Tensor>& t) { return bad_relu(t[0]); },
+                                     {at_kinks})
+                  .empty());
 }
 
 TEST_CASE("autograd: multi-output op gets zeros for unused outputs") {
