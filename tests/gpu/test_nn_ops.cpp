@@ -101,7 +101,8 @@ TEST_CASE("gpu conv2d matches the CPU: forward, dx, dw, dbias", "[gpu][conv2d]")
         }
 }
 
-TEST_CASE("gpu batch_norm matches the CPU (2-D NCHW / NHWC, 1-D with mask, train / eval)",
+TEST_CASE("gpu batch_norm matches the CPU (2-D NCHW / NHWC, 1-D with mask, train / eval, every "
+          "float type, with and without a residual)",
           "[gpu][batch_norm]") {
   PoisonGuard poison;
   Generator gen(sc::testing::next_seed());
@@ -112,11 +113,10 @@ TEST_CASE("gpu batch_norm matches the CPU (2-D NCHW / NHWC, 1-D with mask, train
   for (Cfg cfg :
        {Cfg{{4, 24, 7, 9}, false, false}, Cfg{{4, 40, 7, 9}, true, false},
         Cfg{{3, 8, 28, 28}, false, false}, Cfg{{37, 70}, false, false}, Cfg{{53, 33}, false, true}})
-    for (DType dt : {DType::F32, DType::F64, DType::BF16})
+    for (DType dt : {DType::F32, DType::F64, DType::BF16, DType::F16})
       for (bool training : {true, false})
         for (Act act : {Act::None, Act::Relu, Act::Gelu})
           for (bool with_res : {false, true}) {
-            if (cfg.masked && with_res) continue;
             INFO("shape " << shape_str(cfg.shape) << " nhwc " << cfg.nhwc << " mask " << cfg.masked
                           << " dtype " << dtype_name(dt) << " training " << training << " act "
                           << int(act) << " res " << with_res);
