@@ -44,11 +44,11 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/dtype.h"  // sc::Act
+
 typedef struct CUstream_st* cudaStream_t;
 
 namespace sc {
-
-enum class Act : uint8_t { None, Relu, Gelu };
 
 struct BnGeom {
   int64_t outer = 0, C = 0, inner = 1;
@@ -95,7 +95,8 @@ void add_relu_backward_ref(int64_t n, const T* dy, const T* y, T* dab);
 
 }  // namespace sc
 
-#if defined(SLOTCON_WITH_CUDA)
+// CUDA launchers: declared in every build, defined only in builds with CUDA (reach them through
+// engine/dispatch.h, which never calls them in a build without).
 #include "kernels/dtype.h"
 
 namespace sc {
@@ -129,4 +130,3 @@ void add_relu_backward_cuda(DType dtype, int64_t n, const void* dy, const void* 
                             cudaStream_t stream);
 
 }  // namespace sc
-#endif

@@ -65,7 +65,8 @@ void slot_contrast_backward_ref(const SlotContrastShape& s, const T* z, const T*
 
 }  // namespace sc
 
-#if defined(SLOTCON_WITH_CUDA)
+// CUDA launchers: declared in every build, defined only in builds with CUDA (reach them through
+// engine/dispatch.h, which never calls them in a build without).
 namespace sc {
 
 size_t slot_contrast_workspace_bytes(const SlotContrastShape& s);
@@ -84,4 +85,3 @@ void slot_contrast_backward_cuda(const SlotContrastShape& s, const T* z, const T
                                  void* workspace, cudaStream_t stream);
 
 }  // namespace sc
-#endif
