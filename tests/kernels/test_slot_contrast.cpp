@@ -11,6 +11,7 @@
 
 #include "kernel_test_util.h"
 #include "kernels/slot_contrast.h"
+#include "kernels/slot_presence.h"
 
 namespace {
 
