@@ -129,107 +129,110 @@ void select_with_workspace(const Tensor& like, Select&& select) {
 // ---------------------------------------------------------------- convolution kernels
 void conv_forward_impl(const Conv2dGeom& g, Layout l, const Tensor& x, const Tensor& w,
                        const Tensor& b, const Tensor& y) {
-  if (x.device().is_cpu()) {
-    float_dispatch("conv2d", x.dtype(), [&](auto tv) {
-      using T = decltype(tv);
-      conv2d_forward_ref<T>(g, l, x.data<T>(), w.data<T>(), data_or_null<T>(b), y.data<T>());
-    });
-    return;
-  }
+  dispatch(
+      "conv2d", x,
+      [&](auto tv) {
+        using T = decltype(tv);
+        conv2d_forward_ref<T>(g, l, x.data<T>(), w.data<T>(), data_or_null<T>(b), y.data<T>());
+      },
+      [&](auto st) {
 #if defined(SLOTCON_WITH_CUDNN)
-  const int dev = x.device().index;
-  cudaStream_t st = stream_of(x);
-  cudnnHandle_t h = cudnn_handle(dev);
-  CudnnConvPlan& plan = conv_plan(g, l, x.dtype(), dev);
-  if (!plan.forward_ready())
-    select_with_workspace(x, [&](void* ws, size_t n) {
-      plan.select_forward(h, x.data_ptr(), w.data_ptr(), y.data_ptr(), ws, n);
-    });
-  Workspace ws(plan.forward_workspace(), x);
-  plan.forward(h, x.data_ptr(), w.data_ptr(), y.data_ptr(), ws.data(), plan.forward_workspace());
-  if (b.defined()) {
-    const int64_t L = g.OH() * g.OW();
-    if (l == Layout::NCHW)
-      conv2d_bias_add_cuda(x.dtype(), g.N, g.K, L, y.data_ptr(), b.data_ptr(), st);
-    else
-      conv2d_bias_add_cuda(x.dtype(), g.N * L, g.K, 1, y.data_ptr(), b.data_ptr(), st);
-  }
+        const int dev = x.device().index;
+        cudnnHandle_t h = cudnn_handle(dev);
+        CudnnConvPlan& plan = conv_plan(g, l, x.dtype(), dev);
+        if (!plan.forward_ready())
+          select_with_workspace(x, [&](void* ws, size_t n) {
+            plan.select_forward(h, x.data_ptr(), w.data_ptr(), y.data_ptr(), ws, n);
+          });
+        Workspace ws(plan.forward_workspace(), x);
+        plan.forward(h, x.data_ptr(), w.data_ptr(), y.data_ptr(), ws.data(),
+                     plan.forward_workspace());
+        if (b.defined()) {
+          const int64_t L = g.OH() * g.OW();
+          if (l == Layout::NCHW)
+            conv2d_bias_add_cuda(x.dtype(), g.N, g.K, L, y.data_ptr(), b.data_ptr(), st);
+          else
+            conv2d_bias_add_cuda(x.dtype(), g.N * L, g.K, 1, y.data_ptr(), b.data_ptr(), st);
+        }
 #else
-  (void)g, (void)l, (void)w, (void)b, (void)y;
-  no_cuda("conv2d (cuDNN)");
+        (void)st;
+        no_cuda("conv2d (cuDNN)");
 #endif
+      });
 }
 
 void conv_backward_data_impl(const Conv2dGeom& g, Layout l, const Tensor& dy, const Tensor& w,
                              const Tensor& dx) {
-  if (dy.device().is_cpu()) {
-    float_dispatch("conv2d backward", dy.dtype(), [&](auto tv) {
-      using T = decltype(tv);
-      conv2d_backward_data_ref<T>(g, l, dy.data<T>(), w.data<T>(), dx.data<T>());
-    });
-    return;
-  }
+  dispatch(
+      "conv2d backward", dy,
+      [&](auto tv) {
+        using T = decltype(tv);
+        conv2d_backward_data_ref<T>(g, l, dy.data<T>(), w.data<T>(), dx.data<T>());
+      },
+      [&](auto st) {
 #if defined(SLOTCON_WITH_CUDNN)
-  const int dev = dy.device().index;
-  stream_of(dy);
-  cudnnHandle_t h = cudnn_handle(dev);
-  CudnnConvPlan& plan = conv_plan(g, l, dy.dtype(), dev);
-  if (!plan.backward_data_ready())
-    select_with_workspace(dy, [&](void* ws, size_t n) {
-      plan.select_backward_data(h, dy.data_ptr(), w.data_ptr(), dx.data_ptr(), ws, n);
-    });
-  Workspace ws(plan.backward_data_workspace(), dy);
-  plan.backward_data(h, dy.data_ptr(), w.data_ptr(), dx.data_ptr(), ws.data(),
-                     plan.backward_data_workspace());
+        (void)st;  // cuDNN's handle is bound to the same stream
+        const int dev = dy.device().index;
+        cudnnHandle_t h = cudnn_handle(dev);
+        CudnnConvPlan& plan = conv_plan(g, l, dy.dtype(), dev);
+        if (!plan.backward_data_ready())
+          select_with_workspace(dy, [&](void* ws, size_t n) {
+            plan.select_backward_data(h, dy.data_ptr(), w.data_ptr(), dx.data_ptr(), ws, n);
+          });
+        Workspace ws(plan.backward_data_workspace(), dy);
+        plan.backward_data(h, dy.data_ptr(), w.data_ptr(), dx.data_ptr(), ws.data(),
+                           plan.backward_data_workspace());
 #else
-  (void)g, (void)l, (void)w, (void)dx;
-  no_cuda("conv2d backward (cuDNN)");
+        (void)st;
+        no_cuda("conv2d backward (cuDNN)");
 #endif
+      });
 }
 
 // dw and db written (either may be undefined).
 void conv_backward_weight_impl(const Conv2dGeom& g, Layout l, const Tensor& x, const Tensor& dy,
                                const Tensor& dw, const Tensor& db) {
-  if (dy.device().is_cpu()) {
-    float_dispatch("conv2d backward", dy.dtype(), [&](auto tv) {
-      using T = decltype(tv);
-      Tensor dw0 = dw, db0 = db;
-      if (dw.defined()) fill_(dw0, 0.0);
-      if (db.defined()) fill_(db0, 0.0);
-      conv2d_backward_weight_ref<T>(g, l, x.data<T>(), dy.data<T>(),
-                                    dw.defined() ? dw.data<T>() : nullptr,
-                                    db.defined() ? db.data<T>() : nullptr);
-    });
-    return;
-  }
+  dispatch(
+      "conv2d backward", dy,
+      [&](auto tv) {
+        using T = decltype(tv);
+        Tensor dw0 = dw, db0 = db;
+        if (dw.defined()) fill_(dw0, 0.0);
+        if (db.defined()) fill_(db0, 0.0);
+        conv2d_backward_weight_ref<T>(g, l, x.data<T>(), dy.data<T>(),
+                                      dw.defined() ? dw.data<T>() : nullptr,
+                                      db.defined() ? db.data<T>() : nullptr);
+      },
+      [&](auto st) {
 #if defined(SLOTCON_WITH_CUDNN)
-  const int dev = dy.device().index;
-  cudaStream_t st = stream_of(dy);
-  if (dw.defined()) {
-    cudnnHandle_t h = cudnn_handle(dev);
-    CudnnConvPlan& plan = conv_plan(g, l, dy.dtype(), dev);
-    if (!plan.backward_weight_ready())
-      select_with_workspace(dy, [&](void* ws, size_t n) {
-        plan.select_backward_weight(h, x.data_ptr(), dy.data_ptr(), dw.data_ptr(), ws, n);
-      });
-    Workspace ws(plan.backward_weight_workspace(), dy);
-    plan.backward_weight(h, x.data_ptr(), dy.data_ptr(), dw.data_ptr(), /*accumulate=*/false,
-                         ws.data(), plan.backward_weight_workspace());
-  }
-  if (db.defined()) {
-    Tensor db0 = db;
-    fill_(db0, 0.0);
-    Workspace ws(channel_sum_workspace_bytes(g.K), dy);
-    const int64_t L = g.OH() * g.OW();
-    if (l == Layout::NCHW)
-      channel_sum_cuda(dy.dtype(), g.N, g.K, L, dy.data_ptr(), db.data_ptr(), ws.data(), st);
-    else
-      channel_sum_cuda(dy.dtype(), g.N * L, g.K, 1, dy.data_ptr(), db.data_ptr(), ws.data(), st);
-  }
+        const int dev = dy.device().index;
+        if (dw.defined()) {
+          cudnnHandle_t h = cudnn_handle(dev);
+          CudnnConvPlan& plan = conv_plan(g, l, dy.dtype(), dev);
+          if (!plan.backward_weight_ready())
+            select_with_workspace(dy, [&](void* ws, size_t n) {
+              plan.select_backward_weight(h, x.data_ptr(), dy.data_ptr(), dw.data_ptr(), ws, n);
+            });
+          Workspace ws(plan.backward_weight_workspace(), dy);
+          plan.backward_weight(h, x.data_ptr(), dy.data_ptr(), dw.data_ptr(), /*accumulate=*/false,
+                               ws.data(), plan.backward_weight_workspace());
+        }
+        if (db.defined()) {
+          Tensor db0 = db;
+          fill_(db0, 0.0);
+          Workspace ws(channel_sum_workspace_bytes(g.K), dy);
+          const int64_t L = g.OH() * g.OW();
+          if (l == Layout::NCHW)
+            channel_sum_cuda(dy.dtype(), g.N, g.K, L, dy.data_ptr(), db.data_ptr(), ws.data(), st);
+          else
+            channel_sum_cuda(dy.dtype(), g.N * L, g.K, 1, dy.data_ptr(), db.data_ptr(), ws.data(),
+                             st);
+        }
 #else
-  (void)g, (void)l, (void)x, (void)dw, (void)db;
-  no_cuda("conv2d backward (cuDNN)");
+        (void)st;
+        no_cuda("conv2d backward (cuDNN)");
 #endif
+      });
 }
 
 // ---------------------------------------------------------------- batch-norm plumbing
