@@ -12,8 +12,8 @@
 #include "kernels/proto_assign.h"
 #include "kernels/self_distill.h"
 #include "kernels/slot_contrast.h"
-#include "kernels/slot_presence.h"
 #include "kernels/slot_pool.h"
+#include "kernels/slot_presence.h"
 #include "kernels/view_align.h"
 
 namespace sc {
@@ -28,16 +28,6 @@ void check_float_same(const char* op, const Tensor& a, const Tensor& b) {
   SC_CHECK(a.device() == b.device(), op, ": device mismatch ", a.device().str(), " vs ",
            b.device().str());
 }
-
-template <class T>
-const T* ptr(const Tensor& t) {
-  return data_or_null<T>(t);
-}
-template <class T>
-T* mptr(const Tensor& t) {
-  return data_or_null<T>(t);
-}
-const uint8_t* mask_ptr(const Tensor& t) { return data_or_null<uint8_t>(t); }
 
 // x (B, D, H, W) or (B, D, P) -> (B, D, P) sizes.
 void map_dims(const char* op, const Tensor& x, int64_t& B, int64_t& D, int64_t& P) {
@@ -97,14 +87,15 @@ GroupingScores proto_assign(const Tensor& x_in, const Tensor& protos_in, double 
           [&](auto tv) {
             using T = decltype(tv);
             proto_assign_backward_ref<T>(s, xs.data<T>(), ps.data<T>(), ds.data<T>(), tau,
-                                         gd.data<T>(), ga.data<T>(), mptr<T>(dx), mptr<T>(dp));
+                                         gd.data<T>(), ga.data<T>(), data_or_null<T>(dx),
+                                         data_or_null<T>(dp));
           },
           [&](auto tv, auto st) {
             using T = decltype(tv);
             Workspace ws(proto_assign_workspace_bytes(s), xs);
             proto_assign_backward_cuda<T>(s, xs.data<T>(), ps.data<T>(), ds.data<T>(), tau,
-                                          gd.data<T>(), ga.data<T>(), mptr<T>(dx), mptr<T>(dp),
-                                          ws.data(), st);
+                                          gd.data<T>(), ga.data<T>(), data_or_null<T>(dx),
+                                          data_or_null<T>(dp), ws.data(), st);
           });
       return Grads{dx, dp};
     });
@@ -147,13 +138,13 @@ Tensor slot_pool(const Tensor& x_in, const Tensor& attn_in, bool tf32) {
           [&](auto tv) {
             using T = decltype(tv);
             slot_pool_backward_ref<T>(s, xs.data<T>(), as.data<T>(), ss.data<T>(), gs.data<T>(),
-                                      mptr<T>(dx), mptr<T>(da));
+                                      data_or_null<T>(dx), data_or_null<T>(da));
           },
           [&](auto tv, auto st) {
             using T = decltype(tv);
             Workspace ws(slot_pool_workspace_bytes(s), xs);
             slot_pool_backward_cuda<T>(s, xs.data<T>(), as.data<T>(), ss.data<T>(), gs.data<T>(),
-                                       mptr<T>(dx), mptr<T>(da), ws.data(), st);
+                                       data_or_null<T>(dx), data_or_null<T>(da), ws.data(), st);
           });
       return Grads{dx, da};
     });
@@ -236,14 +227,15 @@ SelfDistillResult self_distill(const Tensor& student_in, const Tensor& teacher_i
       [&](auto tv) {
         using T = decltype(tv);
         self_distill_forward_ref<T>(s, a.data<T>(), t.data<T>(), c.data<T>(), tau_s, tau_t,
-                                    ptr<T>(raw), loss.data<T>(), stats.data<T>(), mptr<T>(cm));
+                                    data_or_null<T>(raw), loss.data<T>(), stats.data<T>(),
+                                    data_or_null<T>(cm));
       },
       [&](auto tv, auto st) {
         using T = decltype(tv);
         Workspace ws(self_distill_workspace_bytes(s), a);
         self_distill_forward_cuda<T>(s, a.data<T>(), t.data<T>(), c.data<T>(), tau_s, tau_t,
-                                     ptr<T>(raw), loss.data<T>(), stats.data<T>(), mptr<T>(cm),
-                                     ws.data(), st);
+                                     data_or_null<T>(raw), loss.data<T>(), stats.data<T>(),
+                                     data_or_null<T>(cm), ws.data(), st);
       });
   if (any_requires_grad({a})) {
     const Tensor as = a.detach();
@@ -280,11 +272,13 @@ Tensor slot_presence(const Tensor& dots_in, const Tensor& and_mask_in) {
       op, dots,
       [&](auto tv) {
         using T = decltype(tv);
-        slot_presence_ref<T>(B, K, P, dots.data<T>(), mask_ptr(am), present.data<uint8_t>());
+        slot_presence_ref<T>(B, K, P, dots.data<T>(), data_or_null<uint8_t>(am),
+                             present.data<uint8_t>());
       },
       [&](auto tv, auto st) {
         using T = decltype(tv);
-        slot_presence_cuda<T>(B, K, P, dots.data<T>(), mask_ptr(am), present.data<uint8_t>(), st);
+        slot_presence_cuda<T>(B, K, P, dots.data<T>(), data_or_null<uint8_t>(am),
+                              present.data<uint8_t>(), st);
       });
   return present;
 }
@@ -332,14 +326,14 @@ Tensor slot_contrast(const Tensor& z_in, const Tensor& keys_in, const Tensor& qu
             using T = decltype(tv);
             slot_contrast_backward_ref<T>(s, zs.data<T>(), ks.data<T>(), qm.data<uint8_t>(),
                                           km.data<uint8_t>(), tau, lse.data<T>(), gl.data<T>(),
-                                          mptr<T>(dz), mptr<T>(dk));
+                                          data_or_null<T>(dz), data_or_null<T>(dk));
           },
           [&](auto tv, auto st) {
             using T = decltype(tv);
             Workspace ws(slot_contrast_workspace_bytes(s), zs);
             slot_contrast_backward_cuda<T>(s, zs.data<T>(), ks.data<T>(), qm.data<uint8_t>(),
                                            km.data<uint8_t>(), tau, lse.data<T>(), gl.data<T>(),
-                                           mptr<T>(dz), mptr<T>(dk), ws.data(), st);
+                                           data_or_null<T>(dz), data_or_null<T>(dk), ws.data(), st);
           });
       return Grads{dz, dk};
     });
