@@ -280,6 +280,8 @@ class Run {
 
  private:
   TwoViewBatch next_batch();
+  bool skip_nonfinite(const StepLoss& l);
+  void end_of_epoch();
   void save(const std::string& path);
   void score_now(const std::string& when);
   void draw_slots(const std::string& name);
@@ -477,6 +479,37 @@ TwoViewBatch Run::next_batch() {
   return batch;
 }
 
+// A non-finite loss at this step: with nonfinite 'skip' a warning and the step counted as done
+// (returns true), with 'stop' the message on stderr (returns false).
+bool Run::skip_nonfinite(const StepLoss& l) {
+  const char* part = !std::isfinite(l.group)      ? "group loss"
+                     : !std::isfinite(l.contrast) ? "contrast loss"
+                                                  : "total loss";
+  if (opts_.nonfinite == NonFinitePolicy::Stop) {
+    std::fprintf(stderr,
+                 "slotcon train: the %s is not finite at step %lld (epoch %lld); stopping. "
+                 "No checkpoint was written for this step.\n",
+                 part, (long long)step_, (long long)(step_ / steps_per_epoch_));
+    return false;
+  }
+  std::printf("warning: the %s is not finite at step %lld; skipping the step\n", part,
+              (long long)step_);
+  ++skipped_;
+  ++step_;
+  return true;
+}
+
+// Every save_freq epochs and at the last: the checkpoint, the slot pictures, the grouping score.
+void Run::end_of_epoch() {
+  const int64_t epoch = step_ / steps_per_epoch_;
+  if (epoch % cfg_.save_freq != 0 && step_ != epoch_steps_total_) return;
+  save(checkpoint_path(cfg_.output_dir, epoch));
+  char name[48];
+  std::snprintf(name, sizeof name, "slots_epoch_%04lld.png", (long long)epoch);
+  draw_slots(name);
+  if (scorer_ && step_ < total_steps_) score_now(str_cat("after epoch ", epoch));
+}
+
 // The steps up to total_steps, with progress lines, checkpoints and end-of-epoch pictures and
 // scores; returns 1 when a non-finite loss stops the run, else 0.
 int Run::loop() {
@@ -499,20 +532,7 @@ int Run::loop() {
     const double m = teacher_momentum_at(step_, epoch_steps_total_, cfg_.teacher_momentum);
     const StepResult r = train_->run(batch, lr, m);
     if (!r.finite) {
-      const char* part = !std::isfinite(r.loss.group)      ? "group loss"
-                         : !std::isfinite(r.loss.contrast) ? "contrast loss"
-                                                           : "total loss";
-      if (opts_.nonfinite == NonFinitePolicy::Stop) {
-        std::fprintf(stderr,
-                     "slotcon train: the %s is not finite at step %lld (epoch %lld); stopping. "
-                     "No checkpoint was written for this step.\n",
-                     part, (long long)step_, (long long)(step_ / steps_per_epoch_));
-        return 1;
-      }
-      std::printf("warning: the %s is not finite at step %lld; skipping the step\n", part,
-                  (long long)step_);
-      ++skipped_;
-      ++step_;
+      if (!skip_nonfinite(r.loss)) return 1;
       continue;
     }
     if (!r.applied) {  // fp16 overflow
@@ -523,16 +543,7 @@ int Run::loop() {
     progress.add(r.loss, B);
     if (step_ % cfg_.print_freq == 0 || step_ == total_steps_ || step_ == first_step_ + 1)
       progress.print(step_, total_steps_, steps_per_epoch_, lr, m, train_->scaler(), metrics);
-    if (step_ % steps_per_epoch_ == 0 && !fixed_) {
-      const int64_t epoch = step_ / steps_per_epoch_;
-      if (epoch % cfg_.save_freq == 0 || step_ == epoch_steps_total_) {
-        save(checkpoint_path(cfg_.output_dir, epoch));
-        char name[48];
-        std::snprintf(name, sizeof name, "slots_epoch_%04lld.png", (long long)epoch);
-        draw_slots(name);
-        if (scorer_ && step_ < total_steps_) score_now(str_cat("after epoch ", epoch));
-      }
-    }
+    if (step_ % steps_per_epoch_ == 0 && !fixed_) end_of_epoch();
   }
   seconds_ = std::chrono::duration<double>(Clock::now() - progress.start).count();
   save((fs::path(cfg_.output_dir) / "final.safetensors").string());
