@@ -1,6 +1,6 @@
 // bench_train_step: images/s of the full SlotCon training step as `slotcon train` runs it
-// (teacher EMA, student and teacher forward on both views, fused head loss, backward, LARS, the
-// center update), at the authors' per-GPU scale by default: ResNet-50, 224 px, batch 64, K 256,
+// (model/train_step.h: teacher EMA, student and teacher forward on both views, fused head loss,
+// backward, LARS, the center update), at the authors' per-GPU scale by default: ResNet-50, 224 px, batch 64, K 256,
 // D 256, H 4096, bf16 activations with fp32 master weights. Data loading is not included (the
 // crops are fixed random tensors already on the device), as in the baseline.
 //
@@ -26,8 +26,8 @@
 #include "engine/autograd.h"
 #include "engine/cuda_runtime.h"
 #include "engine/ops.h"
-#include "engine/optim.h"
 #include "model/slotcon.h"
+#include "model/train_step.h"
 
 using namespace sc;
 
@@ -75,7 +75,8 @@ int main(int argc, char** argv) {
                 precision.c_str());
     precision = "fp32";
   }
-  const DType compute = precision == "bf16" ? DType::BF16 : DType::F32;
+  cfg.precision = precision;
+  cfg.channels_last = nhwc ? "on" : "off";
   const Device dev = gpu ? Device::cuda(0) : Device::cpu();
   const std::string where = gpu ? cuda_device_name(0) : std::string("the CPU");
   if (!gpu)
@@ -84,10 +85,9 @@ int main(int argc, char** argv) {
 
   SlotConModel model(cfg, dev, 0);
   model.train();
-  model.set_channels_last(nhwc);
-  std::vector<Tensor> params;
-  for (auto& kv : model.student_parameters()) params.push_back(kv.second);
-  LARS opt(params, LARSOptions{cfg.base_lr * double(cfg.batch_size) / 256.0, 0.9, 1e-5, 0.001});
+  TrainStep train(model, resolve_train_options(cfg, dev), cfg);
+  const DType compute = train.options().compute_dtype();
+  const double lr = cfg.base_lr * double(cfg.batch_size) / 256.0;
 
   Generator gen(1);
   const int64_t B = cfg.batch_size, S = cfg.image_size;
@@ -110,11 +110,7 @@ int main(int argc, char** argv) {
   for (int i = 0; i < warmup + steps; ++i) {
     if (gpu) cuda_synchronize(0);
     auto t0 = std::chrono::steady_clock::now();
-    model.momentum_update(0.99);
-    StepLoss loss = model.forward(batch, compute);
-    opt.zero_grad();
-    loss.total.backward();
-    opt.step();
+    train.run(batch, lr, 0.99);
     if (gpu) cuda_synchronize(0);
     auto t1 = std::chrono::steady_clock::now();
     if (i >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <string>
 
-#include "kernels/dtype.h"  // sc::DType
+#include "kernels/dtype.h"  // sc::DType, sc::Act
 
 namespace sc {
 

@@ -8,43 +8,23 @@
 #include <mutex>
 
 #include "engine/autograd.h"
+#include "engine/dispatch.h"
 #include "engine/ops.h"
+#include "kernels/add_relu.h"
+#include "kernels/batch_norm.h"
 #include "kernels/conv2d.h"
 #include "kernels/max_pool.h"
 
-#if defined(SLOTCON_WITH_CUDA)
-#include "engine/cuda/context.h"
-#endif
 #if defined(SLOTCON_WITH_CUDNN)
 #include <cudnn.h>
+
+#include "engine/cuda/context.h"  // cuda::stream for the cuDNN handles
 #endif
 
 namespace sc {
 namespace {
 
 using Grads = std::vector<Tensor>;
-
-[[noreturn]] void no_cuda(const char* op) {
-  throw Error(str_cat(op, ": this build has no CUDA backend"));
-}
-
-// Call f(T{}) with T = float / double for a CPU tensor's dtype.
-template <class F>
-void cpu_float_dispatch(const char* op, DType t, F&& f) {
-  if (t == DType::F32)
-    f(float{});
-  else if (t == DType::F64)
-    f(double{});
-  else
-    throw Error(str_cat(op, ": the CPU backend supports F32 and F64, got ", dtype_name(t)));
-}
-
-template <class T>
-const T* ptr_or_null(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
-const void* vptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
-void* mvptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 MemoryFormat fmt_of(Layout l) {
   return l == Layout::NHWC ? MemoryFormat::ChannelsLast : MemoryFormat::Contiguous;
@@ -79,19 +59,6 @@ void check_same_dev_dtype(const char* op, const Tensor& a, const char* an, const
   SC_CHECK(a.dtype() == b.dtype(), op, ": ", an, " and ", bn, " have different dtypes (",
            dtype_name(a.dtype()), " and ", dtype_name(b.dtype()), ")");
 }
-
-#if defined(SLOTCON_WITH_CUDA)
-cudaStream_t stream_of(const Tensor& t) {
-  cuda::set_device(t.device().index);
-  return cuda::stream(t.device().index);
-}
-// A device scratch buffer from the engine's caching allocator (null for 0 bytes).
-std::shared_ptr<Storage> scratch(size_t bytes, const Tensor& like) {
-  if (bytes == 0) return nullptr;
-  return allocate(bytes, like.device());
-}
-void* data_of(const std::shared_ptr<Storage>& s) { return s ? s->data : nullptr; }
-#endif
 
 bool g_allow_tf32 = false;
 
@@ -162,107 +129,110 @@ void select_with_workspace(const Tensor& like, Select&& select) {
 // ---------------------------------------------------------------- convolution kernels
 void conv_forward_impl(const Conv2dGeom& g, Layout l, const Tensor& x, const Tensor& w,
                        const Tensor& b, const Tensor& y) {
-  if (x.device().is_cpu()) {
-    cpu_float_dispatch("conv2d", x.dtype(), [&](auto tv) {
-      using T = decltype(tv);
-      conv2d_forward_ref<T>(g, l, x.data<T>(), w.data<T>(), ptr_or_null<T>(b), y.data<T>());
-    });
-    return;
-  }
+  dispatch(
+      "conv2d", x,
+      [&](auto tv) {
+        using T = decltype(tv);
+        conv2d_forward_ref<T>(g, l, x.data<T>(), w.data<T>(), data_or_null<T>(b), y.data<T>());
+      },
+      [&](auto st) {
 #if defined(SLOTCON_WITH_CUDNN)
-  const int dev = x.device().index;
-  cudaStream_t st = stream_of(x);
-  cudnnHandle_t h = cudnn_handle(dev);
-  CudnnConvPlan& plan = conv_plan(g, l, x.dtype(), dev);
-  if (!plan.forward_ready())
-    select_with_workspace(x, [&](void* ws, size_t n) {
-      plan.select_forward(h, x.data_ptr(), w.data_ptr(), y.data_ptr(), ws, n);
-    });
-  auto ws = scratch(plan.forward_workspace(), x);
-  plan.forward(h, x.data_ptr(), w.data_ptr(), y.data_ptr(), data_of(ws), plan.forward_workspace());
-  if (b.defined()) {
-    const int64_t L = g.OH() * g.OW();
-    if (l == Layout::NCHW)
-      conv2d_bias_add_cuda(x.dtype(), g.N, g.K, L, y.data_ptr(), b.data_ptr(), st);
-    else
-      conv2d_bias_add_cuda(x.dtype(), g.N * L, g.K, 1, y.data_ptr(), b.data_ptr(), st);
-  }
+        const int dev = x.device().index;
+        cudnnHandle_t h = cudnn_handle(dev);
+        CudnnConvPlan& plan = conv_plan(g, l, x.dtype(), dev);
+        if (!plan.forward_ready())
+          select_with_workspace(x, [&](void* ws, size_t n) {
+            plan.select_forward(h, x.data_ptr(), w.data_ptr(), y.data_ptr(), ws, n);
+          });
+        Workspace ws(plan.forward_workspace(), x);
+        plan.forward(h, x.data_ptr(), w.data_ptr(), y.data_ptr(), ws.data(),
+                     plan.forward_workspace());
+        if (b.defined()) {
+          const int64_t L = g.OH() * g.OW();
+          if (l == Layout::NCHW)
+            conv2d_bias_add_cuda(x.dtype(), g.N, g.K, L, y.data_ptr(), b.data_ptr(), st);
+          else
+            conv2d_bias_add_cuda(x.dtype(), g.N * L, g.K, 1, y.data_ptr(), b.data_ptr(), st);
+        }
 #else
-  (void)g, (void)l, (void)w, (void)b, (void)y;
-  no_cuda("conv2d (cuDNN)");
+        (void)st;
+        no_cuda("conv2d (cuDNN)");
 #endif
+      });
 }
 
 void conv_backward_data_impl(const Conv2dGeom& g, Layout l, const Tensor& dy, const Tensor& w,
                              const Tensor& dx) {
-  if (dy.device().is_cpu()) {
-    cpu_float_dispatch("conv2d backward", dy.dtype(), [&](auto tv) {
-      using T = decltype(tv);
-      conv2d_backward_data_ref<T>(g, l, dy.data<T>(), w.data<T>(), dx.data<T>());
-    });
-    return;
-  }
+  dispatch(
+      "conv2d backward", dy,
+      [&](auto tv) {
+        using T = decltype(tv);
+        conv2d_backward_data_ref<T>(g, l, dy.data<T>(), w.data<T>(), dx.data<T>());
+      },
+      [&](auto st) {
 #if defined(SLOTCON_WITH_CUDNN)
-  const int dev = dy.device().index;
-  stream_of(dy);
-  cudnnHandle_t h = cudnn_handle(dev);
-  CudnnConvPlan& plan = conv_plan(g, l, dy.dtype(), dev);
-  if (!plan.backward_data_ready())
-    select_with_workspace(dy, [&](void* ws, size_t n) {
-      plan.select_backward_data(h, dy.data_ptr(), w.data_ptr(), dx.data_ptr(), ws, n);
-    });
-  auto ws = scratch(plan.backward_data_workspace(), dy);
-  plan.backward_data(h, dy.data_ptr(), w.data_ptr(), dx.data_ptr(), data_of(ws),
-                     plan.backward_data_workspace());
+        (void)st;  // cuDNN's handle is bound to the same stream
+        const int dev = dy.device().index;
+        cudnnHandle_t h = cudnn_handle(dev);
+        CudnnConvPlan& plan = conv_plan(g, l, dy.dtype(), dev);
+        if (!plan.backward_data_ready())
+          select_with_workspace(dy, [&](void* ws, size_t n) {
+            plan.select_backward_data(h, dy.data_ptr(), w.data_ptr(), dx.data_ptr(), ws, n);
+          });
+        Workspace ws(plan.backward_data_workspace(), dy);
+        plan.backward_data(h, dy.data_ptr(), w.data_ptr(), dx.data_ptr(), ws.data(),
+                           plan.backward_data_workspace());
 #else
-  (void)g, (void)l, (void)w, (void)dx;
-  no_cuda("conv2d backward (cuDNN)");
+        (void)st;
+        no_cuda("conv2d backward (cuDNN)");
 #endif
+      });
 }
 
 // dw and db written (either may be undefined).
 void conv_backward_weight_impl(const Conv2dGeom& g, Layout l, const Tensor& x, const Tensor& dy,
                                const Tensor& dw, const Tensor& db) {
-  if (dy.device().is_cpu()) {
-    cpu_float_dispatch("conv2d backward", dy.dtype(), [&](auto tv) {
-      using T = decltype(tv);
-      Tensor dw0 = dw, db0 = db;
-      if (dw.defined()) fill_(dw0, 0.0);
-      if (db.defined()) fill_(db0, 0.0);
-      conv2d_backward_weight_ref<T>(g, l, x.data<T>(), dy.data<T>(),
-                                    dw.defined() ? dw.data<T>() : nullptr,
-                                    db.defined() ? db.data<T>() : nullptr);
-    });
-    return;
-  }
+  dispatch(
+      "conv2d backward", dy,
+      [&](auto tv) {
+        using T = decltype(tv);
+        Tensor dw0 = dw, db0 = db;
+        if (dw.defined()) fill_(dw0, 0.0);
+        if (db.defined()) fill_(db0, 0.0);
+        conv2d_backward_weight_ref<T>(g, l, x.data<T>(), dy.data<T>(),
+                                      dw.defined() ? dw.data<T>() : nullptr,
+                                      db.defined() ? db.data<T>() : nullptr);
+      },
+      [&](auto st) {
 #if defined(SLOTCON_WITH_CUDNN)
-  const int dev = dy.device().index;
-  cudaStream_t st = stream_of(dy);
-  if (dw.defined()) {
-    cudnnHandle_t h = cudnn_handle(dev);
-    CudnnConvPlan& plan = conv_plan(g, l, dy.dtype(), dev);
-    if (!plan.backward_weight_ready())
-      select_with_workspace(dy, [&](void* ws, size_t n) {
-        plan.select_backward_weight(h, x.data_ptr(), dy.data_ptr(), dw.data_ptr(), ws, n);
-      });
-    auto ws = scratch(plan.backward_weight_workspace(), dy);
-    plan.backward_weight(h, x.data_ptr(), dy.data_ptr(), dw.data_ptr(), /*accumulate=*/false,
-                         data_of(ws), plan.backward_weight_workspace());
-  }
-  if (db.defined()) {
-    Tensor db0 = db;
-    fill_(db0, 0.0);
-    auto ws = scratch(channel_sum_workspace_bytes(g.K), dy);
-    const int64_t L = g.OH() * g.OW();
-    if (l == Layout::NCHW)
-      channel_sum_cuda(dy.dtype(), g.N, g.K, L, dy.data_ptr(), db.data_ptr(), data_of(ws), st);
-    else
-      channel_sum_cuda(dy.dtype(), g.N * L, g.K, 1, dy.data_ptr(), db.data_ptr(), data_of(ws), st);
-  }
+        const int dev = dy.device().index;
+        if (dw.defined()) {
+          cudnnHandle_t h = cudnn_handle(dev);
+          CudnnConvPlan& plan = conv_plan(g, l, dy.dtype(), dev);
+          if (!plan.backward_weight_ready())
+            select_with_workspace(dy, [&](void* ws, size_t n) {
+              plan.select_backward_weight(h, x.data_ptr(), dy.data_ptr(), dw.data_ptr(), ws, n);
+            });
+          Workspace ws(plan.backward_weight_workspace(), dy);
+          plan.backward_weight(h, x.data_ptr(), dy.data_ptr(), dw.data_ptr(), /*accumulate=*/false,
+                               ws.data(), plan.backward_weight_workspace());
+        }
+        if (db.defined()) {
+          Tensor db0 = db;
+          fill_(db0, 0.0);
+          Workspace ws(channel_sum_workspace_bytes(g.K), dy);
+          const int64_t L = g.OH() * g.OW();
+          if (l == Layout::NCHW)
+            channel_sum_cuda(dy.dtype(), g.N, g.K, L, dy.data_ptr(), db.data_ptr(), ws.data(), st);
+          else
+            channel_sum_cuda(dy.dtype(), g.N * L, g.K, 1, dy.data_ptr(), db.data_ptr(), ws.data(),
+                             st);
+        }
 #else
-  (void)g, (void)l, (void)x, (void)dw, (void)db;
-  no_cuda("conv2d backward (cuDNN)");
+        (void)st;
+        no_cuda("conv2d backward (cuDNN)");
 #endif
+      });
 }
 
 // ---------------------------------------------------------------- batch-norm plumbing
@@ -297,18 +267,15 @@ DType param_dtype_for(DType x) { return (x == DType::BF16 || x == DType::F16) ? 
 
 void bn_stats_impl(const BnGeom& g, const Tensor& x, const Tensor& mask, const Tensor& stats) {
   const uint8_t* m = mask.defined() ? mask.data<uint8_t>() : nullptr;
-  if (x.device().is_cpu()) {
-    cpu_float_dispatch("batch_norm", x.dtype(), [&](auto tv) {
-      using T = decltype(tv);
-      batch_norm_stats_ref<T>(g, x.data<T>(), m, stats.data<double>());
-    });
-    return;
-  }
-#if defined(SLOTCON_WITH_CUDA)
-  batch_norm_stats_cuda(x.dtype(), g, x.data_ptr(), m, stats.data<double>(), stream_of(x));
-#else
-  no_cuda("batch_norm");
-#endif
+  dispatch(
+      "batch_norm", x,
+      [&](auto tv) {
+        using T = decltype(tv);
+        batch_norm_stats_ref<T>(g, x.data<T>(), m, stats.data<double>());
+      },
+      [&](auto st) {
+        batch_norm_stats_cuda(x.dtype(), g, x.data_ptr(), m, stats.data<double>(), st);
+      });
 }
 
 void check_bn_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& rm,
@@ -457,28 +424,23 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
     if (opt.reduce_stats) opt.reduce_stats(stats);
   }
   Tensor y = empty_like(x);
-  if (dev.is_cpu()) {
-    cpu_float_dispatch(op, xd, [&](auto tv) {
-      using T = decltype(tv);
-      batch_norm_finalize_ref<T>(C, training ? stats.data<double>() : nullptr,
-                                 running_mean.defined() ? running_mean.data<T>() : nullptr,
-                                 running_var.defined() ? running_var.data<T>() : nullptr, training,
-                                 opt.momentum, opt.eps, save.data<double>());
-      batch_norm_apply_ref<T>(g, x.data<T>(), save.data<double>(), ptr_or_null<T>(gamma),
-                              ptr_or_null<T>(beta), ptr_or_null<T>(res), opt.act, y.data<T>());
-    });
-  } else {
-#if defined(SLOTCON_WITH_CUDA)
-    cudaStream_t st = stream_of(x);
-    batch_norm_finalize_cuda(pd, C, training ? stats.data<double>() : nullptr,
-                             mvptr_or_null(running_mean), mvptr_or_null(running_var), training,
-                             opt.momentum, opt.eps, save.data<double>(), st);
-    batch_norm_apply_cuda(xd, pd, g, x.data_ptr(), save.data<double>(), vptr_or_null(gamma),
-                          vptr_or_null(beta), vptr_or_null(res), opt.act, y.data_ptr(), st);
-#else
-    no_cuda(op);
-#endif
-  }
+  dispatch(
+      op, x,
+      [&](auto tv) {
+        using T = decltype(tv);
+        batch_norm_finalize_ref<T>(C, training ? stats.data<double>() : nullptr,
+                                   data_or_null<T>(running_mean), data_or_null<T>(running_var),
+                                   training, opt.momentum, opt.eps, save.data<double>());
+        batch_norm_apply_ref<T>(g, x.data<T>(), save.data<double>(), data_or_null<T>(gamma),
+                                data_or_null<T>(beta), data_or_null<T>(res), opt.act, y.data<T>());
+      },
+      [&](auto st) {
+        batch_norm_finalize_cuda(pd, C, training ? stats.data<double>() : nullptr,
+                                 data_or_null(running_mean), data_or_null(running_var), training,
+                                 opt.momentum, opt.eps, save.data<double>(), st);
+        batch_norm_apply_cuda(xd, pd, g, x.data_ptr(), save.data<double>(), data_or_null(gamma),
+                              data_or_null(beta), data_or_null(res), opt.act, y.data_ptr(), st);
+      });
 
   if (any_requires_grad({x, gamma, beta, res})) {
     const bool need_dres = res.defined() && res.requires_grad();
@@ -489,59 +451,58 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
     Tensor rs = res.defined() ? res.detach() : Tensor();
     const Act act = opt.act;
     auto hook = opt.reduce_grad_sums;
-    record_op(op, {x, gamma, beta, res}, {y},
-              [s, xs, gs, bs, rs, mask, save, stats, act, training, hook, need_dres, need_dgamma,
-               need_dbeta, pd](const Grads& gr) {
-                const BnGeom& g = s.g;
-                const int64_t C = g.C;
-                Tensor dy = bn_dense(gr[0], s);
-                const Device dev = xs.device();
-                Tensor gsum = empty({2 * C}, DType::F64, dev);
-                Tensor dx = empty_like(xs);
-                Tensor dres = need_dres ? empty_like(xs) : Tensor();
-                Tensor dgamma = need_dgamma ? zeros({C}, pd, dev) : Tensor();
-                Tensor dbeta = need_dbeta ? zeros({C}, pd, dev) : Tensor();
-                const uint8_t* m = mask.defined() ? mask.data<uint8_t>() : nullptr;
-                if (dev.is_cpu()) {
-                  cpu_float_dispatch("batch_norm backward", xs.dtype(), [&](auto tv) {
-                    using T = decltype(tv);
-                    batch_norm_grad_sums_ref<T>(g, dy.data<T>(), xs.data<T>(), save.data<double>(),
-                                                ptr_or_null<T>(gs), ptr_or_null<T>(bs),
-                                                ptr_or_null<T>(rs), act, m, gsum.data<double>());
-                  });
-                  if (training && hook) hook(gsum);
-                  cpu_float_dispatch("batch_norm backward", xs.dtype(), [&](auto tv) {
-                    using T = decltype(tv);
-                    const double count = training ? stats.data<double>()[2 * C] : 0.0;
-                    batch_norm_grad_apply_ref<T>(
-                        g, dy.data<T>(), xs.data<T>(), save.data<double>(), ptr_or_null<T>(gs),
-                        ptr_or_null<T>(bs), ptr_or_null<T>(rs), act, m, gsum.data<double>(), count,
-                        training, dx.data<T>(), dres.defined() ? dres.data<T>() : nullptr);
-                    batch_norm_param_grads_ref<T>(C, gsum.data<double>(),
-                                                  dgamma.defined() ? dgamma.data<T>() : nullptr,
-                                                  dbeta.defined() ? dbeta.data<T>() : nullptr);
-                  });
-                } else {
-#if defined(SLOTCON_WITH_CUDA)
-                  cudaStream_t st = stream_of(xs);
-                  const DType xd = xs.dtype();
-                  batch_norm_grad_sums_cuda(xd, pd, g, dy.data_ptr(), xs.data_ptr(),
-                                            save.data<double>(), vptr_or_null(gs), vptr_or_null(bs),
-                                            vptr_or_null(rs), act, m, gsum.data<double>(), st);
-                  if (training && hook) hook(gsum);
-                  batch_norm_grad_apply_cuda(
-                      xd, pd, g, dy.data_ptr(), xs.data_ptr(), save.data<double>(),
-                      vptr_or_null(gs), vptr_or_null(bs), vptr_or_null(rs), act, m,
-                      gsum.data<double>(), training ? stats.data<double>() + 2 * C : nullptr,
-                      training, dx.data_ptr(), mvptr_or_null(dres), st);
-                  batch_norm_param_grads_cuda(pd, C, gsum.data<double>(), mvptr_or_null(dgamma),
-                                              mvptr_or_null(dbeta), st);
-#else
-                  no_cuda("batch_norm backward");
-#endif
-                }
-                return Grads{dx, dgamma, dbeta, dres};
+    record_op(
+        op, {x, gamma, beta, res}, {y},
+        [s, xs, gs, bs, rs, mask, save, stats, act, training, hook, need_dres, need_dgamma,
+         need_dbeta, pd](const Grads& gr) {
+          const BnGeom& g = s.g;
+          const int64_t C = g.C;
+          Tensor dy = bn_dense(gr[0], s);
+          const Device dev = xs.device();
+          Tensor gsum = empty({2 * C}, DType::F64, dev);
+          Tensor dx = empty_like(xs);
+          Tensor dres = need_dres ? empty_like(xs) : Tensor();
+          Tensor dgamma = need_dgamma ? zeros({C}, pd, dev) : Tensor();
+          Tensor dbeta = need_dbeta ? zeros({C}, pd, dev) : Tensor();
+          const uint8_t* m = mask.defined() ? mask.data<uint8_t>() : nullptr;
+          const char* bop = "batch_norm backward";
+          dispatch(
+              bop, xs,
+              [&](auto tv) {
+                using T = decltype(tv);
+                batch_norm_grad_sums_ref<T>(g, dy.data<T>(), xs.data<T>(), save.data<double>(),
+                                            data_or_null<T>(gs), data_or_null<T>(bs),
+                                            data_or_null<T>(rs), act, m, gsum.data<double>());
+              },
+              [&](auto st) {
+                batch_norm_grad_sums_cuda(xs.dtype(), pd, g, dy.data_ptr(), xs.data_ptr(),
+                                          save.data<double>(), data_or_null(gs), data_or_null(bs),
+                                          data_or_null(rs), act, m, gsum.data<double>(), st);
               });
+          if (training && hook) hook(gsum);
+          dispatch(
+              bop, xs,
+              [&](auto tv) {
+                using T = decltype(tv);
+                const double count = training ? stats.data<double>()[2 * C] : 0.0;
+                batch_norm_grad_apply_ref<T>(g, dy.data<T>(), xs.data<T>(), save.data<double>(),
+                                             data_or_null<T>(gs), data_or_null<T>(bs),
+                                             data_or_null<T>(rs), act, m, gsum.data<double>(),
+                                             count, training, dx.data<T>(), data_or_null<T>(dres));
+                batch_norm_param_grads_ref<T>(C, gsum.data<double>(), data_or_null<T>(dgamma),
+                                              data_or_null<T>(dbeta));
+              },
+              [&](auto st) {
+                batch_norm_grad_apply_cuda(xs.dtype(), pd, g, dy.data_ptr(), xs.data_ptr(),
+                                           save.data<double>(), data_or_null(gs), data_or_null(bs),
+                                           data_or_null(rs), act, m, gsum.data<double>(),
+                                           training ? stats.data<double>() + 2 * C : nullptr,
+                                           training, dx.data_ptr(), data_or_null(dres), st);
+                batch_norm_param_grads_cuda(pd, C, gsum.data<double>(), data_or_null(dgamma),
+                                            data_or_null(dbeta), st);
+              });
+          return Grads{dx, dgamma, dbeta, dres};
+        });
   }
   return y;
 }
@@ -564,37 +525,31 @@ Tensor max_pool2d(const Tensor& x_in, int64_t kernel, int64_t stride, int64_t pa
   const Shape out_shape = {g.N, g.C, g.OH(), g.OW()};
   Tensor y = empty(out_shape, x.dtype(), x.device(), fmt_of(layout));
   Tensor idx = empty(out_shape, DType::U8, x.device(), fmt_of(layout));
-  if (x.device().is_cpu()) {
-    cpu_float_dispatch(op, x.dtype(), [&](auto tv) {
-      using T = decltype(tv);
-      max_pool2d_forward_ref<T>(g, layout, x.data<T>(), y.data<T>(), idx.data<uint8_t>());
-    });
-  } else {
-#if defined(SLOTCON_WITH_CUDA)
-    max_pool2d_forward_cuda(x.dtype(), g, layout, x.data_ptr(), y.data_ptr(), idx.data<uint8_t>(),
-                            stream_of(x));
-#else
-    no_cuda(op);
-#endif
-  }
+  dispatch(
+      op, x,
+      [&](auto tv) {
+        using T = decltype(tv);
+        max_pool2d_forward_ref<T>(g, layout, x.data<T>(), y.data<T>(), idx.data<uint8_t>());
+      },
+      [&](auto st) {
+        max_pool2d_forward_cuda(x.dtype(), g, layout, x.data_ptr(), y.data_ptr(),
+                                idx.data<uint8_t>(), st);
+      });
   if (any_requires_grad({x})) {
     Tensor xs = x.detach();
     record_op(op, {x}, {y}, [g, layout, xs, idx](const Grads& gr) {
       Tensor dy = dense_in(gr[0], layout);
       Tensor dx = empty_like(xs);
-      if (xs.device().is_cpu()) {
-        cpu_float_dispatch("max_pool2d backward", xs.dtype(), [&](auto tv) {
-          using T = decltype(tv);
-          max_pool2d_backward_ref<T>(g, layout, dy.data<T>(), idx.data<uint8_t>(), dx.data<T>());
-        });
-      } else {
-#if defined(SLOTCON_WITH_CUDA)
-        max_pool2d_backward_cuda(xs.dtype(), g, layout, dy.data_ptr(), idx.data<uint8_t>(),
-                                 dx.data_ptr(), stream_of(xs));
-#else
-        no_cuda("max_pool2d backward");
-#endif
-      }
+      dispatch(
+          "max_pool2d backward", xs,
+          [&](auto tv) {
+            using T = decltype(tv);
+            max_pool2d_backward_ref<T>(g, layout, dy.data<T>(), idx.data<uint8_t>(), dx.data<T>());
+          },
+          [&](auto st) {
+            max_pool2d_backward_cuda(xs.dtype(), g, layout, dy.data_ptr(), idx.data<uint8_t>(),
+                                     dx.data_ptr(), st);
+          });
       return Grads{dx};
     });
   }
@@ -619,18 +574,13 @@ Tensor add_relu(const Tensor& a_in, const Tensor& b_in) {
   Tensor a = dense(a_in), b = dense(b_in);
   Tensor y = empty(a.shape(), a.dtype(), a.device(), fmt);
   const int64_t n = a.numel();
-  if (a.device().is_cpu()) {
-    cpu_float_dispatch(op, a.dtype(), [&](auto tv) {
-      using T = decltype(tv);
-      add_relu_ref<T>(n, a.data<T>(), b.data<T>(), y.data<T>());
-    });
-  } else {
-#if defined(SLOTCON_WITH_CUDA)
-    add_relu_cuda(a.dtype(), n, a.data_ptr(), b.data_ptr(), y.data_ptr(), stream_of(a));
-#else
-    no_cuda(op);
-#endif
-  }
+  dispatch(
+      op, a,
+      [&](auto tv) {
+        using T = decltype(tv);
+        add_relu_ref<T>(n, a.data<T>(), b.data<T>(), y.data<T>());
+      },
+      [&](auto st) { add_relu_cuda(a.dtype(), n, a.data_ptr(), b.data_ptr(), y.data_ptr(), st); });
   if (any_requires_grad({a, b})) {
     Tensor ys = y.detach();
     record_op(op, {a, b}, {y}, [ys, fmt, n](const Grads& gr) {
@@ -638,19 +588,15 @@ Tensor add_relu(const Tensor& a_in, const Tensor& b_in) {
           fmt == MemoryFormat::ChannelsLast ? gr[0].is_channels_last() : gr[0].is_contiguous();
       Tensor dy = ok ? gr[0] : gr[0].contiguous(fmt);
       Tensor d = empty_like(ys);
-      if (ys.device().is_cpu()) {
-        cpu_float_dispatch("add_relu backward", ys.dtype(), [&](auto tv) {
-          using T = decltype(tv);
-          add_relu_backward_ref<T>(n, dy.data<T>(), ys.data<T>(), d.data<T>());
-        });
-      } else {
-#if defined(SLOTCON_WITH_CUDA)
-        add_relu_backward_cuda(ys.dtype(), n, dy.data_ptr(), ys.data_ptr(), d.data_ptr(),
-                               stream_of(ys));
-#else
-        no_cuda("add_relu backward");
-#endif
-      }
+      dispatch(
+          "add_relu backward", ys,
+          [&](auto tv) {
+            using T = decltype(tv);
+            add_relu_backward_ref<T>(n, dy.data<T>(), ys.data<T>(), d.data<T>());
+          },
+          [&](auto st) {
+            add_relu_backward_cuda(ys.dtype(), n, dy.data_ptr(), ys.data_ptr(), d.data_ptr(), st);
+          });
       return Grads{d, d};
     });
   }

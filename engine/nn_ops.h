@@ -14,8 +14,7 @@
 #pragma once
 #include <functional>
 
-#include "engine/tensor.h"
-#include "kernels/batch_norm.h"  // sc::Act
+#include "engine/tensor.h"  // Tensor, DType, Act (engine/dtype.h)
 
 namespace sc {
 

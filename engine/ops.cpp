@@ -9,11 +9,9 @@
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
+#include "engine/dispatch.h"
 
 namespace sc {
-
-#define SC_DISPATCH(dev, fn, ...) \
-  ((dev).is_cuda() ? cuda::fn(__VA_ARGS__) : cpu::fn(__VA_ARGS__))
 
 namespace {
 
@@ -67,14 +65,14 @@ Tensor binary_raw(BinaryOp op, const char* name, const Tensor& a, const Tensor& 
   Tensor out = a.shape() == s ? empty_like(a)
                : b.shape() == s ? empty_like(b)
                                 : empty(s, a.dtype(), a.device());
-  SC_DISPATCH(a.device(), binary, op, out, broadcast_view(a, s), broadcast_view(b, s), alpha, beta);
+  SC_BACKEND(a.device(), binary, op, out, broadcast_view(a, s), broadcast_view(b, s), alpha, beta);
   return out;
 }
 
 Tensor unary_raw(UnaryOp op, const char* name, const Tensor& a, double alpha = 0) {
   check_float(name, a);
   Tensor out = empty_like(a);
-  SC_DISPATCH(a.device(), unary, op, out, a, alpha);
+  SC_BACKEND(a.device(), unary, op, out, a, alpha);
   return out;
 }
 
@@ -211,7 +209,7 @@ Tensor pow_scalar(const Tensor& a, double p) {
   return unary_with_grad(UnaryOp::PowScalar, "pow_scalar", a, p,
                          [p](const Tensor& g, const Tensor& x, const Tensor&) {
                            Tensor d = empty_like(g);
-                           SC_DISPATCH(g.device(), binary, BinaryOp::PowScalarBackward, d, g, x,
+                           SC_BACKEND(g.device(), binary, BinaryOp::PowScalarBackward, d, g, x,
                                        p, 0.0);
                            return d;
                          });
@@ -220,7 +218,7 @@ Tensor clamp_min(const Tensor& a, double lo) {
   return unary_with_grad(UnaryOp::ClampMin, "clamp_min", a, lo,
                          [lo](const Tensor& g, const Tensor& x, const Tensor&) {
                            Tensor d = empty_like(g);
-                           SC_DISPATCH(g.device(), binary, BinaryOp::ClampMinBackward, d, g, x,
+                           SC_BACKEND(g.device(), binary, BinaryOp::ClampMinBackward, d, g, x,
                                        lo, 0.0);
                            return d;
                          });
@@ -247,7 +245,7 @@ Tensor relu(const Tensor& a) {
   return unary_with_grad(UnaryOp::Relu, "relu", a, 0,
                          [](const Tensor& g, const Tensor& x, const Tensor&) {
                            Tensor d = empty_like(g);
-                           SC_DISPATCH(g.device(), binary, BinaryOp::ReluBackward, d, g, x, 0.0,
+                           SC_BACKEND(g.device(), binary, BinaryOp::ReluBackward, d, g, x, 0.0,
                                        0.0);
                            return d;
                          });
@@ -256,7 +254,7 @@ Tensor gelu(const Tensor& a) {
   return unary_with_grad(UnaryOp::Gelu, "gelu", a, 0,
                          [](const Tensor& g, const Tensor& x, const Tensor&) {
                            Tensor d = empty_like(g);
-                           SC_DISPATCH(g.device(), binary, BinaryOp::GeluBackward, d, g, x, 0.0,
+                           SC_BACKEND(g.device(), binary, BinaryOp::GeluBackward, d, g, x, 0.0,
                                        0.0);
                            return d;
                          });
@@ -321,7 +319,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   if (!B.t.defined()) B = mat_arg(b.detach().contiguous(), b.dim() - 2, b.dim() - 1);
   const int64_t sA = a.dim() == 3 ? A.t.stride(0) : 0;
   const int64_t sB = b.dim() == 3 ? B.t.stride(0) : 0;
-  SC_DISPATCH(a.device(), gemm, A.trans, B.trans, m, n, k, 1.0, A.t, A.ld, sA, B.t, B.ld, sB, 0.0,
+  SC_BACKEND(a.device(), gemm, A.trans, B.trans, m, n, k, 1.0, A.t, A.ld, sA, B.t, B.ld, sB, 0.0,
               out, std::max<int64_t>(n, 1), m * n, batch);
   if (any_requires_grad({a, b})) {
     Tensor x = a.detach(), y = b.detach();
@@ -387,7 +385,7 @@ Tensor sum(const Tensor& a, const std::vector<int>& dims_in, bool keepdim) {
   if (nd > 0) p = permute(p, perm);
   p = p.contiguous();
   Tensor out = empty(out_shape, a.dtype(), a.device());
-  SC_DISPATCH(a.device(), sum_rows, out, p, rows, cols);
+  SC_BACKEND(a.device(), sum_rows, out, p, rows, cols);
   if (any_requires_grad({a})) {
     Shape keep_shape = a.shape();
     for (int i = 0; i < nd; ++i)
@@ -432,7 +430,7 @@ Tensor argmax(const Tensor& a, int dim, bool keepdim) {
     out_shape.erase(out_shape.begin() + dim);
   }
   Tensor out = empty(out_shape, DType::I64, a.device());
-  SC_DISPATCH(a.device(), argmax_rows, out, r.dense, r.rows, r.cols);
+  SC_BACKEND(a.device(), argmax_rows, out, r.dense, r.rows, r.cols);
   return out;
 }
 
@@ -444,14 +442,14 @@ Tensor softmax_impl(const Tensor& a, int dim, bool log) {
   dim = norm_dim(name, dim, a.dim());
   RowView r = to_rows(a, dim);
   Tensor y = empty_like(r.dense);
-  SC_DISPATCH(a.device(), softmax_rows, y, r.dense, r.rows, r.cols, log);
+  SC_BACKEND(a.device(), softmax_rows, y, r.dense, r.rows, r.cols, log);
   Tensor out = from_rows(y, r.perm);
   if (any_requires_grad({a})) {
     Tensor ys = y.detach();
     record_op(name, {a}, {out}, [ys, dim, log, rows = r.rows, cols = r.cols](const Grads& g) {
       RowView gr = to_rows(g[0], dim);
       Tensor dx = empty_like(gr.dense);
-      SC_DISPATCH(ys.device(), softmax_backward_rows, dx, gr.dense, ys, rows, cols, log);
+      SC_BACKEND(ys.device(), softmax_backward_rows, dx, gr.dense, ys, rows, cols, log);
       Tensor d = from_rows(dx, gr.perm);
       return Grads{d};
     });
@@ -468,7 +466,7 @@ Tensor l2_normalize(const Tensor& a, int dim, double eps) {
   dim = norm_dim("l2_normalize", dim, a.dim());
   RowView r = to_rows(a, dim);
   Tensor y = empty_like(r.dense);
-  SC_DISPATCH(a.device(), l2norm_rows, y, r.dense, r.rows, r.cols, eps);
+  SC_BACKEND(a.device(), l2norm_rows, y, r.dense, r.rows, r.cols, eps);
   Tensor out = from_rows(y, r.perm);
   if (any_requires_grad({a})) {
     Tensor xs = r.dense;
@@ -476,7 +474,7 @@ Tensor l2_normalize(const Tensor& a, int dim, double eps) {
               [xs, dim, eps, rows = r.rows, cols = r.cols](const Grads& g) {
                 RowView gr = to_rows(g[0], dim);
                 Tensor dx = empty_like(gr.dense);
-                SC_DISPATCH(xs.device(), l2norm_backward_rows, dx, gr.dense, xs, rows, cols, eps);
+                SC_BACKEND(xs.device(), l2norm_backward_rows, dx, gr.dense, xs, rows, cols, eps);
                 return Grads{from_rows(dx, gr.perm)};
               });
   }
@@ -667,11 +665,11 @@ Tensor index_select_rows(const Tensor& a, const Tensor& idx) {
   Shape shape = a.shape();
   shape[0] = idx.numel();
   Tensor out = empty(shape, a.dtype(), a.device());
-  SC_DISPATCH(a.device(), index_select_rows, out, src, ix);
+  SC_BACKEND(a.device(), index_select_rows, out, src, ix);
   if (any_requires_grad({a})) {
     record_op("index_select_rows", {a}, {out}, [ix, s0 = a.shape()](const Grads& g) {
       Tensor z = zeros(s0, g[0].dtype(), g[0].device());
-      SC_DISPATCH(z.device(), index_add_rows, z, ix, g[0].contiguous());
+      SC_BACKEND(z.device(), index_add_rows, z, ix, g[0].contiguous());
       return Grads{z};
     });
   }
@@ -698,7 +696,7 @@ Tensor cast(const Tensor& a, DType t) {
   check_defined("cast", a);
   if (a.dtype() == t) return a;
   Tensor out = empty(a.shape(), t, a.device(), a.suggest_memory_format());
-  SC_DISPATCH(a.device(), copy, out, a);
+  SC_BACKEND(a.device(), copy, out, a);
   if (is_floating(a.dtype()) && is_floating(t)) {
     record_op("cast", {a}, {out}, [from = a.dtype()](const Grads& g) {
       return Grads{cast(g[0], from)};
@@ -725,7 +723,7 @@ Tensor equal_mask(const Tensor& a, const Tensor& b) {
   check_same("equal_mask", a, b);
   Shape s = broadcast_shapes(a.shape(), b.shape(), "equal_mask");
   Tensor out = empty(s, DType::U8, a.device());
-  SC_DISPATCH(a.device(), equal, out, broadcast_view(a, s), broadcast_view(b, s));
+  SC_BACKEND(a.device(), equal, out, broadcast_view(a, s), broadcast_view(b, s));
   return out;
 }
 
@@ -738,7 +736,7 @@ void copy_(Tensor& dst, const Tensor& src_in) {
            shape_str(dst.shape()));
   Tensor src = broadcast_view(src_in, s);
   if (dst.device() == src.device()) {
-    SC_DISPATCH(dst.device(), copy, dst, src);
+    SC_BACKEND(dst.device(), copy, dst, src);
     return;
   }
   if (dst.device().is_cuda() && src.device().is_cuda()) {  // between two GPUs: via the host
@@ -776,7 +774,7 @@ void copy_(Tensor& dst, const Tensor& src_in) {
 
 void fill_(Tensor& t, double v) {
   check_defined("fill_", t);
-  SC_DISPATCH(t.device(), fill, t, v);
+  SC_BACKEND(t.device(), fill, t, v);
 }
 
 void axpby_(Tensor& a, double s, const Tensor& b, double alpha) {
@@ -786,14 +784,14 @@ void axpby_(Tensor& a, double s, const Tensor& b, double alpha) {
   Shape sh = broadcast_shapes(a.shape(), b.shape(), "axpby_");
   SC_CHECK(sh == a.shape(), "in-place update: cannot broadcast ", shape_str(b.shape()), " to ",
            shape_str(a.shape()));
-  SC_DISPATCH(a.device(), binary, BinaryOp::Axpby, a, a, broadcast_view(b, sh), s, alpha);
+  SC_BACKEND(a.device(), binary, BinaryOp::Axpby, a, a, broadcast_view(b, sh), s, alpha);
 }
 
 void add_(Tensor& a, const Tensor& b, double alpha) { axpby_(a, 1.0, b, alpha); }
 
 void mul_(Tensor& a, double s) {
   check_float("mul_", a);
-  SC_DISPATCH(a.device(), unary, UnaryOp::MulScalar, a, a, s);
+  SC_BACKEND(a.device(), unary, UnaryOp::MulScalar, a, a, s);
 }
 
 // ---------------------------------------------------------------- comparison

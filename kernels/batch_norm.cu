@@ -1,4 +1,4 @@
-// batch_norm.cu: CUDA batch-norm passes and the fused add + ReLU (see batch_norm.h).
+// batch_norm.cu: CUDA batch-norm passes (see batch_norm.h).
 //
 // Reductions (stats, grad sums) come in two shapes:
 //   rows   (inner == 1: NHWC and BN1d): x (rows, C) row-major, block (32, 8): threadIdx.x walks 32
@@ -14,7 +14,7 @@
 
 #include "kernels/batch_norm.h"
 #include "kernels/check.h"
-#include "kernels/elementwise.cuh"
+#include "kernels/common.cuh"
 
 namespace sc {
 namespace {
@@ -248,24 +248,6 @@ __global__ void param_grads_kernel(int64_t C, const double* gsum, P* dgamma, P* 
   if (dbeta) dbeta[c] = P(double(dbeta[c]) + gsum[c]);
 }
 
-template <class T>
-__global__ void add_relu_kernel(int64_t n, const T* a, const T* b, T* y) {
-  using A = typename AccOf<T>::type;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const A z = load_acc(a + i) + load_acc(b + i);
-    store(y + i, z > A(0) ? z : A(0));
-  }
-}
-
-template <class T>
-__global__ void add_relu_backward_kernel(int64_t n, const T* dy, const T* y, T* dab) {
-  using A = typename AccOf<T>::type;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    store(dab + i, load_acc(y + i) > A(0) ? load_acc(dy + i) : A(0));
-}
-
 // Dispatch on the activation dtype; P follows (double for F64, float otherwise).
 template <class F>
 void dispatch(DType x_dtype, DType p_dtype, const char* what, F&& f) {
@@ -368,28 +350,6 @@ void batch_norm_param_grads_cuda(DType p_dtype, int64_t C, const double* gsum, v
   else
     kernels::fail("batch_norm_param_grads_cuda", "parameters must be F32 or F64");
   SC_KERNEL_LAUNCH_CHECK("batch_norm_param_grads_cuda");
-}
-
-void add_relu_cuda(DType dtype, int64_t n, const void* a, const void* b, void* y,
-                   cudaStream_t stream) {
-  const int grid = grid_for(n, 256);
-  dispatch_float(dtype, "add_relu_cuda", [&](auto tv) {
-    using T = decltype(tv);
-    add_relu_kernel<<<grid, 256, 0, stream>>>(n, static_cast<const T*>(a), static_cast<const T*>(b),
-                                              static_cast<T*>(y));
-  });
-  SC_KERNEL_LAUNCH_CHECK("add_relu_cuda");
-}
-
-void add_relu_backward_cuda(DType dtype, int64_t n, const void* dy, const void* y, void* dab,
-                            cudaStream_t stream) {
-  const int grid = grid_for(n, 256);
-  dispatch_float(dtype, "add_relu_backward_cuda", [&](auto tv) {
-    using T = decltype(tv);
-    add_relu_backward_kernel<<<grid, 256, 0, stream>>>(
-        n, static_cast<const T*>(dy), static_cast<const T*>(y), static_cast<T*>(dab));
-  });
-  SC_KERNEL_LAUNCH_CHECK("add_relu_backward_cuda");
 }
 
 }  // namespace sc

@@ -44,11 +44,11 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/dtype.h"  // sc::Act
+
 typedef struct CUstream_st* cudaStream_t;
 
 namespace sc {
-
-enum class Act : uint8_t { None, Relu, Gelu };
 
 struct BnGeom {
   int64_t outer = 0, C = 0, inner = 1;
@@ -87,17 +87,10 @@ void batch_norm_grad_apply_ref(const BnGeom& g, const T* dy, const T* x, const d
 template <class T>
 void batch_norm_param_grads_ref(int64_t C, const double* gsum, T* dgamma, T* dbeta);
 
-// Fused residual add + ReLU: y = max(a + b, 0); backward da = db = dy * (y > 0).
-template <class T>
-void add_relu_ref(int64_t n, const T* a, const T* b, T* y);
-template <class T>
-void add_relu_backward_ref(int64_t n, const T* dy, const T* y, T* dab);
-
 }  // namespace sc
 
-#if defined(SLOTCON_WITH_CUDA)
-#include "kernels/dtype.h"
-
+// CUDA launchers: declared in every build, defined only in builds with CUDA (reach them through
+// engine/dispatch.h, which never calls them in a build without).
 namespace sc {
 
 // CUDA passes (asynchronous on `stream`, no allocations; the double buffers are device memory).
@@ -123,10 +116,5 @@ void batch_norm_grad_apply_cuda(DType x_dtype, DType p_dtype, const BnGeom& g, c
                                 bool training, void* dx, void* dresidual, cudaStream_t stream);
 void batch_norm_param_grads_cuda(DType p_dtype, int64_t C, const double* gsum, void* dgamma,
                                  void* dbeta, cudaStream_t stream);
-void add_relu_cuda(DType dtype, int64_t n, const void* a, const void* b, void* y,
-                   cudaStream_t stream);
-void add_relu_backward_cuda(DType dtype, int64_t n, const void* dy, const void* y, void* dab,
-                            cudaStream_t stream);
 
 }  // namespace sc
-#endif

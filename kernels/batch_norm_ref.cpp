@@ -210,23 +210,6 @@ void batch_norm_param_grads_ref(int64_t C, const double* gsum, T* dgamma, T* dbe
   }
 }
 
-template <class T>
-void add_relu_ref(int64_t n, const T* a, const T* b, T* y) {
-  parallel_for(n, grain_for(1), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const T z = a[i] + b[i];
-      y[i] = z > T(0) ? z : T(0);
-    }
-  });
-}
-
-template <class T>
-void add_relu_backward_ref(int64_t n, const T* dy, const T* y, T* dab) {
-  parallel_for(n, grain_for(1), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) dab[i] = y[i] > T(0) ? dy[i] : T(0);
-  });
-}
-
 #define SC_INSTANTIATE(T)                                                                        \
   template void batch_norm_stats_ref<T>(const BnGeom&, const T*, const uint8_t*, double*);       \
   template void batch_norm_finalize_ref<T>(int64_t, const double*, T*, T*, bool, double, double, \
@@ -239,9 +222,7 @@ void add_relu_backward_ref(int64_t n, const T* dy, const T* y, T* dab) {
   template void batch_norm_grad_apply_ref<T>(const BnGeom&, const T*, const T*, const double*,   \
                                              const T*, const T*, const T*, Act, const uint8_t*,  \
                                              const double*, double, bool, T*, T*);               \
-  template void batch_norm_param_grads_ref<T>(int64_t, const double*, T*, T*);                   \
-  template void add_relu_ref<T>(int64_t, const T*, const T*, T*);                                \
-  template void add_relu_backward_ref<T>(int64_t, const T*, const T*, T*);
+  template void batch_norm_param_grads_ref<T>(int64_t, const double*, T*, T*);
 SC_INSTANTIATE(float)
 SC_INSTANTIATE(double)
 #undef SC_INSTANTIATE

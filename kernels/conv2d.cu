@@ -11,7 +11,7 @@
 #include <type_traits>
 
 #include "kernels/check.h"
-#include "kernels/elementwise.cuh"
+#include "kernels/common.cuh"
 #include "kernels/conv2d.h"
 
 #if defined(SLOTCON_WITH_CUDNN)

@@ -1,5 +1,6 @@
-// dtype.h: the element types of the whole project. Defined at the bottom layer so that kernel
-// launchers can name them; the engine re-exports them (engine/dtype.h).
+// dtype.h: the vocabulary types of the whole project: element types and the activations a fused
+// op may apply. Defined at the bottom layer so that kernel launchers can name them; the engine
+// re-exports them (engine/dtype.h) and owns their meaning at its interface (engine/nn_ops.h).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -9,6 +10,10 @@ namespace sc {
 // Compute types: F32, F64 everywhere; BF16, F16 on CUDA (float accumulation) and for storage.
 // Storage types: I64 (indices, counters), U8 (masks, flags, images).
 enum class DType : uint8_t { F32, F64, BF16, F16, I64, U8 };
+
+// Activation fused into an op's epilogue (batch_norm's act): y = act(z); relu'(0) = 0,
+// Gelu the exact erf form.
+enum class Act : uint8_t { None, Relu, Gelu };
 
 inline size_t dtype_size(DType t) {
   switch (t) {

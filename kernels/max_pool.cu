@@ -8,7 +8,7 @@
 #include <algorithm>
 
 #include "kernels/check.h"
-#include "kernels/elementwise.cuh"
+#include "kernels/common.cuh"
 #include "kernels/max_pool.h"
 
 namespace sc {

@@ -37,7 +37,8 @@ void max_pool2d_backward_ref(const Pool2dGeom& g, Layout layout, const T* dy, co
 
 }  // namespace sc
 
-#if defined(SLOTCON_WITH_CUDA)
+// CUDA launchers: declared in every build, defined only in builds with CUDA (reach them through
+// engine/dispatch.h, which never calls them in a build without).
 #include "kernels/dtype.h"
 namespace sc {
 void max_pool2d_forward_cuda(DType dtype, const Pool2dGeom& g, Layout layout, const void* x,
@@ -45,4 +46,3 @@ void max_pool2d_forward_cuda(DType dtype, const Pool2dGeom& g, Layout layout, co
 void max_pool2d_backward_cuda(DType dtype, const Pool2dGeom& g, Layout layout, const void* dy,
                               const uint8_t* idx, void* dx, cudaStream_t stream);
 }  // namespace sc
-#endif

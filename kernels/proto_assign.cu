@@ -12,21 +12,24 @@
 //   3. dL_dpn = sum_b G_b (K x P) . xn_b^T (P x D): a split contraction over the B*P pixels with
 //      atomic adds into a workspace, then per prototype the normalisation backward, added (+=)
 //      into dL_dprotos.
+//
+// Versions of the GEMMs (tile_gemm.cuh, chosen in one place, launch_tile_gemm): v1 SIMT (FP32 /
+// FP64), v2 TF32 tensor cores (float with the shape's tf32 flag).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 
 #include "kernels/check.h"
 #include "kernels/proto_assign.h"
-#include "kernels/proto_assign_gemm.cuh"
+#include "kernels/tile_gemm.cuh"
 
 namespace sc {
 namespace {
 
-using grouping::AccOf;
-using grouping::align256;
-using grouping::launch_tile_gemm;
-using grouping::warp_sum;
+using kernels::AccOf;
+using kernels::align256;
+using kernels::launch_tile_gemm;
+using kernels::warp_sum;
 
 // Workspace layout (in Acc units, each part 256-byte aligned).
 template <class A>

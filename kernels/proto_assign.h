@@ -52,7 +52,8 @@ void proto_assign_backward_ref(const ProtoAssignShape& s, const T* x, const T* p
 
 }  // namespace sc
 
-#if defined(SLOTCON_WITH_CUDA)
+// CUDA launchers: declared in every build, defined only in builds with CUDA (reach them through
+// engine/dispatch.h, which never calls them in a build without).
 namespace sc {
 
 // Device workspace (bytes, 256-aligned) the CUDA passes need; pass at least this much.
@@ -68,4 +69,3 @@ void proto_assign_backward_cuda(const ProtoAssignShape& s, const T* x, const T* 
                                 T* dL_dx, T* dL_dprotos, void* workspace, cudaStream_t stream);
 
 }  // namespace sc
-#endif

@@ -13,21 +13,16 @@
 #include <cuda_runtime.h>
 
 #include "kernels/check.h"
+#include "kernels/common.cuh"
 #include "kernels/self_distill.h"
 
 namespace sc {
 namespace {
 
-template <class T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
+using kernels::AccOf;
+using kernels::align256;
+using kernels::warp_sum;
 
-inline size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 int64_t num_blocks(const SelfDistillShape& s) { return s.B * ((s.P + 31) / 32); }
 
 template <class A>
@@ -70,9 +65,7 @@ __global__ void self_distill_forward_kernel(int64_t K, int64_t P, const T* a, co
       }
     }
     if (teacher_raw) {
-      A v = ok ? A(teacher_raw[i]) : A(0);
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      const A v = warp_sum(ok ? A(teacher_raw[i]) : A(0));
       if (tx == 0) part_center[blk * K + k] = v;
     }
   }

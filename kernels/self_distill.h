@@ -46,7 +46,8 @@ void self_distill_backward_ref(const SelfDistillShape& s, const T* student, cons
 
 }  // namespace sc
 
-#if defined(SLOTCON_WITH_CUDA)
+// CUDA launchers: declared in every build, defined only in builds with CUDA (reach them through
+// engine/dispatch.h, which never calls them in a build without).
 namespace sc {
 
 size_t self_distill_workspace_bytes(const SelfDistillShape& s);
@@ -62,4 +63,3 @@ void self_distill_backward_cuda(const SelfDistillShape& s, const T* student, con
                                 const T* dL_dloss, T* dL_dstudent, cudaStream_t stream);
 
 }  // namespace sc
-#endif

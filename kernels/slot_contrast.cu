@@ -1,4 +1,4 @@
-// slot_contrast.cu: CUDA slot presence and slot contrast (see slot_contrast.h and
+// slot_contrast.cu: CUDA slot contrast (see slot_contrast.h and
 // docs/kernels/slot_contrast.md).
 //
 // Everything is static-shape and stays on the device:
@@ -16,26 +16,30 @@
 //      gradient. A finish pass (warp per row) subtracts the label term, scales by 2 dL/dloss / n
 //      and applies the normalisation backward; invalid rows get zeros.
 // Grids are sized for the worst case (every row valid); blocks beyond the device-side counts exit.
+//
+// Versions of the two tile products (the logits tile, and the backward's P . kn), a template
+// flag TC of the same kernels, chosen in one place (with_version):
+//   v1 SIMT (TC = false): FP32 / FP64 FMAs through shared memory, 4 x 4 outputs per thread;
+//   v2 TF32 (TC = true, T = float and SlotContrastShape::tf32): wmma m16n16k8 on the tensor cores,
+//      operands rounded to TF32, float accumulators (tile_gemm.cuh's TcAcc), staged back to the
+//      v1 register layout so that everything after the product is shared.
 #include <cuda_runtime.h>
 #include <mma.h>
 
 #include <type_traits>
 
 #include "kernels/check.h"
-#include "kernels/proto_assign_gemm.cuh"  // grouping::TcAcc (the tensor-core tile accumulators)
+#include "kernels/common.cuh"
 #include "kernels/slot_contrast.h"
+#include "kernels/tile_gemm.cuh"  // TcAcc, the tensor-core tile accumulators
 
 namespace sc {
 namespace {
 
-template <class T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
+using kernels::AccOf;
+using kernels::align256;
+using kernels::TcAcc;
+using kernels::warp_sum;
 
 constexpr double kEps = 1e-12;
 constexpr int kTile = 64, kSlab = 16, kThreads = 256, kScanThreads = 1024;
@@ -43,44 +47,6 @@ constexpr int kTile = 64, kSlab = 16, kThreads = 256, kScanThreads = 1024;
 // bytes, as wmma needs, and off the 32-bank period); the 64 x 64 result is staged through shared
 // memory with row stride 68.
 constexpr int kSlabTC = 32, kLdT = kSlabTC + 4, kLdS = kTile + 4;
-
-inline size_t align256(size_t n) { return (n + 255) / 256 * 256; }
-
-// ---------------------------------------------------------------- presence
-// Block (32, 8): 32 pixels of image blockIdx.y, 8 interleaved slices of K; first arg-max.
-template <class T>
-__global__ void presence_kernel(int64_t K, int64_t P, const T* dots, const uint8_t* and_mask,
-                                uint8_t* present) {
-  __shared__ T s_v[8][33];
-  __shared__ int64_t s_k[8][33];
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t b = blockIdx.y, p = int64_t(blockIdx.x) * 32 + tx;
-  const bool ok = p < P;
-  T best = T(0);
-  int64_t bk = -1;
-  if (ok)
-    for (int64_t k = ty; k < K; k += 8) {
-      const T v = dots[(b * K + k) * P + p];
-      if (bk < 0 || v > best) {
-        best = v;
-        bk = k;
-      }
-    }
-  s_v[ty][tx] = best;
-  s_k[ty][tx] = bk;
-  __syncthreads();
-  if (ty != 0 || !ok) return;
-  for (int j = 1; j < 8; ++j) {
-    const int64_t k2 = s_k[j][tx];
-    if (k2 < 0) continue;
-    const T v2 = s_v[j][tx];
-    if (v2 > best || (v2 == best && k2 < bk)) {
-      best = v2;
-      bk = k2;
-    }
-  }
-  if (!and_mask || and_mask[b * K + bk]) present[b * K + bk] = 1;
-}
 
 // ---------------------------------------------------------------- compaction
 // idx[0..count) = ascending i < n with m1[i] && (m2 == null || m2[off2 + i]).
@@ -108,13 +74,6 @@ __global__ void __launch_bounds__(kScanThreads)
 }
 
 // ---------------------------------------------------------------- norms
-template <class A>
-__device__ __forceinline__ A warp_sum(A v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // Warp per valid key: kinv[c] = 1 / max(||keys[k_idx[c]]||, eps).
 template <class T, class A>
 __global__ void key_norms_kernel(int64_t D, const T* keys, const int* k_idx, const int* k_count,
@@ -230,7 +189,7 @@ __device__ __forceinline__ void logits_tile_tc(const Side<T, float>& R, const Si
                                                float acc[4][4]) {
   using namespace nvcuda;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-  grouping::TcAcc<true> tc;
+  TcAcc<true> tc;
   for (int64_t d0 = 0; d0 < D; d0 += kSlabTC) {
 #pragma unroll
     for (int q = 0; q < kTile * kSlabTC / kThreads; ++q) {
@@ -671,29 +630,20 @@ void launch_grad(const Side<T, A>& R, const Side<T, A>& C, int64_t rows, int64_t
       <<<blocks, kThreads, smem, stream>>>(R, C, D, A(1.0 / tau), row_lse, lse_on_rows, out);
 }
 
-// The tensor-core path exists for float only.
-template <class T>
-constexpr bool tc_capable() {
-  return std::is_same<T, float>::value;
+// The one place a version is chosen: f(std::true_type{}) runs v2 (TF32 tensor cores; T = float
+// with tf32 set), f(std::false_type{}) v1 (SIMT) in every other case.
+template <class T, class F>
+void with_version(bool tf32, F&& f) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (tf32) return f(std::true_type{});
+  }
+  f(std::false_type{});
 }
 
 }  // namespace
 
 size_t slot_contrast_workspace_bytes(const SlotContrastShape& s) {
   return Workspace<double>::bytes(s);
-}
-
-template <class T>
-void slot_presence_cuda(int64_t B, int64_t K, int64_t P, const T* dots, const uint8_t* and_mask,
-                        uint8_t* present, cudaStream_t stream) {
-  const char* what = "slot_presence_cuda";
-  SC_KERNEL_REQUIRE(B >= 1 && K >= 1 && P >= 1, what, "empty shape");
-  SC_KERNEL_REQUIRE(B <= 65535, what, "B must be <= 65535 (grid y)");
-  if (cudaMemsetAsync(present, 0, size_t(B * K), stream) != cudaSuccess)
-    kernels::fail(what, "cudaMemsetAsync failed");
-  presence_kernel<T><<<dim3(unsigned((P + 31) / 32), unsigned(B)), dim3(32, 8), 0, stream>>>(
-      K, P, dots, and_mask, present);
-  SC_KERNEL_LAUNCH_CHECK(what);
 }
 
 template <class T>
@@ -710,17 +660,10 @@ void slot_contrast_forward_cuda(const SlotContrastShape& s, const T* z, const T*
   const Side<T, A> Q{z, ws.q_idx, ws.counts, ws.qinv};
   const Side<T, A> Kside{keys, ws.k_idx, ws.counts + 1, ws.kinv};
   const unsigned blocks = unsigned((s.rows() + kTile - 1) / kTile);
-  [&] {
-    if constexpr (tc_capable<T>()) {
-      if (s.tf32) {
-        contrast_forward_kernel<T, A, true><<<blocks, kThreads, 0, stream>>>(
-            Q, Kside, s.D, A(1.0 / tau), ws.qlabel, row_lse, ws.part);
-        return;
-      }
-    }
-    contrast_forward_kernel<T, A, false><<<blocks, kThreads, 0, stream>>>(
+  with_version<T>(s.tf32, [&](auto tc) {
+    contrast_forward_kernel<T, A, decltype(tc)::value><<<blocks, kThreads, 0, stream>>>(
         Q, Kside, s.D, A(1.0 / tau), ws.qlabel, row_lse, ws.part);
-  }();
+  });
   SC_KERNEL_LAUNCH_CHECK(what);
   contrast_finalize_kernel<T, A><<<1, 256, 0, stream>>>(s.rows(), s.rank * s.rows(), query_mask,
                                                         key_mask, ws.counts, ws.part, 2.0 * tau,
@@ -745,11 +688,10 @@ void slot_contrast_backward_cuda(const SlotContrastShape& s, const T* z, const T
   const int64_t N = s.rows(), NK = s.key_rows(), off = s.rank * N;
   auto grad = [&](const Side<T, A>& R, const Side<T, A>& C, int64_t rows, bool lse_on_rows,
                   T* out) {
-    if constexpr (tc_capable<T>()) {
-      if (s.tf32) return launch_grad<T, A, true>(R, C, rows, s.D, tau, row_lse, lse_on_rows, out,
-                                                 stream, what);
-    }
-    launch_grad<T, A, false>(R, C, rows, s.D, tau, row_lse, lse_on_rows, out, stream, what);
+    with_version<T>(s.tf32, [&](auto tc) {
+      launch_grad<T, A, decltype(tc)::value>(R, C, rows, s.D, tau, row_lse, lse_on_rows, out,
+                                             stream, what);
+    });
   };
   if (dL_dz) {
     grad(Q, Kside, N, true, dL_dz);
@@ -768,8 +710,6 @@ void slot_contrast_backward_cuda(const SlotContrastShape& s, const T* z, const T
 }
 
 #define SC_INSTANTIATE(T)                                                                        \
-  template void slot_presence_cuda<T>(int64_t, int64_t, int64_t, const T*, const uint8_t*,       \
-                                      uint8_t*, cudaStream_t);                                   \
   template void slot_contrast_forward_cuda<T>(const SlotContrastShape&, const T*, const T*,      \
                                               const uint8_t*, const uint8_t*, double, T*, T*,    \
                                               void*, cudaStream_t);                              \

@@ -1,11 +1,7 @@
 // slot_contrast.h: SlotCon's slot contrast (SLOTCON.md §5, the authors' ctr_loss_filtered): the
-// presence of each (image, prototype), and an InfoNCE loss between predicted student slots and the
-// teacher slots gathered from every rank, with static shapes (every (b, k) row kept, invalid ones
-// masked) and a streaming softmax, so the queries x keys logits matrix is never stored.
-//
-// Presence: present[b,k] = 1 iff k is the arg-max over k' of dots[b,k',p] (first maximum on ties)
-// for at least one pixel p; dots (B, K, P) are the *unaligned* scores. When and_mask is given,
-// present[b,k] &= and_mask[b,k] (so the query mask present_q & present_k comes out of one pass).
+// InfoNCE loss between predicted student slots and the teacher slots gathered from every rank,
+// with static shapes (every (b, k) row kept, invalid ones masked) and a streaming softmax, so the
+// queries x keys logits matrix is never stored. The masks come from slot_presence.h.
 //
 // Contrast, on one rank `rank` of R, with N = B*K rows per rank:
 //   z (N, D): the predictor's output for the student slots q_i (row i = b*K + k); rows that are
@@ -52,9 +48,6 @@ struct SlotContrastShape {
 
 // ---- CPU reference ----
 template <class T>
-void slot_presence_ref(int64_t B, int64_t K, int64_t P, const T* dots, const uint8_t* and_mask,
-                       uint8_t* present);
-template <class T>
 void slot_contrast_forward_ref(const SlotContrastShape& s, const T* z, const T* keys,
                                const uint8_t* query_mask, const uint8_t* key_mask, double tau,
                                T* loss, T* row_lse);
@@ -65,14 +58,12 @@ void slot_contrast_backward_ref(const SlotContrastShape& s, const T* z, const T*
 
 }  // namespace sc
 
-#if defined(SLOTCON_WITH_CUDA)
+// CUDA launchers: declared in every build, defined only in builds with CUDA (reach them through
+// engine/dispatch.h, which never calls them in a build without).
 namespace sc {
 
 size_t slot_contrast_workspace_bytes(const SlotContrastShape& s);
 
-template <class T>
-void slot_presence_cuda(int64_t B, int64_t K, int64_t P, const T* dots, const uint8_t* and_mask,
-                        uint8_t* present, cudaStream_t stream);
 template <class T>
 void slot_contrast_forward_cuda(const SlotContrastShape& s, const T* z, const T* keys,
                                 const uint8_t* query_mask, const uint8_t* key_mask, double tau,
@@ -84,4 +75,3 @@ void slot_contrast_backward_cuda(const SlotContrastShape& s, const T* z, const T
                                  void* workspace, cudaStream_t stream);
 
 }  // namespace sc
-#endif

@@ -1,5 +1,4 @@
-// slot_contrast_ref.cpp: CPU reference of slot presence and the slot contrast loss (see
-// slot_contrast.h).
+// slot_contrast_ref.cpp: CPU reference of the slot contrast loss (see slot_contrast.h).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -52,22 +51,6 @@ double dot(const double* a, const double* b, int64_t D) {
 }
 
 }  // namespace
-
-template <class T>
-void slot_presence_ref(int64_t B, int64_t K, int64_t P, const T* dots, const uint8_t* and_mask,
-                       uint8_t* present) {
-  SC_KERNEL_REQUIRE(B >= 1 && K >= 1 && P >= 1, "slot_presence_ref", "empty shape");
-  std::fill(present, present + B * K, uint8_t(0));
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t p = 0; p < P; ++p) {
-      int64_t best = 0;
-      for (int64_t k = 1; k < K; ++k)
-        if (dots[(b * K + k) * P + p] > dots[(b * K + best) * P + p]) best = k;
-      present[b * K + best] = 1;
-    }
-  if (and_mask)
-    for (int64_t i = 0; i < B * K; ++i) present[i] = uint8_t(present[i] && and_mask[i]);
-}
 
 template <class T>
 void slot_contrast_forward_ref(const SlotContrastShape& s, const T* z, const T* keys,
@@ -150,8 +133,6 @@ void slot_contrast_backward_ref(const SlotContrastShape& s, const T* z, const T*
 }
 
 #define SC_INSTANTIATE(T)                                                                       \
-  template void slot_presence_ref<T>(int64_t, int64_t, int64_t, const T*, const uint8_t*,       \
-                                     uint8_t*);                                                 \
   template void slot_contrast_forward_ref<T>(const SlotContrastShape&, const T*, const T*,      \
                                              const uint8_t*, const uint8_t*, double, T*, T*);   \
   template void slot_contrast_backward_ref<T>(const SlotContrastShape&, const T*, const T*,     \

@@ -1,23 +1,26 @@
 // slot_pool.cu: CUDA attentive slot pooling (see slot_pool.h and docs/kernels/slot_pool.md).
 //
 // Forward: a = row sums of attn (warp per (b, k)); slots_b = attn_b (K x P) . x_b^T (P x D) with
-// the 1/a scale in the epilogue (the tile GEMM of proto_assign_gemm.cuh, one z per image).
+// the 1/a scale in the epilogue (the tile GEMM of tile_gemm.cuh, one z per image).
 // Backward: per (b, k) the row sum a and c = <dL_dslots, slots>; then two tile GEMMs:
 //   dL_dx_b    = dL_dslots_b^T (D x K) . (attn_b / a) (K x P)
 //   dL_dattn_b = (dL_dslots_b (K x D) . x_b (D x P) - c) / a     (epilogue)
+//
+// Versions of the GEMMs (tile_gemm.cuh, chosen in one place, launch_tile_gemm): v1 SIMT (FP32 /
+// FP64), v2 TF32 tensor cores (float with the shape's tf32 flag).
 #include <cuda_runtime.h>
 
 #include "kernels/check.h"
-#include "kernels/proto_assign_gemm.cuh"
 #include "kernels/slot_pool.h"
+#include "kernels/tile_gemm.cuh"
 
 namespace sc {
 namespace {
 
-using grouping::AccOf;
-using grouping::align256;
-using grouping::launch_tile_gemm;
-using grouping::warp_sum;
+using kernels::AccOf;
+using kernels::align256;
+using kernels::launch_tile_gemm;
+using kernels::warp_sum;
 
 template <class A>
 struct Workspace {

@@ -40,7 +40,8 @@ void slot_pool_backward_ref(const SlotPoolShape& s, const T* x, const T* attn, c
 
 }  // namespace sc
 
-#if defined(SLOTCON_WITH_CUDA)
+// CUDA launchers: declared in every build, defined only in builds with CUDA (reach them through
+// engine/dispatch.h, which never calls them in a build without).
 namespace sc {
 
 size_t slot_pool_workspace_bytes(const SlotPoolShape& s);
@@ -54,4 +55,3 @@ void slot_pool_backward_cuda(const SlotPoolShape& s, const T* x, const T* attn, 
                              cudaStream_t stream);
 
 }  // namespace sc
-#endif

@@ -10,19 +10,13 @@
 #include <cuda_runtime.h>
 
 #include "kernels/check.h"
+#include "kernels/common.cuh"
 #include "kernels/view_align.h"
 
 namespace sc {
 namespace {
 
-template <class T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
+using kernels::AccOf;
 
 constexpr int kWarpsPerBlock = 4;
 constexpr size_t kMaxSmemBytes = 48 * 1024;  // no opt-in needed below this

@@ -121,7 +121,8 @@ void view_align_backward_ref(const ViewAlignShape& s, const T* boxes, const uint
 
 }  // namespace sc
 
-#if defined(SLOTCON_WITH_CUDA)
+// CUDA launchers: declared in every build, defined only in builds with CUDA (reach them through
+// engine/dispatch.h, which never calls them in a build without).
 namespace sc {
 
 // Asynchronous on `stream`; device pointers; no workspace, no allocation.
@@ -133,4 +134,3 @@ void view_align_backward_cuda(const ViewAlignShape& s, const T* boxes, const uin
                               const T* dL_dout, T* dL_din, cudaStream_t stream);
 
 }  // namespace sc
-#endif

@@ -106,7 +106,7 @@ Tensor backbone_input(const Tensor& crops, DType compute, bool channels_last) {
 }
 }  // namespace
 
-StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype) {
+StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype, bool tf32) {
   SlotConViews views;
   for (int v = 0; v < 2; ++v) {
     Tensor in = backbone_input(batch.crops[v], compute_dtype, channels_last_);
@@ -129,9 +129,7 @@ StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype) {
   lc.group_loss_weight = cfg_.group_loss_weight;
   lc.center_momentum = cfg_.center_momentum;
   lc.fused = fused_;
-  // TF32 head products: `auto` follows the precision (bf16/fp16 run only on the GPU); the
-  // kernels ignore it on the CPU and in double
-  lc.tf32 = cfg_.tf32 == "on" || (cfg_.tf32 == "auto" && compute_dtype != DType::F32);
+  lc.tf32 = tf32;
   SlotPredictor& pred = *predictor_slot;
   SlotConLossParts parts = slotcon_loss(
       views, grouping_q->slot_embed->weight, grouping_k->slot_embed->weight, center,

@@ -62,7 +62,9 @@ class SlotConModel : public Module {
   // The loss of one step (§2–§5, model/slotcon_loss.h), teacher in train mode, and the center
   // update (§4) as a side effect. compute_dtype: the backbone's activation dtype (F32 on the CPU;
   // BF16 / F16 on the GPU for mixed precision, parameters stay F32); the head runs in F32.
-  StepLoss forward(const TwoViewBatch& batch, DType compute_dtype = DType::F32);
+  // tf32: the head kernels' products on TF32 tensor cores (ignored on the CPU and in double).
+  // The whole step around it: model/train_step.h.
+  StepLoss forward(const TwoViewBatch& batch, DType compute_dtype = DType::F32, bool tf32 = false);
 
   // Arg-max prototype of every pixel of the teacher's projected map: (B, h, w) I64, for
   // grouping scores. Runs the teacher in eval mode (running statistics), no grad.

@@ -7,40 +7,19 @@
 #include <vector>
 
 #include "engine/autograd.h"
+#include "engine/dispatch.h"
 #include "engine/ops.h"
 #include "kernels/proto_assign.h"
 #include "kernels/self_distill.h"
 #include "kernels/slot_contrast.h"
 #include "kernels/slot_pool.h"
+#include "kernels/slot_presence.h"
 #include "kernels/view_align.h"
-
-#if defined(SLOTCON_WITH_CUDA)
-#include "engine/cuda/context.h"
-#endif
 
 namespace sc {
 namespace {
 
 using Grads = std::vector<Tensor>;
-
-struct F32Tag {
-  using type = float;
-};
-struct F64Tag {
-  using type = double;
-};
-
-// Calls f(tag) with the tag of t's float type (F32 / F64).
-template <class F>
-void by_dtype(const char* op, DType t, F&& f) {
-  if (t == DType::F32) {
-    f(F32Tag{});
-  } else if (t == DType::F64) {
-    f(F64Tag{});
-  } else {
-    throw Error(str_cat(op, ": dtype ", dtype_name(t), " not supported (F32 or F64)"));
-  }
-}
 
 void check_float_same(const char* op, const Tensor& a, const Tensor& b) {
   SC_CHECK(a.defined() && b.defined(), op, ": undefined input");
@@ -49,30 +28,6 @@ void check_float_same(const char* op, const Tensor& a, const Tensor& b) {
   SC_CHECK(a.device() == b.device(), op, ": device mismatch ", a.device().str(), " vs ",
            b.device().str());
 }
-
-[[noreturn]] void no_cuda(const char* op) {
-  throw Error(str_cat(op, ": this build has no CUDA backend"));
-}
-
-#if defined(SLOTCON_WITH_CUDA)
-cudaStream_t stream_of(const Tensor& t) {
-  cuda::set_device(t.device().index);
-  return cuda::stream(t.device().index);
-}
-Tensor workspace(size_t bytes, Device d) {
-  return empty({int64_t(std::max<size_t>(bytes, 1))}, DType::U8, d);
-}
-#endif
-
-template <class T>
-const T* ptr(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
-template <class T>
-T* mptr(const Tensor& t) {
-  return t.defined() ? t.data<T>() : nullptr;
-}
-const uint8_t* mask_ptr(const Tensor& t) { return t.defined() ? t.data<uint8_t>() : nullptr; }
 
 // x (B, D, H, W) or (B, D, P) -> (B, D, P) sizes.
 void map_dims(const char* op, const Tensor& x, int64_t& B, int64_t& D, int64_t& P) {
@@ -107,21 +62,19 @@ GroupingScores proto_assign(const Tensor& x_in, const Tensor& protos_in, double 
   const ProtoAssignShape s{B, K, D, P, tf32};
   const Device dev = x.device();
   Tensor dots = empty({B, K, P}, x.dtype(), dev), attn = empty({B, K, P}, x.dtype(), dev);
-  by_dtype(op, x.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    if (dev.is_cpu()) {
-      proto_assign_forward_ref<T>(s, x.data<T>(), protos.data<T>(), tau, dots.data<T>(),
-                                  attn.data<T>());
-    } else {
-#if defined(SLOTCON_WITH_CUDA)
-      Tensor ws = workspace(proto_assign_workspace_bytes(s), dev);
-      proto_assign_forward_cuda<T>(s, x.data<T>(), protos.data<T>(), tau, dots.data<T>(),
-                                   attn.data<T>(), ws.data_ptr(), stream_of(x));
-#else
-      no_cuda(op);
-#endif
-    }
-  });
+  dispatch_typed(
+      op, x,
+      [&](auto tv) {
+        using T = decltype(tv);
+        proto_assign_forward_ref<T>(s, x.data<T>(), protos.data<T>(), tau, dots.data<T>(),
+                                    attn.data<T>());
+      },
+      [&](auto tv, auto st) {
+        using T = decltype(tv);
+        Workspace ws(proto_assign_workspace_bytes(s), x);
+        proto_assign_forward_cuda<T>(s, x.data<T>(), protos.data<T>(), tau, dots.data<T>(),
+                                     attn.data<T>(), ws.data(), st);
+      });
   if (any_requires_grad({x, protos})) {
     const Tensor xs = x.detach(), ps = protos.detach(), ds = dots.detach();
     const bool want_x = x.requires_grad(), want_p = protos.requires_grad();
@@ -129,22 +82,21 @@ GroupingScores proto_assign(const Tensor& x_in, const Tensor& protos_in, double 
       const Tensor gd = g[0].contiguous(), ga = g[1].contiguous();
       Tensor dx = want_x ? empty(xs.shape(), xs.dtype(), xs.device()) : Tensor();
       Tensor dp = want_p ? zeros(ps.shape(), ps.dtype(), ps.device()) : Tensor();
-      by_dtype(op, xs.dtype(), [&](auto tag) {
-        using T = typename decltype(tag)::type;
-        if (xs.device().is_cpu()) {
-          proto_assign_backward_ref<T>(s, xs.data<T>(), ps.data<T>(), ds.data<T>(), tau,
-                                       gd.data<T>(), ga.data<T>(), mptr<T>(dx), mptr<T>(dp));
-        } else {
-#if defined(SLOTCON_WITH_CUDA)
-          Tensor ws = workspace(proto_assign_workspace_bytes(s), xs.device());
-          proto_assign_backward_cuda<T>(s, xs.data<T>(), ps.data<T>(), ds.data<T>(), tau,
-                                        gd.data<T>(), ga.data<T>(), mptr<T>(dx), mptr<T>(dp),
-                                        ws.data_ptr(), stream_of(xs));
-#else
-          no_cuda(op);
-#endif
-        }
-      });
+      dispatch_typed(
+          op, xs,
+          [&](auto tv) {
+            using T = decltype(tv);
+            proto_assign_backward_ref<T>(s, xs.data<T>(), ps.data<T>(), ds.data<T>(), tau,
+                                         gd.data<T>(), ga.data<T>(), data_or_null<T>(dx),
+                                         data_or_null<T>(dp));
+          },
+          [&](auto tv, auto st) {
+            using T = decltype(tv);
+            Workspace ws(proto_assign_workspace_bytes(s), xs);
+            proto_assign_backward_cuda<T>(s, xs.data<T>(), ps.data<T>(), ds.data<T>(), tau,
+                                          gd.data<T>(), ga.data<T>(), data_or_null<T>(dx),
+                                          data_or_null<T>(dp), ws.data(), st);
+          });
       return Grads{dx, dp};
     });
   }
@@ -163,20 +115,17 @@ Tensor slot_pool(const Tensor& x_in, const Tensor& attn_in, bool tf32) {
   const SlotPoolShape s{B, K, D, P, tf32};
   const Device dev = x.device();
   Tensor slots = empty({B, K, D}, x.dtype(), dev);
-  by_dtype(op, x.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    if (dev.is_cpu()) {
-      slot_pool_forward_ref<T>(s, x.data<T>(), attn.data<T>(), slots.data<T>());
-    } else {
-#if defined(SLOTCON_WITH_CUDA)
-      Tensor ws = workspace(slot_pool_workspace_bytes(s), dev);
-      slot_pool_forward_cuda<T>(s, x.data<T>(), attn.data<T>(), slots.data<T>(), ws.data_ptr(),
-                                stream_of(x));
-#else
-      no_cuda(op);
-#endif
-    }
-  });
+  dispatch_typed(
+      op, x,
+      [&](auto tv) {
+        using T = decltype(tv);
+        slot_pool_forward_ref<T>(s, x.data<T>(), attn.data<T>(), slots.data<T>());
+      },
+      [&](auto tv, auto st) {
+        using T = decltype(tv);
+        Workspace ws(slot_pool_workspace_bytes(s), x);
+        slot_pool_forward_cuda<T>(s, x.data<T>(), attn.data<T>(), slots.data<T>(), ws.data(), st);
+      });
   if (any_requires_grad({x, attn})) {
     const Tensor xs = x.detach(), as = attn.detach(), ss = slots.detach();
     const bool want_x = x.requires_grad(), want_a = attn.requires_grad();
@@ -184,21 +133,19 @@ Tensor slot_pool(const Tensor& x_in, const Tensor& attn_in, bool tf32) {
       const Tensor gs = g[0].contiguous();
       Tensor dx = want_x ? empty(xs.shape(), xs.dtype(), xs.device()) : Tensor();
       Tensor da = want_a ? empty(as.shape(), as.dtype(), as.device()) : Tensor();
-      by_dtype(op, xs.dtype(), [&](auto tag) {
-        using T = typename decltype(tag)::type;
-        if (xs.device().is_cpu()) {
-          slot_pool_backward_ref<T>(s, xs.data<T>(), as.data<T>(), ss.data<T>(), gs.data<T>(),
-                                    mptr<T>(dx), mptr<T>(da));
-        } else {
-#if defined(SLOTCON_WITH_CUDA)
-          Tensor ws = workspace(slot_pool_workspace_bytes(s), xs.device());
-          slot_pool_backward_cuda<T>(s, xs.data<T>(), as.data<T>(), ss.data<T>(), gs.data<T>(),
-                                     mptr<T>(dx), mptr<T>(da), ws.data_ptr(), stream_of(xs));
-#else
-          no_cuda(op);
-#endif
-        }
-      });
+      dispatch_typed(
+          op, xs,
+          [&](auto tv) {
+            using T = decltype(tv);
+            slot_pool_backward_ref<T>(s, xs.data<T>(), as.data<T>(), ss.data<T>(), gs.data<T>(),
+                                      data_or_null<T>(dx), data_or_null<T>(da));
+          },
+          [&](auto tv, auto st) {
+            using T = decltype(tv);
+            Workspace ws(slot_pool_workspace_bytes(s), xs);
+            slot_pool_backward_cuda<T>(s, xs.data<T>(), as.data<T>(), ss.data<T>(), gs.data<T>(),
+                                       data_or_null<T>(dx), data_or_null<T>(da), ws.data(), st);
+          });
       return Grads{dx, da};
     });
   }
@@ -219,38 +166,34 @@ Tensor view_align(const Tensor& scores_in, const Tensor& boxes_in, const Tensor&
   const Tensor flips = u8_mask(op, flips_in, B, dev);
   const ViewAlignShape s{B, K, H, W};
   Tensor out = empty({B, K, H * W}, scores.dtype(), dev);
-  by_dtype(op, scores.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    if (dev.is_cpu()) {
-      view_align_forward_ref<T>(s, scores.data<T>(), boxes.data<T>(), flips.data<uint8_t>(),
-                                out.data<T>());
-    } else {
-#if defined(SLOTCON_WITH_CUDA)
-      view_align_forward_cuda<T>(s, scores.data<T>(), boxes.data<T>(), flips.data<uint8_t>(),
-                                 out.data<T>(), stream_of(scores));
-#else
-      no_cuda(op);
-#endif
-    }
-  });
+  dispatch_typed(
+      op, scores,
+      [&](auto tv) {
+        using T = decltype(tv);
+        view_align_forward_ref<T>(s, scores.data<T>(), boxes.data<T>(), flips.data<uint8_t>(),
+                                  out.data<T>());
+      },
+      [&](auto tv, auto st) {
+        using T = decltype(tv);
+        view_align_forward_cuda<T>(s, scores.data<T>(), boxes.data<T>(), flips.data<uint8_t>(),
+                                   out.data<T>(), st);
+      });
   if (any_requires_grad({scores})) {
     record_op(op, {scores}, {out}, [=](const Grads& g) {
       const Tensor go = g[0].contiguous();
       Tensor din = empty({B, K, H * W}, go.dtype(), go.device());
-      by_dtype(op, go.dtype(), [&](auto tag) {
-        using T = typename decltype(tag)::type;
-        if (go.device().is_cpu()) {
-          view_align_backward_ref<T>(s, boxes.data<T>(), flips.data<uint8_t>(), go.data<T>(),
-                                     din.data<T>());
-        } else {
-#if defined(SLOTCON_WITH_CUDA)
-          view_align_backward_cuda<T>(s, boxes.data<T>(), flips.data<uint8_t>(), go.data<T>(),
-                                      din.data<T>(), stream_of(go));
-#else
-          no_cuda(op);
-#endif
-        }
-      });
+      dispatch_typed(
+          op, go,
+          [&](auto tv) {
+            using T = decltype(tv);
+            view_align_backward_ref<T>(s, boxes.data<T>(), flips.data<uint8_t>(), go.data<T>(),
+                                       din.data<T>());
+          },
+          [&](auto tv, auto st) {
+            using T = decltype(tv);
+            view_align_backward_cuda<T>(s, boxes.data<T>(), flips.data<uint8_t>(), go.data<T>(),
+                                        din.data<T>(), st);
+          });
       return Grads{din};
     });
   }
@@ -279,41 +222,38 @@ SelfDistillResult self_distill(const Tensor& student_in, const Tensor& teacher_i
   const Device dev = a.device();
   Tensor loss = empty({}, a.dtype(), dev), stats = empty({B, P, 2}, a.dtype(), dev);
   Tensor cm = raw.defined() ? empty({K}, a.dtype(), dev) : Tensor();
-  by_dtype(op, a.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    if (dev.is_cpu()) {
-      self_distill_forward_ref<T>(s, a.data<T>(), t.data<T>(), c.data<T>(), tau_s, tau_t,
-                                  ptr<T>(raw), loss.data<T>(), stats.data<T>(), mptr<T>(cm));
-    } else {
-#if defined(SLOTCON_WITH_CUDA)
-      Tensor ws = workspace(self_distill_workspace_bytes(s), dev);
-      self_distill_forward_cuda<T>(s, a.data<T>(), t.data<T>(), c.data<T>(), tau_s, tau_t,
-                                   ptr<T>(raw), loss.data<T>(), stats.data<T>(), mptr<T>(cm),
-                                   ws.data_ptr(), stream_of(a));
-#else
-      no_cuda(op);
-#endif
-    }
-  });
+  dispatch_typed(
+      op, a,
+      [&](auto tv) {
+        using T = decltype(tv);
+        self_distill_forward_ref<T>(s, a.data<T>(), t.data<T>(), c.data<T>(), tau_s, tau_t,
+                                    data_or_null<T>(raw), loss.data<T>(), stats.data<T>(),
+                                    data_or_null<T>(cm));
+      },
+      [&](auto tv, auto st) {
+        using T = decltype(tv);
+        Workspace ws(self_distill_workspace_bytes(s), a);
+        self_distill_forward_cuda<T>(s, a.data<T>(), t.data<T>(), c.data<T>(), tau_s, tau_t,
+                                     data_or_null<T>(raw), loss.data<T>(), stats.data<T>(),
+                                     data_or_null<T>(cm), ws.data(), st);
+      });
   if (any_requires_grad({a})) {
     const Tensor as = a.detach();
     record_op(op, {a}, {loss}, [=](const Grads& g) {
       const Tensor gl = g[0].contiguous();
       Tensor da = empty(as.shape(), as.dtype(), as.device());
-      by_dtype(op, as.dtype(), [&](auto tag) {
-        using T = typename decltype(tag)::type;
-        if (as.device().is_cpu()) {
-          self_distill_backward_ref<T>(s, as.data<T>(), t.data<T>(), c.data<T>(), tau_s, tau_t,
-                                       stats.data<T>(), gl.data<T>(), da.data<T>());
-        } else {
-#if defined(SLOTCON_WITH_CUDA)
-          self_distill_backward_cuda<T>(s, as.data<T>(), t.data<T>(), c.data<T>(), tau_s, tau_t,
-                                        stats.data<T>(), gl.data<T>(), da.data<T>(), stream_of(as));
-#else
-          no_cuda(op);
-#endif
-        }
-      });
+      dispatch_typed(
+          op, as,
+          [&](auto tv) {
+            using T = decltype(tv);
+            self_distill_backward_ref<T>(s, as.data<T>(), t.data<T>(), c.data<T>(), tau_s, tau_t,
+                                         stats.data<T>(), gl.data<T>(), da.data<T>());
+          },
+          [&](auto tv, auto st) {
+            using T = decltype(tv);
+            self_distill_backward_cuda<T>(s, as.data<T>(), t.data<T>(), c.data<T>(), tau_s, tau_t,
+                                          stats.data<T>(), gl.data<T>(), da.data<T>(), st);
+          });
       return Grads{da};
     });
   }
@@ -328,19 +268,18 @@ Tensor slot_presence(const Tensor& dots_in, const Tensor& and_mask_in) {
   const Device dev = dots.device();
   const Tensor am = and_mask_in.defined() ? u8_mask(op, and_mask_in, B * K, dev) : Tensor();
   Tensor present = empty({B, K}, DType::U8, dev);
-  by_dtype(op, dots.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    if (dev.is_cpu()) {
-      slot_presence_ref<T>(B, K, P, dots.data<T>(), mask_ptr(am), present.data<uint8_t>());
-    } else {
-#if defined(SLOTCON_WITH_CUDA)
-      slot_presence_cuda<T>(B, K, P, dots.data<T>(), mask_ptr(am), present.data<uint8_t>(),
-                            stream_of(dots));
-#else
-      no_cuda(op);
-#endif
-    }
-  });
+  dispatch_typed(
+      op, dots,
+      [&](auto tv) {
+        using T = decltype(tv);
+        slot_presence_ref<T>(B, K, P, dots.data<T>(), data_or_null<uint8_t>(am),
+                             present.data<uint8_t>());
+      },
+      [&](auto tv, auto st) {
+        using T = decltype(tv);
+        slot_presence_cuda<T>(B, K, P, dots.data<T>(), data_or_null<uint8_t>(am),
+                              present.data<uint8_t>(), st);
+      });
   return present;
 }
 
@@ -360,22 +299,20 @@ Tensor slot_contrast(const Tensor& z_in, const Tensor& keys_in, const Tensor& qu
   const SlotContrastShape s{1, N, D, NK / N, rank, tf32};
   SC_CHECK(rank >= 0 && rank < s.R, op, ": rank ", rank, " out of range for ", s.R, " ranks");
   Tensor loss = empty({}, z.dtype(), dev), lse = empty({N}, z.dtype(), dev);
-  by_dtype(op, z.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    if (dev.is_cpu()) {
-      slot_contrast_forward_ref<T>(s, z.data<T>(), keys.data<T>(), qm.data<uint8_t>(),
-                                   km.data<uint8_t>(), tau, loss.data<T>(), lse.data<T>());
-    } else {
-#if defined(SLOTCON_WITH_CUDA)
-      Tensor ws = workspace(slot_contrast_workspace_bytes(s), dev);
-      slot_contrast_forward_cuda<T>(s, z.data<T>(), keys.data<T>(), qm.data<uint8_t>(),
-                                    km.data<uint8_t>(), tau, loss.data<T>(), lse.data<T>(),
-                                    ws.data_ptr(), stream_of(z));
-#else
-      no_cuda(op);
-#endif
-    }
-  });
+  dispatch_typed(
+      op, z,
+      [&](auto tv) {
+        using T = decltype(tv);
+        slot_contrast_forward_ref<T>(s, z.data<T>(), keys.data<T>(), qm.data<uint8_t>(),
+                                     km.data<uint8_t>(), tau, loss.data<T>(), lse.data<T>());
+      },
+      [&](auto tv, auto st) {
+        using T = decltype(tv);
+        Workspace ws(slot_contrast_workspace_bytes(s), z);
+        slot_contrast_forward_cuda<T>(s, z.data<T>(), keys.data<T>(), qm.data<uint8_t>(),
+                                      km.data<uint8_t>(), tau, loss.data<T>(), lse.data<T>(),
+                                      ws.data(), st);
+      });
   if (any_requires_grad({z, keys})) {
     const Tensor zs = z.detach(), ks = keys.detach();
     const bool want_z = z.requires_grad(), want_k = keys.requires_grad();
@@ -383,23 +320,21 @@ Tensor slot_contrast(const Tensor& z_in, const Tensor& keys_in, const Tensor& qu
       const Tensor gl = g[0].contiguous();
       Tensor dz = want_z ? empty(zs.shape(), zs.dtype(), zs.device()) : Tensor();
       Tensor dk = want_k ? empty(ks.shape(), ks.dtype(), ks.device()) : Tensor();
-      by_dtype(op, zs.dtype(), [&](auto tag) {
-        using T = typename decltype(tag)::type;
-        if (zs.device().is_cpu()) {
-          slot_contrast_backward_ref<T>(s, zs.data<T>(), ks.data<T>(), qm.data<uint8_t>(),
-                                        km.data<uint8_t>(), tau, lse.data<T>(), gl.data<T>(),
-                                        mptr<T>(dz), mptr<T>(dk));
-        } else {
-#if defined(SLOTCON_WITH_CUDA)
-          Tensor ws = workspace(slot_contrast_workspace_bytes(s), zs.device());
-          slot_contrast_backward_cuda<T>(s, zs.data<T>(), ks.data<T>(), qm.data<uint8_t>(),
-                                         km.data<uint8_t>(), tau, lse.data<T>(), gl.data<T>(),
-                                         mptr<T>(dz), mptr<T>(dk), ws.data_ptr(), stream_of(zs));
-#else
-          no_cuda(op);
-#endif
-        }
-      });
+      dispatch_typed(
+          op, zs,
+          [&](auto tv) {
+            using T = decltype(tv);
+            slot_contrast_backward_ref<T>(s, zs.data<T>(), ks.data<T>(), qm.data<uint8_t>(),
+                                          km.data<uint8_t>(), tau, lse.data<T>(), gl.data<T>(),
+                                          data_or_null<T>(dz), data_or_null<T>(dk));
+          },
+          [&](auto tv, auto st) {
+            using T = decltype(tv);
+            Workspace ws(slot_contrast_workspace_bytes(s), zs);
+            slot_contrast_backward_cuda<T>(s, zs.data<T>(), ks.data<T>(), qm.data<uint8_t>(),
+                                           km.data<uint8_t>(), tau, lse.data<T>(), gl.data<T>(),
+                                           data_or_null<T>(dz), data_or_null<T>(dk), ws.data(), st);
+          });
       return Grads{dz, dk};
     });
   }
@@ -466,8 +401,8 @@ Tensor view_align(const Tensor& scores, const Tensor& boxes, const Tensor& flips
   const int64_t B = scores.size(0);
   const std::vector<double> bx = boxes.to_vector(), fl = flips.to_vector();
   Tensor mt;
-  by_dtype("unfused::view_align", scores.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  float_dispatch("unfused::view_align", scores.dtype(), [&](auto tv) {
+    using T = decltype(tv);
     mt = interpolation_matrices<T>(bx, fl, B, H, W);
   });
   mt = to_device(cast(mt, scores.dtype()), scores.device());

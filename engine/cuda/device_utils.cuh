@@ -20,7 +20,7 @@
 
 #include "engine/backend.h"
 #include "engine/cuda/context.h"
-#include "kernels/elementwise.cuh"
+#include "kernels/common.cuh"
 
 namespace sc {
 namespace cuda {
@@ -29,16 +29,7 @@ namespace detail {
 using bf16 = __nv_bfloat16;
 using f16 = __half;
 
-template <class T>
-struct AccT {
-  using type = float;
-};
-template <>
-struct AccT<double> {
-  using type = double;
-};
-template <class T>
-using Acc = typename AccT<T>::type;
+using kernels::Acc;  // the accumulation type (kernels/common.cuh)
 
 // ---- loads and stores in the accumulation type ----
 __device__ __forceinline__ float load_acc(float x) { return x; }
@@ -205,25 +196,7 @@ inline int device_of(const Tensor& t) {
 }
 
 // ---- reductions ----
-template <class V>
-__device__ __forceinline__ V shfl_xor_any(V v, int mask) {
-  static_assert(sizeof(V) % 4 == 0, "shuffled values are made of 32-bit words");
-  constexpr int W = int(sizeof(V) / 4);
-  int w[W];
-  memcpy(w, &v, sizeof(V));
-#pragma unroll
-  for (int i = 0; i < W; ++i) w[i] = __shfl_xor_sync(0xffffffffu, w[i], mask);
-  memcpy(&v, w, sizeof(V));
-  return v;
-}
-
-// Every lane of the warp gets combine() over the warp's 32 values (a butterfly tree).
-template <class V, class C>
-__device__ __forceinline__ V warp_allreduce(V v, C combine) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = combine(v, shfl_xor_any(v, o));
-  return v;
-}
+using kernels::warp_allreduce;  // kernels/common.cuh
 
 // Every thread of the block gets combine() over the block's values. blockDim.x must be a
 // multiple of 32 (at most 1024); `smem` holds 32 values. Every thread must call it.
@@ -303,7 +276,7 @@ void dispatch_any(DType t, F&& f) {
   throw Error("unknown dtype");
 }
 
-// f(T{}) for the float types only: the kernels' dispatch (kernels/elementwise.cuh).
+// f(T{}) for the float types only: the kernels' dispatch (kernels/common.cuh).
 using kernels::dispatch_float;
 
 // Unsigned integer of an element's width, for code that only moves bits.

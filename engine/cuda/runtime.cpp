@@ -5,10 +5,16 @@
 
 #include "engine/cuda/context.h"
 #include "engine/cuda_runtime.h"
+#include "engine/dispatch.h"
 
 namespace sc {
 
 bool cuda_built() { return true; }
+
+cudaStream_t stream_of(const Tensor& t) {
+  cuda::set_device(t.device().index);
+  return cuda::stream(t.device().index);
+}
 
 int cuda_device_count() {
   // Asked once: with no driver or no device cudaGetDeviceCount fails, and that means "none".

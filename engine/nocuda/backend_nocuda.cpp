@@ -3,19 +3,15 @@
 #include "engine/backend.h"
 #include "engine/cuda/device_memory.h"
 #include "engine/cuda_runtime.h"
+#include "engine/dispatch.h"
 
 namespace sc {
-namespace {
-[[noreturn]] void no_cuda(const char* what) {
-  throw Error(str_cat(what, ": this build has no CUDA backend (configure with nvcc present, or "
-                            "-DSLOTCON_CUDA=ON)"));
-}
-}  // namespace
 
 bool cuda_built() { return false; }
 int cuda_device_count() { return 0; }
 std::string cuda_device_name(int) { return ""; }
 void cuda_synchronize(int) {}
+cudaStream_t stream_of(const Tensor&) { no_cuda("stream_of"); }
 
 namespace cuda {
 void* device_alloc(size_t, int) { no_cuda("device_alloc"); }

@@ -29,6 +29,7 @@
 #include "kernels/proto_assign.h"
 #include "kernels/self_distill.h"
 #include "kernels/slot_contrast.h"
+#include "kernels/slot_presence.h"
 #include "kernels/slot_pool.h"
 #include "kernels/view_align.h"
 

@@ -1,15 +1,17 @@
-// The whole SlotCon training step on the GPU against the CPU, from the same state and batch:
+// The whole SlotCon training step (model/train_step.h) on the GPU against the CPU, from the same
+// state and batch:
 // fp32 (the loss, its parts, the center and every parameter after one LARS step), then bf16 and
 // fp16 with dynamic loss scaling (finite, close to fp32, the scaler's bookkeeping). A tiny
 // ResNet-18 model at 64 px, batch 4, K 10 (not a multiple of 32).
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <memory>
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
-#include "engine/optim.h"
 #include "gpu_test_util.h"
 #include "model/slotcon.h"
+#include "model/train_step.h"
 
 using namespace sc;
 using namespace sc::testing;
@@ -56,35 +58,28 @@ TensorMap state_of(const Module& m) {
 }
 // A freshly initialised tiny model's state (on the host).
 TensorMap fresh_state(uint64_t seed) { return state_of(SlotConModel(tiny(), Device::cpu(), seed)); }
+// LARS, NCHW, fp16 with loss scaling, TF32 head products in bf16 / fp16 (tf32 `auto`).
+TrainOptions options_for(DType compute) {
+  TrainOptions o;
+  o.precision = compute == DType::BF16   ? Precision::BF16
+                : compute == DType::F16 ? Precision::FP16
+                                         : Precision::FP32;
+  o.tf32 = o.precision != Precision::FP32;
+  return o;
+}
 struct Stepper {
   SlotConModel model;
-  std::vector<Tensor> params;
-  LARS opt;
-  Stepper(const TensorMap& init, Device d)
-      : model(tiny(), d, 0), opt({}, LARSOptions{0.05, 0.9, 1e-5, 0.001}) {
+  std::unique_ptr<TrainStep> train;
+  Stepper(const TensorMap& init, Device d, DType compute) : model(tiny(), d, 0) {
     model.load_state_dict(init, true);
     model.train();
-    for (auto& kv : model.student_parameters()) params.push_back(kv.second);
-    opt = LARS(params, LARSOptions{0.05, 0.9, 1e-5, 0.001});
+    train = std::make_unique<TrainStep>(model, options_for(compute), tiny());
   }
-  // one step as slotcon train runs it; returns the loss (NaN when fp16 skipped the step)
-  StepLoss step(const TwoViewBatch& b, DType compute, GradScaler* scaler = nullptr,
-                bool* applied = nullptr) {
-    model.momentum_update(0.99);
-    StepLoss l = model.forward(b, compute);
-    opt.zero_grad();
-    bool ok = true;
-    if (scaler) {
-      scaler->scale(l.total).backward();
-      ok = scaler->unscale_(params);
-      if (ok) opt.step();
-      scaler->update(ok);
-    } else {
-      l.total.backward();
-      opt.step();
-    }
-    if (applied) *applied = ok;
-    return l;
+  // one step as slotcon train runs it (lr 0.05, teacher momentum 0.99)
+  StepLoss step(const TwoViewBatch& b, bool* applied = nullptr) {
+    StepResult r = train->run(b, 0.05, 0.99);
+    if (applied) *applied = r.applied;
+    return r.loss;
   }
 };
 }  // namespace
@@ -95,9 +90,9 @@ TEST_CASE("gpu train step (fp32) matches the CPU step: loss, parts, center, para
   INFO("seed " << seed);
   const TensorMap s0 = fresh_state(seed);
   const TwoViewBatch b = random_batch(seed + 1);
-  Stepper cpu(s0, Device::cpu()), gpu(s0, Device::cuda(0));
-  StepLoss lc = cpu.step(b, DType::F32);
-  StepLoss lg = gpu.step(batch_on(b, Device::cuda(0), DType::F32), DType::F32);
+  Stepper cpu(s0, Device::cpu(), DType::F32), gpu(s0, Device::cuda(0), DType::F32);
+  StepLoss lc = cpu.step(b);
+  StepLoss lg = gpu.step(batch_on(b, Device::cuda(0), DType::F32));
   CHECK(lg.total.item() == Approx(lc.total.item()).epsilon(1e-4));
   CHECK(lg.group == Approx(lc.group).epsilon(1e-4));
   CHECK(lg.contrast == Approx(lc.contrast).epsilon(1e-4));
@@ -118,18 +113,18 @@ TEST_CASE("gpu train step in bf16 and in fp16 with loss scaling stays finite and
   INFO("seed " << seed);
   const TensorMap s0 = fresh_state(seed);
   const TwoViewBatch b = random_batch(seed + 1);
-  Stepper ref(s0, Device::cuda(0));
-  const double l32 = ref.step(batch_on(b, Device::cuda(0), DType::F32), DType::F32).total.item();
+  Stepper ref(s0, Device::cuda(0), DType::F32);
+  const double l32 = ref.step(batch_on(b, Device::cuda(0), DType::F32)).total.item();
   for (DType dt : {DType::BF16, DType::F16}) {
     INFO(dtype_name(dt));
-    Stepper low(s0, Device::cuda(0));
-    GradScaler scaler;
+    Stepper low(s0, Device::cuda(0), dt);
+    REQUIRE((low.train->scaler() != nullptr) == (dt == DType::F16));
     TwoViewBatch bb = batch_on(b, Device::cuda(0), dt);
     bool applied = false;
-    StepLoss l = low.step(bb, dt, dt == DType::F16 ? &scaler : nullptr, &applied);
+    StepLoss l = low.step(bb, &applied);
     CHECK(std::isfinite(l.total.item()));
     CHECK(l.total.item() == Approx(l32).epsilon(5e-2));
-    for (int i = 0; i < 2; ++i) low.step(bb, dt, dt == DType::F16 ? &scaler : nullptr, &applied);
+    for (int i = 0; i < 2; ++i) low.step(bb, &applied);
     for (auto& kv : state_of(low.model)) {
       if (!is_floating(kv.second.dtype())) continue;
       INFO(kv.first);
@@ -138,8 +133,8 @@ TEST_CASE("gpu train step in bf16 and in fp16 with loss scaling stays finite and
       CHECK(nonfinite == 0);
     }
     if (dt == DType::F16) {
-      CHECK(scaler.current_scale() <= 65536.0);
-      CHECK(scaler.current_scale() >= 1.0);
+      CHECK(low.train->scaler()->current_scale() <= 65536.0);
+      CHECK(low.train->scaler()->current_scale() >= 1.0);
     }
   }
 }

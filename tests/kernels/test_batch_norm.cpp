@@ -5,6 +5,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/add_relu.h"
 #include "test_seed.h"
 #include "kernels/batch_norm.h"
 

@@ -12,6 +12,7 @@
 #include "test_seed.h"
 #include "kernel_test_util.h"
 #include "kernels/slot_contrast.h"
+#include "kernels/slot_presence.h"
 
 namespace {
 

@@ -1,5 +1,6 @@
-// proto_assign_gemm.cuh: the small tiled GEMM shared by the semantic-grouping kernels
-// (proto_assign.cu and slot_pool.cu). Include from .cu files only.
+// tile_gemm.cuh: a small tiled GEMM with fused operand loads and epilogue, and its tensor-core
+// (TF32) tile accumulator. Used by proto_assign.cu and slot_pool.cu (the GEMM) and slot_contrast.cu
+// (TcAcc, for its logits tiles). Include from .cu files only.
 //
 //   C_z[m, n] = sum_{kk < Kc} A(z, m, kk) B(z, kk, n),   m < M, n < N, z < Z
 //
@@ -14,25 +15,23 @@
 // (tf32, float) the products on the tensor cores (below). Grid
 // (ceil(N/64), ceil(M/64), Z * splits): blockIdx.z = z * splits + split, and split s covers the
 // contraction slice [s chunk, (s+1) chunk), chunk a multiple of 16.
+//
+// Versions (a template flag TC of the one kernel, chosen only in launch_tile_gemm):
+//   v1 SIMT (TC = false): FP32 / FP64 FMAs, 4 x 4 outputs per thread;
+//   v2 TF32 (TC = true; Acc = float and tf32 asked): wmma m16n16k8, operands rounded to TF32 as
+//      they are staged, float accumulators (TcAcc), staged back to v1's register layout.
 #pragma once
 #include <cuda_runtime.h>
 #include <mma.h>
 
 #include <cstdint>
 
+#include "kernels/common.cuh"
+
 namespace sc {
-namespace grouping {
+namespace kernels {
 
 constexpr int kTileM = 64, kTileN = 64, kTileK = 16, kGemmThreads = 256;
-
-template <class T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
 
 template <bool TC, class A>
 __device__ __forceinline__ A tc_round(A v) {
@@ -190,15 +189,5 @@ void launch_tile_gemm(int64_t M, int64_t N, int64_t Kc, int64_t Z, int splits, c
       <<<grid, kGemmThreads, 0, stream>>>(M, N, Kc, splits, chunk, la, lb, epi);
 }
 
-// Warp-level sum (all lanes get the total).
-template <class A>
-__device__ __forceinline__ A warp_sum(A v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-inline size_t align256(size_t n) { return (n + 255) / 256 * 256; }
-
-}  // namespace grouping
+}  // namespace kernels
 }  // namespace sc

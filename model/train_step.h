@@ -1,0 +1,80 @@
+// train_step.h: one SlotCon training step, the only one: `slotcon train`, bench_train_step and the
+// GPU step test all run it.
+//
+// TrainOptions: the string settings of a TrainConfig (precision, tf32, channels_last, optimizer,
+// nonfinite) resolved once, for one device, into typed values; nothing below reads the strings.
+//
+// TrainStep::run(batch, lr, m), in this order:
+//   1. the optimizer's learning rate is set to lr;
+//   2. teacher EMA: θ_k ← m θ_k + (1 − m) θ_q (SlotConModel::momentum_update);
+//   3. both forwards and the loss (SlotConModel::forward: student and teacher on both views, the
+//      teacher in train mode without gradients, the head in F32), which also updates the center;
+//   4. if the loss or one of its parts is not finite: nothing else happens (finite = false);
+//   5. zero_grad, backward (of loss × scale with fp16 loss scaling), unscale and overflow check
+//      (fp16), the optimizer step (LARS or SGD) unless fp16 overflowed, the scaler's update.
+#pragma once
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "engine/optim.h"
+#include "model/slotcon.h"
+#include "model/train_config.h"
+
+namespace sc {
+
+enum class Precision : uint8_t { FP32, BF16, FP16 };
+enum class OptimizerKind : uint8_t { LARS, SGD };
+enum class NonFinitePolicy : uint8_t { Stop, Skip };
+
+struct TrainOptions {
+  // Backbone activations: F32, or BF16 / F16 with F32 master weights (GPU only); the head is F32.
+  Precision precision = Precision::FP32;
+  bool tf32 = false;           // the head kernels' products on TF32 tensor cores (F32 GPU only)
+  bool channels_last = false;  // NHWC backbone and projector
+  OptimizerKind optimizer = OptimizerKind::LARS;
+  NonFinitePolicy nonfinite = NonFinitePolicy::Stop;
+
+  DType compute_dtype() const;
+  const char* precision_name() const;  // "fp32", "bf16", "fp16"
+};
+
+// The `auto` rules: precision bf16 on CUDA, fp32 on the CPU; channels_last on for CUDA; tf32 on
+// when the precision is not fp32. A reduced precision on the CPU is an sc::Error.
+TrainOptions resolve_train_options(const TrainConfig& cfg, Device device);
+
+struct StepResult {
+  StepLoss loss;
+  bool finite = true;   // false: the loss or a part is not finite; steps 5 did not run
+  bool applied = true;  // the optimizer step ran (false when not finite or fp16 overflowed)
+};
+
+class TrainStep {
+ public:
+  // Over `model` (kept by reference): NHWC conversion when asked, the optimizer over the
+  // student's parameters (momentum and weight decay from cfg, lr set by each run), fp16's
+  // GradScaler (GradScaler's defaults).
+  TrainStep(SlotConModel& model, const TrainOptions& options, const TrainConfig& cfg);
+
+  StepResult run(const TwoViewBatch& batch, double lr, double teacher_momentum);
+
+  SlotConModel& model() { return model_; }
+  const TrainOptions& options() const { return options_; }
+  // The student's parameters with their state-dict names, in the optimizer's order.
+  const NamedTensors& parameters() const { return params_; }
+  // The optimizer's momentum buffers (one per parameter, undefined before the first step).
+  std::vector<Tensor>& optimizer_state();
+  // fp16 only (null otherwise).
+  GradScaler* scaler() { return scaler_ ? &*scaler_ : nullptr; }
+
+ private:
+  SlotConModel& model_;
+  TrainOptions options_;
+  NamedTensors params_;
+  std::vector<Tensor> tensors_;
+  std::optional<LARS> lars_;
+  std::optional<SGD> sgd_;
+  std::optional<GradScaler> scaler_;
+};
+
+}  // namespace sc
