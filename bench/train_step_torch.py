@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The SlotCon training step in plain PyTorch, written here from SLOTCON.md and the authors'
+"""The SlotCon training step in plain PyTorch, written here from docs/method.md and the authors'
 model (CVMI-Lab/SlotCon, models/slotcon.py), for two jobs:
 
   bench     images/s of the full step (teacher EMA, student + teacher forward, loss, backward,

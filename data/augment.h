@@ -1,4 +1,4 @@
-// augment.h: SlotCon's two-view augmentation (SLOTCON.md §7; the authors' data/transforms.py).
+// augment.h: SlotCon's two-view augmentation (docs/method.md §7; the authors' data/transforms.py).
 //
 // For one source image of W x H pixels, sample_two_view_params draws, in this order:
 //   crop 1    torchvision RandomResizedCrop.get_params: 10 tries of scale ~ U(min_scale, 1) of

@@ -1,4 +1,4 @@
-// proto_assign.h: SlotCon's prototype assignment (SLOTCON.md §2), the first half of semantic
+// proto_assign.h: SlotCon's prototype assignment (docs/method.md §2), the first half of semantic
 // grouping.
 //
 // Shapes: pixel features x (B, D, P) (a projector output (B, D, H, W) with P = H*W, NCHW),

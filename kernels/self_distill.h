@@ -1,4 +1,4 @@
-// self_distill.h: SlotCon's group loss term (SLOTCON.md §4, the authors' SlotCon.self_distill)
+// self_distill.h: SlotCon's group loss term (docs/method.md §4, the authors' SlotCon.self_distill)
 // and the teacher's batch mean for the center update, in one pass over the score maps.
 //
 // Shapes: student a (B, K, P) and teacher t (B, K, P) are the *aligned* score maps (view_align

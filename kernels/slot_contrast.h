@@ -1,4 +1,4 @@
-// slot_contrast.h: SlotCon's slot contrast (SLOTCON.md §5, the authors' ctr_loss_filtered): the
+// slot_contrast.h: SlotCon's slot contrast (docs/method.md §5, the authors' ctr_loss_filtered): the
 // InfoNCE loss between predicted student slots and the teacher slots gathered from every rank,
 // with static shapes (every (b, k) row kept, invalid ones masked) and a streaming softmax, so the
 // queries x keys logits matrix is never stored. The masks come from slot_presence.h.

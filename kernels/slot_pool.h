@@ -1,4 +1,4 @@
-// slot_pool.h: SlotCon's attentive slot pooling (SLOTCON.md §2), the second half of semantic
+// slot_pool.h: SlotCon's attentive slot pooling (docs/method.md §2), the second half of semantic
 // grouping.
 //
 // Shapes: pixel features x (B, D, P) (not normalised), attention attn (B, K, P) (positive: the

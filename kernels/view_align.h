@@ -1,4 +1,4 @@
-// view_align.h: SlotCon's "undo the augmentation" step (SLOTCON.md §3): RoIAlign of each score map
+// view_align.h: SlotCon's "undo the augmentation" step (docs/method.md §3): RoIAlign of each score map
 // onto the overlap box of the two crops, output the same size as the input, then a horizontal
 // flip where the view's flag is set. torchvision.ops.roi_align(x, rois, (H, W), spatial_scale=1,
 // sampling_ratio=-1, aligned=True) followed by flip(-1), as the authors' SlotCon.invaug does.

@@ -1,6 +1,6 @@
 // checkpoint.h: training checkpoints as safetensors files, written atomically.
 //
-// A checkpoint holds the model's state dict under its reference names (SLOTCON.md §10), the
+// A checkpoint holds the model's state dict under its reference names (docs/method.md §10), the
 // optimizer's momentum buffers as "optimizer.<parameter name>.momentum_buffer", and in
 // "__metadata__": "format" = "slotcon-checkpoint-v1", "epoch" (epochs completed), "step"
 // (optimizer steps done), "config" (the run's JSON config), and for fp16 runs "loss_scale" and

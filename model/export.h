@@ -1,4 +1,4 @@
-// export.h: the teacher backbone in the names downstream tools load (SLOTCON.md §10).
+// export.h: the teacher backbone in the names downstream tools load (docs/method.md §10).
 //
 // torchvision: the teacher's `encoder_k.*` tensors with the prefix stripped (conv1.weight,
 //   bn1.running_mean, layer1.0.downsample.1.weight, ...), num_batches_tracked kept.

@@ -1,4 +1,4 @@
-// heads.h: SlotCon's projector and slot predictor (SLOTCON.md §1, names as §10).
+// heads.h: SlotCon's projector and slot predictor (docs/method.md §1, names as §10).
 //
 // Projector (per pixel): mlp.0 = 1x1 conv C->H with bias, mlp.1 = BN2d(H), GELU, mlp.3 = 1x1 conv
 // H->H, mlp.4 = BN2d(H), GELU, mlp.6 = 1x1 conv H->D. x (N, C, h, w) -> (N, D, h, w), NCHW or

@@ -6,7 +6,7 @@
 // num_batches_tracked}, layer{1..4}.{i}.conv{1,2[,3]}.weight, layer{1..4}.{i}.bn{1,2[,3]}.*,
 // layer{1..4}.0.downsample.0.weight (1x1 conv), layer{1..4}.0.downsample.1.* (BN).
 //
-// Initialisation (SLOTCON.md §1): conv weights N(0, sqrt(2 / (k*k*out_channels))), BN gamma 1 and
+// Initialisation (docs/method.md §1): conv weights N(0, sqrt(2 / (k*k*out_channels))), BN gamma 1 and
 // beta 0, and the last BN gamma of every residual block (bn2 of a basic block, bn3 of a
 // bottleneck) zero.
 //
@@ -50,7 +50,7 @@ class ResNet : public Module {
   Tensor forward(const Tensor& x);
   int depth() const { return depth_; }
   int64_t out_channels() const { return out_channels_; }
-  // Re-draw every parameter and reset the buffers as SLOTCON.md §1 says.
+  // Re-draw every parameter and reset the buffers as docs/method.md §1 says.
   void reset_parameters(Generator& gen);
 
   std::shared_ptr<Conv2d> conv1;

@@ -1,4 +1,4 @@
-// schedule.h: the per-step schedules of SlotCon training (SLOTCON.md §6).
+// schedule.h: the per-step schedules of SlotCon training (docs/method.md §6).
 #pragma once
 #include <cmath>
 #include <cstdint>

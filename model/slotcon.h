@@ -1,4 +1,4 @@
-// slotcon.h: the SlotCon networks (SLOTCON.md §1) and one training step's loss (§2–§6).
+// slotcon.h: the SlotCon networks (docs/method.md §1) and one training step's loss (§2–§6).
 //
 // Module tree and names (= the reference module's state_dict(), §10):
 //   encoder_q, encoder_k         ResNet backbones (student, teacher)
@@ -32,7 +32,7 @@ class Grouping : public Module {
   std::shared_ptr<Prototypes> slot_embed;
 };
 
-// One batch of two views (SLOTCON.md §3, §7): crops (B, 3, S, S) float, coords (B, 4) F32
+// One batch of two views (docs/method.md §3, §7): crops (B, 3, S, S) float, coords (B, 4) F32
 // (x1, y1, x2, y2 of the overlap in the view's normalised coordinates), flags (B) U8 (flipped).
 struct TwoViewBatch {
   Tensor crops[2];

@@ -1,4 +1,4 @@
-// slotcon_loss.h: the SlotCon loss of one training step on one rank (SLOTCON.md §2-§5, the
+// slotcon_loss.h: the SlotCon loss of one training step on one rank (docs/method.md §2-§5, the
 // authors' SlotCon.forward after the projectors), composed from the head operations of
 // slotcon_loss_ops.h, fused (custom ops over kernels/) or unfused (plain engine ops).
 //

@@ -3,7 +3,7 @@
 // A run is configured by a JSON object (a file) whose keys are the fields below, then by
 // command-line overrides `--key value` or `--key=value` (dashes and underscores are the same).
 // An unknown key, a value of the wrong type or an out-of-range value is an sc::Error naming the
-// key. Defaults follow the authors' COCO ResNet-50 recipe (SLOTCON.md §9); `batch_size` is the
+// key. Defaults follow the authors' COCO ResNet-50 recipe (docs/method.md §9); `batch_size` is the
 // per-device batch.
 #pragma once
 #include <cstdint>

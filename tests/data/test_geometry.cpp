@@ -37,7 +37,7 @@ double bilinear(const ImageU8& im, double px, double py, int c) {
 
 // Where aligned grid point (a, b) in [0, 1]^2 of the overlap lands in view `v`'s normalised
 // coordinates: RoIAlign over the view's box, then a horizontal flip of the result when the view
-// is flipped (SLOTCON.md §3).
+// is flipped (docs/method.md §3).
 void aligned_to_view(const ViewParams& v, double a, double b, double* u, double* w) {
   const double aa = v.flip ? 1.0 - a : a;
   *u = v.box.x1 + aa * (v.box.x2 - v.box.x1);

@@ -60,7 +60,7 @@ TEST_CASE("ResNet parameter counts and state-dict names equal torchvision's (no 
   REQUIRE(sd["bn1.num_batches_tracked"].dim() == 0);
 }
 
-TEST_CASE("ResNet initialisation follows SLOTCON.md section 1", "[resnet]") {
+TEST_CASE("ResNet initialisation follows docs/method.md section 1", "[resnet]") {
   Generator gen(sc::testing::next_seed());
   ResNet r(50, gen);
   for (auto& kv : r.named_parameters()) {
