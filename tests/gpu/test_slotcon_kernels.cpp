@@ -171,9 +171,11 @@ void check_proto_assign(const sc::ProtoAssignShape& s, double tau, uint64_t seed
   const size_t nx = size_t(s.B * s.D * s.P), np = size_t(s.K * s.D), nd = size_t(s.B * s.K * s.P);
   auto x = rand_vec<T>(nx, rng, -2, 2);
   auto pr = rand_vec<T>(np, rng, -1, 1);
-  // Peaky: pixel 3 of image 0 is prototype 1 scaled; prototype 0 points away from every pixel
-  // component-wise (a prototype no pixel picks, at least for positive pixels).
-  for (int64_t d = 0; d < s.D; ++d) x[size_t(d * s.P + 3)] = T(3.0 * double(pr[size_t(s.D + d)]));
+  // Peaky (shapes with K >= 2, P >= 4): pixel 3 of image 0 is prototype 1 scaled; prototype 0
+  // points away from every pixel component-wise (a prototype no pixel picks, at least for
+  // positive pixels).
+  if (s.K >= 2 && s.P >= 4)
+    for (int64_t d = 0; d < s.D; ++d) x[size_t(d * s.P + 3)] = T(3.0 * double(pr[size_t(s.D + d)]));
   auto gd = rand_vec<T>(nd, rng), ga = rand_vec<T>(nd, rng);
   auto dp0 = rand_vec<T>(np, rng);  // dL_dprotos accumulates onto this
   // CPU reference
@@ -214,6 +216,7 @@ TEST_CASE("proto_assign CUDA matches the CPU reference", "[gpu][proto_assign]") 
     check_proto_assign<double>({2, 37, 33, 49}, tau, seed + 2);
   }
   check_proto_assign<float>({2, 5, 3, 130}, 0.5, seed + 3);  // P > 64: several pixel tiles
+  check_proto_assign<float>({3, 1, 7, 1}, 0.07, seed + 4);   // K = 1, P = 1
 }
 
 TEST_CASE("proto_assign CUDA with TF32 tensor-core GEMMs matches the CPU reference",
@@ -254,8 +257,9 @@ void check_slot_pool(const sc::SlotPoolShape& s, uint64_t seed) {
                ns = size_t(s.B * s.K * s.D);
   auto x = rand_vec<T>(nx, rng, -2, 2);
   auto attn = rand_vec<T>(na, rng, 1e-6, 1);
-  // Peaky rows: all mass on one pixel (the 1e-6 floor elsewhere), and a row no pixel picks.
-  for (int64_t p = 0; p < s.P; ++p) {
+  // Peaky rows of image 0 (shapes with K >= 2, P >= 3): all mass on one pixel (the 1e-6 floor
+  // elsewhere), and a row no pixel picks.
+  for (int64_t p = 0; s.K >= 2 && s.P >= 3 && p < s.P; ++p) {
     attn[size_t(p)] = T(p == 2 ? 1.0 : 1e-6);
     attn[size_t(s.P + p)] = T(1e-6);
   }
@@ -283,6 +287,7 @@ TEST_CASE("slot_pool CUDA matches the CPU reference", "[gpu][slot_pool]") {
   check_slot_pool<float>({2, 300, 256, 49}, seed + 1);
   check_slot_pool<double>({2, 37, 33, 49}, seed + 2);
   check_slot_pool<float>({1, 70, 65, 130}, seed + 3);
+  check_slot_pool<float>({3, 1, 7, 2}, seed + 4);  // K = 1 (P = 1 makes dL/dattn 0 exactly)
 }
 
 TEST_CASE("slot_pool CUDA with TF32 tensor-core GEMMs matches the CPU reference",
@@ -373,6 +378,7 @@ TEST_CASE("view_align CUDA matches the CPU reference", "[gpu][view_align]") {
   check_view_align<float>({12, 37, 7, 7}, seed);
   check_view_align<double>({6, 5, 7, 6}, seed + 1);
   check_view_align<float>({6, 3, 40, 90}, seed + 2);  // large planes: the global-atomics path
+  check_view_align<float>({4, 1, 1, 1}, seed + 3);    // K = 1 on a 1 x 1 map
 }
 
 // ---------------------------------------------------------------- self_distill
@@ -418,6 +424,7 @@ TEST_CASE("self_distill CUDA matches the CPU reference", "[gpu][self_distill]") 
   check_self_distill<float>({8, 300, 49}, 0.1, 0.07, seed + 2);
   check_self_distill<double>({2, 37, 49}, 0.1, 0.01, seed + 3);
   check_self_distill<float>({2, 5, 3}, 0.1, 0.07, seed + 4);  // K < 8: idle slices
+  check_self_distill<float>({3, 5, 1}, 0.1, 0.07, seed + 5);  // P = 1
 }
 
 // ---------------------------------------------------------------- slot_contrast
