@@ -3,6 +3,7 @@
 // fp32 (the loss, its parts, the center and every parameter after one LARS step), then bf16 and
 // fp16 with dynamic loss scaling (finite, close to fp32, the scaler's bookkeeping). A tiny
 // ResNet-18 model at 64 px, batch 4, K 10 (not a multiple of 32).
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <memory>
@@ -75,9 +76,9 @@ struct Stepper {
     model.train();
     train = std::make_unique<TrainStep>(model, options_for(compute), tiny());
   }
-  // one step as slotcon train runs it (lr 0.05, teacher momentum 0.99)
-  StepLoss step(const TwoViewBatch& b, bool* applied = nullptr) {
-    StepResult r = train->run(b, 0.05, 0.99);
+  // one step as slotcon train runs it (teacher momentum 0.99)
+  StepLoss step(const TwoViewBatch& b, bool* applied = nullptr, double lr = 0.05) {
+    StepResult r = train->run(b, lr, 0.99);
     if (applied) *applied = r.applied;
     return r.loss;
   }
@@ -91,20 +92,76 @@ TEST_CASE("gpu train step (fp32) matches the CPU step: loss, parts, center, para
   const TensorMap s0 = fresh_state(seed);
   const TwoViewBatch b = random_batch(seed + 1);
   Stepper cpu(s0, Device::cpu(), DType::F32), gpu(s0, Device::cuda(0), DType::F32);
-  StepLoss lc = cpu.step(b);
-  StepLoss lg = gpu.step(batch_on(b, Device::cuda(0), DType::F32));
+  // lr 5: LARS moves each matrix by ~0.5 % of its size (at slotcon train's first-step lr of 0.05
+  // the moves, ~5e-5, would hide under a tolerance on the values: a zeroed or sign-flipped
+  // gradient would pass)
+  const double lr = 5.0;
+  StepLoss lc = cpu.step(b, nullptr, lr);
+  StepLoss lg = gpu.step(batch_on(b, Device::cuda(0), DType::F32), nullptr, lr);
   CHECK(lg.total.item() == Approx(lc.total.item()).epsilon(1e-4));
   CHECK(lg.group == Approx(lc.group).epsilon(1e-4));
   CHECK(lg.contrast == Approx(lc.contrast).epsilon(1e-4));
   TensorMap a = state_of(cpu.model), g = state_of(gpu.model);
+  // Each state tensor's move on the GPU against its move on the CPU, relative to how far it
+  // moved: |(g - s0) - (a - s0)| / |a - s0| = |g - a| / |a - s0|. Over all tensors that moved:
+  // median, 90th percentile and worst (a near-tie of ReLU, max pool or the presence arg-max may
+  // land either way on either device, so one tensor may be off by more than the rest).
+  // Tensors whose exact gradient is 0 (a bias followed by BatchNorm) move by rounding alone on
+  // both devices: they are held to a bound on that, not compared relatively.
+  struct Move {
+    std::string name;
+    double moved, off;
+  };
+  std::vector<Move> moves;
   for (auto& kv : a) {
-    if (kv.first.find("num_batches_tracked") != std::string::npos) continue;
+    if (!is_floating(kv.second.dtype())) continue;
     INFO(kv.first);
-    CompareResult r = compare(g.at(kv.first).to(kv.second.dtype()), kv.second, 1e-4, 1e-3);
-    INFO("max |diff| " << r.max_abs << " scaled " << r.max_scaled);
-    CHECK(r.nonfinite == 0);
-    CHECK(r.max_scaled <= 1.0);
+    const std::vector<double> av = kv.second.to_vector(), s0v = s0.at(kv.first).to_vector(),
+                              gv = g.at(kv.first).to(Device::cpu()).to(DType::F64).to_vector();
+    double moved = 0, off = 0, size = 0;
+    size_t nonfinite = 0;
+    for (size_t i = 0; i < av.size(); ++i) {
+      nonfinite += !std::isfinite(gv[i]);
+      moved += (av[i] - s0v[i]) * (av[i] - s0v[i]);
+      off += (gv[i] - av[i]) * (gv[i] - av[i]);
+      size += s0v[i] * s0v[i];
+    }
+    CHECK(nonfinite == 0);
+    if (moved == 0) {
+      // what does not move on the CPU (the teacher: the EMA of two equal copies) moves on the
+      // GPU by rounding at most
+      CHECK(std::sqrt(off) <= 1e-6 * std::sqrt(size) + 1e-30);
+      continue;
+    }
+    moves.push_back({kv.first, std::sqrt(moved), std::sqrt(off)});
   }
+  REQUIRE(moves.size() > 100);
+  std::vector<double> sizes;
+  for (const Move& m : moves) sizes.push_back(m.moved);
+  std::sort(sizes.begin(), sizes.end());
+  const double typical = sizes[sizes.size() / 2];
+  std::vector<double> rel;
+  std::string worst_name;
+  double worst = 0;
+  for (const Move& m : moves) {
+    INFO(m.name << " moved " << m.moved << " (median move " << typical << "), GPU off by " << m.off);
+    if (m.moved < 1e-3 * typical) {
+      CHECK(m.off <= 1e-2 * typical);
+      continue;
+    }
+    rel.push_back(m.off / m.moved);
+    if (rel.back() > worst) worst = rel.back(), worst_name = m.name;
+  }
+  REQUIRE(rel.size() > 80);  // the student, BN statistics, the center
+  std::sort(rel.begin(), rel.end());
+  const double median = rel[rel.size() / 2], p90 = rel[rel.size() * 9 / 10];
+  INFO("moves relative to the CPU's: median " << median << ", 90th percentile " << p90
+                                              << ", worst " << worst << " (" << worst_name << ")");
+  CHECK(median <= 1e-2);
+  CHECK(p90 <= 3e-2);
+  // a zeroed conv weight gradient on the GPU gives 1.4 here, a sign flip 2 (a uniformly scaled
+  // one is invisible by design: LARS's trust ratio divides the scale out)
+  CHECK(worst <= 0.25);
 }
 
 TEST_CASE("gpu train step in bf16 and in fp16 with loss scaling stays finite and near fp32",
