@@ -16,15 +16,20 @@ struct Run {
   int code() const { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
 };
 
-inline Run run(const std::string& args) {
-  std::string cmd = std::string(SLOTCON_BINARY_DIR) + "/apps/slotcon " + args + " 2>&1";
+// A shell command line, its stderr joined to its stdout.
+inline Run run_command(const std::string& command) {
   Run r;
-  FILE* p = popen(cmd.c_str(), "r");
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
   REQUIRE(p != nullptr);
   char buf[4096];
   while (size_t n = fread(buf, 1, sizeof buf, p)) r.out.append(buf, n);
   r.status = pclose(p);
   return r;
+}
+
+// The built `slotcon` binary with these arguments.
+inline Run run(const std::string& args) {
+  return run_command(std::string(SLOTCON_BINARY_DIR) + "/apps/slotcon " + args);
 }
 
 // An empty directory <build>/test_tmp/<name> (removed first if it exists).

@@ -171,14 +171,7 @@ TEST_CASE("train: a checkpoint that cannot be written (a full disk) stops the ru
   const std::string limited = "bash -c \"trap '' XFSZ; ulimit -f " +
                               std::to_string(size / 1024 / 2) + "; exec " + SLOTCON_BINARY_DIR +
                               "/apps/slotcon " + kTiny + "--epochs 2 --output_dir " + d + "\"";
-  app_test::Run r2;
-  {
-    FILE* p = popen((limited + " 2>&1").c_str(), "r");
-    REQUIRE(p != nullptr);
-    char buf[4096];
-    while (size_t n = fread(buf, 1, sizeof buf, p)) r2.out.append(buf, n);
-    r2.status = pclose(p);
-  }
+  Run r2 = app_test::run_command(limited);
   INFO(r2.out);
   CHECK(r2.code() == 1);
   CHECK(r2.out.find("ckpt_epoch_0002.safetensors") != std::string::npos);

@@ -10,17 +10,11 @@
 namespace {
 // `prefix slotcon train ... --steps 0` (scores nothing, trains nothing), stdout and stderr.
 std::string run_with(const std::string& prefix, const std::string& out_dir) {
-  const std::string cmd = prefix + " " + std::string(SLOTCON_BINARY_DIR) + "/apps/slotcon " +
-                          app_test::kTinyTrain +
-                          "--device cpu --steps 0 --slot_images 0 --no-auto-resume --output_dir " +
-                          out_dir + " 2>&1";
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  CHECK(pclose(p) == 0);
-  return out;
+  const app_test::Run r = app_test::run_command(
+      prefix + " " + std::string(SLOTCON_BINARY_DIR) + "/apps/slotcon " + app_test::kTinyTrain +
+      "--device cpu --steps 0 --slot_images 0 --no-auto-resume --output_dir " + out_dir);
+  CHECK(r.status == 0);
+  return r.out;
 }
 }  // namespace
 

@@ -115,8 +115,7 @@ TEST_CASE("slotcon model: one step's loss, fused equals unfused, gradients reach
   // every student parameter gets a finite gradient, and one that is not all zeros once the
   // residual branches are open (at initialisation each block's last BatchNorm scale is 0, which
   // zeroes the gradient of the layers before it in the branch); no teacher tensor gets one
-  TrainConfig open_cfg = tiny();
-  SlotConModel open(open_cfg, Device::cpu(), 4);
+  SlotConModel open(tiny(), Device::cpu(), 4);
   {
     NoGradGuard ng;
     for (auto& kv : open.student_parameters()) {
