@@ -17,7 +17,6 @@ bool all_finite(const Tensor& t) {
 
 TwoViewBatch batch_from_file(const SafetensorsFile& f, const std::string& what) {
   TwoViewBatch b;
-  int64_t B0 = -1, S0 = -1;
   for (int v = 0; v < 2; ++v) {
     const std::string s = std::to_string(v);
     for (const char* key : {"crops.", "coords.", "flags."})
@@ -31,12 +30,9 @@ TwoViewBatch batch_from_file(const SafetensorsFile& f, const std::string& what) 
     const int64_t B = crops.size(0), S = crops.size(2);
     SC_CHECK(B >= 2, what, ": crops.", s, " holds ", B, " images; a batch needs at least 2");
     SC_CHECK(S >= 32, what, ": crops.", s, " are ", S, " px; at least 32 are needed");
-    if (v == 0) {
-      B0 = B;
-      S0 = S;
-    }
-    SC_CHECK(B == B0 && S == S0, what, ": the two views differ in shape (",
-             shape_str(f.tensors.at("crops.0").shape()), " and ", shape_str(crops.shape()), ")");
+    SC_CHECK(v == 0 || crops.shape() == b.crops[0].shape(), what,
+             ": the two views differ in shape (", shape_str(b.crops[0].shape()), " and ",
+             shape_str(crops.shape()), ")");
     SC_CHECK(coords.shape() == Shape({B, 4}) && is_floating(coords.dtype()), what, ": coords.", s,
              " must be floating (", B, ", 4), got ", dtype_name(coords.dtype()), " ",
              shape_str(coords.shape()));
