@@ -11,7 +11,11 @@ model (CVMI-Lab/SlotCon, models/slotcon.py), for two jobs:
   replay    run N steps on a recorded batch (`--batch-file`, same format as the engine's) from an
             init state, with the config recorded in an engine checkpoint, and write the final
             state: the reference the engine's own replay is compared against.
-  compare   compare two state files tensor by tensor (and two loss logs).
+  compare   the engine's state after the replay, and PyTorch float32's, against PyTorch float64's
+            (the truth), tensor by tensor, the error relative to how far the truth moved each
+            tensor; median, 90th percentile and worst over several seeds.
+  checksum  per group of tensors, the norm of the move from the init state and its projection
+            on a fixed sign pattern: what tests/apps/test_train.cpp pins.
 
 scripts/compare_torch_step.sh ties init / replay / compare to `slotcon train`.
 
@@ -444,52 +448,156 @@ def cmd_replay(a):
         loss.backward()
         opt.step()
         log.append({"step": s + 1, "loss": loss.item(), "group": g.item(), "contrast": c.item()})
-        print(f"torch step {s + 1}: loss {loss.item():.6f} (group {g.item():.6f}, "
-              f"contrast {c.item():.6f})  lr {opt.lr:.5g}  m {m:.5f}")
-    out = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        print(f"torch step {s + 1}: loss {loss.item()!r} (group {g.item()!r}, "
+              f"contrast {c.item()!r})  lr {opt.lr:.5g}  m {m:.5f}")
+    # in the dtype it ran in (a float64 run is the truth others are measured against)
+    out = dict(model.state_dict())
     for (n, p), mu in zip([(n, p) for n, p in model.named_parameters() if p.requires_grad], opt.mu):
-        out[f"optimizer.{n}.momentum_buffer"] = mu.float()
+        out[f"optimizer.{n}.momentum_buffer"] = mu
     save_st(a.out, out)
     with open(a.out + ".losses.json", "w") as f:
         json.dump(log, f)
     print(f"replay: {a.steps} steps -> {a.out}")
 
 
-def cmd_compare(a):
-    ea, _ = load_st(a.engine)
-    tb, _ = load_st(a.torch)
-    worst, rows, missing = 0.0, [], []
-    for name, t in sorted(tb.items()):
+def _moves(init, truth):
+    """Each compared tensor's name, its starting value and its true final value (float64). The
+    optimizer's momentum buffers start at zero (they are absent from an init state)."""
+    for name, t in sorted(truth.items()):
         if name.endswith("num_batches_tracked"):
             continue
-        if name not in ea:
+        y = t.double()
+        x0 = init[name].double() if name in init else torch.zeros_like(y)
+        yield name, x0, y
+
+
+# float32 stores a tensor y to ~2^-24 ||y||: a move smaller than 64 such units (the teacher's at the
+# second step, lr x 0.001 x (1 - m) of its norm) cannot be measured against itself.
+RESOLUTION = 64.0 / 2**24
+
+
+def _errors(state, init, truth):
+    """Per tensor ||x - x64|| / ||x64 - x_init||: the error relative to how far the truth moved
+    the tensor. Tensors the truth moves by less than float32 can resolve (RESOLUTION of their norm,
+    or 1e-12 per element: a bias in front of a BatchNorm, whose exact gradient is 0, and its
+    momentum; the teacher at the first steps) have no move to measure against: for them the
+    root-mean-square error per element. Returns (moved, still, missing). The same measure as
+    tests/apps/state_moves.h."""
+    moved, still, missing = {}, {}, []
+    for name, x0, y in _moves(init, truth):
+        if name not in state:
             missing.append(name)
             continue
-        x, y = ea[name].double(), t.double()
+        x = state[name].double()
         if x.shape != y.shape:
-            rows.append((float("inf"), name, f"shape {list(x.shape)} vs {list(y.shape)}"))
+            moved[name] = float("inf")
             continue
-        # the floor keeps tensors that are mathematically ~0 (biases in front of a BatchNorm,
-        # whose gradient is round-off) from reading as 100% different
-        rel = ((x - y).norm() / max(y.norm().item(), a.floor)).item()
-        rows.append((rel, name, f"(norm {y.norm().item():.3g})"))
-        worst = max(worst, rel)
-    rows.sort(reverse=True)
-    print(f"compare: {len(rows)} tensors, worst relative L2 difference {worst:.3e}")
-    for rel, name, note in rows[:a.top]:
-        print(f"  {rel:10.3e}  {name} {note}")
-    if missing:
-        print(f"  missing in the engine's file: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if a.engine_metrics and a.torch_losses:
-        eng = [json.loads(l) for l in open(a.engine_metrics) if l.strip()]
-        ref = json.load(open(a.torch_losses))
-        for e, r in zip(eng, ref):
-            print(f"  step {r['step']}: loss engine {e['loss']:.6f} torch {r['loss']:.6f} "
-                  f"(group {e['group']:.6f}/{r['group']:.6f}, "
-                  f"contrast {e['contrast']:.6f}/{r['contrast']:.6f})")
-    ok = worst <= a.tol and not missing
-    print("compare:", "AGREE" if ok else f"DIFFER (tolerance {a.tol:g})")
-    return 0 if ok else 1
+        n = max(y.numel(), 1)
+        step, err = (y - x0).norm().item(), (x - y).norm().item()
+        if step > max(1e-12 * math.sqrt(n), RESOLUTION * y.norm().item()):
+            moved[name] = err / step
+        else:
+            still[name] = err / math.sqrt(n)
+    return moved, still, missing
+
+
+def _stats(errs):
+    v = sorted(errs)
+    if not v:
+        return 0.0, 0.0, 0.0
+    pick = lambda q: v[min(len(v) - 1, int(math.ceil(q * len(v))) - 1)]
+    return pick(0.5), pick(0.9), v[-1]
+
+
+def cmd_compare(a):
+    """Engine and PyTorch float32 against PyTorch float64 (the truth), over one directory per
+    seed. A directory holds init.safetensors, truth.safetensors (float64), torch32.safetensors and
+    engine.safetensors, and the losses: engine.metrics.jsonl, truth.losses.json."""
+    rows = {"engine": [], "torch32": []}
+    still_worst = {"engine": 0.0, "torch32": 0.0}
+    missing_all = []
+    for d in a.dirs:
+        init, _ = load_st(f"{d}/init.safetensors")
+        truth, _ = load_st(f"{d}/truth.safetensors")
+        print(f"== {d}")
+        per = {}
+        for who in ("engine", "torch32"):
+            state, _ = load_st(f"{d}/{who}.safetensors")
+            moved, still, missing = _errors(state, init, truth)
+            if who == "engine":
+                missing_all += missing
+            rows[who] += list(moved.values())
+            still_worst[who] = max([still_worst[who]] + list(still.values()))
+            per[who] = moved
+            med, p90, worst = _stats(list(moved.values()))
+            name = max(moved, key=moved.get) if moved else "-"
+            print(f"  {who:8s} median {med:.2e}  p90 {p90:.2e}  worst {worst:.2e} ({name}); "
+                  f"{len(still)} tensors the truth leaves in place: worst rms error {max(still.values(), default=0):.1e}")
+        eng = [json.loads(l) for l in open(f"{d}/engine.metrics.jsonl") if l.strip()]
+        ref = json.load(open(f"{d}/truth.losses.json"))
+        t32 = json.load(open(f"{d}/torch32.losses.json"))
+        for e, r, f in zip(eng, ref, t32):
+            rel = lambda v: abs(v - r["loss"]) / abs(r["loss"])
+            print(f"  step {r['step']} loss: truth {r['loss']:.9f}, engine {e['loss']:.9f} "
+                  f"({rel(e['loss']):.1e}), torch32 {f['loss']:.9f} ({rel(f['loss']):.1e})")
+    em, e9, ew = _stats(rows["engine"])
+    tm, t9, tw = _stats(rows["torch32"])
+    f, floor = a.factor, a.floor
+    checks = [
+        ("median", em, f * max(tm, floor)),
+        ("90th percentile", e9, f * max(t9, floor)),
+        ("worst", ew, max(f * tw, a.worst)),
+        ("unmoved tensors (rms error)", still_worst["engine"],
+         f * max(still_worst["torch32"], 1e-9)),
+    ]
+    print(f"== all {len(a.dirs)} seeds, {len(rows['engine'])} moved tensors: error relative to "
+          f"each tensor's true move (||x - x64|| / ||x64 - x_init||)")
+    print(f"  {'':34s} {'engine':>9s} {'torch32':>9s} {'allowed':>9s}")
+    print(f"  {'median':34s} {em:9.2e} {tm:9.2e} {checks[0][2]:9.2e}")
+    print(f"  {'90th percentile':34s} {e9:9.2e} {t9:9.2e} {checks[1][2]:9.2e}")
+    print(f"  {'worst':34s} {ew:9.2e} {tw:9.2e} {checks[2][2]:9.2e}")
+    print(f"  {'unmoved tensors (rms error)':34s} {still_worst['engine']:9.2e} "
+          f"{still_worst['torch32']:9.2e} {checks[3][2]:9.2e}")
+    failed = [c[0] for c in checks if not c[1] <= c[2]]
+    if missing_all:
+        print(f"  missing in the engine's file: {sorted(set(missing_all))[:5]}")
+        failed.append("missing tensors")
+    print("compare:", "AGREE" if not failed else "DIFFER (" + ", ".join(failed) + ")",
+          f"(factor {f:g} of PyTorch float32, floor {floor:g}; worst up to {a.worst:g})")
+    return 0 if not failed else 1
+
+
+def _signs(n):
+    """A fixed +-1 pattern over a tensor's flat indices (splitmix64 of the index, its top bit):
+    the same in bench/train_step_torch.py and tests/apps/test_train.cpp."""
+    import numpy as np
+    with np.errstate(over="ignore"):
+        z = np.arange(n, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return torch.from_numpy(1.0 - 2.0 * (z >> np.uint64(63)).astype(np.float64))
+
+
+def state_checksum(state, init):
+    """Per group of tensors (the first name component; BatchNorm running statistics apart, as
+    they move far more than the weights): the norm of the move from init, and the
+    move projected on the fixed +-1 pattern of _signs (sign-sensitive). float64."""
+    out = {}
+    for name, x0, y in _moves(init, state):
+        d = (y - x0).reshape(-1)
+        group = name.split(".")[0] + (":running" if ".running_" in name else "")
+        g = out.setdefault(group, [0.0, 0.0])
+        g[0] += float((d * d).sum())
+        g[1] += float((d * _signs(d.numel())).sum())
+    return {g: (math.sqrt(v[0]), v[1]) for g, v in sorted(out.items())}
+
+
+def cmd_checksum(a):
+    state, _ = load_st(a.state)
+    init, _ = load_st(a.init)
+    for g, (n, p) in state_checksum(state, init).items():
+        print(f'    {{"{g}", {n!r}, {p!r}}},')
 
 
 def cmd_bench(a):
@@ -564,19 +672,26 @@ def main():
     r.add_argument("--steps", type=int, default=3)
     r.add_argument("--f64", action="store_true", help="run in float64")
     r.add_argument("--out", required=True)
-    c = sub.add_parser("compare", help="compare the engine's state file with the reference's")
-    c.add_argument("engine")
-    c.add_argument("torch")
-    c.add_argument("--engine-metrics")
-    c.add_argument("--torch-losses")
-    c.add_argument("--tol", type=float, default=1e-2)
-    c.add_argument("--top", type=int, default=8)
-    c.add_argument("--floor", type=float, default=1e-3, help="smallest norm divided by")
+    c = sub.add_parser("compare", help="the engine and PyTorch float32 against PyTorch float64, "
+                       "error relative to each tensor's move, over seed directories")
+    c.add_argument("dirs", nargs="+", help="per seed: init, truth, torch32, engine state files")
+    c.add_argument("--factor", type=float, default=4.0,
+                   help="the engine's median and 90th percentile may be this multiple of "
+                   "PyTorch float32's")
+    c.add_argument("--floor", type=float, default=1e-6,
+                   help="PyTorch float32's statistics are taken as at least this")
+    c.add_argument("--worst", type=float, default=0.05,
+                   help="the worst tensor may be off by this much of its move (a wrong "
+                   "gradient starts about here) when PyTorch float32's own worst is smaller")
+    k = sub.add_parser("checksum", help="per group: the norm of the move from init and its "
+                       "signed projection (the numbers tests/apps/test_train.cpp pins)")
+    k.add_argument("state")
+    k.add_argument("--init", required=True)
     a = ap.parse_args()
     if a.cmd is None:
         a = ap.parse_args(["bench"] + sys.argv[1:])
     return {"bench": cmd_bench, "init": cmd_init, "replay": cmd_replay,
-            "compare": cmd_compare}[a.cmd](a) or 0
+            "compare": cmd_compare, "checksum": cmd_checksum}[a.cmd](a) or 0
 
 
 if __name__ == "__main__":

@@ -106,12 +106,13 @@ Tensor backbone_input(const Tensor& crops, DType compute, bool channels_last) {
 }
 }  // namespace
 
-StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype, bool tf32) {
+StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype, bool tf32,
+                               DType head_dtype) {
   SlotConViews views;
   for (int v = 0; v < 2; ++v) {
     Tensor in = backbone_input(batch.crops[v], compute_dtype, channels_last_);
-    // the head runs in F32 whatever the backbone's activation dtype
-    views.x[v] = cast(projector_q->forward(encoder_q->forward(in)), DType::F32);
+    // the head runs in F32 (F64 in the reference step) whatever the backbone's activation dtype
+    views.x[v] = cast(projector_q->forward(encoder_q->forward(in)), head_dtype);
     views.boxes[v] = batch.coords[v];
     views.flips[v] = batch.flags[v];
   }
@@ -119,7 +120,7 @@ StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype, b
     NoGradGuard ng;  // the teacher: train mode (batch statistics), no gradients
     for (int v = 0; v < 2; ++v) {
       Tensor in = backbone_input(batch.crops[v], compute_dtype, channels_last_);
-      views.y[v] = cast(projector_k->forward(encoder_k->forward(in)), DType::F32);
+      views.y[v] = cast(projector_k->forward(encoder_k->forward(in)), head_dtype);
     }
   }
   SlotConLossConfig lc;
@@ -155,8 +156,10 @@ Tensor SlotConModel::assign_prototypes(const Tensor& images) {
   const bool was_training = encoder_k->is_training();
   encoder_k->eval();
   projector_k->eval();
+  // in the parameters' dtype (F32, or F64 after an fp64 step)
+  const DType param_dtype = grouping_k->slot_embed->weight.dtype();
   Tensor x = projector_k->forward(
-      encoder_k->forward(backbone_input(images, images.dtype(), channels_last_)));  // (B, D, h, w)
+      encoder_k->forward(backbone_input(images, param_dtype, channels_last_)));  // (B, D, h, w)
   encoder_k->train(was_training);
   projector_k->train(was_training);
   const int64_t B = x.size(0), D = x.size(1), h = x.size(2), w = x.size(3);

@@ -74,7 +74,7 @@ const std::map<std::string, Field>& fields() {
       {"warmup_multiplier", field(&TrainConfig::warmup_multiplier, "warm-up starts at lr / this")},
       {"epochs", field(&TrainConfig::epochs, "training epochs")},
       {"max_steps", field(&TrainConfig::max_steps, "stop after N steps (0: all epochs)")},
-      {"precision", field(&TrainConfig::precision, "auto | fp32 | bf16 | fp16")},
+      {"precision", field(&TrainConfig::precision, "auto | fp32 | bf16 | fp16 | fp64")},
       {"channels_last", field(&TrainConfig::channels_last,
                               "NHWC activations and conv weights: auto (GPU) | on | off")},
       {"tf32", field(&TrainConfig::tf32, "head kernels' products on TF32 tensor cores (GPU): "
@@ -121,8 +121,8 @@ void TrainConfig::validate() const {
            arch, "' (resnet18, resnet34 or resnet50)");
   SC_CHECK(one_of(optimizer, {"lars", "sgd"}), "config key 'optimizer': unknown '", optimizer,
            "' (lars or sgd)");
-  SC_CHECK(one_of(precision, {"auto", "fp32", "bf16", "fp16"}), "config key 'precision': unknown '",
-           precision, "' (auto, fp32, bf16 or fp16)");
+  SC_CHECK(one_of(precision, {"auto", "fp32", "bf16", "fp16", "fp64"}),
+           "config key 'precision': unknown '", precision, "' (auto, fp32, bf16, fp16 or fp64)");
   SC_CHECK(one_of(channels_last, {"auto", "on", "off"}), "config key 'channels_last': unknown '",
            channels_last, "' (auto, on or off)");
   SC_CHECK(one_of(tf32, {"auto", "on", "off"}), "config key 'tf32': unknown '", tf32,

@@ -36,7 +36,7 @@ struct TrainConfig {
   double warmup_multiplier = 100;  // warm-up starts at lr / warmup_multiplier
   int64_t epochs = 800;
   int64_t max_steps = 0;            // stop after this many steps (0: run every epoch)
-  std::string precision = "auto";   // auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+  std::string precision = "auto";   // auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16 | fp64
   std::string channels_last = "auto";  // auto (on for the GPU, off for the CPU) | on | off
   std::string tf32 = "auto";  // the head kernels' products on TF32 tensor cores: auto (on when
                               // the GPU trains in bf16/fp16) | on | off

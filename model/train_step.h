@@ -23,12 +23,14 @@
 
 namespace sc {
 
-enum class Precision : uint8_t { FP32, BF16, FP16 };
+enum class Precision : uint8_t { FP32, BF16, FP16, FP64 };
 enum class OptimizerKind : uint8_t { LARS, SGD };
 enum class NonFinitePolicy : uint8_t { Stop, Skip };
 
 struct TrainOptions {
   // Backbone activations: F32, or BF16 / F16 with F32 master weights (GPU only); the head is F32.
+  // FP64: everything in double (parameters, activations, head, optimizer state), the reference
+  // against which the float32 step is measured (tests/apps/test_train.cpp); slow, not for training.
   Precision precision = Precision::FP32;
   bool tf32 = false;           // the head kernels' products on TF32 tensor cores (F32 GPU only)
   bool channels_last = false;  // NHWC backbone and projector
@@ -36,11 +38,13 @@ struct TrainOptions {
   NonFinitePolicy nonfinite = NonFinitePolicy::Stop;
 
   DType compute_dtype() const;
-  const char* precision_name() const;  // "fp32", "bf16", "fp16"
+  const char* precision_name() const;  // "fp32", "bf16", "fp16", "fp64"
+  // The head's dtype: F64 in fp64 mode, F32 otherwise.
+  DType head_dtype() const { return precision == Precision::FP64 ? DType::F64 : DType::F32; }
 };
 
 // The `auto` rules: precision bf16 on CUDA, fp32 on the CPU; channels_last on for CUDA; tf32 on
-// when the precision is not fp32. A reduced precision on the CPU is an sc::Error.
+// when the precision is not fp32 or fp64. A reduced precision on the CPU is an sc::Error.
 TrainOptions resolve_train_options(const TrainConfig& cfg, Device device);
 
 struct StepResult {
@@ -51,7 +55,8 @@ struct StepResult {
 
 class TrainStep {
  public:
-  // Over `model` (kept by reference): NHWC conversion when asked, the optimizer over the
+  // Over `model` (kept by reference): conversion to F64 in fp64 mode, NHWC when asked, the
+  // optimizer over the
   // student's parameters (momentum and weight decay from cfg, lr set by each run), fp16's
   // GradScaler (GradScaler's defaults).
   TrainStep(SlotConModel& model, const TrainOptions& options, const TrainConfig& cfg);

@@ -8,7 +8,7 @@
 #                whole training step); here they must pass, not skip
 #   bench_kernels  bench_slotcon_kernels: the five fused head kernels vs their unfused paths
 #   bench_train  bench_train_step: the full step vs the PyTorch step (bench/train_step_torch.py)
-#   compare      scripts/compare_torch_step.sh on the GPU: 3 fp32 steps vs the PyTorch step
+#   compare      scripts/compare_torch_step.sh on the GPU: 3 fp32 steps vs float64 PyTorch, 3 seeds
 #   memcheck, racecheck   compute-sanitizer over test_gpu (without the whole-model [train] cases)
 #   benches      the other bench_* binaries (resnet50 with its PyTorch baseline, conv, engine_ops,
 #                loader)
@@ -197,7 +197,7 @@ for s in $stages; do
       [ "$rc" -eq 99 ] && continue
       row bench_train "$(result $rc)" "$STAGE_SECONDS" "$(results_of "$work/bench_train.log")" ;;
     compare)
-      stage compare 180 env DEVICE=cuda "$root/scripts/compare_torch_step.sh" "$bin"; rc=$?
+      stage compare 180 env DEVICE=cuda STEPS=3 "$root/scripts/compare_torch_step.sh" "$bin"; rc=$?
       [ "$rc" -eq 99 ] && continue
       row compare "$(result $rc)" "$STAGE_SECONDS" \
         "$(grep -E '^compare: |AGREE|DIFFER' "$work/compare.log" | tail -2 | paste -sd' ' -)" ;;
