@@ -482,7 +482,7 @@ def _errors(state, init, truth):
     or 1e-12 per element: a bias in front of a BatchNorm, whose exact gradient is 0, and its
     momentum; the teacher at the first steps) have no move to measure against: for them the
     root-mean-square error per element. Returns (moved, still, missing). The same measure as
-    tests/apps/state_moves.h."""
+    tests/state_moves.h."""
     moved, still, missing = {}, {}, []
     for name, x0, y in _moves(init, truth):
         if name not in state:

@@ -248,7 +248,7 @@ Run golden_run(const std::string& d, const std::string& out, const std::string& 
 
 // The engine's float32 step against its own float64 step (`--precision fp64`: parameters,
 // activations, head and optimizer in double) from one state on one batch: each tensor's error
-// relative to how far the float64 step moved it (tests/apps/state_moves.h). This guards the
+// relative to how far the float64 step moved it (tests/state_moves.h). This guards the
 // float32 path (its kernels, accumulations and casts) without PyTorch; the pinned test below
 // guards the maths both paths share. Measured (two steps): median 3.1e-6, 90th percentile 5e-4,
 // worst 7e-3 over 274 tensors the float64 step moves visibly (the 90th percentile is mostly
@@ -297,7 +297,7 @@ TEST_CASE("train: the float32 step stays within float32 round-off of the float64
 // bench/train_step_torch.py (an independent PyTorch implementation of the authors' step) gives in
 // float64 on the same state and batch: the losses, and a checksum of the whole updated state (per
 // group of tensors, the norm of the move from the init state and its signed projection;
-// tests/apps/state_moves.h). The numbers below come from PyTorch; to regenerate them after a
+// tests/state_moves.h). The numbers below come from PyTorch; to regenerate them after a
 // deliberate change to the model's initialisation or the loader (which change the state and
 // batch written here), run this test with SLOTCON_GOLDEN_DIR=<dir>, then
 //   python3 bench/train_step_torch.py replay --f64 --config-from <dir>/final.safetensors \

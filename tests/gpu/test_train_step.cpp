@@ -13,6 +13,7 @@
 #include "gpu_test_util.h"
 #include "model/slotcon.h"
 #include "model/train_step.h"
+#include "state_moves.h"
 
 using namespace sc;
 using namespace sc::testing;
@@ -59,22 +60,25 @@ TensorMap state_of(const Module& m) {
 }
 // A freshly initialised tiny model's state (on the host).
 TensorMap fresh_state(uint64_t seed) { return state_of(SlotConModel(tiny(), Device::cpu(), seed)); }
-// LARS, NCHW, fp16 with loss scaling, TF32 head products in bf16 / fp16 (tf32 `auto`).
-TrainOptions options_for(DType compute) {
+// LARS, NCHW unless asked, fp16 with loss scaling, TF32 head products in bf16 / fp16 (tf32
+// `auto`).
+TrainOptions options_for(DType compute, bool channels_last = false) {
   TrainOptions o;
-  o.precision = compute == DType::BF16   ? Precision::BF16
+  o.channels_last = channels_last;
+  o.precision = compute == DType::BF16  ? Precision::BF16
                 : compute == DType::F16 ? Precision::FP16
-                                         : Precision::FP32;
+                                        : Precision::FP32;
   o.tf32 = o.precision != Precision::FP32;
   return o;
 }
 struct Stepper {
   SlotConModel model;
   std::unique_ptr<TrainStep> train;
-  Stepper(const TensorMap& init, Device d, DType compute) : model(tiny(), d, 0) {
+  Stepper(const TensorMap& init, Device d, DType compute, bool channels_last = false)
+      : model(tiny(), d, 0) {
     model.load_state_dict(init, true);
     model.train();
-    train = std::make_unique<TrainStep>(model, options_for(compute), tiny());
+    train = std::make_unique<TrainStep>(model, options_for(compute, channels_last), tiny());
   }
   // one step as slotcon train runs it (teacher momentum 0.99)
   StepLoss step(const TwoViewBatch& b, bool* applied = nullptr, double lr = 0.05) {
@@ -91,7 +95,11 @@ TEST_CASE("gpu train step (fp32) matches the CPU step: loss, parts, center, para
   INFO("seed " << seed);
   const TensorMap s0 = fresh_state(seed);
   const TwoViewBatch b = random_batch(seed + 1);
-  Stepper cpu(s0, Device::cpu(), DType::F32), gpu(s0, Device::cuda(0), DType::F32);
+  // NCHW, and channels-last as slotcon train runs on a GPU (NHWC activations, KRSC conv weights
+  // and weight gradients: a path the CPU never takes)
+  const bool channels_last = GENERATE(false, true);
+  INFO((channels_last ? "channels-last" : "NCHW"));
+  Stepper cpu(s0, Device::cpu(), DType::F32), gpu(s0, Device::cuda(0), DType::F32, channels_last);
   // lr 5: LARS moves each matrix by ~0.5 % of its size (at slotcon train's first-step lr of 0.05
   // the moves, ~5e-5, would hide under a tolerance on the values: a zeroed or sign-flipped
   // gradient would pass)
@@ -144,7 +152,8 @@ TEST_CASE("gpu train step (fp32) matches the CPU step: loss, parts, center, para
   std::string worst_name;
   double worst = 0;
   for (const Move& m : moves) {
-    INFO(m.name << " moved " << m.moved << " (median move " << typical << "), GPU off by " << m.off);
+    INFO(m.name << " moved " << m.moved << " (median move " << typical << "), GPU off by "
+                << m.off);
     if (m.moved < 1e-3 * typical) {
       CHECK(m.off <= 1e-2 * typical);
       continue;
@@ -155,8 +164,8 @@ TEST_CASE("gpu train step (fp32) matches the CPU step: loss, parts, center, para
   REQUIRE(rel.size() > 80);  // the student, BN statistics, the center
   std::sort(rel.begin(), rel.end());
   const double median = rel[rel.size() / 2], p90 = rel[rel.size() * 9 / 10];
-  INFO("moves relative to the CPU's: median " << median << ", 90th percentile " << p90
-                                              << ", worst " << worst << " (" << worst_name << ")");
+  INFO("moves relative to the CPU's: median " << median << ", 90th percentile " << p90 << ", worst "
+                                              << worst << " (" << worst_name << ")");
   CHECK(median <= 1e-2);
   CHECK(p90 <= 3e-2);
   // a zeroed conv weight gradient on the GPU gives 1.4 here, a sign flip 2 (a uniformly scaled
@@ -193,5 +202,43 @@ TEST_CASE("gpu train step in bf16 and in fp16 with loss scaling stays finite and
       CHECK(low.train->scaler()->current_scale() <= 65536.0);
       CHECK(low.train->scaler()->current_scale() >= 1.0);
     }
+  }
+}
+
+// A 16-bit step must be one: its update differs from the fp32 step's by 16-bit rounding (the
+// backbone's activations and conv weights rounded to 8 or 11 bits), far more than float32's
+// round-off, and far less than a wrong update. Each state tensor's error relative to how far
+// the fp32 step moved it (tests/state_moves.h), at lr 5 where the moves are visible. A step that
+// silently ran in F32 (a cast to the compute dtype dropped) has a median near 1e-6 and fails the
+// lower bound; the upper bound catches a 16-bit path that is wrong rather than rounded.
+TEST_CASE("gpu train step in bf16 and fp16 differs from fp32 by 16-bit rounding, no less, no more",
+          "[gpu][train]") {
+  const uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  const TensorMap s0 = fresh_state(seed);
+  const TwoViewBatch b = random_batch(seed + 1);
+  Stepper ref(s0, Device::cuda(0), DType::F32);
+  ref.step(batch_on(b, Device::cuda(0), DType::F32), nullptr, 5.0);
+  const TensorMap want = state_of(ref.model);
+  for (DType dt : {DType::BF16, DType::F16}) {
+    INFO(dtype_name(dt));
+    Stepper low(s0, Device::cuda(0), dt);
+    // fp16: a scale at which this step's gradients fit (the default 65536 overflows at lr 5's
+    // first step here; the scaler's back-off is tested above)
+    if (low.train->scaler()) low.train->scaler()->load_state(256.0, 0);
+    // the fp32 crops: the step itself must cast them
+    bool applied = false;
+    low.step(batch_on(b, Device::cuda(0), DType::F32), &applied, 5.0);
+    REQUIRE(applied);
+    const state_moves::Errors e = state_moves::errors(state_of(low.model), s0, want);
+    const state_moves::Stats st = state_moves::stats(e.moved);
+    std::printf(
+        "%s step vs fp32 step, %zu moved tensors: median %.2e, 90th percentile %.2e, "
+        "worst %.2e (%s)\n",
+        dtype_name(dt), e.moved.size(), st.median, st.p90, st.worst, st.worst_name.c_str());
+    INFO("median " << st.median << ", 90th percentile " << st.p90 << ", worst " << st.worst);
+    CHECK(e.moved.size() > 100);
+    CHECK(st.median >= (dt == DType::BF16 ? 3e-4 : 4e-5));
+    CHECK(st.median <= (dt == DType::BF16 ? 5e-2 : 1e-2));
   }
 }
