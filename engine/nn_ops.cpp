@@ -350,6 +350,9 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, int64_
   g.K = w_in.size(0), g.R = w_in.size(2), g.S = w_in.size(3);
   g.stride_h = g.stride_w = stride;
   g.pad_h = g.pad_w = padding;
+  // Conv2dGeom::valid() also refuses empty tensors; say so rather than blame the kernel size.
+  SC_CHECK(g.N > 0 && g.C > 0 && g.H > 0 && g.W > 0, op, ": empty input ", shape_str(x_in.shape()),
+           " (an empty batch or map is not supported)");
   SC_CHECK(g.valid(), op, ": kernel ", g.R, "x", g.S, " does not fit input ",
            shape_str(x_in.shape()), " with padding ", padding);
 
@@ -517,6 +520,8 @@ Tensor max_pool2d(const Tensor& x_in, int64_t kernel, int64_t stride, int64_t pa
   g.R = g.S = kernel;
   g.stride_h = g.stride_w = stride;
   g.pad_h = g.pad_w = padding;
+  SC_CHECK(g.N > 0 && g.C > 0 && g.H > 0 && g.W > 0, op, ": empty input ", shape_str(x_in.shape()),
+           " (an empty batch or map is not supported)");
   SC_CHECK(g.valid(), op, ": invalid kernel ", kernel, " / stride ", stride, " / padding ", padding,
            " for input ", shape_str(x_in.shape()),
            " (padding must be at most half the kernel, kernel area at most 255)");

@@ -20,6 +20,7 @@ namespace sc {
 
 // ---- convolution ----
 // x (N, C, H, W), w (K, C, R, S), bias (K) or undefined -> (N, K, OH, OW); groups 1, dilation 1.
+// An empty x (N, C, H or W = 0) is refused with an sc::Error saying so.
 // All of x, w, bias share device and dtype. On CUDA with NHWC input the weight is used in
 // channels-last layout (converted, differentiably, when it is not already: keep weights
 // channels-last to avoid the copy). cuDNN algorithms are chosen by benchmarking once per
@@ -66,6 +67,7 @@ Tensor batch_norm_stats(const Tensor& x, const Tensor& row_mask = Tensor());
 
 // ---- pooling and elementwise ----
 // Max pooling (N, C, H, W) -> (N, C, OH, OW); padding reads -inf; gradient to the first maximum.
+// An empty x is refused with an sc::Error saying so.
 Tensor max_pool2d(const Tensor& x, int64_t kernel = 3, int64_t stride = 2, int64_t padding = 1);
 // relu(a + b), a and b of the same shape, dtype and device (the residual join of a block).
 Tensor add_relu(const Tensor& a, const Tensor& b);
