@@ -107,12 +107,15 @@ int main(int argc, char** argv) {
   }
 
   std::vector<double> ms;
+  DeviceCounters last;  // what the last step asked of the GPU (zeros on the CPU)
   for (int i = 0; i < warmup + steps; ++i) {
     if (gpu) cuda_synchronize(0);
+    const DeviceCounters c0 = device_counters();
     auto t0 = std::chrono::steady_clock::now();
     train.run(batch, lr, 0.99);
     if (gpu) cuda_synchronize(0);
     auto t1 = std::chrono::steady_clock::now();
+    last = device_counters() - c0;
     if (i >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
   }
   std::sort(ms.begin(), ms.end());
@@ -122,6 +125,16 @@ int main(int argc, char** argv) {
               where.c_str(), cfg.arch.c_str(), long(S), long(B), long(cfg.num_prototypes),
               long(cfg.dim_out), long(cfg.dim_hidden), precision.c_str(),
               nhwc ? " channels_last" : "", med, ips, steps, ms.front());
+
+  if (gpu)  // the timing's own cuda_synchronize is counted among the host synchronisations
+    std::printf("per step (counted): %llu kernel launches + %llu library calls + %llu memory ops "
+                "= %llu stream ops; %llu host synchronisations; %llu device allocations; "
+                "host-to-device %llu B in %llu copies, device-to-host %llu B in %llu copies\n",
+                (unsigned long long)last.kernel_launches, (unsigned long long)last.library_calls,
+                (unsigned long long)last.memory_ops, (unsigned long long)last.stream_ops(),
+                (unsigned long long)last.host_syncs, (unsigned long long)last.device_mallocs,
+                (unsigned long long)last.h2d_bytes, (unsigned long long)last.h2d_copies,
+                (unsigned long long)last.d2h_bytes, (unsigned long long)last.d2h_copies);
 
   std::optional<double> torch_ips;
   if (baseline) {

@@ -1,5 +1,6 @@
 // cuda_runtime.h: the engine's view of the CUDA runtime, safe to include in CPU-only builds.
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace sc {
@@ -13,5 +14,26 @@ inline bool cuda_available() { return cuda_device_count() > 0; }
 std::string cuda_device_name(int i = 0);
 // Block the host until all work on the engine's stream of device i has finished.
 void cuda_synchronize(int i = 0);
+
+// What the host asked of the GPU so far (all devices, all threads), counted as it was asked: the
+// numbers a GPU step's cost is predicted from where no GPU is present (docs/gpu.md, "Counted
+// without a GPU"). Take the difference of two readings for one step.
+struct DeviceCounters {
+  uint64_t kernel_launches = 0;  // the engine's own kernels (kernels/, engine/cuda)
+  uint64_t library_calls = 0;    // cuBLAS GEMMs, cuDNN convolutions (one or more kernels each)
+  uint64_t memory_ops = 0;       // memsets and device-to-device copies
+  uint64_t host_syncs = 0;       // the host waited for the device (a read-back, a synchronize)
+  uint64_t device_mallocs = 0;   // cudaMalloc + cudaHostAlloc calls of the caching allocators
+  uint64_t h2d_copies = 0, h2d_bytes = 0;
+  uint64_t d2h_copies = 0, d2h_bytes = 0;
+  // Stream operations: what a launch costs the host each time outside a CUDA graph.
+  uint64_t stream_ops() const { return kernel_launches + library_calls + memory_ops; }
+};
+DeviceCounters device_counters();
+DeviceCounters operator-(const DeviceCounters& a, const DeviceCounters& b);
+// Called by the CUDA backend where it copies across and where the host waits.
+void note_host_to_device(uint64_t bytes);
+void note_device_to_host(uint64_t bytes);
+void note_host_sync();
 
 }  // namespace sc

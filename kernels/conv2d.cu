@@ -90,20 +90,23 @@ void channel_sum_typed(int64_t outer, int64_t C, int64_t inner, const T* v, T* o
                        cudaStream_t stream) {
   if (cudaMemsetAsync(ws, 0, size_t(C) * sizeof(double), stream) != cudaSuccess)
     kernels::fail("channel_sum_cuda", "cudaMemsetAsync failed");
+  kernels::note_memory_op();
   if (inner == 1) {
     const int64_t cx = (C + 31) / 32;
     const int64_t ry = std::max<int64_t>(1, std::min<int64_t>((outer + 7) / 8, 1024 / cx + 1));
     channel_sum_rows_kernel<T>
         <<<dim3(unsigned(cx), unsigned(ry)), dim3(32, 8), 0, stream>>>(outer, C, v, ws);
+    SC_KERNEL_LAUNCHED("channel_sum_rows_kernel");
   } else {
     const int64_t per = outer * inner;
     const int64_t sy = std::max<int64_t>(1, std::min<int64_t>((per + 255) / 256, 2048 / C + 1));
     channel_sum_planar_kernel<T>
         <<<dim3(unsigned(C), unsigned(sy)), 256, 0, stream>>>(outer, C, inner, v, ws);
+    SC_KERNEL_LAUNCHED("channel_sum_planar_kernel");
   }
   SC_KERNEL_LAUNCH_CHECK("channel_sum_cuda");
   add_partials_kernel<T><<<grid_for(C, 256), 256, 0, stream>>>(C, ws, out);
-  SC_KERNEL_LAUNCH_CHECK("channel_sum_cuda (add)");
+  SC_KERNEL_LAUNCHED("channel_sum_cuda (add)");
 }
 
 }  // namespace
@@ -116,6 +119,7 @@ void conv2d_bias_add_cuda(DType dtype, int64_t outer, int64_t C, int64_t inner, 
     using T = decltype(tv);
     bias_add_kernel<<<g, 256, 0, stream>>>(n, C, inner, static_cast<T*>(y),
                                            static_cast<const T*>(bias));
+    SC_KERNEL_LAUNCHED("bias_add_kernel");
   });
   SC_KERNEL_LAUNCH_CHECK("conv2d_bias_add_cuda");
 }
@@ -251,6 +255,7 @@ void CudnnConvPlan::select_forward(cudnnHandle_t h, const void* x, const void* w
   cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   int count = 0;
   SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.request_math));
+  kernels::note_library_call();
   SC_CUDNN(cudnnFindConvolutionForwardAlgorithmEx(h, p.xd, x, p.wd, w, p.cd, p.yd, y,
                                                   CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf,
                                                   ws, ws_bytes));
@@ -267,6 +272,7 @@ void CudnnConvPlan::select_backward_data(cudnnHandle_t h, const void* dy, const 
   cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
   int count = 0;
   SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.request_math));
+  kernels::note_library_call();
   SC_CUDNN(cudnnFindConvolutionBackwardDataAlgorithmEx(h, p.wd, w, p.yd, dy, p.cd, p.xd, dx,
                                                        CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
                                                        &count, perf, ws, ws_bytes));
@@ -283,6 +289,7 @@ void CudnnConvPlan::select_backward_weight(cudnnHandle_t h, const void* x, const
   cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
   int count = 0;
   SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.request_math));
+  kernels::note_library_call();
   SC_CUDNN(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, p.xd, x, p.yd, dy, p.cd, p.wd, dw,
                                                          CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
                                                          &count, perf, ws, ws_bytes));
@@ -301,6 +308,7 @@ void CudnnConvPlan::forward(cudnnHandle_t h, const void* x, const void* w, void*
   double d1, d0;
   float f1, f0;
   SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.fwd_math));
+  kernels::note_library_call();
   SC_CUDNN(cudnnConvolutionForward(h, p.scalar(1.0, &d1, &f1), p.xd, x, p.wd, w, p.cd, p.fwd_algo,
                                    ws, ws_bytes, p.scalar(0.0, &d0, &f0), p.yd, y));
 }
@@ -313,6 +321,7 @@ void CudnnConvPlan::backward_data(cudnnHandle_t h, const void* dy, const void* w
   double d1, d0;
   float f1, f0;
   SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.bwd_data_math));
+  kernels::note_library_call();
   SC_CUDNN(cudnnConvolutionBackwardData(h, p.scalar(1.0, &d1, &f1), p.wd, w, p.yd, dy, p.cd,
                                         p.bwd_data_algo, ws, ws_bytes, p.scalar(0.0, &d0, &f0),
                                         p.xd, dx));
@@ -326,6 +335,7 @@ void CudnnConvPlan::backward_weight(cudnnHandle_t h, const void* x, const void* 
   double d1, db;
   float f1, fb;
   SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.bwd_w_math));
+  kernels::note_library_call();
   SC_CUDNN(cudnnConvolutionBackwardFilter(h, p.scalar(1.0, &d1, &f1), p.xd, x, p.yd, dy, p.cd,
                                           p.bwd_w_algo, ws, ws_bytes,
                                           p.scalar(accumulate ? 1.0 : 0.0, &db, &fb), p.wd, dw));

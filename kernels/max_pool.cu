@@ -123,6 +123,7 @@ void max_pool2d_forward_cuda(DType dtype, const Pool2dGeom& g, Layout layout, co
     using T = decltype(tv);
     max_pool_forward_kernel<<<grid, 256, 0, stream>>>(d, static_cast<const T*>(x),
                                                       static_cast<T*>(y), idx);
+    SC_KERNEL_LAUNCHED("max_pool_forward_kernel");
   });
   SC_KERNEL_LAUNCH_CHECK("max_pool2d_forward_cuda");
 }
@@ -136,6 +137,7 @@ void max_pool2d_backward_cuda(DType dtype, const Pool2dGeom& g, Layout layout, c
     using T = decltype(tv);
     max_pool_backward_kernel<<<grid, 256, 0, stream>>>(d, static_cast<const T*>(dy), idx,
                                                        static_cast<T*>(dx));
+    SC_KERNEL_LAUNCHED("max_pool_backward_kernel");
   });
   SC_KERNEL_LAUNCH_CHECK("max_pool2d_backward_cuda");
 }

@@ -175,11 +175,11 @@ void self_distill_forward_cuda(const SelfDistillShape& s, const T* student, cons
   self_distill_forward_kernel<T, A><<<grid, dim3(32, 8), 0, stream>>>(
       s.K, s.P, student, teacher, center, A(1.0 / tau_s), A(1.0 / tau_t), teacher_raw, pixel_stats,
       part_loss, part_center);
-  SC_KERNEL_LAUNCH_CHECK(what);
+  SC_KERNEL_LAUNCHED(what);
   self_distill_finalize_kernel<T, A><<<1, 256, 0, stream>>>(nblk, s.K, 1.0 / double(s.B * s.P),
                                                             part_loss, part_center, loss,
                                                             teacher_raw ? center_mean : nullptr);
-  SC_KERNEL_LAUNCH_CHECK(what);
+  SC_KERNEL_LAUNCHED(what);
 }
 
 template <class T>
@@ -193,7 +193,7 @@ void self_distill_backward_cuda(const SelfDistillShape& s, const T* student, con
   self_distill_backward_kernel<T, A><<<unsigned((n + 255) / 256), 256, 0, stream>>>(
       s.B, s.K, s.P, student, teacher, center, A(1.0 / tau_s), A(1.0 / tau_t), pixel_stats,
       dL_dloss, 1.0 / double(s.B * s.P), dL_dstudent);
-  SC_KERNEL_LAUNCH_CHECK(what);
+  SC_KERNEL_LAUNCHED(what);
 }
 
 #define SC_INSTANTIATE(T)                                                                       \

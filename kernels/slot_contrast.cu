@@ -231,14 +231,14 @@ __device__ __forceinline__ void logits_tile_tc(const Side<T, float>& R, const Si
 // [kTile][kLdT] (float). Rounded to 32 bytes.
 template <class A, bool TC>
 constexpr int tile_smem_elems() {
-  return TC ? 2 * kTile * kLdT : ((2 * kSlab * (kTile + 1) * int(sizeof(A)) + 31) / 32 * 32) /
-                                     int(sizeof(A));
+  return TC ? 2 * kTile * kLdT
+            : ((2 * kSlab * (kTile + 1) * int(sizeof(A)) + 31) / 32 * 32) / int(sizeof(A));
 }
 
 template <class T, class A, bool TC>
-__device__ __forceinline__ void logits_any(const Side<T, A>& R, const Side<T, A>& C, int nr,
-                                           int nc, int r0, int c0, int64_t D, A inv_tau,
-                                           A* tiles, A* St, A acc[4][4]) {
+__device__ __forceinline__ void logits_any(const Side<T, A>& R, const Side<T, A>& C, int nr, int nc,
+                                           int r0, int c0, int64_t D, A inv_tau, A* tiles, A* St,
+                                           A acc[4][4]) {
   if constexpr (TC) {
     logits_tile_tc(R, C, nr, nc, r0, c0, D, inv_tau, tiles, tiles + kTile * kLdT, St, acc);
   } else {
@@ -400,8 +400,10 @@ __global__ void __launch_bounds__(kThreads)
           const A lse = lse_on_rows ? lse_r[i] : lse_c;
           const A p = (cc < nc && rr < nr) ? exp(acc[i][j] - lse) : A(0);
           A& dst = Ps[(ty + 16 * i) * kPld + tx + 16 * j];
-          if constexpr (TC) dst = nvcuda::wmma::__float_to_tf32(p);
-          else dst = p;
+          if constexpr (TC)
+            dst = nvcuda::wmma::__float_to_tf32(p);
+          else
+            dst = p;
         }
       }
       __syncthreads();
@@ -411,8 +413,10 @@ __global__ void __launch_bounds__(kThreads)
           const int cc = c0 + cs + c;
           const int64_t d = dc0 + dd;
           const A v = (cc < nc && d < D) ? A(C.src[int64_t(C.idx[cc]) * D + d]) * C.inv[cc] : A(0);
-          if constexpr (TC) Vs[c * kVld + dd] = nvcuda::wmma::__float_to_tf32(v);
-          else Vs[c * kVld + dd] = v;
+          if constexpr (TC)
+            Vs[c * kVld + dd] = nvcuda::wmma::__float_to_tf32(v);
+          else
+            Vs[c * kVld + dd] = v;
         }
         __syncthreads();
         if constexpr (TC) {
@@ -600,11 +604,15 @@ void prepare(const SlotContrastShape& s, const T* z, const T* keys, const uint8_
              const uint8_t* km, double tau, const Workspace<A>& ws, cudaStream_t stream) {
   const int64_t N = s.rows(), NK = s.key_rows(), off = s.rank * N;
   compact_kernel<<<1, kScanThreads, 0, stream>>>(N, qm, km, off, ws.q_idx, ws.counts);
+  SC_KERNEL_LAUNCHED("compact_kernel");
   compact_kernel<<<1, kScanThreads, 0, stream>>>(NK, km, nullptr, 0, ws.k_idx, ws.counts + 1);
+  SC_KERNEL_LAUNCHED("compact_kernel");
   query_norms_kernel<T, A><<<row_blocks(N, 8), 256, 0, stream>>>(
       s.D, off, z, keys, ws.q_idx, ws.counts, A(1.0 / tau), ws.qinv, ws.qlabel);
+  SC_KERNEL_LAUNCHED("query_norms_kernel");
   key_norms_kernel<T, A>
       <<<row_blocks(NK, 8), 256, 0, stream>>>(s.D, keys, ws.k_idx, ws.counts + 1, ws.kinv);
+  SC_KERNEL_LAUNCHED("key_norms_kernel");
 }
 
 template <class T>
@@ -628,6 +636,7 @@ void launch_grad(const Side<T, A>& R, const Side<T, A>& C, int64_t rows, int64_t
   const unsigned blocks = unsigned((rows + kTile - 1) / kTile);
   contrast_grad_kernel<T, A, TC, NJ>
       <<<blocks, kThreads, smem, stream>>>(R, C, D, A(1.0 / tau), row_lse, lse_on_rows, out);
+  SC_KERNEL_LAUNCHED("contrast_grad_kernel");
 }
 
 // The one place a version is chosen: f(std::true_type{}) runs v2 (TF32 tensor cores; T = float
@@ -661,14 +670,15 @@ void slot_contrast_forward_cuda(const SlotContrastShape& s, const T* z, const T*
   const Side<T, A> Kside{keys, ws.k_idx, ws.counts + 1, ws.kinv};
   const unsigned blocks = unsigned((s.rows() + kTile - 1) / kTile);
   with_version<T>(s.tf32, [&](auto tc) {
-    contrast_forward_kernel<T, A, decltype(tc)::value><<<blocks, kThreads, 0, stream>>>(
-        Q, Kside, s.D, A(1.0 / tau), ws.qlabel, row_lse, ws.part);
+    contrast_forward_kernel<T, A, decltype(tc)::value>
+        <<<blocks, kThreads, 0, stream>>>(Q, Kside, s.D, A(1.0 / tau), ws.qlabel, row_lse, ws.part);
+    SC_KERNEL_LAUNCHED("contrast_forward_kernel");
   });
   SC_KERNEL_LAUNCH_CHECK(what);
   contrast_finalize_kernel<T, A><<<1, 256, 0, stream>>>(s.rows(), s.rank * s.rows(), query_mask,
                                                         key_mask, ws.counts, ws.part, 2.0 * tau,
                                                         loss, row_lse);
-  SC_KERNEL_LAUNCH_CHECK(what);
+  SC_KERNEL_LAUNCHED(what);
 }
 
 template <class T>
@@ -698,14 +708,14 @@ void slot_contrast_backward_cuda(const SlotContrastShape& s, const T* z, const T
     SC_KERNEL_LAUNCH_CHECK(what);
     contrast_finish_kernel<T, A><<<row_blocks(N, 8), 256, 0, stream>>>(
         N, N, s.D, off, false, z, keys, query_mask, key_mask, ws.counts, dL_dloss, dL_dz);
-    SC_KERNEL_LAUNCH_CHECK(what);
+    SC_KERNEL_LAUNCHED(what);
   }
   if (dL_dkeys) {
     grad(Kside, Q, NK, false, dL_dkeys);
     SC_KERNEL_LAUNCH_CHECK(what);
     contrast_finish_kernel<T, A><<<row_blocks(NK, 8), 256, 0, stream>>>(
         NK, N, s.D, off, true, keys, z, query_mask, key_mask, ws.counts, dL_dloss, dL_dkeys);
-    SC_KERNEL_LAUNCH_CHECK(what);
+    SC_KERNEL_LAUNCHED(what);
   }
 }
 

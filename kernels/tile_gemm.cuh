@@ -35,8 +35,10 @@ constexpr int kTileM = 64, kTileN = 64, kTileK = 16, kGemmThreads = 256;
 
 template <bool TC, class A>
 __device__ __forceinline__ A tc_round(A v) {
-  if constexpr (TC) return nvcuda::wmma::__float_to_tf32(v);
-  else return v;
+  if constexpr (TC)
+    return nvcuda::wmma::__float_to_tf32(v);
+  else
+    return v;
 }
 // The tensor-core accumulators of a warp (none for the SIMT path). In a block of 256 threads
 // computing a 64 x 64 tile, warp w holds rows 16 (w / 2) .. + 16 and columns 32 (w % 2) .. + 32 as
@@ -181,12 +183,14 @@ void launch_tile_gemm(int64_t M, int64_t N, int64_t Kc, int64_t Z, int splits, c
     if (tf32) {
       tile_gemm_kernel<Acc, true>
           <<<grid, kGemmThreads, 0, stream>>>(M, N, Kc, splits, chunk, la, lb, epi);
+      SC_KERNEL_LAUNCHED("tile_gemm_kernel");
       return;
     }
   }
   (void)tf32;
   tile_gemm_kernel<Acc, false>
       <<<grid, kGemmThreads, 0, stream>>>(M, N, Kc, splits, chunk, la, lb, epi);
+  SC_KERNEL_LAUNCHED("tile_gemm_kernel");
 }
 
 }  // namespace kernels

@@ -66,6 +66,10 @@ MUTATIONS = [
      r"^gpu:gpu conv2d|" + GPU_STEP,
      [("kernels/conv2d.cu", "cudnnConvolutionBackwardFilter(h, p.scalar(1.0, &d1, &f1)",
        "cudnnConvolutionBackwardFilter(h, p.scalar(1.01, &d1, &f1)")]),
+    ("uncounted-launch", "op", "a kernel launch without its count (SC_KERNEL_LAUNCHED dropped)",
+     "emu", r"^gpu:gpu train step: a steady-state",
+     [("kernels/self_distill.cu", "  SC_KERNEL_LAUNCHED(what);\n}\n\ntemplate <class T>\nvoid self_distill_backward_cuda",
+       "}\n\ntemplate <class T>\nvoid self_distill_backward_cuda")]),
     # ---- mutations only a check of the whole step can see
     ("gpu-channels-last-weights", "end-to-end",
      "the channels-last conversion of the conv weights keeps the NCHW strides, on the GPU only",
@@ -147,9 +151,11 @@ def build(work, kind, targets, jobs, log):
     src = os.path.join(work, "src")
     bdir = os.path.join(work, "build" if kind == "cpu" else "build-emu")
     if not os.path.exists(os.path.join(bdir, "CMakeCache.txt")):
-        opts = ["-DCMAKE_BUILD_TYPE=Release"]
+        # the CPU build without nvcc: its tests run no CUDA, and the device code is the emulator
+        # build's to test
+        opts = ["-DCMAKE_BUILD_TYPE=Release", "-DSLOTCON_CUDA=OFF"]
         if kind == "emu":
-            opts += ["-DSLOTCON_CUDA=OFF", "-DSLOTCON_CUDA_EMU=ON"]
+            opts += ["-DSLOTCON_CUDA_EMU=ON"]
         rc, _ = sh(["cmake", "-S", src, "-B", bdir] + opts, log=log)
         if rc:
             return rc, bdir

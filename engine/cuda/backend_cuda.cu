@@ -235,6 +235,7 @@ void copy(const Tensor& dst, const Tensor& src) {
   if (dst.dtype() == src.dtype()) {
     const size_t es = dtype_size(dst.dtype());
     if (ix.flat) {
+      kernels::note_memory_op();
       SC_CUDA_CHECK(cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), size_t(n) * es,
                                     cudaMemcpyDeviceToDevice, s));
       return;
@@ -269,6 +270,7 @@ void fill(const Tensor& dst, double value) {
   const uint64_t bits = value_bits(dst.dtype(), value);
   cudaStream_t s = stream(dev);
   if (ix.flat && (bits == 0 || dst.dtype() == DType::U8)) {  // one byte pattern: a memset
+    kernels::note_memory_op();
     SC_CUDA_CHECK(
         cudaMemsetAsync(dst.data_ptr(), int(bits & 0xff), size_t(n) * dtype_size(dst.dtype()), s));
     return;
@@ -352,7 +354,9 @@ void copy_across(const Tensor& dst, const Tensor& src) {
   // memory it is truly asynchronous, and the pinned allocator keeps the buffer until it is done.
   SC_CUDA_CHECK(cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), nbytes,
                                 to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice, s));
+  to_host ? note_device_to_host(nbytes) : note_host_to_device(nbytes);
   if (to_host) {
+    note_host_sync();
     SC_CUDA_CHECK(cudaStreamSynchronize(s));
     check_deferred_errors(dev);
   }

@@ -462,6 +462,7 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double al
   const int im = to_int(m, "m"), in = to_int(n, "n"), ik = to_int(k, "k"),
             ib = to_int(batch, "batch");
   const int ilda = to_int(lda, "lda"), ildb = to_int(ldb, "ldb"), ildc = to_int(ldc, "ldc");
+  kernels::note_library_call();
   if (C.dtype() == DType::F64) {
     const double a = alpha, b = beta;
     SC_CUBLAS_CHECK(cublasGemmStridedBatchedEx(

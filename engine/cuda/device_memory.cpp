@@ -27,6 +27,7 @@
 
 #include "engine/cuda/context.h"
 #include "engine/cuda_runtime.h"
+#include "kernels/check.h"
 
 namespace sc {
 namespace cuda {
@@ -216,6 +217,7 @@ class DeviceAllocator {
         if (!synced) {
           set_device(device);
           // cudaFree synchronises anyway; doing it once up front keeps errors in one place.
+          note_host_sync();
           if (cudaDeviceSynchronize() != cudaSuccess) (void)cudaGetLastError();
           synced = true;
         }
@@ -397,6 +399,7 @@ void empty_cache() {
 void memset_async(void* ptr, int value, size_t n, int device) {
   if (n == 0) return;
   set_device(device);
+  kernels::note_memory_op();
   SC_CUDA_CHECK(cudaMemsetAsync(ptr, value, n, stream(device)));
 }
 

@@ -20,6 +20,8 @@
 
 #include "engine/backend.h"
 #include "engine/cuda/context.h"
+#include "engine/cuda_runtime.h"
+#include "kernels/check.h"
 #include "kernels/common.cuh"
 
 namespace sc {
@@ -182,7 +184,10 @@ inline unsigned grid_for(int64_t n, int device) {
   return unsigned(want < cap ? (want > 0 ? want : 1) : cap);
 }
 
+// Directly after every kernel launch of the backend: counts it (kernels/check.h issue_counts)
+// and checks it.
 inline void check_launch(const char* what) {
+  kernels::note_kernel_launch();
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess)
     throw Error(str_cat(what, ": CUDA kernel launch failed: ", cudaGetErrorString(e)));

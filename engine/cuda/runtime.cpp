@@ -43,6 +43,7 @@ std::string cuda_device_name(int i) {
 void cuda_synchronize(int i) {
   if (cuda_device_count() == 0) return;  // nothing can be pending
   cuda::set_device(i);
+  note_host_sync();
   SC_CUDA_CHECK(cudaStreamSynchronize(cuda::stream(i)));
   cuda::check_deferred_errors(i);
 }

@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "engine/autograd.h"
+#include "engine/cuda_runtime.h"
 #include "engine/ops.h"
 #include "gpu_test_util.h"
 #include "model/slotcon.h"
@@ -17,6 +18,12 @@
 
 using namespace sc;
 using namespace sc::testing;
+
+#if defined(SLOTCON_CUDA_EMU)
+namespace emu {
+uint64_t launches();  // tests/cuda_emu/cuda_emu.h: kernel launches the emulator ran
+}
+#endif
 
 namespace {
 TrainConfig tiny() {
@@ -180,7 +187,7 @@ TEST_CASE("gpu train step in bf16 and in fp16 with loss scaling stays finite and
   const TensorMap s0 = fresh_state(seed);
   const TwoViewBatch b = random_batch(seed + 1);
   Stepper ref(s0, Device::cuda(0), DType::F32);
-  const double l32 = ref.step(batch_on(b, Device::cuda(0), DType::F32)).total.item();
+  const StepLoss l32 = ref.step(batch_on(b, Device::cuda(0), DType::F32));
   for (DType dt : {DType::BF16, DType::F16}) {
     INFO(dtype_name(dt));
     Stepper low(s0, Device::cuda(0), dt);
@@ -188,8 +195,17 @@ TEST_CASE("gpu train step in bf16 and in fp16 with loss scaling stays finite and
     TwoViewBatch bb = batch_on(b, Device::cuda(0), dt);
     bool applied = false;
     StepLoss l = low.step(bb, &applied);
+    INFO("group " << l.group << " vs " << l32.group << ", contrast " << l.contrast << " vs "
+                  << l32.contrast);
     CHECK(std::isfinite(l.total.item()));
-    CHECK(l.total.item() == Approx(l32).epsilon(5e-2));
+    // The group loss is smooth in the features: 16-bit rounding, amplified by the teacher's
+    // temperature (1 / 0.07), moves it by 0.6 % in bf16 and 0.05 % in fp16 here (bounds 3 % and
+    // 0.5 %). The contrast is not: a prototype is present when it is some pixel's arg-max, and a
+    // 16-bit rounding may flip a near-tie, adding or removing a query with its own loss term (seen:
+    // 7 % of the total at this size). It is held to being finite and positive here; the update's
+    // closeness to fp32 is the next test's.
+    CHECK(l.group == Approx(l32.group).epsilon(dt == DType::BF16 ? 3e-2 : 5e-3));
+    CHECK(l.contrast > 0);
     for (int i = 0; i < 2; ++i) low.step(bb, &applied);
     for (auto& kv : state_of(low.model)) {
       if (!is_floating(kv.second.dtype())) continue;
@@ -240,5 +256,76 @@ TEST_CASE("gpu train step in bf16 and fp16 differs from fp32 by 16-bit rounding,
     CHECK(e.moved.size() > 100);
     CHECK(st.median >= (dt == DType::BF16 ? 3e-4 : 4e-5));
     CHECK(st.median <= (dt == DType::BF16 ? 5e-2 : 1e-2));
+  }
+}
+
+// What one steady-state step asks of the GPU, counted (engine/cuda_runtime.h DeviceCounters), for
+// the step slotcon train runs on a GPU (bf16, channels-last, TF32 head) and for fp32 NCHW. After
+// two warm-up steps (cuDNN's algorithm searches, the caching allocator's first blocks) a step
+// makes no device allocation; it reads the loss back once (one host synchronisation: the loss
+// and its parts in one copy, model/slotcon.cpp); the engine's launch count equals the kernels
+// the emulator ran (no launch site without its count); and the stream operations stay within a
+// budget derived in docs/gpu.md ("Counted without a GPU") from this model's op count.
+TEST_CASE("gpu train step: a steady-state step's launches, synchronisations, allocations, copies",
+          "[gpu][train][counts]") {
+  const uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  const TensorMap s0 = fresh_state(seed);
+  const TwoViewBatch b = random_batch(seed + 1);
+  struct Case {
+    DType dtype;
+    bool channels_last;
+    const char* name;
+  };
+  for (const Case c :
+       {Case{DType::BF16, true, "bf16 channels-last"}, Case{DType::F32, false, "fp32 NCHW"}}) {
+    INFO(c.name);
+    Stepper st(s0, Device::cuda(0), c.dtype, c.channels_last);
+    const TwoViewBatch bb = batch_on(b, Device::cuda(0), DType::F32);
+    for (int i = 0; i < 2; ++i) st.step(bb);
+    cuda_synchronize(0);
+    const DeviceCounters before = device_counters();
+#if defined(SLOTCON_CUDA_EMU)
+    const uint64_t emu_before = emu::launches();
+#endif
+    st.step(bb);
+    cuda_synchronize(0);
+    const DeviceCounters d = device_counters() - before;
+    std::printf(
+        "%s step: %llu kernel launches, %llu library calls, %llu memory ops (%llu stream "
+        "ops), %llu host syncs (incl. the test's own), %llu device mallocs, H2D %llu "
+        "copies %llu B, D2H %llu copies %llu B\n",
+        c.name, (unsigned long long)d.kernel_launches, (unsigned long long)d.library_calls,
+        (unsigned long long)d.memory_ops, (unsigned long long)d.stream_ops(),
+        (unsigned long long)d.host_syncs, (unsigned long long)d.device_mallocs,
+        (unsigned long long)d.h2d_copies, (unsigned long long)d.h2d_bytes,
+        (unsigned long long)d.d2h_copies, (unsigned long long)d.d2h_bytes);
+#if defined(SLOTCON_CUDA_EMU)
+    CHECK(d.kernel_launches == emu::launches() - emu_before);
+#endif
+    // The step's phases, for docs/gpu.md's breakdown: the teacher EMA, both forwards and the
+    // loss, the backward (the optimizer is the rest).
+    const DeviceCounters e0 = device_counters();
+    st.model.momentum_update(0.99);
+    const DeviceCounters e1 = device_counters();
+    StepLoss l = st.model.forward(bb, c.dtype, c.dtype != DType::F32);
+    const DeviceCounters e2 = device_counters();
+    l.total.backward();
+    const DeviceCounters e3 = device_counters();
+    const uint64_t ema = (e1 - e0).stream_ops(), fwd = (e2 - e1).stream_ops(),
+                   bwd = (e3 - e2).stream_ops();
+    std::printf(
+        "%s phases (stream ops): EMA %llu, forwards + loss %llu, backward %llu, optimizer "
+        "and the rest %llu\n",
+        c.name, (unsigned long long)ema, (unsigned long long)fwd, (unsigned long long)bwd,
+        (unsigned long long)(d.stream_ops() - ema - fwd - bwd));
+    CHECK(d.device_mallocs == 0);
+    CHECK(d.host_syncs == 2);  // the loss read-back, and this test's cuda_synchronize
+    CHECK(d.d2h_copies == 1);
+    CHECK(d.h2d_copies == 0);  // the batch is already on the device
+    // The budget (docs/gpu.md, "Counted without a GPU"): today's count for this model, 2,695
+    // (bf16 channels-last) and 2,498 (fp32), with 5 % room; it is to fall as the optimizer and
+    // the EMA become multi-tensor launches.
+    CHECK(d.stream_ops() <= 2830);
   }
 }
