@@ -29,8 +29,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Test selections (ctest -R). The per-op suites of an area, and the end-to-end checks.
 CPU_OPS = r"^(engine|kernels|model):"
 STEP_E2E = r"^apps:train: (three steps|the float32 step)"
-GPU_STEP = r"^gpu:gpu train step"
-GPU_OPS_AND_STEP = r"^gpu:(gpu conv2d|gpu batch_norm|gpu ops|fused)|" + GPU_STEP
+# (the emulated step tests take a minute each: a mutation runs the ones that could see it)
+GPU_OPS = r"^gpu:(gpu conv2d|gpu batch_norm|gpu ops|fused)"
+GPU_FP32_STEP = r"^gpu:gpu train step .fp32."
+GPU_16BIT_STEP = r"^gpu:gpu train step in bf16"
 
 # id, kind, what, build ("cpu" or "emu"), tests (ctest regex), edits [(file, find, replace)].
 MUTATIONS = [
@@ -51,19 +53,19 @@ MUTATIONS = [
        "axpby_(center, cfg.center_momentum, reshape(bc, center.shape()), 1.0 - cfg.center_momentum)",
        "axpby_(center, 1.0 - cfg.center_momentum, reshape(bc, center.shape()), cfg.center_momentum)")]),
     ("cuda-tau-dropped", "op", "the temperature dropped from the CUDA prototype assignment", "emu",
-     r"^gpu:(proto_assign|fused)|" + GPU_STEP,
+     r"^gpu:(proto_assign|fused)",
      [("kernels/proto_assign.cu", "s.K, s.P, dots, A(1.0 / tau), attn);", "s.K, s.P, dots, A(1.0), attn);")]),
     ("cuda-tile-k-off-by-one", "op", "the tile GEMM skips the last k of every tile (FP32 path)",
-     "emu", r"^gpu:(proto_assign|slot_pool|slot_contrast|fused)|" + GPU_STEP,
+     "emu", r"^gpu:(proto_assign|slot_pool|slot_contrast|fused)",
      [("kernels/tile_gemm.cuh", "for (int kk = 0; kk < kTileK; ++kk) {",
        "for (int kk = 0; kk < kTileK - 1; ++kk) {")]),
     ("cuda-missing-barrier", "op", "a __syncthreads missing from the contrast's index scan",
-     "emu", r"^gpu:(slot_contrast|fused)|" + GPU_STEP,
+     "emu", r"^gpu:(slot_contrast|fused)",
      [("kernels/slot_contrast.cu",
        "    const int v = t >= o ? scan[t - o] : 0;\n    __syncthreads();\n",
        "    const int v = t >= o ? scan[t - o] : 0;\n")]),
     ("cuda-conv-dw-1pct", "op", "the GPU convolution's weight gradient 1 % too large", "emu",
-     r"^gpu:gpu conv2d|" + GPU_STEP,
+     r"^gpu:gpu conv2d",
      [("kernels/conv2d.cu", "cudnnConvolutionBackwardFilter(h, p.scalar(1.0, &d1, &f1)",
        "cudnnConvolutionBackwardFilter(h, p.scalar(1.01, &d1, &f1)")]),
     ("uncounted-launch", "op", "a kernel launch without its count (SC_KERNEL_LAUNCHED dropped)",
@@ -73,14 +75,14 @@ MUTATIONS = [
     # ---- mutations only a check of the whole step can see
     ("gpu-channels-last-weights", "end-to-end",
      "the channels-last conversion of the conv weights keeps the NCHW strides, on the GPU only",
-     "emu", GPU_OPS_AND_STEP, [("model/resnet_layers.cpp", "    d.strides = cl.strides();\n",
+     "emu", GPU_OPS + "|" + GPU_FP32_STEP, [("model/resnet_layers.cpp", "    d.strides = cl.strides();\n",
                          "    d.strides = t.is_cuda() ? t.strides() : cl.strides();\n")]),
     ("bf16-cast-dropped", "end-to-end", "precision bf16 runs the backbone in F32 (the cast dropped)",
-     "emu", GPU_OPS_AND_STEP, [("model/train_step.cpp", "case Precision::BF16: return DType::BF16;",
+     "emu", GPU_OPS + "|" + GPU_16BIT_STEP, [("model/train_step.cpp", "case Precision::BF16: return DType::BF16;",
                         "case Precision::BF16: return DType::F32;")]),
     ("fp16-unscale-dropped", "end-to-end",
      "fp16: the gradients reach the optimizer still multiplied by the loss scale", "emu",
-     GPU_OPS_AND_STEP,
+     GPU_OPS + "|" + GPU_16BIT_STEP,
      [("model/train_step.cpp", "r.applied = scaler_->unscale_(tensors_);", "r.applied = true;")]),
     ("center-used-after-update", "end-to-end",
      "the group loss's backward sees the center after this step's update (forward before)",
