@@ -14,7 +14,12 @@
 // usage: bench_train_step [--arch A] [--size S] [--batch B] [--K K] [--dim-hidden H]
 //                         [--dim-out D] [--warmup N] [--steps N] [--precision fp32|bf16]
 //                         [--channels-last on|off] [--no-baseline] [--script PATH]
-// (channels-last: NHWC backbone, on by default on the GPU as `slotcon train`'s auto setting)
+//                         [--compact-predictor on|off|both]
+// (channels-last: NHWC backbone, on by default on the GPU as `slotcon train`'s auto setting;
+// compact-predictor: the slot predictor on the compacted present rows (on, the default) or on all
+// B*K rows with BatchNorm masks (off); `both` alternates the two step by step in one run, in ABBA
+// order, so that a machine shared with other work slows both alike, and prints each median and
+// their ratio)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -43,6 +48,7 @@ int main(int argc, char** argv) {
   int warmup = gpu ? 5 : 1, steps = gpu ? 20 : 3;
   std::string precision = gpu ? "bf16" : "fp32", script;
   bool baseline = true, nhwc = gpu;
+  std::string compact = "on";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -64,6 +70,7 @@ int main(int argc, char** argv) {
     else if (a == "--no-baseline") baseline = false;
     else if (a == "--channels-last") nhwc = next() == "on";
     else if (a == "--script") script = next();
+    else if (a == "--compact-predictor") compact = next();
     else {
       std::fprintf(stderr, "bench_train_step: unknown option %s (see the file's header)\n",
                    a.c_str());
@@ -106,9 +113,19 @@ int main(int argc, char** argv) {
     batch.flags[v] = from_vector(flag, {B}, DType::U8).to(dev);
   }
 
-  std::vector<double> ms;
+  if (compact != "on" && compact != "off" && compact != "both") {
+    std::fprintf(stderr, "bench_train_step: --compact-predictor takes on, off or both\n");
+    return 2;
+  }
+  const bool alternate = compact == "both";
+  model.set_compact_predictor(compact != "off");
+  std::vector<double> ms, ms_masked;
   DeviceCounters last;  // what the last step asked of the GPU (zeros on the CPU)
-  for (int i = 0; i < warmup + steps; ++i) {
+  for (int i = 0; i < (alternate ? 2 : 1) * (warmup + steps); ++i) {
+    // ABBA order (compact, masked, masked, compact, ...): a cost that depends on a step's place
+    // in the pair (a cache, the allocator, idle BLAS threads waking) falls on both alike.
+    const bool masked_step = alternate && ((i % 2) ^ ((i / 2) % 2)) == 1;
+    if (alternate) model.set_compact_predictor(!masked_step);
     if (gpu) cuda_synchronize(0);
     const DeviceCounters c0 = device_counters();
     auto t0 = std::chrono::steady_clock::now();
@@ -116,7 +133,18 @@ int main(int argc, char** argv) {
     if (gpu) cuda_synchronize(0);
     auto t1 = std::chrono::steady_clock::now();
     last = device_counters() - c0;
-    if (i >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    if (i / (alternate ? 2 : 1) >= warmup)
+      (masked_step ? ms_masked : ms)
+          .push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+  }
+  if (alternate) {
+    std::sort(ms_masked.begin(), ms_masked.end());
+    std::vector<double> c = ms;
+    std::sort(c.begin(), c.end());
+    const double mm = ms_masked[ms_masked.size() / 2], mc = c[c.size() / 2];
+    std::printf("slot predictor: masked (all B*K rows) %.1f ms/step, compact (present rows) %.1f "
+                "ms/step, median of %d alternating steps each: masked / compact = %.3f\n",
+                mm, mc, steps, mm / mc);
   }
   std::sort(ms.begin(), ms.end());
   const double med = ms[ms.size() / 2], ips = 1000.0 * double(B) / med;

@@ -71,7 +71,17 @@ enum class BinaryOp : uint8_t {
   /* out[i, :] = in[idx[i], :]; in (R, C) dense, idx I64 (N), out (N, C) dense */           \
   void index_select_rows(const Tensor& out, const Tensor& in, const Tensor& idx);            \
   /* out[idx[i], :] += src[i, :] */                                                          \
-  void index_add_rows(const Tensor& out, const Tensor& idx, const Tensor& src);
+  void index_add_rows(const Tensor& out, const Tensor& idx, const Tensor& src);              \
+  /* Stream compaction of a U8 mask (N) into M slots: idx (M) I64 = the positions of the     \
+     non-zero entries in ascending order, valid (M) U8 = 1, for the first count slots; idx = \
+     -1, valid = 0 after them. count > M is an error (CPU: thrown; CUDA: deferred like a bad  \
+     index, reported at the next synchronisation). */                                       \
+  void compact_rows_index(const Tensor& idx, const Tensor& valid, const Tensor& mask);       \
+  /* out[m, :] = valid[m] ? in[idx[m], :] : 0; in (R, C), idx I64 (M), valid U8 (M) */       \
+  void gather_rows(const Tensor& out, const Tensor& in, const Tensor& idx, const Tensor& valid); \
+  /* out[idx[m], :] = src[m, :] where valid[m]; other rows untouched. The valid indices must \
+     be distinct (compact_rows_index's are). */                                              \
+  void scatter_rows(const Tensor& out, const Tensor& idx, const Tensor& valid, const Tensor& src);
 
 namespace cpu {
 SC_BACKEND_DECLS

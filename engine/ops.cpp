@@ -676,6 +676,65 @@ Tensor index_select_rows(const Tensor& a, const Tensor& idx) {
   return out;
 }
 
+namespace {
+void check_index_valid(const char* op, const Tensor& a, const Tensor& index, const Tensor& valid) {
+  check_defined(op, a);
+  check_defined(op, index);
+  check_defined(op, valid);
+  SC_CHECK(a.dim() >= 1, op, ": input must have at least one dim");
+  SC_CHECK(index.dtype() == DType::I64 && index.dim() == 1, op,
+           ": index must be a 1-D I64 tensor, got ", index.str());
+  SC_CHECK(valid.dtype() == DType::U8 && valid.shape() == index.shape(), op,
+           ": valid must be U8 of the index's shape ", shape_str(index.shape()), ", got ",
+           valid.str());
+  SC_CHECK(index.device() == a.device() && valid.device() == a.device(), op, ": index on ",
+           index.device().str(), ", valid on ", valid.device().str(), ", input on ",
+           a.device().str());
+}
+}  // namespace
+
+CompactRows compact_rows_index(const Tensor& mask, int64_t M) {
+  check_defined("compact_rows_index", mask);
+  SC_CHECK(mask.dtype() == DType::U8 && mask.dim() == 1, "compact_rows_index: mask must be a 1-D "
+           "U8 tensor, got ", mask.str());
+  SC_CHECK(M >= 0, "compact_rows_index: M = ", M, " must be >= 0");
+  CompactRows r{empty({M}, DType::I64, mask.device()), empty({M}, DType::U8, mask.device())};
+  SC_BACKEND(mask.device(), compact_rows_index, r.index, r.valid, mask.contiguous());
+  return r;
+}
+
+Tensor gather_rows(const Tensor& a, const Tensor& index, const Tensor& valid) {
+  check_index_valid("gather_rows", a, index, valid);
+  const Tensor src = a.detach().contiguous(), ix = index.contiguous(), vm = valid.contiguous();
+  Shape shape = a.shape();
+  shape[0] = index.numel();
+  Tensor out = empty(shape, a.dtype(), a.device());
+  SC_BACKEND(a.device(), gather_rows, out, src, ix, vm);
+  if (any_requires_grad({a})) {
+    record_op("gather_rows", {a}, {out}, [ix, vm, rows = a.size(0)](const Grads& g) {
+      return Grads{scatter_rows(g[0], ix, vm, rows)};
+    });
+  }
+  return out;
+}
+
+Tensor scatter_rows(const Tensor& a, const Tensor& index, const Tensor& valid, int64_t rows) {
+  check_index_valid("scatter_rows", a, index, valid);
+  SC_CHECK(a.size(0) == index.numel(), "scatter_rows: input ", a.str(), " must have one row per "
+           "index (", index.numel(), ")");
+  SC_CHECK(rows >= 0, "scatter_rows: rows = ", rows, " must be >= 0");
+  const Tensor src = a.detach().contiguous(), ix = index.contiguous(), vm = valid.contiguous();
+  Shape shape = a.shape();
+  shape[0] = rows;
+  Tensor out = zeros(shape, a.dtype(), a.device());
+  SC_BACKEND(a.device(), scatter_rows, out, ix, vm, src);
+  if (any_requires_grad({a})) {
+    record_op("scatter_rows", {a}, {out},
+              [ix, vm](const Grads& g) { return Grads{gather_rows(g[0], ix, vm)}; });
+  }
+  return out;
+}
+
 Tensor masked_select_rows(const Tensor& a, const Tensor& mask) {
   check_defined("masked_select_rows", a);
   check_defined("masked_select_rows", mask);

@@ -87,6 +87,24 @@ Tensor masked_select_rows(const Tensor& a, const Tensor& mask);
 // Rows idx[i] of `a` (idx I64, 1-D, on a's device).
 Tensor index_select_rows(const Tensor& a, const Tensor& idx);
 
+// Static-shape row compaction (no host synchronisation): for a U8 mask (N), `index` (M) I64 holds
+// the positions of its non-zero entries in ascending order and `valid` (M) U8 is 1 in the first
+// count slots; the slots after them hold index -1, valid 0. The caller guarantees count <= M (on
+// the CPU a violation throws; on CUDA it is reported at the next synchronisation). Not
+// differentiable. With gather_rows / scatter_rows it runs a row-wise computation on the selected
+// rows only, in a buffer of M rows whose shape does not depend on the data.
+struct CompactRows {
+  Tensor index;  // I64 (M)
+  Tensor valid;  // U8 (M)
+};
+CompactRows compact_rows_index(const Tensor& mask, int64_t M);
+// out[m] = valid[m] ? a[index[m]] : 0, a (R, ...) -> (M, ...). Differentiable in a; the backward
+// is scatter_rows (the valid indices must be distinct, as compact_rows_index's are).
+Tensor gather_rows(const Tensor& a, const Tensor& index, const Tensor& valid);
+// The adjoint: (M, ...) -> (rows, ...) zeros with out[index[m]] = a[m] where valid[m] (distinct
+// valid indices). Differentiable in a; the backward is gather_rows.
+Tensor scatter_rows(const Tensor& a, const Tensor& index, const Tensor& valid, int64_t rows);
+
 // ---- comparisons and casts (not differentiable) ----
 Tensor cast(const Tensor& a, DType t);  // differentiable between float types
 Tensor to_device(const Tensor& a, Device d);  // differentiable

@@ -130,6 +130,7 @@ StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype, b
   lc.group_loss_weight = cfg_.group_loss_weight;
   lc.center_momentum = cfg_.center_momentum;
   lc.fused = fused_;
+  lc.compact_predictor = compact_predictor_;
   lc.tf32 = tf32;
   SlotPredictor& pred = *predictor_slot;
   SlotConLossParts parts = slotcon_loss(

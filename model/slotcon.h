@@ -75,6 +75,9 @@ class SlotConModel : public Module {
   const TrainConfig& config() const { return cfg_; }
   // Fused head kernels (default) or the plain-op composition (the reference).
   void set_fused(bool on) { fused_ = on; }
+  // The slot predictor on the compacted present rows (default) or on all B*K rows, masked
+  // (SlotConLossConfig::compact_predictor); for the benchmark's before / after.
+  void set_compact_predictor(bool on) { compact_predictor_ = on; }
   // Channels-last (NHWC) backbone and projector: every conv weight is converted in place (names,
   // values and autograd identity kept) and the crops enter as NHWC, so cuDNN runs its NHWC
   // tensor-core kernels without layout conversions (what PyTorch's channels_last does). The
@@ -94,6 +97,7 @@ class SlotConModel : public Module {
   std::vector<std::pair<Tensor, Tensor>> ema_pairs() const;
   TrainConfig cfg_;
   bool fused_ = true;
+  bool compact_predictor_ = true;
   bool channels_last_ = false;
 };
 

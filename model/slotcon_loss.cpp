@@ -1,6 +1,8 @@
 // slotcon_loss.cpp: the SlotCon loss composed from the head operations (see slotcon_loss.h).
 #include "model/slotcon_loss.h"
 
+#include <algorithm>
+
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "model/slotcon_loss_ops.h"
@@ -109,7 +111,20 @@ SlotConLossParts slotcon_loss(const SlotConViews& views, const Tensor& protos_q,
     const int j = 1 - i;
     const Tensor present_k = ops.slot_presence(dots_k[j], Tensor());
     const Tensor qmask = reshape(ops.slot_presence(dots_q[i], present_k), {B * K});
-    const Tensor z = predictor(reshape(slots_q[i], {B * K, D}), qmask);
+    const Tensor slots = reshape(slots_q[i], {B * K, D});
+    Tensor z;
+    if (cfg.compact_predictor) {
+      // At most B*P rows are present (each image's P pixels name at most P arg-max prototypes),
+      // so M slots always suffice; the count stays on the device. The predicted rows go back to
+      // their B*K positions (zeros elsewhere, masked out of the contrast by qmask): the contrast
+      // and its positive-key pairing (query row r against key row rank*B*K + r) stay as they
+      // are, for a scatter and a gather of M*D values.
+      const CompactRows rows = compact_rows_index(qmask, std::min(B * K, B * H * W));
+      z = scatter_rows(predictor(gather_rows(slots, rows.index, rows.valid), rows.valid),
+                       rows.index, rows.valid, B * K);
+    } else {
+      z = predictor(slots, qmask);
+    }
     const Tensor keys = gather(reshape(slots_k[j], {B * K, D}));
     const Tensor kmask = gather(reshape(present_k, {B * K}));
     const Tensor c = ops.slot_contrast(z, keys, qmask, kmask, dist.rank, cfg.contrast_temp);

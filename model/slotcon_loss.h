@@ -10,7 +10,8 @@
 //   center  <- m_c center + (1 - m_c) mean of dots_k_1, dots_k_2 over every pixel, image and rank
 //   contrast = (1 - w) (C(q_1, k_2) + C(q_2, k_1)), where for C(q_i, k_j):
 //              present_k = presence(dots_k_j), query mask = presence(dots_q_i) & present_k,
-//              z = predictor(q_i rows, query mask)   (its BatchNorm sees the selected rows only),
+//              z = predictor(q_i rows, query mask)   (its BatchNorm sees the selected rows only;
+//                  by default it runs on the selected rows alone: compact_predictor below),
 //              keys = all_gather(k_j rows), key mask = all_gather(present_k),
 //              C = slot_contrast(z, keys, query mask, key mask, rank, tau_c)
 //   loss     = group + contrast
@@ -31,6 +32,14 @@ struct SlotConLossConfig {
   bool fused = true;               // fused kernels vs plain engine ops
   bool tf32 = false;  // fused, GPU, float: the products of proto_assign, slot_pool, slot_contrast
                       // on TF32 tensor cores
+  // The predictor on the query rows only (the authors' formulation): a query row is present in
+  // both views' sense, so there are at most B*P of them (P = H*W; each pixel's arg-max names one
+  // row per image). They are compacted on the device, in order, into a buffer of
+  // M = min(B*K, B*P) rows (static shape, no host read; the unused slots are zero rows masked
+  // out of the predictor's BatchNorms), and the predictions are scattered back to their B*K
+  // positions for the contrast. Off: the predictor runs on all B*K rows with the absent ones
+  // masked out of its BatchNorms. Same numbers either way up to round-off.
+  bool compact_predictor = true;
 };
 
 // One rank's view of the collectives (identity on a single rank).
@@ -50,8 +59,9 @@ struct SlotConViews {
   Tensor flips[2];  // (B) U8 horizontal-flip flags
 };
 
-// The slot predictor: slots (B*K, D) and a U8 row mask (B*K) -> (B*K, D). Its BatchNorms must
-// take their statistics over the masked rows only (SlotPredictor::forward(x, row_mask) does).
+// The slot predictor: slots (N, D) and a U8 row mask (N) -> (N, D), N = B*K or the compacted M.
+// Its BatchNorms must take their statistics over the masked rows only
+// (SlotPredictor::forward(x, row_mask) does), and its rows must not interact otherwise.
 using SlotPredictorFn = std::function<Tensor(const Tensor& slots, const Tensor& row_mask)>;
 
 struct SlotConLossParts {

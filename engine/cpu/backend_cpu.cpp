@@ -415,5 +415,59 @@ void index_add_rows(const Tensor& out, const Tensor& idx, const Tensor& src) {
   });
 }
 
+void compact_rows_index(const Tensor& idx, const Tensor& valid, const Tensor& mask) {
+  const int64_t n = mask.numel(), M = idx.numel();
+  const uint8_t* pm = mask.data<uint8_t>();
+  int64_t* pi = idx.data<int64_t>();
+  uint8_t* pv = valid.data<uint8_t>();
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!pm[i]) continue;
+    SC_CHECK(count < M, "compact_rows_index: more than M = ", M, " selected rows (row ", i,
+             " would be slot ", count, ")");
+    pi[count] = i;
+    pv[count] = 1;
+    ++count;
+  }
+  for (int64_t m = count; m < M; ++m) {
+    pi[m] = -1;
+    pv[m] = 0;
+  }
+}
+
+void gather_rows(const Tensor& out, const Tensor& in, const Tensor& idx, const Tensor& valid) {
+  const int64_t M = idx.numel(), R = in.size(0);
+  const int64_t cols = M ? out.numel() / M : 0;
+  const int64_t* ip = idx.data<int64_t>();
+  const uint8_t* vp = valid.data<uint8_t>();
+  const size_t row_bytes = size_t(cols) * dtype_size(in.dtype());
+  const char* src = static_cast<const char*>(in.data_ptr());
+  char* dst = static_cast<char*>(out.data_ptr());
+  for (int64_t m = 0; m < M; ++m) {
+    if (!vp[m]) {
+      std::memset(dst + m * row_bytes, 0, row_bytes);  // all-zero bytes: 0.0 in every float type
+      continue;
+    }
+    SC_CHECK(ip[m] >= 0 && ip[m] < R, "gather_rows: index ", ip[m], " out of range [0, ", R, ")");
+    std::memcpy(dst + m * row_bytes, src + ip[m] * row_bytes, row_bytes);
+  }
+}
+
+void scatter_rows(const Tensor& out, const Tensor& idx, const Tensor& valid, const Tensor& src) {
+  const int64_t M = idx.numel(), R = out.size(0);
+  const int64_t cols = M ? src.numel() / M : 0;
+  const int64_t* ip = idx.data<int64_t>();
+  const uint8_t* vp = valid.data<uint8_t>();
+  const size_t row_bytes = size_t(cols) * dtype_size(src.dtype());
+  const char* ps = static_cast<const char*>(src.data_ptr());
+  char* po = static_cast<char*>(out.data_ptr());
+  for (int64_t m = 0; m < M; ++m) {
+    if (!vp[m]) continue;
+    SC_CHECK(ip[m] >= 0 && ip[m] < R, "scatter_rows: index ", ip[m], " out of range [0, ", R,
+             ")");
+    std::memcpy(po + ip[m] * row_bytes, ps + m * row_bytes, row_bytes);
+  }
+}
+
 }  // namespace cpu
 }  // namespace sc

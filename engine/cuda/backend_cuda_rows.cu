@@ -1,5 +1,6 @@
 // The CUDA backend, row half: sum_rows, argmax_rows, softmax / log_softmax and their backward,
-// l2norm and its backward, GEMM (cuBLAS), index_select_rows / index_add_rows. Contracts:
+// l2norm and its backward, GEMM (cuBLAS), index_select_rows / index_add_rows, compact_rows_index,
+// gather_rows / scatter_rows. Contracts:
 // engine/backend.h.
 //
 // Row kernels take dense row-major (rows, cols) tensors. Short rows (cols <= 1024) get one warp
@@ -293,6 +294,90 @@ __global__ void index_add_kernel(T* out, const T* __restrict__ src, const int64_
   }
 }
 
+// Stream compaction in one block (static shapes, nothing read back): each thread counts a
+// contiguous chunk of the mask, a Hillis-Steele scan over the 1024 counts in shared memory gives
+// each chunk its first slot, and the chunks write their positions in ascending order (the same
+// scheme as slot_contrast's query compaction). One block suffices: the masks are a batch's
+// (image, prototype) rows, and a thread walks n / 1024 bytes.
+constexpr int kCompactThreads = 1024;
+__global__ void __launch_bounds__(kCompactThreads)
+    compact_rows_kernel(const uint8_t* __restrict__ mask, int64_t n, int64_t* __restrict__ idx,
+                        uint8_t* __restrict__ valid, int64_t M) {
+  __shared__ int64_t scan[kCompactThreads];
+  const int t = threadIdx.x;
+  const int64_t chunk = (n + kCompactThreads - 1) / kCompactThreads;
+  const int64_t begin = t * chunk < n ? t * chunk : n;
+  const int64_t end = begin + chunk < n ? begin + chunk : n;
+  int64_t c = 0;
+  for (int64_t i = begin; i < end; ++i) c += mask[i] ? 1 : 0;
+  scan[t] = c;
+  __syncthreads();
+  for (int o = 1; o < kCompactThreads; o <<= 1) {
+    const int64_t v = t >= o ? scan[t - o] : 0;
+    __syncthreads();
+    scan[t] += v;
+    __syncthreads();
+  }
+  int64_t pos = scan[t] - c;
+  for (int64_t i = begin; i < end; ++i) {
+    if (!mask[i]) continue;
+    if (pos < M) {
+      idx[pos] = i;
+      valid[pos] = 1;
+    } else if (pos == M) {
+      report_bad_index(i, pos, M);  // the first selected row without a slot
+    }
+    ++pos;
+  }
+  const int64_t count = scan[kCompactThreads - 1];
+  for (int64_t m = count + t; m < M; m += kCompactThreads) {
+    idx[m] = -1;
+    valid[m] = 0;
+  }
+}
+
+// Row gather / scatter through a validity mask, moving raw words of the element width.
+template <class W>
+__global__ void gather_rows_kernel(W* __restrict__ out, const W* __restrict__ in,
+                                   const int64_t* __restrict__ idx,
+                                   const uint8_t* __restrict__ valid, int64_t M, int64_t R,
+                                   int64_t cols) {
+  const int64_t total = M * cols;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / cols, c = i - r * cols;
+    if (!valid[r]) {
+      out[i] = W(0);  // all-zero bits: 0.0 in every float type
+      continue;
+    }
+    const int64_t src = idx[r];
+    if (src < 0 || src >= R) {
+      if (c == 0) report_bad_index(r, src, R);
+      continue;
+    }
+    out[i] = in[src * cols + c];
+  }
+}
+
+template <class W>
+__global__ void scatter_rows_kernel(W* __restrict__ out, const W* __restrict__ src,
+                                    const int64_t* __restrict__ idx,
+                                    const uint8_t* __restrict__ valid, int64_t M, int64_t R,
+                                    int64_t cols) {
+  const int64_t total = M * cols;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / cols, c = i - r * cols;
+    if (!valid[r]) continue;
+    const int64_t dst = idx[r];
+    if (dst < 0 || dst >= R) {
+      if (c == 0) report_bad_index(r, dst, R);
+      continue;
+    }
+    out[dst * cols + c] = src[i];
+  }
+}
+
 // ------------------------------------------------------------------ launch helpers
 void check_rows(const char* op, const Tensor& t, int64_t rows, int64_t cols, int device) {
   SC_CHECK(t.device().is_cuda() && t.device().index == device, op, ": operand ", t.str(),
@@ -347,7 +432,8 @@ void check_deferred_errors(int device) {
   SC_CUDA_CHECK(cudaMemcpyFromSymbol(&limit, g_bad_index_limit, sizeof limit));
   const unsigned long long zero = 0;
   SC_CUDA_CHECK(cudaMemcpyToSymbol(g_bad_index, &zero, sizeof zero));
-  throw Error(str_cat("index_select_rows / index_add_rows on cuda:", device, ": index[", bad - 1,
+  throw Error(str_cat("index_select_rows / index_add_rows / gather_rows / scatter_rows / "
+                      "compact_rows_index on cuda:", device, ": index[", bad - 1,
                       "] = ", value, " is out of range [0, ", limit,
                       ") (found by the device, reported at the next synchronisation)"));
 }
@@ -520,6 +606,72 @@ void index_add_rows(const Tensor& out, const Tensor& idx, const Tensor& src) {
         out.data<T>(), src.data<T>(), idx.data<int64_t>(), n, R, cols);
   });
   check_launch("index_add_rows");
+}
+
+void compact_rows_index(const Tensor& idx, const Tensor& valid, const Tensor& mask) {
+  const int dev = device_of(mask);
+  SC_CHECK(idx.device() == mask.device() && valid.device() == mask.device(),
+           "compact_rows_index: operands on different devices");
+  SC_CHECK(mask.dtype() == DType::U8 && mask.is_contiguous() && valid.dtype() == DType::U8 &&
+               valid.is_contiguous() && idx.dtype() == DType::I64 && idx.is_contiguous() &&
+               valid.numel() == idx.numel(),
+           "compact_rows_index: dense U8 mask, I64 index and U8 valid of one length expected");
+  const int64_t n = mask.numel(), M = idx.numel();
+  if (M == 0 && n == 0) return;
+  compact_rows_kernel<<<1, kCompactThreads, 0, stream(dev)>>>(
+      mask.data<uint8_t>(), n, idx.data<int64_t>(), valid.data<uint8_t>(), M);
+  check_launch("compact_rows_index");
+}
+
+void gather_rows(const Tensor& out, const Tensor& in, const Tensor& idx, const Tensor& valid) {
+  const int dev = device_of(out);
+  SC_CHECK(in.device() == out.device() && idx.device() == out.device() &&
+               valid.device() == out.device(),
+           "gather_rows: operands on different devices");
+  SC_CHECK(idx.dtype() == DType::I64 && idx.is_contiguous() && valid.dtype() == DType::U8 &&
+               valid.is_contiguous() && valid.numel() == idx.numel(),
+           "gather_rows: dense I64 indices and U8 valid flags of one length expected");
+  SC_CHECK(in.dim() >= 1 && in.is_contiguous() && out.is_contiguous() && in.dtype() == out.dtype(),
+           "gather_rows: input and output must be dense and of one dtype");
+  const int64_t M = idx.numel(), R = in.size(0);
+  const int64_t cols = M ? out.numel() / M : 0;
+  SC_CHECK(out.numel() == M * cols && (R == 0 || in.numel() == R * cols), "gather_rows: output ",
+           out.str(), " and input ", in.str(), " are not rows of one width");
+  if (M == 0 || cols == 0) return;
+  const int64_t total = M * cols;
+  dispatch_width(dtype_size(in.dtype()), [&](auto w) {
+    using W = decltype(w);
+    gather_rows_kernel<W><<<grid_for(total, dev), kThreads, 0, stream(dev)>>>(
+        static_cast<W*>(out.data_ptr()), static_cast<const W*>(in.data_ptr()),
+        idx.data<int64_t>(), valid.data<uint8_t>(), M, R, cols);
+  });
+  check_launch("gather_rows");
+}
+
+void scatter_rows(const Tensor& out, const Tensor& idx, const Tensor& valid, const Tensor& src) {
+  const int dev = device_of(out);
+  SC_CHECK(src.device() == out.device() && idx.device() == out.device() &&
+               valid.device() == out.device(),
+           "scatter_rows: operands on different devices");
+  SC_CHECK(idx.dtype() == DType::I64 && idx.is_contiguous() && valid.dtype() == DType::U8 &&
+               valid.is_contiguous() && valid.numel() == idx.numel(),
+           "scatter_rows: dense I64 indices and U8 valid flags of one length expected");
+  SC_CHECK(out.dim() >= 1 && out.is_contiguous() && src.is_contiguous() &&
+               src.dtype() == out.dtype(),
+           "scatter_rows: output and source must be dense and of one dtype");
+  const int64_t M = idx.numel(), R = out.size(0);
+  const int64_t cols = M ? src.numel() / M : 0;
+  SC_CHECK(src.numel() == M * cols && (R == 0 || out.numel() == R * cols), "scatter_rows: output ",
+           out.str(), " and source ", src.str(), " are not rows of one width");
+  if (M == 0 || cols == 0) return;
+  const int64_t total = M * cols;
+  dispatch_width(dtype_size(src.dtype()), [&](auto w) {
+    using W = decltype(w);
+    scatter_rows_kernel<W><<<grid_for(total, dev), kThreads, 0, stream(dev)>>>(
+        static_cast<W*>(out.data_ptr()), static_cast<const W*>(src.data_ptr()),
+        idx.data<int64_t>(), valid.data<uint8_t>(), M, R, cols);
+  });
+  check_launch("scatter_rows");
 }
 
 }  // namespace cuda

@@ -46,6 +46,15 @@ void gemm(bool, bool, int64_t, int64_t, int64_t, double, const Tensor&, int64_t,
 }
 void index_select_rows(const Tensor&, const Tensor&, const Tensor&) { no_cuda("index_select"); }
 void index_add_rows(const Tensor&, const Tensor&, const Tensor&) { no_cuda("index_add"); }
+void compact_rows_index(const Tensor&, const Tensor&, const Tensor&) {
+  no_cuda("compact_rows_index");
+}
+void gather_rows(const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
+  no_cuda("gather_rows");
+}
+void scatter_rows(const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
+  no_cuda("scatter_rows");
+}
 void copy_across(const Tensor&, const Tensor&) { no_cuda("copy_across"); }
 }  // namespace cuda
 }  // namespace sc

@@ -157,6 +157,52 @@ TEST_CASE("gradcheck: index_select_rows") {
   Tensor idx = from_vector({3, 0, 3, 1}, {4}, DType::I64);  // repeats accumulate
   check([idx](const V& x) { return index_select_rows(x[0], idx); }, {rand64({4, 2}, gen())});
 }
+TEST_CASE("compact_rows_index: ascending positions, then -1 / 0 padding, too few slots throw") {
+  // The CPU reference against the definition, on a random mask with every awkward case nearby.
+  Generator& g = gen();
+  std::vector<double> mv(37);
+  for (double& v : mv) v = double(g.next_u64() % 3 == 0);
+  const Tensor mask = from_vector(mv, {37}, DType::U8);
+  std::vector<double> want;
+  for (size_t i = 0; i < mv.size(); ++i)
+    if (mv[i] != 0) want.push_back(double(i));
+  const int64_t count = int64_t(want.size());
+  for (int64_t M : {count, count + 5, int64_t(37)}) {
+    INFO("M " << M << ", count " << count);
+    const CompactRows r = compact_rows_index(mask, M);
+    const std::vector<double> idx = r.index.to_vector(), valid = r.valid.to_vector();
+    REQUIRE(int64_t(idx.size()) == M);
+    for (int64_t m = 0; m < M; ++m) {
+      CHECK(idx[size_t(m)] == (m < count ? want[size_t(m)] : -1.0));
+      CHECK(valid[size_t(m)] == (m < count ? 1.0 : 0.0));
+    }
+  }
+  // no row selected, every row selected
+  const CompactRows none = compact_rows_index(zeros({9}, DType::U8), 4);
+  CHECK(none.index.to_vector() == std::vector<double>(4, -1.0));
+  CHECK(none.valid.to_vector() == std::vector<double>(4, 0.0));
+  const CompactRows all = compact_rows_index(ones({5}, DType::U8), 5);
+  CHECK(all.index.to_vector() == std::vector<double>({0, 1, 2, 3, 4}));
+  CHECK(all.valid.to_vector() == std::vector<double>(5, 1.0));
+  if (count > 0) {
+    CHECK_THROWS_WITH(compact_rows_index(mask, count - 1), Catch::Contains("more than M"));
+  }
+}
+TEST_CASE("gradcheck: gather_rows and scatter_rows (through a compaction)") {
+  Generator& g = gen();
+  std::vector<double> mv(7);
+  for (double& v : mv) v = double(g.next_u64() % 2);
+  mv[2] = 1;  // at least one row selected
+  const CompactRows r = compact_rows_index(from_vector(mv, {7}, DType::U8), 6);
+  check([r](const V& x) { return gather_rows(x[0], r.index, r.valid); }, {rand64({7, 3}, g)});
+  check([r](const V& x) { return gather_rows(x[0], r.index, r.valid); }, {rand64({7, 2, 2}, g)});
+  check([r](const V& x) { return scatter_rows(x[0], r.index, r.valid, 7); }, {rand64({6, 3}, g)});
+  // the round trip the slot predictor takes: compact, a row-wise function, scatter back
+  check([r](const V& x) {
+    return scatter_rows(mul(gather_rows(x[0], r.index, r.valid), x[1]), r.index, r.valid, 7);
+  },
+        {rand64({7, 3}, g), rand64({6, 3}, g)});
+}
 TEST_CASE("gradcheck: cast") {
   // F64 -> F32 -> F64 is linear, so a coarse step is exact up to F32 rounding
   sc::testing::GradcheckOptions opt;

@@ -47,6 +47,7 @@
 #include "engine/ops.h"
 #include "gpu_test_util.h"
 #include "model/slotcon_loss_ops.h"
+#include "predictor_paths.h"
 
 using namespace sc;
 using namespace sc::testing;
@@ -482,3 +483,39 @@ TEST_CASE("fused slot_contrast on CUDA matches the CPU op: values and gradients"
 }
 
 }  // namespace
+
+TEST_CASE("slotcon loss on CUDA: the predictor on the compacted present rows equals the masked "
+          "path", "[gpu][fused][slotcon_loss]") {
+  // tests/predictor_paths.h on the device (compaction, gather and scatter kernels, the BatchNorm
+  // row masks on M rows), both paths on CUDA, then the compact path against the CPU's masked path.
+  // Same device: the BatchNorm and GEMM reductions over M rows instead of B*K may sum in another
+  // order, so a few float / double round-offs. Against the CPU: the fused ops' tolerances at this
+  // level (F64 1e-10; F32 max(1e-4, 2e-6 / tau) for the contrast's tau = 0.2, 2x for gradients).
+  PoisonGuard poison;
+  const testing::PredictorPathCase cases[] = {{3, 37, 33, 2, 3, 40}, {2, 70, 8, 2, 2, 9}};
+  for (const auto& c : cases) {
+    for (DType dt : {DType::F64, DType::F32}) {
+      const uint64_t seed = fresh_seed();
+      INFO("B " << c.B << " K " << c.K << " P " << c.H * c.W << " " << dtype_name(dt) << " seed "
+                << seed);
+      const auto compact = testing::run_slotcon_loss(c, seed, dt, Device::cuda(0), true);
+      const auto masked = testing::run_slotcon_loss(c, seed, dt, Device::cuda(0), false);
+      const auto cpu = testing::run_slotcon_loss(c, seed, dt, Device::cpu(), false);
+      std::string worst, worst_cpu;
+      const double d = testing::max_rel_diff(compact, masked, &worst);
+      const double dc = testing::max_rel_diff(compact, cpu, &worst_cpu);
+      INFO("cuda compact vs cuda masked " << d << " (" << worst << "); vs cpu masked " << dc
+                                          << " (" << worst_cpu << "); present rows "
+                                          << compact.present << " of " << c.B * c.K);
+      if (std::getenv("SLOTCON_TOL_REPORT"))
+        std::printf("compact vs masked predictor, cuda %s, K %lld P %lld: %.3g (%s); vs cpu %.3g "
+                    "(%s)\n",
+                    dtype_name(dt), (long long)c.K, (long long)(c.H * c.W), d, worst.c_str(), dc,
+                    worst_cpu.c_str());
+      CHECK(compact.present > 0);
+      CHECK(compact.present < c.B * c.H * c.W + 1);
+      CHECK(d <= (dt == DType::F64 ? 1e-12 : 2e-5));
+      CHECK(dc <= (dt == DType::F64 ? 1e-10 : 2e-4));
+    }
+  }
+}

@@ -2,9 +2,13 @@
 // unfused path (plain engine ops; RoIAlign as per-image interpolation matrices) in value and in
 // every gradient, op by op and for the whole loss with the slot predictor (BatchNorm over the
 // selected rows), in float64 on the CPU; the center update follows the authors' rule; and the
-// fused loss passes a float64 finite-difference gradient check.
+// fused loss passes a float64 finite-difference gradient check. The slot predictor on the
+// compacted present rows equals the predictor on all B*K rows with BatchNorm row masks (value,
+// every gradient, the running statistics), in float64 and float32.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -16,6 +20,7 @@
 #include "model/heads.h"
 #include "model/slotcon_loss.h"
 #include "model/slotcon_loss_ops.h"
+#include "predictor_paths.h"
 
 using namespace sc;
 
@@ -236,4 +241,46 @@ TEST_CASE("slotcon loss (fused) passes a float64 gradient check", "[slotcon_loss
                              st.protos_q.detach().clone()});
   INFO(worst);
   CHECK(worst.empty());
+}
+
+TEST_CASE("slotcon loss: the predictor on the compacted present rows equals the masked path",
+          "[slotcon_loss]") {
+  // Both paths in one dtype on the CPU: the loss, its parts, the gradients of the student
+  // features, the prototypes and every predictor parameter, the predictor's running statistics
+  // and the center. The paths differ only in the rows the GEMMs see (the present rows in order
+  // vs all rows with zero gradients on the absent ones) and in the BLAS blocking that follows from
+  // it; the BatchNorm statistics are over the same rows in the same order. Tolerances: a few
+  // units of round-off, relative to each tensor's largest element.
+  //   K = 37 > P = 9: M = B*P = 36 of 148 rows; K = 64, P = 4: M = 8 of 128;
+  //   K = 5 < P = 6: M = B*K (the compaction only moves the present rows to the front);
+  //   P = 1 with the teacher on the negated map: no row present (M = B = 2 padding slots).
+  const testing::PredictorPathCase cases[] = {{4, 37, 6, 3, 3, 8},
+                                              {2, 64, 5, 2, 2, 7},
+                                              {3, 5, 4, 2, 3, 6},
+                                              {2, 9, 4, 1, 1, 5, true}};
+  for (const auto& c : cases) {
+    for (DType dt : {DType::F64, DType::F32}) {
+      const uint64_t seed = sc::testing::next_seed();
+      INFO("B " << c.B << " K " << c.K << " P " << c.H * c.W << " " << dtype_name(dt) << " seed "
+                << seed);
+      const testing::LossRun compact = testing::run_slotcon_loss(c, seed, dt, Device::cpu(), true);
+      const testing::LossRun masked = testing::run_slotcon_loss(c, seed, dt, Device::cpu(), false);
+      std::string worst;
+      const double d = testing::max_rel_diff(compact, masked, &worst);
+      INFO("largest relative difference " << d << " (" << worst << "), present rows "
+                                          << compact.present << " of " << c.B * c.K);
+      if (std::getenv("SLOTCON_TOL_REPORT"))
+        std::printf("compact vs masked predictor, cpu %s, K %lld P %lld: %.3g (%s)\n",
+                    dtype_name(dt), (long long)c.K, (long long)(c.H * c.W), d, worst.c_str());
+      CHECK(compact.present <= c.B * c.H * c.W);
+      if (c.opposite) {
+        CHECK(compact.present == 0);
+        CHECK(compact.contrast == 0);
+      } else {
+        CHECK(compact.present > 0);
+        CHECK(compact.contrast > 0);
+      }
+      CHECK(d <= (dt == DType::F64 ? 1e-12 : 2e-5));
+    }
+  }
 }
