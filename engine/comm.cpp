@@ -34,9 +34,10 @@ double comm_timeout_from_env() {
 
 namespace {
 
-void check_tensor(const char* op, const Tensor& t) {
+// On one rank every collective is the identity, whatever the tensor's device.
+void check_tensor(const char* op, const Tensor& t, int world) {
   SC_CHECK(t.defined(), "comm ", op, ": the tensor is undefined");
-  SC_CHECK(t.device().is_cpu(), "comm ", op, ": ", t.str(),
+  SC_CHECK(world == 1 || t.device().is_cpu(), "comm ", op, ": ", t.str(),
            ": collectives on CUDA tensors need the NCCL backend, which is not built yet; "
            "train data-parallel on the CPU");
   const DType d = t.dtype();
@@ -52,7 +53,7 @@ void Communicator::set_timeout(double seconds) {
 }
 
 void Communicator::all_reduce_sum(Tensor& t) {
-  check_tensor("all_reduce_sum", t);
+  check_tensor("all_reduce_sum", t, world());
   if (world() == 1) return;
   Tensor d = t.is_contiguous() ? t : t.contiguous();
   do_all_reduce_sum(d.data_ptr(), d.numel(), d.dtype());
@@ -61,7 +62,7 @@ void Communicator::all_reduce_sum(Tensor& t) {
 }
 
 Tensor Communicator::all_gather_rows(const Tensor& t) {
-  check_tensor("all_gather_rows", t);
+  check_tensor("all_gather_rows", t, world());
   SC_CHECK(t.dim() >= 1, "comm all_gather_rows: needs at least one dimension, got a scalar");
   if (world() == 1) return t;
   Tensor d = t.is_contiguous() ? t : t.contiguous();
@@ -75,7 +76,7 @@ Tensor Communicator::all_gather_rows(const Tensor& t) {
 }
 
 void Communicator::broadcast(Tensor& t, int root) {
-  check_tensor("broadcast", t);
+  check_tensor("broadcast", t, world());
   SC_CHECK(root >= 0 && root < world(), "comm broadcast: root ", root, " is not a rank of ",
            world());
   if (world() == 1) return;

@@ -20,7 +20,8 @@
 //   broadcast(t, root)   t <- root's t, in place.
 //   barrier()            returns when every rank has entered it.
 // Tensors: CPU, F32 / F64 / I64 / U8, any shape; non-contiguous inputs are copied (the in-place
-// ones are written back). A CUDA tensor is an sc::Error for now (see "NCCL" below).
+// ones are written back). A CUDA tensor is an sc::Error for now when world > 1 (see "NCCL"
+// below); on one rank every collective is the identity on any device.
 //
 // Timeouts: every collective waits at most timeout_s seconds for the other ranks, then throws
 // sc::Error naming the collective, the rank and the time waited, so that a dead or stuck rank
