@@ -315,6 +315,7 @@ class Run {
   std::optional<PictureImages> pictures_;
   // for the report
   int64_t first_step_ = 0, skipped_ = 0, overflows_ = 0;
+  int64_t comm_bytes_ = 0, comm_calls_ = 0;  // in the loop's collectives (several processes)
   double seconds_ = 0;
 };
 
@@ -633,6 +634,7 @@ int Run::loop() {
               (long long)warmup_steps_, (long long)batch_images_);
   Progress progress;
   progress.first_step = first_step_ = step_;
+  const int64_t bytes0 = comm_.bytes_moved(), calls0 = comm_.calls();
   while (step_ < total_steps_) {
     TwoViewBatch batch = next_batch();
     const int64_t B = batch.crops[0].size(0);
@@ -661,6 +663,8 @@ int Run::loop() {
     if (step_ % steps_per_epoch_ == 0 && !fixed_) end_of_epoch();
   }
   seconds_ = std::chrono::duration<double>(Clock::now() - progress.start).count();
+  comm_bytes_ = comm_.bytes_moved() - bytes0;
+  comm_calls_ = comm_.calls() - calls0;
   save((fs::path(cfg_.output_dir) / "final.safetensors").string());
   draw_slots("slots_final.png");
   return 0;
@@ -670,6 +674,11 @@ int Run::loop() {
 void Run::report() {
   std::printf("done: %lld steps in %s (%lld skipped for a non-finite loss)\n",
               (long long)(step_ - first_step_), fmt_time(seconds_).c_str(), (long long)skipped_);
+  const int64_t steps = step_ - first_step_;
+  if (comm_.world() > 1 && steps > 0)
+    std::printf("data-parallel: each step put %.3f MB into %.1f collectives on rank 0 "
+                "(gradients, SyncBN sums, slot keys and masks, center, loss)\n",
+                double(comm_bytes_) / double(steps) / 1e6, double(comm_calls_) / double(steps));
   if (const GradScaler* scaler = train_->scaler())
     std::printf("fp16: loss scale %.0f at the end; %lld of these steps overflowed in fp16 and were "
                 "not applied (normal while the scale settles)\n",

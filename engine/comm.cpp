@@ -57,6 +57,7 @@ void Communicator::all_reduce_sum(Tensor& t) {
   if (world() == 1) return;
   Tensor d = t.is_contiguous() ? t : t.contiguous();
   do_all_reduce_sum(d.data_ptr(), d.numel(), d.dtype());
+  ++calls_;
   bytes_ += d.numel() * int64_t(dtype_size(d.dtype()));
   if (!d.same(t)) copy_(t, d);
 }
@@ -71,6 +72,7 @@ Tensor Communicator::all_gather_rows(const Tensor& t) {
   Tensor out = empty(shape, d.dtype(), Device::cpu());
   const int64_t bytes = d.numel() * int64_t(dtype_size(d.dtype()));
   do_all_gather(d.data_ptr(), bytes, out.data_ptr());
+  ++calls_;
   bytes_ += bytes;
   return out;
 }
@@ -83,12 +85,15 @@ void Communicator::broadcast(Tensor& t, int root) {
   Tensor d = t.is_contiguous() ? t : t.contiguous();
   const int64_t bytes = d.numel() * int64_t(dtype_size(d.dtype()));
   do_broadcast(d.data_ptr(), bytes, root);
+  ++calls_;
   if (rank() == root) bytes_ += bytes;
   if (!d.same(t)) copy_(t, d);
 }
 
 void Communicator::barrier() {
-  if (world() > 1) do_barrier();
+  if (world() == 1) return;
+  do_barrier();
+  ++calls_;
 }
 
 std::string Communicator::broadcast_string(const std::string& s, int root) {

@@ -71,8 +71,10 @@ class Communicator {
 
   double timeout_s() const { return timeout_s_; }
   void set_timeout(double seconds);
-  // Bytes this rank has sent into collectives so far (the payload, not the algorithm's traffic).
+  // Bytes this rank has put into collectives so far (the payload, not the algorithm's traffic;
+  // a broadcast counts on its root), and how many collectives it has joined (world > 1 only).
   int64_t bytes_moved() const { return bytes_; }
+  int64_t calls() const { return calls_; }
 
  protected:
   // Byte-level primitives on dense CPU buffers (count elements of dtype t).
@@ -82,6 +84,7 @@ class Communicator {
   virtual void do_barrier() = 0;
   double timeout_s_ = kDefaultCommTimeout;
   int64_t bytes_ = 0;
+  int64_t calls_ = 0;
 };
 
 // World 1, every collective the identity.

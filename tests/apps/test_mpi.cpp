@@ -254,6 +254,10 @@ TEST_CASE("mpi: the loader shards the data, rank 0 alone writes, and 2 processes
   REQUIRE(r.code() == 0);
   CHECK(r.out.find("4 steps (2 per epoch)") != std::string::npos);
   CHECK(r.out.find("batch 4") != std::string::npos);  // the global batch sets the lr
+  // every BatchNorm synchronised: ResNet-18 + projector have 22, run 4 times forward (student and
+  // teacher, two views) and twice backward, the predictor's 2 twice each way; plus the center,
+  // 4 gathers (keys and masks of both directions), the loss and the gradients: 147 a step
+  CHECK(r.out.find("into 147.0 collectives on rank 0") != std::string::npos);
   // one progress line per step (rank 0's), one banner
   std::ifstream m(d + "/metrics.jsonl");
   int lines = 0;
