@@ -1,4 +1,5 @@
-// slotcon train: SlotCon pre-training on one device (docs/method.md §2–§7).
+// slotcon train: SlotCon pre-training on one device, or data-parallel on several processes
+// started by mpirun / srun (docs/method.md §2–§7, docs/training.md "Several processes").
 //
 //   slotcon train [--config FILE] [--key value ...] [--resume FILE] [--no-auto-resume]
 //                 [--init FILE] [--batch-file FILE] [--save-batch FILE] [--steps N]
@@ -11,6 +12,15 @@
 // cmd_train = parse_train_args, then Run's setup (device, options, model, TrainStep), restore
 // (init / resume), setup_data (batches, schedules), setup_eval (grouping score, slot pictures),
 // loop (steps and progress lines) and report.
+//
+// Several processes (engine/comm.h): each rank runs the same Run over its share of the data
+// (the loader's rank / world_size, or its rows of a replayed batch file) and the same TrainStep,
+// which synchronises BatchNorm, the loss's keys and center, and the gradients. Rank 0 alone prints
+// (the others' stdout goes to /dev/null; their stderr stays), writes metrics, checkpoints,
+// pictures and scores, and chooses the checkpoint every rank resumes from. A configuration that
+// differs between ranks is refused at the start; an error on any rank ends the whole job
+// (Communicator::abort), and a rank that stops answering ends the others after the collectives'
+// timeout (SLOTCON_COMM_TIMEOUT).
 #include <sys/stat.h>
 
 #include <chrono>
@@ -26,6 +36,7 @@
 #include "data/loader.h"
 #include "data/scenes.h"
 #include "engine/autograd.h"
+#include "engine/comm.h"
 #include "engine/cuda_runtime.h"
 #include "engine/ops.h"
 #include "engine/safetensors.h"
@@ -63,10 +74,14 @@ void train_usage() {
       "  --steps N           stop after N steps and write the full state to\n"
       "                      output_dir/final.safetensors\n"
       "  --steps 0           only print the grouping score of the initial / resumed state\n\n"
+      "several processes: mpirun -np N slotcon train ... (or srun): data-parallel over N ranks,\n"
+      "batch_size images per rank, lr from the global batch; see docs/training.md\n\n"
       "environment: SLOTCON_NUM_THREADS = threads of the CPU ops (default: the CPUs it may use);\n"
       "OPENBLAS_NUM_THREADS = threads of the CPU matrix products (OpenBLAS's default: every "
       "core);\nOPENBLAS_THREAD_TIMEOUT = how long idle BLAS threads spin (slotcon sets 4 when "
-      "unset)\n\n"
+      "unset)\nSLOTCON_COMM_TIMEOUT = seconds a rank waits for the others in a collective "
+      "before it\ngives up (default 600); SLOTCON_DIST = single | mpi (default: mpi when started "
+      "by mpirun or srun)\n\n"
       "config keys (--key value or --key=value; defaults are the authors' settings):\n%s",
       config_help().c_str());
 }
@@ -252,7 +267,8 @@ struct Progress {
 // One training run: what setup builds and the loop advances.
 class Run {
  public:
-  explicit Run(TrainArgs a) : a_(std::move(a)), cfg_(a_.cfg) {}
+  Run(TrainArgs a, Communicator& comm) : a_(std::move(a)), cfg_(a_.cfg), comm_(comm) {}
+  void check_same_config();
   void setup();
   void restore();
   void setup_data();
@@ -270,8 +286,14 @@ class Run {
   void score_now(const std::string& when);
   void draw_slots(const std::string& name);
 
+  // rank 0: prints, writes files, scores and draws
+  bool lead() const { return comm_.rank() == 0; }
+  // resumed from a checkpoint written by another number of processes
+  bool ckpt_world_changed() const { return resumed_ && resumed_world_ != comm_.world(); }
+
   TrainArgs a_;
   const TrainConfig& cfg_;
+  Communicator& comm_;
   std::string resume_;             // the checkpoint to resume from ("" when none)
   std::optional<Checkpoint> ckpt_;  // read in setup, applied (and released) in restore
   Device dev_;
@@ -279,6 +301,8 @@ class Run {
   std::unique_ptr<SlotConModel> model_;
   std::unique_ptr<TrainStep> train_;
   int64_t step_ = 0;
+  bool resumed_ = false;
+  int64_t resumed_world_ = 1, resumed_epoch_ = 0;  // of the checkpoint resumed from
   // batches: the loader, or one recorded batch replayed
   std::unique_ptr<data::DataLoader> loader_;
   std::optional<TwoViewBatch> fixed_;
@@ -291,19 +315,47 @@ class Run {
   std::optional<PictureImages> pictures_;
   // for the report
   int64_t first_step_ = 0, skipped_ = 0, overflows_ = 0;
+  int64_t comm_bytes_ = 0, comm_calls_ = 0;  // in the loop's collectives (several processes)
   double seconds_ = 0;
 };
+
+// FNV-1a: a fingerprint of the configuration text, compared across ranks.
+uint64_t fingerprint(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+// Every rank must train with the same settings (config keys and the options that are not keys):
+// a rank started with other arguments would compute other shapes or another schedule and hang or
+// corrupt the others. Refused at the start, naming the ranks that differ from rank 0.
+void Run::check_same_config() {
+  if (comm_.world() == 1) return;
+  const std::string text = str_cat(cfg_.to_json_text(), "\nresume=", a_.resume, "\ninit=", a_.init,
+                                    "\nbatch_file=", a_.batch_file, "\nauto_resume=",
+                                    a_.auto_resume, "\nsteps=", a_.steps);
+  const std::vector<int64_t> all = comm_.all_gather_i64(int64_t(fingerprint(text)));
+  std::string differ;
+  for (size_t r = 1; r < all.size(); ++r)
+    if (all[r] != all[0]) differ += str_cat(differ.empty() ? "" : ", ", r);
+  SC_CHECK(differ.empty(), "the configuration differs between ranks: rank(s) ", differ,
+           " were started with other settings than rank 0 (every rank must get the same config "
+           "file and options)");
+}
 
 // Device, typed options, the banner, the model and its TrainStep.
 void Run::setup() {
   dev_ = choose_device(cfg_.device, "device");
+  SC_CHECK(comm_.world() == 1 || dev_.is_cpu(), "data-parallel training on ", dev_.str(),
+           " needs the NCCL backend, which is not built yet; use --device cpu with several "
+           "processes, or one process per GPU machine");
   opts_ = resolve_train_options(cfg_, dev_);
-  if (cfg_.dim_out > cfg_.num_prototypes)
+  if (lead() && cfg_.dim_out > cfg_.num_prototypes)
     std::printf("note: dim_out (%lld) > num_prototypes (%lld): the prototypes cannot span the slot "
                 "space, and pixel features orthogonal to all of them get a uniform assignment, "
                 "a collapse short runs fall into (the authors always have K >= D)\n",
                 (long long)cfg_.dim_out, (long long)cfg_.num_prototypes);
-  check_output_dir(cfg_.output_dir);
+  if (lead()) check_output_dir(cfg_.output_dir);
   const int nt = cpu_threads();
   const std::string dev_detail = dev_.is_cuda()
                                      ? " (" + cuda_device_name(0) + ")"
@@ -311,22 +363,34 @@ void Run::setup() {
   std::printf("slotcon train: %s on %s%s, precision %s, output %s\n", cfg_.arch.c_str(),
               dev_.str().c_str(), dev_detail.c_str(), opts_.precision_name(),
               cfg_.output_dir.c_str());
+  if (comm_.world() > 1)
+    std::printf("data-parallel: %d processes (%s), batch %lld per process; rank 0 prints and "
+                "writes\n",
+                comm_.world(), comm_.backend(), (long long)cfg_.batch_size);
   // the checkpoint to resume from: read and compared with this run's config before the model is
   // built, so that one that does not fit is refused at once
+  // (rank 0 chooses; every rank reads that file: output_dir must be shared by the ranks)
   resume_ = a_.resume;
-  if (resume_.empty() && a_.auto_resume) {
+  if (resume_.empty() && a_.auto_resume && lead()) {
     std::vector<std::string> warn;
     resume_ = find_latest_checkpoint(cfg_.output_dir, &warn);
     for (auto& w : warn) std::printf("warning: %s\n", w.c_str());
   }
+  resume_ = comm_.broadcast_string(resume_);
   if (!resume_.empty()) {
-    ckpt_ = load_checkpoint(resume_);
+    try {
+      ckpt_ = load_checkpoint(resume_);
+    } catch (const Error& e) {
+      if (comm_.world() == 1) throw;
+      throw Error(str_cat("rank ", comm_.rank(), " cannot read the checkpoint rank 0 chose (is "
+                          "output_dir on a file system every rank sees?): ", e.what()));
+    }
     for (const std::string& d : check_resume_config(ckpt_->info.config_json, cfg_, resume_))
       std::printf("note: resuming with a changed setting: %s\n", d.c_str());
   }
   model_ = std::make_unique<SlotConModel>(cfg_, dev_, cfg_.seed);
   model_->train();
-  train_ = std::make_unique<TrainStep>(*model_, opts_, cfg_);
+  train_ = std::make_unique<TrainStep>(*model_, opts_, cfg_, &comm_);
 }
 
 // --init, then --resume or the newest good checkpoint in output_dir: model, optimizer state,
@@ -355,6 +419,9 @@ void Run::restore() {
                 "starts at zero\n",
                 resume.c_str(), missing, train_->parameters().size());
   step_ = c.info.step;
+  resumed_ = true;
+  resumed_world_ = c.info.world_size;
+  resumed_epoch_ = c.info.epoch;
   GradScaler* scaler = train_->scaler();
   if (scaler && c.info.loss_scale > 0)
     scaler->load_state(c.info.loss_scale, c.info.loss_scale_growth);
@@ -367,13 +434,23 @@ void Run::restore() {
 void Run::setup_data() {
   if (!a_.batch_file.empty()) {
     fixed_ = read_batch_file(a_.batch_file);
+    // several ranks: the file is the global batch; rank r trains on its r-th 1/world of the rows
+    const int64_t rows = fixed_->crops[0].size(0), W = comm_.world();
+    SC_CHECK(rows % W == 0, a_.batch_file, ": ", rows, " images cannot be shared evenly by ", W,
+             " processes");
+    const int64_t per = rows / W, r0 = comm_.rank() * per;
+    for (int v = 0; v < 2 && W > 1; ++v) {
+      fixed_->crops[v] = slice(fixed_->crops[v], 0, r0, r0 + per).contiguous();
+      fixed_->coords[v] = slice(fixed_->coords[v], 0, r0, r0 + per).contiguous();
+      fixed_->flags[v] = slice(fixed_->flags[v], 0, r0, r0 + per).contiguous();
+    }
     for (int v = 0; v < 2; ++v) {
       fixed_->crops[v] = cast(fixed_->crops[v], opts_.compute_dtype()).to(dev_);
       fixed_->coords[v] = fixed_->coords[v].to(dev_);
       fixed_->flags[v] = fixed_->flags[v].to(dev_);
     }
-    std::printf("replaying the batch in %s every step (B = %lld)\n", a_.batch_file.c_str(),
-                (long long)fixed_->crops[0].size(0));
+    std::printf("replaying the batch in %s every step (B = %lld%s)\n", a_.batch_file.c_str(),
+                (long long)rows, W > 1 ? str_cat(", ", per, " per process").c_str() : "");
   } else {
     data::LoaderConfig lc;
     lc.synthetic = cfg_.dataset == "synthetic";
@@ -386,10 +463,30 @@ void Run::setup_data() {
     lc.num_workers = int(cfg_.num_workers);
     lc.seed = cfg_.seed;
     lc.pin_memory = dev_.is_cuda();
+    lc.rank = comm_.rank();  // DistributedSampler: one permutation per epoch, rank r its 1/W
+    lc.world_size = comm_.world();
     std::shared_ptr<const data::Dataset> dataset = data::make_dataset(lc);
-    steps_per_epoch_ = dataset->size() / lc.batch_size;  // one rank, drop_last
+    const int64_t W = comm_.world();
+    steps_per_epoch_ = dataset->size() / W / lc.batch_size;  // per rank, drop_last
     SC_CHECK(steps_per_epoch_ > 0, "the dataset has fewer images (", dataset->size(),
-             ") than one batch (", cfg_.batch_size, ")");
+             ") than one batch (", cfg_.batch_size, W > 1 ? str_cat(" on each of ", W, " processes")
+                                                          : std::string(), ")");
+    if (ckpt_world_changed()) {
+      // the checkpoint's steps were global batches of another size: continue from the same
+      // point of the same epoch, in this run's steps
+      const int64_t old_spe =
+          std::max<int64_t>(dataset->size() / resumed_world_ / lc.batch_size, 1);
+      const int64_t within = std::max<int64_t>(step_ - resumed_epoch_ * old_spe, 0);
+      const int64_t now = resumed_epoch_ * steps_per_epoch_ + within * steps_per_epoch_ / old_spe;
+      std::printf("note: the checkpoint was written by %lld processes, this run has %lld: the "
+                  "global batch changes from %lld to %lld images and the learning rate with it; "
+                  "step %lld of %lld per epoch becomes step %lld of %lld\n",
+                  (long long)resumed_world_, (long long)W,
+                  (long long)(resumed_world_ * lc.batch_size), (long long)(W * lc.batch_size),
+                  (long long)step_, (long long)old_spe, (long long)now,
+                  (long long)steps_per_epoch_);
+      step_ = now;
+    }
     lc.start_epoch = step_ / steps_per_epoch_;
     loader_ = std::make_unique<data::DataLoader>(dataset, lc);
     SC_CHECK(loader_->size() == steps_per_epoch_, "loader batches per epoch disagree");
@@ -399,13 +496,14 @@ void Run::setup_data() {
   total_steps_ =
       cfg_.max_steps > 0 ? std::min(cfg_.max_steps, epoch_steps_total_) : epoch_steps_total_;
   warmup_steps_ = int64_t(std::llround(cfg_.warmup_epoch * double(steps_per_epoch_)));
-  // lr = base_lr x global batch / 256 (one device: the batch actually trained on)
-  batch_images_ = fixed_ ? fixed_->crops[0].size(0) : cfg_.batch_size;
+  // lr = base_lr x global batch / 256 (the images of one step over all ranks)
+  batch_images_ = (fixed_ ? fixed_->crops[0].size(0) : cfg_.batch_size) * comm_.world();
   lr_peak_ = cfg_.base_lr * double(batch_images_) / 256.0;
 }
 
 // The grouping score on held-out synthetic scenes and the slot pictures, each at the start.
 void Run::setup_eval() {
+  if (!lead()) return;  // no collective below: the scorer and pictures run in eval mode
   if (cfg_.dataset == "synthetic" && cfg_.score_images > 0) {
     Scorer s;
     s.size = int(cfg_.score_size > 0 ? cfg_.score_size : cfg_.image_size);
@@ -461,12 +559,14 @@ void Run::draw_slots(const std::string& name) {
 }
 
 void Run::save(const std::string& path) {
+  if (!lead()) return;  // the replicas are equal: rank 0's state is everyone's
   const NamedTensors& params = train_->parameters();
   const std::vector<Tensor>& state = train_->optimizer_state();
   NamedTensors opt_state;
   for (size_t i = 0; i < params.size(); ++i)
     if (state[i].defined()) opt_state.emplace_back(params[i].first, state[i]);
   CheckpointInfo info{step_ / steps_per_epoch_, step_, cfg_.to_json_text()};
+  info.world_size = comm_.world();
   if (const GradScaler* scaler = train_->scaler()) {
     info.loss_scale = scaler->current_scale();
     info.loss_scale_growth = scaler->growth_tracker();
@@ -499,7 +599,8 @@ bool Run::skip_nonfinite(const StepLoss& l) {
                      : !std::isfinite(l.contrast) ? "contrast loss"
                                                   : "total loss";
   if (opts_.nonfinite == NonFinitePolicy::Stop) {
-    std::fprintf(stderr,
+    if (lead())  // the loss is the mean over ranks: every rank stops here together
+      std::fprintf(stderr,
                  "slotcon train: the %s is not finite at step %lld (epoch %lld); stopping. "
                  "No checkpoint was written for this step.\n",
                  part, (long long)step_, (long long)(step_ / steps_per_epoch_));
@@ -526,16 +627,18 @@ void Run::end_of_epoch() {
 // The steps up to total_steps, with progress lines, checkpoints and end-of-epoch pictures and
 // scores; returns 1 when a non-finite loss stops the run, else 0.
 int Run::loop() {
-  std::ofstream metrics(fs::path(cfg_.output_dir) / "metrics.jsonl", std::ios::app);
+  std::ofstream metrics;
+  if (lead()) metrics.open(fs::path(cfg_.output_dir) / "metrics.jsonl", std::ios::app);
   std::printf("%lld steps (%lld per epoch), lr %.4g after %lld warm-up steps, batch %lld\n",
               (long long)total_steps_, (long long)steps_per_epoch_, lr_peak_,
               (long long)warmup_steps_, (long long)batch_images_);
   Progress progress;
   progress.first_step = first_step_ = step_;
+  const int64_t bytes0 = comm_.bytes_moved(), calls0 = comm_.calls();
   while (step_ < total_steps_) {
     TwoViewBatch batch = next_batch();
     const int64_t B = batch.crops[0].size(0);
-    if (!a_.save_batch.empty()) {
+    if (!a_.save_batch.empty() && lead()) {  // rank 0's share
       write_batch_file(a_.save_batch, batch);
       std::printf("recorded this batch in %s\n", a_.save_batch.c_str());
       a_.save_batch.clear();
@@ -553,12 +656,15 @@ int Run::loop() {
       ++progress.overflows;
     }
     ++step_;
-    progress.add(r.loss, B);
-    if (step_ % cfg_.print_freq == 0 || step_ == total_steps_ || step_ == first_step_ + 1)
+    progress.add(r.loss, B * comm_.world());
+    if (lead() &&
+        (step_ % cfg_.print_freq == 0 || step_ == total_steps_ || step_ == first_step_ + 1))
       progress.print(step_, total_steps_, steps_per_epoch_, lr, m, train_->scaler(), metrics);
     if (step_ % steps_per_epoch_ == 0 && !fixed_) end_of_epoch();
   }
   seconds_ = std::chrono::duration<double>(Clock::now() - progress.start).count();
+  comm_bytes_ = comm_.bytes_moved() - bytes0;
+  comm_calls_ = comm_.calls() - calls0;
   save((fs::path(cfg_.output_dir) / "final.safetensors").string());
   draw_slots("slots_final.png");
   return 0;
@@ -568,6 +674,11 @@ int Run::loop() {
 void Run::report() {
   std::printf("done: %lld steps in %s (%lld skipped for a non-finite loss)\n",
               (long long)(step_ - first_step_), fmt_time(seconds_).c_str(), (long long)skipped_);
+  const int64_t steps = step_ - first_step_;
+  if (comm_.world() > 1 && steps > 0)
+    std::printf("data-parallel: each step put %.3f MB into %.1f collectives on rank 0 "
+                "(gradients, SyncBN sums, slot keys and masks, center, loss)\n",
+                double(comm_bytes_) / double(steps) / 1e6, double(comm_calls_) / double(steps));
   if (const GradScaler* scaler = train_->scaler())
     std::printf("fp16: loss scale %.0f at the end; %lld of these steps overflowed in fp16 and were "
                 "not applied (normal while the scale settles)\n",
@@ -581,12 +692,10 @@ void Run::report() {
   }
 }
 
-}  // namespace
-
-int cmd_train(const Args& args) {
-  TrainArgs a;
-  if (std::optional<int> done = parse_train_args(args, a)) return *done;
-  Run run(std::move(a));
+// One process, or rank comm.rank() of several.
+int train(TrainArgs a, Communicator& comm) {
+  Run run(std::move(a), comm);
+  run.check_same_config();
   run.setup();
   run.restore();
   run.setup_data();
@@ -598,6 +707,29 @@ int cmd_train(const Args& args) {
   if (int rc = run.loop()) return rc;
   run.report();
   return 0;
+}
+
+}  // namespace
+
+int cmd_train(const Args& args) {
+  TrainArgs a;
+  if (std::optional<int> done = parse_train_args(args, a)) return *done;
+  std::unique_ptr<Communicator> comm = make_communicator_from_env();
+  if (comm->world() == 1) return train(std::move(a), *comm);
+  // Only rank 0 talks on stdout. An error on any rank ends every rank at once (MPI_Abort through
+  // the launcher), instead of leaving the others to wait for a collective it will never join.
+  if (comm->rank() != 0 && !std::freopen("/dev/null", "w", stdout))
+    std::fprintf(stderr, "slotcon train (rank %d): cannot silence stdout\n", comm->rank());
+  int rc = 0;
+  try {
+    rc = train(std::move(a), *comm);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "slotcon train: error on rank %d of %d: %s\n", comm->rank(),
+                 comm->world(), e.what());
+    comm->abort(1);
+    return 1;
+  }
+  return rc;  // a non-finite loss stops every rank at the same step (the loss is their mean)
 }
 
 }  // namespace app

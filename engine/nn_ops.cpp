@@ -482,7 +482,13 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
                                           save.data<double>(), data_or_null(gs), data_or_null(bs),
                                           data_or_null(rs), act, m, gsum.data<double>(), st);
               });
-          if (training && hook) hook(gsum);
+          // gamma and beta take this rank's sums (the data-parallel convention: averaging the
+          // parameter gradients over ranks then gives the whole batch's), dx the reduced ones
+          Tensor local_sum = gsum;
+          if (training && hook) {
+            local_sum = gsum.clone();
+            hook(gsum);
+          }
           dispatch(
               bop, xs,
               [&](auto tv) {
@@ -492,7 +498,7 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
                                              data_or_null<T>(gs), data_or_null<T>(bs),
                                              data_or_null<T>(rs), act, m, gsum.data<double>(),
                                              count, training, dx.data<T>(), data_or_null<T>(dres));
-                batch_norm_param_grads_ref<T>(C, gsum.data<double>(), data_or_null<T>(dgamma),
+                batch_norm_param_grads_ref<T>(C, local_sum.data<double>(), data_or_null<T>(dgamma),
                                               data_or_null<T>(dbeta));
               },
               [&](auto st) {
@@ -501,7 +507,7 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
                                            data_or_null(rs), act, m, gsum.data<double>(),
                                            training ? stats.data<double>() + 2 * C : nullptr,
                                            training, dx.data_ptr(), data_or_null(dres), st);
-                batch_norm_param_grads_cuda(pd, C, gsum.data<double>(), data_or_null(dgamma),
+                batch_norm_param_grads_cuda(pd, C, local_sum.data<double>(), data_or_null(dgamma),
                                             data_or_null(dbeta), st);
               });
           return Grads{dx, dgamma, dbeta, dres};

@@ -46,7 +46,10 @@ struct BatchNormOptions {
   // statistics, shape (2C + 1) = [sum x (C), sum x^2 (C), count], after the local stats pass and
   // before they are used; it may replace the values in place (e.g. an all-reduce sum over ranks).
   // reduce_grad_sums is called in backward with the F64 tensor (2C) = [sum dz (C),
-  // sum dz * xhat (C)] before dx is formed. Training mode only.
+  // sum dz * xhat (C)] before dx is formed; dx uses the reduced sums and the reduced count, while
+  // d gamma and d beta use this call's own sums (what PyTorch's SyncBatchNorm does: averaging the
+  // parameter gradients over ranks afterwards, as data-parallel training does, then gives the
+  // gradient of the mean loss). Training mode only.
   std::function<void(Tensor&)> reduce_stats;
   std::function<void(Tensor&)> reduce_grad_sums;
 };

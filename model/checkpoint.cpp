@@ -59,6 +59,7 @@ void save_checkpoint(const std::string& path, const NamedTensors& model_state,
     meta["loss_scale"] = b;
     meta["loss_scale_growth"] = std::to_string(info.loss_scale_growth);
   }
+  if (info.world_size > 1) meta["world_size"] = std::to_string(info.world_size);
   write_safetensors(path, all, meta);
 }
 
@@ -75,6 +76,10 @@ Checkpoint checkpoint_from_file(const SafetensorsFile& f, const std::string& pat
   c.info.step = parse_counter(f.metadata, "step", path);
   auto cfg = f.metadata.find("config");
   if (cfg != f.metadata.end()) c.info.config_json = cfg->second;
+  if (f.metadata.count("world_size")) {
+    c.info.world_size = parse_counter(f.metadata, "world_size", path);
+    SC_CHECK(c.info.world_size >= 1, path, ": checkpoint metadata 'world_size' must be at least 1");
+  }
   auto ls = f.metadata.find("loss_scale");
   if (ls != f.metadata.end()) {
     char* end = nullptr;

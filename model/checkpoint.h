@@ -3,8 +3,9 @@
 // A checkpoint holds the model's state dict under its reference names (docs/method.md §10), the
 // optimizer's momentum buffers as "optimizer.<parameter name>.momentum_buffer", and in
 // "__metadata__": "format" = "slotcon-checkpoint-v1", "epoch" (epochs completed), "step"
-// (optimizer steps done), "config" (the run's JSON config), and for fp16 runs "loss_scale" and
-// "loss_scale_growth" (the dynamic loss scaler's state). Files are named
+// (optimizer steps done), "config" (the run's JSON config), for fp16 runs "loss_scale" and
+// "loss_scale_growth" (the dynamic loss scaler's state), for data-parallel runs "world_size".
+// Files are named
 // ckpt_epoch_<EEEE>.safetensors (and "final.safetensors" / any path for explicit saves) and are
 // written with write_file_atomic (temp file, fsync, rename), so a run killed mid-save leaves the
 // previous checkpoint intact. Non-finite values are refused before anything is written.
@@ -25,6 +26,9 @@ struct CheckpointInfo {
   // "loss_scale_growth" in the metadata; absent / 0 for fp32 and bf16 runs).
   double loss_scale = 0;
   int64_t loss_scale_growth = 0;
+  // Processes of the data-parallel run that wrote it ("world_size" in the metadata, written when
+  // > 1; absent = 1). Its steps count global batches of batch_size x world_size images.
+  int64_t world_size = 1;
 };
 
 struct Checkpoint {

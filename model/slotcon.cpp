@@ -99,6 +99,16 @@ void SlotConModel::set_channels_last(bool on) {
   channels_last_ = true;
 }
 
+void SlotConModel::set_communicator(Communicator* comm) {
+  comm_ = comm && comm->world() > 1 ? comm : nullptr;
+  std::function<void(Tensor&)> reduce;
+  if (comm_) reduce = [c = comm_](Tensor& t) { c->all_reduce_sum(t); };
+  for (BatchNorm* bn : batch_norm_modules(*this)) {
+    bn->reduce_stats = reduce;
+    bn->reduce_grad_sums = reduce;
+  }
+}
+
 namespace {
 Tensor backbone_input(const Tensor& crops, DType compute, bool channels_last) {
   Tensor in = cast(crops, compute);
@@ -133,9 +143,17 @@ StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype, b
   lc.compact_predictor = compact_predictor_;
   lc.tf32 = tf32;
   SlotPredictor& pred = *predictor_slot;
+  SlotConDistributed dist;
+  if (comm_) {
+    dist.rank = comm_->rank();
+    dist.world = comm_->world();
+    dist.all_gather_rows = [c = comm_](const Tensor& t) { return c->all_gather_rows(t); };
+    dist.all_reduce_sum = [c = comm_](Tensor& t) { c->all_reduce_sum(t); };
+  }
   SlotConLossParts parts = slotcon_loss(
       views, grouping_q->slot_embed->weight, grouping_k->slot_embed->weight, center,
-      [&pred](const Tensor& slots, const Tensor& mask) { return pred.forward(slots, mask); }, lc);
+      [&pred](const Tensor& slots, const Tensor& mask) { return pred.forward(slots, mask); }, lc,
+      dist);
   StepLoss out;
   out.total = parts.loss;
   {

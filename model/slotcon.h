@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/comm.h"
 #include "engine/module.h"
 #include "model/heads.h"
 #include "model/resnet.h"
@@ -72,6 +73,15 @@ class SlotConModel : public Module {
   // grouping scores. Runs the teacher in eval mode (running statistics), no grad.
   Tensor assign_prototypes(const Tensor& images);
 
+  // Data-parallel training over comm's ranks (null or world 1: one process). Every BatchNorm of
+  // the model (student, teacher, slot predictor) is synchronised: its batch statistics [sum x,
+  // sum x^2, count] and, in backward, its gradient sums are all-reduced (one collective each per
+  // call; the predictor's masked rows may differ in number per rank). The loss gathers the keys
+  // and presence masks of every rank in rank order and all-reduces the center's batch mean
+  // (model/slotcon_loss.h). The caller keeps comm alive; gradient averaging is TrainStep's.
+  void set_communicator(Communicator* comm);
+  Communicator* communicator() const { return comm_; }
+
   const TrainConfig& config() const { return cfg_; }
   // Fused head kernels (default) or the plain-op composition (the reference).
   void set_fused(bool on) { fused_ = on; }
@@ -99,6 +109,7 @@ class SlotConModel : public Module {
   bool fused_ = true;
   bool compact_predictor_ = true;
   bool channels_last_ = false;
+  Communicator* comm_ = nullptr;
 };
 
 int resnet_depth(const std::string& arch);

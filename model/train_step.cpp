@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "engine/autograd.h"
+#include "engine/ops.h"
 
 namespace sc {
 
@@ -45,8 +46,9 @@ TrainOptions resolve_train_options(const TrainConfig& cfg, Device device) {
   return o;
 }
 
-TrainStep::TrainStep(SlotConModel& model, const TrainOptions& options, const TrainConfig& cfg)
-    : model_(model), options_(options) {
+TrainStep::TrainStep(SlotConModel& model, const TrainOptions& options, const TrainConfig& cfg,
+                     Communicator* comm)
+    : model_(model), options_(options), comm_(comm && comm->world() > 1 ? comm : nullptr) {
   // in place: the tensors keep their identity, so handles held elsewhere follow
   if (options_.precision == Precision::FP64) model_.to(DType::F64);
   params_ = model_.student_parameters();
@@ -57,6 +59,46 @@ TrainStep::TrainStep(SlotConModel& model, const TrainOptions& options, const Tra
   else
     sgd_.emplace(tensors_, SGDOptions{0.0, cfg.momentum, cfg.weight_decay});
   if (options_.precision == Precision::FP16) scaler_.emplace();
+  model_.set_communicator(comm_);
+}
+
+// The mean over ranks of the loss and its parts (the logged values; a non-finite part anywhere
+// makes it non-finite everywhere, so that all ranks skip or stop together).
+void TrainStep::average_loss(StepLoss& l) {
+  Tensor v = from_vector({l.value, l.group, l.contrast}, {3}, DType::F64);
+  comm_->all_reduce_sum(v);
+  const double* p = v.data<double>();
+  const double inv = 1.0 / double(comm_->world());
+  l.value = p[0] * inv;
+  l.group = p[1] * inv;
+  l.contrast = p[2] * inv;
+}
+
+// Every gradient averaged over the ranks: one flat buffer per step (one collective, whatever the
+// number of parameters), copied back into the gradients. Every student parameter has a gradient
+// after SlotCon's backward; one without would make the ranks' buffers disagree, so it is an error.
+void TrainStep::average_gradients() {
+  NoGradGuard ng;
+  std::vector<Tensor> flat;
+  flat.reserve(tensors_.size());
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    const Tensor g = tensors_[i].grad();
+    SC_CHECK(g.defined(), "data-parallel step: ", params_[i].first,
+             " has no gradient, so the ranks' gradient buffers would not line up");
+    flat.push_back(reshape(g.contiguous(), {-1}));
+  }
+  Tensor all = flat.size() == 1 ? flat[0].clone() : concat(flat, 0);
+  comm_->all_reduce_sum(all);
+  mul_(all, 1.0 / double(comm_->world()));
+  int64_t at = 0;
+  for (Tensor& p : tensors_) {
+    Tensor g = p.grad();
+    const int64_t n = g.numel();
+    // a row-major copy: the gradient keeps its own layout (e.g. channels-last conv weights)
+    Tensor part = reshape(slice(all, 0, at, at + n), g.shape());
+    copy_(g, part);
+    at += n;
+  }
 }
 
 std::vector<Tensor>& TrainStep::optimizer_state() { return lars_ ? lars_->state() : sgd_->state(); }
@@ -66,6 +108,7 @@ StepResult TrainStep::run(const TwoViewBatch& batch, double lr, double teacher_m
   model_.momentum_update(teacher_momentum);
   StepResult r;
   r.loss = model_.forward(batch, options_.compute_dtype(), options_.tf32, options_.head_dtype());
+  if (comm_) average_loss(r.loss);
   r.finite =
       std::isfinite(r.loss.value) && std::isfinite(r.loss.group) && std::isfinite(r.loss.contrast);
   if (!r.finite) {
@@ -75,11 +118,13 @@ StepResult TrainStep::run(const TwoViewBatch& batch, double lr, double teacher_m
   lars_ ? lars_->zero_grad() : sgd_->zero_grad();
   if (scaler_) {
     scaler_->scale(r.loss.total).backward();
+    if (comm_) average_gradients();
     r.applied = scaler_->unscale_(tensors_);
     if (r.applied) lars_ ? lars_->step() : sgd_->step();  // an overflowed step changes nothing
     scaler_->update(r.applied);                           // but the scale
   } else {
     r.loss.total.backward();
+    if (comm_) average_gradients();
     lars_ ? lars_->step() : sgd_->step();
   }
   return r;

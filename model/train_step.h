@@ -12,6 +12,14 @@
 //   4. if the loss or one of its parts is not finite: nothing else happens (finite = false);
 //   5. zero_grad, backward (of loss × scale with fp16 loss scaling), unscale and overflow check
 //      (fp16), the optimizer step (LARS or SGD) unless fp16 overflowed, the scaler's update.
+//
+// Data-parallel (a communicator of world W > 1, engine/comm.h): the model's BatchNorms and loss
+// are synchronised (SlotConModel::set_communicator); the loss and its parts are averaged over the
+// ranks in step 3 (one all-reduce of three doubles), so that every rank sees the same values and
+// takes the same branch in step 4; in step 5 the gradients are averaged over the ranks after
+// backward and before unscale and the optimizer (what PyTorch's DistributedDataParallel does: one
+// all-reduce of all the gradients, flattened), so that every rank applies the same update and the
+// replicas stay equal. The learning rate is the caller's (from the global batch).
 #pragma once
 #include <memory>
 #include <optional>
@@ -59,7 +67,9 @@ class TrainStep {
   // optimizer over the
   // student's parameters (momentum and weight decay from cfg, lr set by each run), fp16's
   // GradScaler (GradScaler's defaults).
-  TrainStep(SlotConModel& model, const TrainOptions& options, const TrainConfig& cfg);
+  // comm: null or world 1 for one process; otherwise kept by pointer for the step's life.
+  TrainStep(SlotConModel& model, const TrainOptions& options, const TrainConfig& cfg,
+            Communicator* comm = nullptr);
 
   StepResult run(const TwoViewBatch& batch, double lr, double teacher_momentum);
 
@@ -71,6 +81,8 @@ class TrainStep {
   std::vector<Tensor>& optimizer_state();
   // fp16 only (null otherwise).
   GradScaler* scaler() { return scaler_ ? &*scaler_ : nullptr; }
+  // The communicator (null on one process).
+  Communicator* communicator() const { return comm_; }
 
  private:
   SlotConModel& model_;
@@ -80,6 +92,10 @@ class TrainStep {
   std::optional<LARS> lars_;
   std::optional<SGD> sgd_;
   std::optional<GradScaler> scaler_;
+  Communicator* comm_ = nullptr;
+
+  void average_loss(StepLoss& loss);
+  void average_gradients();
 };
 
 }  // namespace sc

@@ -2,9 +2,10 @@
 # Install the Debian packages the build needs, only those that are missing.
 # Needs root (or sudo) the first time on a fresh machine; a no-op afterwards.
 set -euo pipefail
-# clang and its runtimes: the sanitizer and fuzzing build (AddressSanitizer, UBSan, libFuzzer)
+# clang and its runtimes: the sanitizer and fuzzing build (AddressSanitizer, UBSan, libFuzzer);
+# Open MPI: data-parallel training on several processes (mpirun; docs/training.md) and its tests
 pkgs=(cmake g++ make catch2 nlohmann-json3-dev libstb-dev libopenblas-dev pkg-config clang
-      libclang-rt-14-dev)
+      libclang-rt-14-dev openmpi-bin libopenmpi-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

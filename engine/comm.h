@@ -1,0 +1,120 @@
+// comm.h: collectives over the ranks of a data-parallel job (the engine knows nothing of what is
+// reduced). One process per device; rank r of world W; local_rank = the rank among the processes
+// of one machine (which GPU to use).
+//
+// Backends:
+//   single    world 1: every collective is the identity (no MPI call, no thread).
+//   mpi       Open MPI (or any MPI-3) across processes and machines, for CPU tensors. Built when
+//             CMake finds MPI (SLOTCON_WITH_MPI); MPI_Init is called only when the process was
+//             launched by an MPI launcher (see make_communicator_from_env), so a plain
+//             `slotcon train` needs no MPI at run time beyond the shared library.
+//   loopback  N ranks inside one process, one thread per rank, sharing buffers: the tests'
+//             reference for the data-parallel semantics (LoopbackGroup).
+//
+// Semantics (every rank must call the same collectives in the same order, with tensors of the
+// same shape and dtype, except where noted):
+//   all_reduce_sum(t)    t <- sum over ranks of t, in place; the same result on every rank. The
+//                        loopback backend sums in rank order (deterministic); MPI in its own order
+//                        (float round-off may differ between backends, never between ranks).
+//   all_gather_rows(t)   (n, ...) on each rank -> (W * n, ...): rank 0's rows, then rank 1's...
+//   broadcast(t, root)   t <- root's t, in place.
+//   barrier()            returns when every rank has entered it.
+// Tensors: CPU, F32 / F64 / I64 / U8, any shape; non-contiguous inputs are copied (the in-place
+// ones are written back). A CUDA tensor is an sc::Error for now when world > 1 (see "NCCL"
+// below); on one rank every collective is the identity on any device.
+//
+// Timeouts: every collective waits at most timeout_s seconds for the other ranks, then throws
+// sc::Error naming the collective, the rank and the time waited, so that a dead or stuck rank
+// ends the others with a message instead of a hang. The default comes from SLOTCON_COMM_TIMEOUT
+// (seconds, > 0), else kDefaultCommTimeout. A collective is not restartable after a timeout: the
+// job is over (the app then calls abort(), which ends every rank through the launcher).
+//
+// NCCL (not built yet): the interface is meant to take a CUDA backend without changes above it:
+// tensors carry their device, the backend would enqueue ncclAllReduce / ncclAllGather /
+// ncclBroadcast on the tensor's engine stream (stream_of(t)) and return without a host
+// synchronisation (stream-ordered, like every other op); the timeout would poll
+// ncclCommGetAsyncError against the deadline and ncclCommAbort on expiry.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "engine/tensor.h"
+
+namespace sc {
+
+// Seconds a collective waits for the other ranks by default (a rank that is merely slow, e.g.
+// rank 0 writing a checkpoint or scoring, must not be mistaken for a dead one).
+constexpr double kDefaultCommTimeout = 600.0;
+// SLOTCON_COMM_TIMEOUT when set to a positive number of seconds, else kDefaultCommTimeout.
+double comm_timeout_from_env();
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int world() const = 0;
+  virtual int local_rank() const = 0;
+  virtual const char* backend() const = 0;  // "single", "mpi", "loopback"
+
+  // The collectives of the header comment (checks, then the backend's primitive).
+  void all_reduce_sum(Tensor& t);
+  Tensor all_gather_rows(const Tensor& t);
+  void broadcast(Tensor& t, int root = 0);
+  void barrier();
+  // Helpers over the collectives: root's string on every rank; every rank's 64-bit value.
+  std::string broadcast_string(const std::string& s, int root = 0);
+  std::vector<int64_t> all_gather_i64(int64_t v);
+
+  // Ends the whole job now (MPI_Abort on mpi; the other ranks of a loopback group fail at their
+  // next collective). Does not return on mpi.
+  virtual void abort(int code) = 0;
+
+  double timeout_s() const { return timeout_s_; }
+  void set_timeout(double seconds);
+  // Bytes this rank has put into collectives so far (the payload, not the algorithm's traffic;
+  // a broadcast counts on its root), and how many collectives it has joined (world > 1 only).
+  int64_t bytes_moved() const { return bytes_; }
+  int64_t calls() const { return calls_; }
+
+ protected:
+  // Byte-level primitives on dense CPU buffers (count elements of dtype t).
+  virtual void do_all_reduce_sum(void* data, int64_t count, DType t) = 0;
+  virtual void do_all_gather(const void* send, int64_t bytes, void* recv) = 0;
+  virtual void do_broadcast(void* data, int64_t bytes, int root) = 0;
+  virtual void do_barrier() = 0;
+  double timeout_s_ = kDefaultCommTimeout;
+  int64_t bytes_ = 0;
+  int64_t calls_ = 0;
+};
+
+// World 1, every collective the identity.
+std::unique_ptr<Communicator> make_single_communicator();
+
+// How the process was started: "mpi" when an MPI launcher started it (mpirun / mpiexec of Open
+// MPI: OMPI_COMM_WORLD_SIZE; srun with PMIx or PMI-2: PMIX_RANK / PMI_SIZE), else "single".
+// SLOTCON_DIST=single forces world 1 under a launcher; SLOTCON_DIST=mpi requires MPI.
+std::string detect_launcher();
+// The communicator for this process: MPI (MPI_Init_thread, funneled) when detect_launcher() says
+// "mpi" (an sc::Error when this build has no MPI), else the single one. Call once per process.
+std::unique_ptr<Communicator> make_communicator_from_env();
+// Whether this build has the MPI backend.
+bool comm_has_mpi();
+
+// A group of N ranks played by N threads of one process. Each thread uses comm(r); collectives
+// meet in shared memory. A rank that throws or stops calling leaves the others to time out (or
+// fail at once after abort()).
+class LoopbackGroup {
+ public:
+  explicit LoopbackGroup(int world, double timeout_s = kDefaultCommTimeout);
+  ~LoopbackGroup();
+  Communicator& comm(int rank);
+  int world() const;
+
+  struct Shared;  // the meeting point (comm.cpp)
+
+ private:
+  std::shared_ptr<Shared> shared_;
+  std::vector<std::unique_ptr<Communicator>> comms_;
+};
+
+}  // namespace sc
