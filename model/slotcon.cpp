@@ -116,12 +116,13 @@ Tensor backbone_input(const Tensor& crops, DType compute, bool channels_last) {
 }
 }  // namespace
 
-StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype, bool tf32,
-                               DType head_dtype) {
+StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype, bool tf32) {
+  // the head in F32, or F64 in the all-double reference step
+  const DType head_dtype = compute_dtype == DType::F64 ? DType::F64 : DType::F32;
   SlotConViews views;
   for (int v = 0; v < 2; ++v) {
     Tensor in = backbone_input(batch.crops[v], compute_dtype, channels_last_);
-    // the head runs in F32 (F64 in the reference step) whatever the backbone's activation dtype
+    // the head's dtype whatever the backbone's activation dtype
     views.x[v] = cast(projector_q->forward(encoder_q->forward(in)), head_dtype);
     views.boxes[v] = batch.coords[v];
     views.flips[v] = batch.flags[v];

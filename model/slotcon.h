@@ -64,10 +64,9 @@ class SlotConModel : public Module {
   // update (§4) as a side effect. compute_dtype: the backbone's activation dtype (F32 on the CPU;
   // BF16 / F16 on the GPU for mixed precision, parameters stay F32); the head runs in F32.
   // tf32: the head kernels' products on TF32 tensor cores (ignored on the CPU and in double).
-  // head_dtype: F32, or F64 for the all-double reference step (parameters converted to F64).
-  // The whole step around it: model/train_step.h.
-  StepLoss forward(const TwoViewBatch& batch, DType compute_dtype = DType::F32, bool tf32 = false,
-                   DType head_dtype = DType::F32);
+  // compute_dtype F64 is the all-double reference step (parameters converted to F64): the head
+  // runs in F64 too. The whole step around it: model/train_step.h.
+  StepLoss forward(const TwoViewBatch& batch, DType compute_dtype = DType::F32, bool tf32 = false);
 
   // Arg-max prototype of every pixel of the teacher's projected map: (B, h, w) I64, for
   // grouping scores. Runs the teacher in eval mode (running statistics), no grad.

@@ -107,7 +107,7 @@ StepResult TrainStep::run(const TwoViewBatch& batch, double lr, double teacher_m
   lars_ ? lars_->set_lr(lr) : sgd_->set_lr(lr);
   model_.momentum_update(teacher_momentum);
   StepResult r;
-  r.loss = model_.forward(batch, options_.compute_dtype(), options_.tf32, options_.head_dtype());
+  r.loss = model_.forward(batch, options_.compute_dtype(), options_.tf32);
   if (comm_) average_loss(r.loss);
   r.finite =
       std::isfinite(r.loss.value) && std::isfinite(r.loss.group) && std::isfinite(r.loss.contrast);

@@ -47,8 +47,6 @@ struct TrainOptions {
 
   DType compute_dtype() const;
   const char* precision_name() const;  // "fp32", "bf16", "fp16", "fp64"
-  // The head's dtype: F64 in fp64 mode, F32 otherwise.
-  DType head_dtype() const { return precision == Precision::FP64 ? DType::F64 : DType::F32; }
 };
 
 // The `auto` rules: precision bf16 on CUDA, fp32 on the CPU; channels_last on for CUDA; tf32 on

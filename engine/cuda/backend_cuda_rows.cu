@@ -623,53 +623,54 @@ void compact_rows_index(const Tensor& idx, const Tensor& valid, const Tensor& ma
   check_launch("compact_rows_index");
 }
 
-void gather_rows(const Tensor& out, const Tensor& in, const Tensor& idx, const Tensor& valid) {
-  const int dev = device_of(out);
-  SC_CHECK(in.device() == out.device() && idx.device() == out.device() &&
-               valid.device() == out.device(),
-           "gather_rows: operands on different devices");
+namespace {
+// gather_rows / scatter_rows move M rows between `slots` (M rows: one per index) and `table` (R
+// rows); both ops check their operands the same way. Returns the row width (0 when M is 0).
+int64_t row_map_width(const char* op, const Tensor& slots, const Tensor& table, const Tensor& idx,
+                      const Tensor& valid) {
+  SC_CHECK(table.device() == slots.device() && idx.device() == slots.device() &&
+               valid.device() == slots.device(),
+           op, ": operands on different devices");
   SC_CHECK(idx.dtype() == DType::I64 && idx.is_contiguous() && valid.dtype() == DType::U8 &&
                valid.is_contiguous() && valid.numel() == idx.numel(),
-           "gather_rows: dense I64 indices and U8 valid flags of one length expected");
-  SC_CHECK(in.dim() >= 1 && in.is_contiguous() && out.is_contiguous() && in.dtype() == out.dtype(),
-           "gather_rows: input and output must be dense and of one dtype");
+           op, ": dense I64 indices and U8 valid flags of one length expected");
+  SC_CHECK(table.dim() >= 1 && table.is_contiguous() && slots.is_contiguous() &&
+               table.dtype() == slots.dtype(),
+           op, ": operands must be dense and of one dtype");
+  const int64_t M = idx.numel(), R = table.size(0);
+  const int64_t cols = M ? slots.numel() / M : 0;
+  SC_CHECK(slots.numel() == M * cols && (R == 0 || table.numel() == R * cols), op, ": ",
+           slots.str(), " and ", table.str(), " are not rows of one width");
+  return cols;
+}
+}  // namespace
+
+void gather_rows(const Tensor& out, const Tensor& in, const Tensor& idx, const Tensor& valid) {
+  const int dev = device_of(out);
+  const int64_t cols = row_map_width("gather_rows", out, in, idx, valid);
   const int64_t M = idx.numel(), R = in.size(0);
-  const int64_t cols = M ? out.numel() / M : 0;
-  SC_CHECK(out.numel() == M * cols && (R == 0 || in.numel() == R * cols), "gather_rows: output ",
-           out.str(), " and input ", in.str(), " are not rows of one width");
   if (M == 0 || cols == 0) return;
   const int64_t total = M * cols;
   dispatch_width(dtype_size(in.dtype()), [&](auto w) {
     using W = decltype(w);
     gather_rows_kernel<W><<<grid_for(total, dev), kThreads, 0, stream(dev)>>>(
-        static_cast<W*>(out.data_ptr()), static_cast<const W*>(in.data_ptr()),
-        idx.data<int64_t>(), valid.data<uint8_t>(), M, R, cols);
+        static_cast<W*>(out.data_ptr()), static_cast<const W*>(in.data_ptr()), idx.data<int64_t>(),
+        valid.data<uint8_t>(), M, R, cols);
   });
   check_launch("gather_rows");
 }
 
 void scatter_rows(const Tensor& out, const Tensor& idx, const Tensor& valid, const Tensor& src) {
   const int dev = device_of(out);
-  SC_CHECK(src.device() == out.device() && idx.device() == out.device() &&
-               valid.device() == out.device(),
-           "scatter_rows: operands on different devices");
-  SC_CHECK(idx.dtype() == DType::I64 && idx.is_contiguous() && valid.dtype() == DType::U8 &&
-               valid.is_contiguous() && valid.numel() == idx.numel(),
-           "scatter_rows: dense I64 indices and U8 valid flags of one length expected");
-  SC_CHECK(out.dim() >= 1 && out.is_contiguous() && src.is_contiguous() &&
-               src.dtype() == out.dtype(),
-           "scatter_rows: output and source must be dense and of one dtype");
+  const int64_t cols = row_map_width("scatter_rows", src, out, idx, valid);
   const int64_t M = idx.numel(), R = out.size(0);
-  const int64_t cols = M ? src.numel() / M : 0;
-  SC_CHECK(src.numel() == M * cols && (R == 0 || out.numel() == R * cols), "scatter_rows: output ",
-           out.str(), " and source ", src.str(), " are not rows of one width");
   if (M == 0 || cols == 0) return;
   const int64_t total = M * cols;
   dispatch_width(dtype_size(src.dtype()), [&](auto w) {
     using W = decltype(w);
     scatter_rows_kernel<W><<<grid_for(total, dev), kThreads, 0, stream(dev)>>>(
-        static_cast<W*>(out.data_ptr()), static_cast<const W*>(src.data_ptr()),
-        idx.data<int64_t>(), valid.data<uint8_t>(), M, R, cols);
+        static_cast<W*>(out.data_ptr()), static_cast<const W*>(src.data_ptr()), idx.data<int64_t>(),
+        valid.data<uint8_t>(), M, R, cols);
   });
   check_launch("scatter_rows");
 }
