@@ -6,6 +6,14 @@
 //   1-D tensors (biases, BN affine) get neither weight decay nor the trust ratio;
 //   v <- momentum * v + g';  p <- p - lr * v.
 // Parameters without a gradient are skipped. The learning rate is set per step by the caller.
+//
+// Each step is a multi-tensor update (kernels/multi_tensor.h): all the parameters in a few
+// launches on a GPU (LARS: two per 32 tensors, SGD: one), the trust ratios' norms summed on the
+// device, nothing read back. step(skip): when `skip` (a U8 tensor of one element on the
+// parameters' device) is non-zero when the update runs, nothing changes: the step's
+// non-finite / overflow decision is taken on the device, not by the host. Parameters, gradients
+// and momentum share one dtype (F32 or F64) and device; a gradient in another layout than its
+// parameter is copied into the parameter's layout first.
 #pragma once
 #include <vector>
 
@@ -22,7 +30,7 @@ struct SGDOptions {
 class SGD {
  public:
   SGD(std::vector<Tensor> params, SGDOptions opt);
-  void step();
+  void step(const Tensor& skip = Tensor());
   void zero_grad();
   void set_lr(double lr) { opt_.lr = lr; }
   double lr() const { return opt_.lr; }
@@ -45,7 +53,7 @@ struct LARSOptions {
 class LARS {
  public:
   LARS(std::vector<Tensor> params, LARSOptions opt);
-  void step();
+  void step(const Tensor& skip = Tensor());
   void zero_grad();
   void set_lr(double lr) { opt_.lr = lr; }
   double lr() const { return opt_.lr; }
@@ -57,12 +65,21 @@ class LARS {
   LARSOptions opt_;
 };
 
+// targets[i] = m * targets[i] + (1 - m) * sources[i] for every pair (the teacher's EMA), in a
+// few launches; pairs of one dtype and device, equal shapes and layouts.
+void ema_update(const std::vector<Tensor>& targets, const std::vector<Tensor>& sources, double m);
+
+// found (U8, one element) = 1 when any element of x (F64, dense) is not finite, else 0; on x's
+// device, without a read-back.
+void nonfinite_flag(const Tensor& x, const Tensor& found);
 
 // Dynamic loss scaling for fp16 training (the semantics of torch.cuda.amp.GradScaler, which the
 // authors train with): backward runs on loss * scale so that small fp16 gradients do not flush
 // to zero; before the optimizer step the gradients are divided by the scale and checked; a step
 // whose gradients hold an Inf or NaN is skipped and the scale multiplied by backoff_factor; after
-// growth_interval good steps in a row the scale is multiplied by growth_factor.
+// growth_interval good steps in a row the scale is multiplied by growth_factor. The scale and the
+// counter live on the device (state(): F64 {scale, counter}) and change there, as PyTorch's
+// GradScaler's do: a step reads nothing back; current_scale() and growth_tracker() do.
 struct GradScalerOptions {
   double init_scale = 65536.0;
   double growth_factor = 2.0;
@@ -72,23 +89,28 @@ struct GradScalerOptions {
 
 class GradScaler {
  public:
-  explicit GradScaler(GradScalerOptions opt = {});
+  explicit GradScaler(GradScalerOptions opt = {}, Device device = Device::cpu());
   // loss * scale, differentiable.
   Tensor scale(const Tensor& loss) const;
-  // Divides every defined gradient of `params` by the scale in place and returns whether all of
-  // them are finite (one host synchronisation on a device).
+  // Divides every defined gradient of `params` by the scale in place and sets found (U8, one
+  // element, on the device) to 1 when one of them holds an Inf or a NaN; leaves it alone
+  // otherwise (it ORs into the step's flag).
+  void unscale_(const std::vector<Tensor>& params, const Tensor& found) const;
+  // The same, answering whether all of them are finite (a read-back: for tests and tools).
   bool unscale_(const std::vector<Tensor>& params) const;
-  // After a step: backoff on overflow, growth after growth_interval good steps.
-  void update(bool grads_finite);
-  double current_scale() const { return scale_; }
-  int64_t growth_tracker() const { return tracker_; }
+  // After a step, on the device: backoff when found is set, growth after growth_interval good
+  // steps.
+  void update(const Tensor& found);
+  void update(bool grads_finite);  // the same from a host answer
+  double current_scale() const;    // read back
+  int64_t growth_tracker() const;  // read back
+  const Tensor& state() const { return state_; }
   // For checkpoints: a resumed run continues with the same scale and counter.
   void load_state(double scale, int64_t growth_tracker);
 
  private:
   GradScalerOptions opt_;
-  double scale_;
-  int64_t tracker_ = 0;
+  Tensor state_;  // F64 {scale, growth tracker} on the device
 };
 
 }  // namespace sc

@@ -4,7 +4,8 @@
 // Mixed precision (the autocast of the fast training path): parameters stay in their own dtype
 // (F32 master weights); a Conv2d whose input has another floating dtype (BF16 / F16) casts its
 // weight and bias to the input's dtype inside the graph (so gradients flow back to the F32
-// parameters); BatchNorm takes BF16 / F16 activations with F32 parameters directly.
+// parameters); BatchNorm takes BF16 / F16 activations with F32 parameters directly. While a
+// WeightCastScope lives, each weight is cast once per dtype (and grad mode) and the cast reused.
 #pragma once
 #include <functional>
 #include <memory>
@@ -13,6 +14,18 @@
 #include "engine/nn_ops.h"
 
 namespace sc {
+
+// While one lives (on this thread), Conv2d's weight and bias casts are made once and reused:
+// SlotConModel::forward opens one around a step's four backbone passes, so both views share one
+// bf16 copy of each weight (one cast launch and one cast backward, not two). The weights must not
+// change while it lives; scopes do not nest.
+class WeightCastScope {
+ public:
+  WeightCastScope();
+  ~WeightCastScope();
+  WeightCastScope(const WeightCastScope&) = delete;
+  WeightCastScope& operator=(const WeightCastScope&) = delete;
+};
 
 // nn.Conv2d(in, out, kernel, stride, padding, bias): weight (out, in, k, k), bias (out).
 class Conv2d : public Module {

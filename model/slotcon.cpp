@@ -4,6 +4,7 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/optim.h"
 #include "model/resnet_layers.h"
 #include "model/slotcon_loss.h"
 
@@ -79,8 +80,12 @@ std::vector<std::pair<Tensor, Tensor>> SlotConModel::ema_pairs() const {
 }
 
 void SlotConModel::momentum_update(double m) {
-  NoGradGuard ng;
-  for (auto& [k, q] : ema_pairs()) axpby_(k, m, q, 1.0 - m);
+  std::vector<Tensor> ks, qs;
+  for (auto& [k, q] : ema_pairs()) {
+    ks.push_back(k);
+    qs.push_back(q);
+  }
+  ema_update(ks, qs, m);  // all pairs in a few launches
 }
 
 void SlotConModel::sync_teacher() {
@@ -120,6 +125,7 @@ StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype, b
   // the head in F32, or F64 in the all-double reference step
   const DType head_dtype = compute_dtype == DType::F64 ? DType::F64 : DType::F32;
   SlotConViews views;
+  WeightCastScope casts;  // bf16 / fp16: each weight cast once for both views
   for (int v = 0; v < 2; ++v) {
     Tensor in = backbone_input(batch.crops[v], compute_dtype, channels_last_);
     // the head's dtype whatever the backbone's activation dtype
@@ -158,17 +164,21 @@ StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype, b
   StepLoss out;
   out.total = parts.loss;
   {
-    NoGradGuard ng;
-    Tensor all = concat({reshape(cast(parts.loss.detach(), DType::F64), {1}),
-                         reshape(cast(parts.group_loss.detach(), DType::F64), {1}),
-                         reshape(cast(parts.contrast_loss.detach(), DType::F64), {1})},
-                        0);
-    const std::vector<double> v = all.to(Device::cpu()).to_vector();
-    out.value = v[0];
-    out.group = v[1];
-    out.contrast = v[2];
+    NoGradGuard ng;  // kept on the device: reading it here would stall the step
+    out.parts = concat({reshape(cast(parts.loss.detach(), DType::F64), {1}),
+                        reshape(cast(parts.group_loss.detach(), DType::F64), {1}),
+                        reshape(cast(parts.contrast_loss.detach(), DType::F64), {1})},
+                       0);
   }
   return out;
+}
+
+StepLoss& StepLoss::read() {
+  const std::vector<double> v = parts.to(Device::cpu()).to_vector();
+  value = v[0];
+  group = v[1];
+  contrast = v[2];
+  return *this;
 }
 
 Tensor SlotConModel::assign_prototypes(const Tensor& images) {

@@ -42,10 +42,14 @@ struct TwoViewBatch {
 };
 
 struct StepLoss {
-  Tensor total;         // scalar, differentiable
-  double value = 0;     // total's value, and its parts, for logging and the non-finite check
-  double group = 0;     // (read together: one host synchronisation per step on a device)
+  Tensor total;  // scalar, differentiable
+  Tensor parts;  // F64 (3) on the device: total, group loss, contrast loss (detached)
+  // The parts' values, for logging and the non-finite check: filled by read() (one host
+  // synchronisation on a device), 0 before; a step does not read them itself.
+  double value = 0;
+  double group = 0;
   double contrast = 0;
+  StepLoss& read();
 };
 
 class SlotConModel : public Module {

@@ -58,20 +58,17 @@ TrainStep::TrainStep(SlotConModel& model, const TrainOptions& options, const Tra
     lars_.emplace(tensors_, LARSOptions{0.0, cfg.momentum, cfg.weight_decay, 0.001});
   else
     sgd_.emplace(tensors_, SGDOptions{0.0, cfg.momentum, cfg.weight_decay});
-  if (options_.precision == Precision::FP16) scaler_.emplace();
+  const Device device = tensors_.empty() ? Device::cpu() : tensors_[0].device();
+  if (options_.precision == Precision::FP16) scaler_.emplace(GradScalerOptions{}, device);
+  found_ = zeros({1}, DType::U8, device);
   model_.set_communicator(comm_);
 }
 
 // The mean over ranks of the loss and its parts (the logged values; a non-finite part anywhere
 // makes it non-finite everywhere, so that all ranks skip or stop together).
-void TrainStep::average_loss(StepLoss& l) {
-  Tensor v = from_vector({l.value, l.group, l.contrast}, {3}, DType::F64);
-  comm_->all_reduce_sum(v);
-  const double* p = v.data<double>();
-  const double inv = 1.0 / double(comm_->world());
-  l.value = p[0] * inv;
-  l.group = p[1] * inv;
-  l.contrast = p[2] * inv;
+void TrainStep::average_loss(Tensor& parts) {
+  comm_->all_reduce_sum(parts);
+  mul_(parts, 1.0 / double(comm_->world()));
 }
 
 // Every gradient averaged over the ranks: one flat buffer per step (one collective, whatever the
@@ -108,26 +105,49 @@ StepResult TrainStep::run(const TwoViewBatch& batch, double lr, double teacher_m
   model_.momentum_update(teacher_momentum);
   StepResult r;
   r.loss = model_.forward(batch, options_.compute_dtype(), options_.tf32);
-  if (comm_) average_loss(r.loss);
-  r.finite =
-      std::isfinite(r.loss.value) && std::isfinite(r.loss.group) && std::isfinite(r.loss.contrast);
-  if (!r.finite) {
-    r.applied = false;
-    return r;
-  }
+  if (comm_) average_loss(r.loss.parts);
+  nonfinite_flag(r.loss.parts, found_);  // starts the step's flag
   lars_ ? lars_->zero_grad() : sgd_->zero_grad();
   if (scaler_) {
     scaler_->scale(r.loss.total).backward();
     if (comm_) average_gradients();
-    r.applied = scaler_->unscale_(tensors_);
-    if (r.applied) lars_ ? lars_->step() : sgd_->step();  // an overflowed step changes nothing
-    scaler_->update(r.applied);                           // but the scale
+    scaler_->unscale_(tensors_, found_);  // an Inf or NaN gradient sets it too
   } else {
     r.loss.total.backward();
     if (comm_) average_gradients();
-    lars_ ? lars_->step() : sgd_->step();
+  }
+  lars_ ? lars_->step(found_) : sgd_->step(found_);  // changes nothing when the flag is set
+  if (scaler_) scaler_->update(found_);             // backoff when set
+  {
+    NoGradGuard ng;
+    r.record = concat({r.loss.parts, cast(found_, DType::F64)}, 0);
   }
   return r;
+}
+
+namespace {
+void fill_from(StepResult& r, const double* v) {
+  r.loss.value = v[0];
+  r.loss.group = v[1];
+  r.loss.contrast = v[2];
+  r.finite = std::isfinite(v[0]) && std::isfinite(v[1]) && std::isfinite(v[2]);
+  r.applied = v[3] == 0.0;
+}
+}  // namespace
+
+StepResult& StepResult::read() {
+  const std::vector<double> v = record.to(Device::cpu()).to_vector();
+  fill_from(*this, v.data());
+  return *this;
+}
+
+void read_step_results(std::vector<StepResult>& results) {
+  if (results.empty()) return;
+  std::vector<Tensor> records;
+  for (const StepResult& r : results) records.push_back(r.record);
+  const std::vector<double> v =
+      (records.size() == 1 ? records[0] : concat(records, 0)).to(Device::cpu()).to_vector();
+  for (size_t i = 0; i < results.size(); ++i) fill_from(results[i], v.data() + 4 * i);
 }
 
 }  // namespace sc

@@ -6,12 +6,20 @@
 //
 // TrainStep::run(batch, lr, m), in this order:
 //   1. the optimizer's learning rate is set to lr;
-//   2. teacher EMA: θ_k ← m θ_k + (1 − m) θ_q (SlotConModel::momentum_update);
+//   2. teacher EMA: θ_k ← m θ_k + (1 − m) θ_q (SlotConModel::momentum_update, one multi-tensor
+//      update);
 //   3. both forwards and the loss (SlotConModel::forward: student and teacher on both views, the
 //      teacher in train mode without gradients, the head in F32), which also updates the center;
-//   4. if the loss or one of its parts is not finite: nothing else happens (finite = false);
-//   5. zero_grad, backward (of loss × scale with fp16 loss scaling), unscale and overflow check
-//      (fp16), the optimizer step (LARS or SGD) unless fp16 overflowed, the scaler's update.
+//   4. the step's flag, on the device: set when the loss or one of its parts is not finite;
+//   5. zero_grad, backward (of loss × scale with fp16 loss scaling), unscale (fp16: an Inf or NaN
+//      gradient sets the flag too, as GradScaler's found_inf), the optimizer step (LARS or SGD),
+//      which changes nothing when the flag is set, the scaler's update (backoff when set).
+// Nothing is read back: the host never waits for the device inside a step. The result holds the
+// loss parts and the flag on the device (StepResult::record); read() or read_step_results()
+// fetch them when they are wanted (slotcon train: at print_freq and before a checkpoint). A
+// non-finite step therefore runs its backward (on NaNs) but changes no parameter and no optimizer
+// state; only the center and the BatchNorm running statistics, updated during the forward, move
+// (as before, and as in the authors' code, which does not check at all).
 //
 // Data-parallel (a communicator of world W > 1, engine/comm.h): the model's BatchNorms and loss
 // are synchronised (SlotConModel::set_communicator); the loss and its parts are averaged over the
@@ -55,9 +63,15 @@ TrainOptions resolve_train_options(const TrainConfig& cfg, Device device);
 
 struct StepResult {
   StepLoss loss;
-  bool finite = true;   // false: the loss or a part is not finite; steps 5 did not run
-  bool applied = true;  // the optimizer step ran (false when not finite or fp16 overflowed)
+  Tensor record;  // F64 (4) on the device: total, group, contrast, skipped (1: no update)
+  // After read():
+  bool finite = true;   // false: the loss or a part is not finite; the update changed nothing
+  bool applied = true;  // the optimizer step changed the parameters (false when not finite or
+                        // fp16 overflowed)
+  StepResult& read();   // one host synchronisation on a device
 };
+// Reads the records of several steps with one copy (one host synchronisation on a device).
+void read_step_results(std::vector<StepResult>& results);
 
 class TrainStep {
  public:
@@ -92,7 +106,9 @@ class TrainStep {
   std::optional<GradScaler> scaler_;
   Communicator* comm_ = nullptr;
 
-  void average_loss(StepLoss& loss);
+  Tensor found_;  // U8 (1) on the device: the step's skip flag (non-finite loss or overflow)
+
+  void average_loss(Tensor& parts);
   void average_gradients();
 };
 

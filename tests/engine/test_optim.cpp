@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "engine/autograd.h"
@@ -175,4 +176,80 @@ TEST_CASE("grad scaler: an overflowing backward is skipped and the scale backs o
   // the first step was skipped (scale halved), the second applied with the true gradient 1
   CHECK(s.current_scale() == 32768.0);
   check_close(p.to_vector(), {0.9, 1.9}, 1e-6);
+}
+
+TEST_CASE("optim: LARS and SGD over many tensors (the multi-tensor update's groups and chunks) "
+          "follow the formula per tensor, and a set skip flag changes nothing") {
+  // 41 F64 tensors (groups of 32 on a GPU), lengths crossing the 16,384-element chunks, an
+  // all-zero matrix, a channels-last matrix whose gradient comes row-major
+  const std::vector<Shape> shapes = {{3}, {5, 7}, {16383}, {128, 128}, {16385}, {4, 3, 3, 3},
+                                     {40001}, {1}, {2, 20001}, {6, 3, 5, 5}, {7}};
+  const bool lars = GENERATE(true, false);
+  INFO((lars ? "LARS" : "SGD"));
+  Generator gen(41);
+  std::vector<Tensor> ps;
+  std::vector<std::vector<double>> ref, mom;
+  for (int i = 0; i < 41; ++i) {
+    const Shape& s = shapes[size_t(i) % shapes.size()];
+    Tensor p = i == 4 ? zeros(s, DType::F64)  // 16385: not a matrix; i == 12: {5, 7} below
+                      : rand_uniform(s, gen, -1.0, 1.0, DType::F64);
+    if (i == 12) p = zeros(s, DType::F64);  // an all-zero matrix: ratio 1
+    if (i == 9) p = p.contiguous(MemoryFormat::ChannelsLast);
+    p.set_requires_grad(true);
+    ps.push_back(p);
+    ref.push_back(p.contiguous().to_vector());
+    mom.emplace_back(size_t(p.numel()), 0.0);
+  }
+  const double lr = 0.3, m = 0.9, wd = 1e-2, eta = 0.001;
+  std::optional<LARS> ol;
+  std::optional<SGD> os;
+  if (lars)
+    ol.emplace(ps, LARSOptions{lr, m, wd, eta});
+  else
+    os.emplace(ps, SGDOptions{lr, m, wd});
+  Tensor skip = zeros({1}, DType::U8);
+  for (int step = 0; step < 3; ++step) {
+    if (step == 2) fill_(skip, 1.0);  // the third: skipped
+    std::vector<std::vector<double>> gs;
+    for (Tensor& p : ps) {
+      Tensor g = rand_uniform(p.shape(), gen, -1.0, 1.0, DType::F64);  // row-major
+      p.set_grad(g);
+      gs.push_back(g.to_vector());
+    }
+    lars ? ol->step(skip) : os->step(skip);
+    if (step == 2) break;
+    for (size_t i = 0; i < ps.size(); ++i) {
+      if (lars) {
+        lars_ref(ref[i], gs[i], mom[i], ps[i].dim() > 1, lr, m, wd, eta);
+      } else {
+        for (size_t k = 0; k < ref[i].size(); ++k) {
+          mom[i][k] = m * mom[i][k] + gs[i][k] + wd * ref[i][k];
+          ref[i][k] -= lr * mom[i][k];
+        }
+      }
+    }
+  }
+  for (size_t i = 0; i < ps.size(); ++i) {
+    INFO("tensor " << i << " " << shape_str(ps[i].shape()));
+    check_close(ps[i].contiguous().to_vector(), ref[i], 1e-12);
+    const std::vector<Tensor>& st = lars ? ol->state() : os->state();
+    check_close(st[i].contiguous().to_vector(), mom[i], 1e-12);
+  }
+}
+
+TEST_CASE("optim: ema_update and nonfinite_flag follow their formulas") {
+  Tensor k1 = from_vector({1, 2, 3}, {3}, DType::F32), k2 = from_vector({-4, 8}, {1, 2}, DType::F32);
+  Tensor q1 = from_vector({3, 2, 1}, {3}, DType::F32), q2 = from_vector({4, 0}, {1, 2}, DType::F32);
+  ema_update({k1, k2}, {q1, q2}, 0.75);
+  check_close(k1.to_vector(), {1.5, 2.0, 2.5}, 1e-7);
+  check_close(k2.to_vector(), {-2.0, 6.0}, 1e-7);
+  CHECK_THROWS_AS(ema_update({k1}, {q2}, 0.5), Error);
+  Tensor found = full({1}, 1.0, DType::U8);
+  nonfinite_flag(from_vector({1.0, -2.0, 1e308}, {3}, DType::F64), found);
+  CHECK(found.to_vector()[0] == 0);  // = not OR: a finite loss clears the flag
+  for (double bad : {std::numeric_limits<double>::infinity(), std::numeric_limits<double>::quiet_NaN()}) {
+    nonfinite_flag(from_vector({1.0, bad, 3.0}, {3}, DType::F64), found);
+    CHECK(found.to_vector()[0] == 1);
+  }
+  CHECK_THROWS_AS(nonfinite_flag(from_vector({1.0}, {1}, DType::F32), found), Error);
 }

@@ -262,7 +262,7 @@ void check_steps(const TrainConfig& cfg, const TwoViewBatch& all,
   one_model.train();
   TrainStep one(one_model, opts, cfg);
   std::vector<double> one_loss;
-  for (int s = 0; s < 2; ++s) one_loss.push_back(one.run(all, lrs[s], moms[s]).loss.value);
+  for (int s = 0; s < 2; ++s) one_loss.push_back(one.run(all, lrs[s], moms[s]).read().loss.value);
   const TensorMap ref = state_of(one);
 
   LoopbackGroup g(world, 120.0);
@@ -273,7 +273,7 @@ void check_steps(const TrainConfig& cfg, const TwoViewBatch& all,
     m.train();
     TrainStep ts(m, opts, cfg, &c);
     for (int s = 0; s < 2; ++s)
-      losses[size_t(r)].push_back(ts.run(parts[size_t(r)], lrs[s], moms[s]).loss.value);
+      losses[size_t(r)].push_back(ts.run(parts[size_t(r)], lrs[s], moms[s]).read().loss.value);
     states[size_t(r)] = state_of(ts);
   });
   for (int s = 0; s < 2; ++s) {

@@ -89,7 +89,7 @@ TEST_CASE("slotcon model: one step's loss, fused equals unfused, gradients reach
   TwoViewBatch b = random_batch(4, 64, g);
   SlotConModel fused(tiny(), Device::cpu(), 4), plain(tiny(), Device::cpu(), 4);
   plain.set_fused(false);
-  StepLoss lf = fused.forward(b), lp = plain.forward(b);
+  StepLoss lf = fused.forward(b).read(), lp = plain.forward(b).read();
   CHECK(std::isfinite(lf.total.item()));
   CHECK(lf.total.item() == Approx(lp.total.item()).epsilon(1e-4));
   CHECK(lf.value == Approx(lf.group + lf.contrast).epsilon(1e-6));
@@ -98,7 +98,7 @@ TEST_CASE("slotcon model: one step's loss, fused equals unfused, gradients reach
     TrainConfig c = tiny();
     c.group_loss_weight = 0.25;
     SlotConModel quarter(c, Device::cpu(), 4);
-    StepLoss lq = quarter.forward(b);
+    StepLoss lq = quarter.forward(b).read();
     CHECK(lq.group == Approx(lf.group * 0.5).epsilon(1e-5));
     CHECK(lq.contrast == Approx(lf.contrast * 1.5).epsilon(1e-5));
     CHECK(lq.value == Approx(lq.group + lq.contrast).epsilon(1e-6));
@@ -161,7 +161,7 @@ TEST_CASE("slotcon model: channels-last (NHWC) computes what NCHW does, and save
   for (int step = 0; step < 2; ++step) {
     a.momentum_update(0.9);
     b.momentum_update(0.9);
-    StepLoss la = a.forward(batch), lb = b.forward(batch);
+    StepLoss la = a.forward(batch).read(), lb = b.forward(batch).read();
     CHECK(lb.total.item() == Approx(la.total.item()).epsilon(1e-5));
     CHECK(lb.group == Approx(la.group).epsilon(1e-5));
     CHECK(lb.contrast == Approx(la.contrast).epsilon(1e-5));
