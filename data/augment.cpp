@@ -203,5 +203,17 @@ TwoViewParams augment_two_views(const ImageU8& src, const AugmentConfig& cfg, Rn
   return p;
 }
 
+TwoViewParams augment_two_views_u8(const ImageU8& src, const AugmentConfig& cfg, Rng& rng,
+                                   uint8_t* out0, uint8_t* out1, AugmentScratch* scratch) {
+  SC_CHECK(!src.empty(), "augment_two_views_u8: empty image");
+  TwoViewParams p = sample_two_view_params(src.width, src.height, cfg, rng);
+  uint8_t* outs[2] = {out0, out1};
+  for (int v = 0; v < 2; ++v) {
+    render_view_u8(src, p.view[v], cfg, &scratch->view, scratch);
+    std::copy(scratch->view.rgb.begin(), scratch->view.rgb.end(), outs[v]);
+  }
+  return p;
+}
+
 }  // namespace data
 }  // namespace sc

@@ -131,6 +131,11 @@ void render_view_u8(const ImageU8& src, const ViewParams& view, const AugmentCon
 // writes them normalised to out[0] and out[1] (each 3 * S * S floats, CHW).
 TwoViewParams augment_two_views(const ImageU8& src, const AugmentConfig& cfg, Rng& rng, float* out0,
                                 float* out1, AugmentScratch* scratch);
+// The same views before normalisation: out[0] and out[1] each S * S * 3 bytes, RGB interleaved
+// (HWC), for normalisation where the batch is used (engine/nn_ops.h normalize_images, on a GPU
+// after a copy 4x smaller than the floats'). The same draws from rng as augment_two_views.
+TwoViewParams augment_two_views_u8(const ImageU8& src, const AugmentConfig& cfg, Rng& rng,
+                                   uint8_t* out0, uint8_t* out1, AugmentScratch* scratch);
 
 }  // namespace data
 }  // namespace sc

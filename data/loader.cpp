@@ -63,7 +63,7 @@ struct DataLoader::Impl {
     int64_t bsize = 0;
     std::shared_ptr<const std::vector<int64_t>> perm;
     Batch batch;
-    float* crops[2] = {nullptr, nullptr};
+    void* crops[2] = {nullptr, nullptr};  // float, or uint8_t with u8_crops
     float* coords[2] = {nullptr, nullptr};
     uint8_t* flags[2] = {nullptr, nullptr};
     int64_t* indices = nullptr;
@@ -128,10 +128,11 @@ struct DataLoader::Impl {
     b.index = P->index;
     b.size = B;
     for (int v = 0; v < 2; ++v) {
-      b.crops[v] = host_tensor({B, 3, S, S}, DType::F32, pinned);
+      b.crops[v] = cfg.u8_crops ? host_tensor({B, S, S, 3}, DType::U8, pinned)
+                                : host_tensor({B, 3, S, S}, DType::F32, pinned);
       b.coords[v] = host_tensor({B, 4}, DType::F32, pinned);
       b.flags[v] = host_tensor({B}, DType::U8, pinned);
-      P->crops[v] = b.crops[v].data<float>();
+      P->crops[v] = b.crops[v].data_ptr();
       P->coords[v] = b.coords[v].data<float>();
       P->flags[v] = b.flags[v].data<uint8_t>();
     }
@@ -180,8 +181,12 @@ struct DataLoader::Impl {
     }
     Rng rng = sample_rng(cfg.seed, P->epoch, idx0);
     const int64_t plane = int64_t(3) * aug.size * aug.size;
-    TwoViewParams p = augment_two_views(*img, aug, rng, P->crops[0] + s * plane,
-                                        P->crops[1] + s * plane, scratch);
+    TwoViewParams p =
+        cfg.u8_crops
+            ? augment_two_views_u8(*img, aug, rng, static_cast<uint8_t*>(P->crops[0]) + s * plane,
+                                   static_cast<uint8_t*>(P->crops[1]) + s * plane, scratch)
+            : augment_two_views(*img, aug, rng, static_cast<float*>(P->crops[0]) + s * plane,
+                                static_cast<float*>(P->crops[1]) + s * plane, scratch);
     for (int v = 0; v < 2; ++v) {
       float* c = P->coords[v] + 4 * s;
       c[0] = p.view[v].box.x1;

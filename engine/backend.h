@@ -13,6 +13,7 @@
 //   CUDA calls are asynchronous on the engine's stream.
 #pragma once
 #include <cstdint>
+#include <memory>
 
 #include "engine/tensor.h"
 
@@ -90,6 +91,11 @@ namespace cuda {
 SC_BACKEND_DECLS
 // Copy between host and device (either direction; both dense, same dtype and nbytes).
 void copy_across(const Tensor& dst, const Tensor& src);
+// engine/upload.h's device side: buffers and events per input, copies on the copy stream.
+struct UploadSlots;
+std::shared_ptr<UploadSlots> make_upload_slots(int device, int slots);
+Tensor upload_into_slot(UploadSlots& u, const Tensor& host, int input);
+void upload_consumed(UploadSlots& u, int input);
 }  // namespace cuda
 
 // Most dims a strided backend argument may have.

@@ -14,6 +14,7 @@
 #include "kernels/batch_norm.h"
 #include "kernels/conv2d.h"
 #include "kernels/max_pool.h"
+#include "kernels/normalize_images.h"
 
 #if defined(SLOTCON_WITH_CUDNN)
 #include <cudnn.h>
@@ -611,6 +612,29 @@ Tensor add_relu(const Tensor& a_in, const Tensor& b_in) {
       return Grads{d, d};
     });
   }
+  return y;
+}
+
+Tensor normalize_images(const Tensor& u8_in, const ImageNorm& norm, DType dtype, MemoryFormat fmt) {
+  const char* op = "normalize_images";
+  SC_CHECK(u8_in.defined() && u8_in.dtype() == DType::U8 && u8_in.dim() == 4 && u8_in.size(3) == 3,
+           op, ": needs uint8 images (B, H, W, 3), got ",
+           u8_in.defined() ? u8_in.str() : std::string("an undefined tensor"));
+  SC_CHECK(is_floating(dtype), op, ": the output dtype must be floating, not ", dtype_name(dtype));
+  const Tensor u8 = u8_in.is_contiguous() ? u8_in : u8_in.contiguous();
+  const int64_t B = u8.size(0), H = u8.size(1), W = u8.size(2);
+  Tensor y = empty({B, 3, H, W}, dtype, u8.device(), fmt);
+  const Shape& st = y.strides();
+  const int64_t os[4] = {st[0], st[1], st[2], st[3]};
+  dispatch(
+      op, y,
+      [&](auto tv) {
+        using T = decltype(tv);
+        normalize_images_ref<T>(B, H, W, u8.data<uint8_t>(), norm, y.data<T>(), os);
+      },
+      [&](auto s) {
+        normalize_images_cuda(dtype, B, H, W, u8.data<uint8_t>(), norm, y.data_ptr(), os, s);
+      });
   return y;
 }
 

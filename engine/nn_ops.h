@@ -15,6 +15,7 @@
 #include <functional>
 
 #include "engine/tensor.h"  // Tensor, DType, Act (engine/dtype.h)
+#include "kernels/normalize_images.h"  // ImageNorm
 
 namespace sc {
 
@@ -74,5 +75,13 @@ Tensor batch_norm_stats(const Tensor& x, const Tensor& row_mask = Tensor());
 Tensor max_pool2d(const Tensor& x, int64_t kernel = 3, int64_t stride = 2, int64_t padding = 1);
 // relu(a + b), a and b of the same shape, dtype and device (the residual join of a block).
 Tensor add_relu(const Tensor& a, const Tensor& b);
+
+// ---- input ----
+// The backbone's input from uint8 RGB images u8 (B, H, W, 3) (the data loader's u8 crops):
+// (B, 3, H, W) in `dtype` (F32, F64; BF16, F16 on CUDA) and memory format `fmt`, each channel
+// (v / 255 - mean) / std computed in float (kernels/normalize_images.h). On u8's device; not
+// differentiable.
+Tensor normalize_images(const Tensor& u8, const ImageNorm& norm, DType dtype,
+                        MemoryFormat fmt = MemoryFormat::Contiguous);
 
 }  // namespace sc

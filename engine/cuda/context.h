@@ -21,6 +21,10 @@ cudaStream_t stream(int device = 0);
 // The stream of `device` if it was already created, else nullptr; never creates anything (the
 // pinned allocator uses it to order host-buffer reuse after pending copies).
 cudaStream_t existing_stream(int device);
+// The device's copy stream (created on first use; non-blocking): host-to-device input copies that
+// overlap the engine stream's work (engine/upload.h), ordered against it by events only.
+cudaStream_t copy_stream(int device = 0);
+cudaStream_t existing_copy_stream(int device);  // nullptr until copy_stream created it
 // A cuBLAS handle bound to stream(device), with its workspace configured once. Full FP32 maths:
 // TF32 is never enabled, and reduced-precision split-K reductions are disallowed.
 cublasHandle_t cublas(int device = 0);

@@ -282,16 +282,18 @@ class PinnedAllocator {
     Cached c;
     c.ptr = ptr;
     // Order reuse after whatever is queued now on every engine stream (a copy may read ptr).
+    // (the engine stream and the copy stream of engine/upload.h)
     for (int d = 0; d < kMaxDevices && d < cuda_device_count(); ++d) {
-      cudaStream_t s = existing_stream(d);
-      if (!s) continue;
-      cudaEvent_t ev = take_event(d);
-      if (!ev) continue;
-      if (cudaEventRecord(ev, s) != cudaSuccess) {
-        (void)cudaGetLastError();
-        continue;
+      for (cudaStream_t s : {existing_stream(d), existing_copy_stream(d)}) {
+        if (!s) continue;
+        cudaEvent_t ev = take_event(d);
+        if (!ev) continue;
+        if (cudaEventRecord(ev, s) != cudaSuccess) {
+          (void)cudaGetLastError();
+          continue;
+        }
+        c.events.push_back({d, ev});
       }
-      c.events.push_back({d, ev});
     }
     stats_.allocated_bytes -= it->second;
     free_.emplace(it->second, std::move(c));

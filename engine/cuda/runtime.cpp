@@ -58,7 +58,9 @@ constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;
 struct DeviceState {
   std::once_flag stream_once;
   std::once_flag blas_once;
+  std::once_flag copy_once;
   std::atomic<cudaStream_t> stream{nullptr};
+  std::atomic<cudaStream_t> copy{nullptr};
   cublasHandle_t blas = nullptr;
   void* workspace = nullptr;
   int sms = 0;
@@ -96,6 +98,22 @@ cudaStream_t stream(int device) { return ready_state(device).stream.load(); }
 cudaStream_t existing_stream(int device) {
   if (device < 0 || device >= kMaxDevices || device >= cuda_device_count()) return nullptr;
   return state(device).stream.load();
+}
+
+cudaStream_t copy_stream(int device) {
+  DeviceState& s = ready_state(device);
+  std::call_once(s.copy_once, [&] {
+    set_device(device);
+    cudaStream_t st = nullptr;
+    SC_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    s.copy.store(st);
+  });
+  return s.copy.load();
+}
+
+cudaStream_t existing_copy_stream(int device) {
+  if (device < 0 || device >= kMaxDevices || device >= cuda_device_count()) return nullptr;
+  return state(device).copy.load();
 }
 
 int sm_count(int device) { return ready_state(device).sms; }

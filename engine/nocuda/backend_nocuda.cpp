@@ -56,5 +56,9 @@ void scatter_rows(const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
   no_cuda("scatter_rows");
 }
 void copy_across(const Tensor&, const Tensor&) { no_cuda("copy_across"); }
+struct UploadSlots {};
+std::shared_ptr<UploadSlots> make_upload_slots(int, int) { no_cuda("Uploader"); }
+Tensor upload_into_slot(UploadSlots&, const Tensor&, int) { no_cuda("Uploader"); }
+void upload_consumed(UploadSlots&, int) { no_cuda("Uploader"); }
 }  // namespace cuda
 }  // namespace sc

@@ -9,8 +9,11 @@
 
 #include "data/loader.h"
 #include "data/scenes.h"
+#include "data/transforms.h"
 #include "engine/cuda_runtime.h"
 #include "engine/error.h"
+#include "engine/nn_ops.h"
+#include "engine/ops.h"
 
 using namespace sc::data;
 
@@ -228,4 +231,35 @@ TEST_CASE("loader: destroying a loader with batches in flight is clean", "[data]
     if (k > 0) l.next_batch();
   }
   SUCCEED();
+}
+
+TEST_CASE("loader: u8 crops, normalised by the engine, equal the float crops bit for bit",
+          "[data][loader]") {
+  // the training app's path (u8 crops, engine/nn_ops.h normalize_images) against the loader's
+  // own float path, in both layouts and in F64 (the all-double step)
+  LoaderConfig f = small_config(2), u = small_config(2);
+  u.u8_crops = true;
+  DataLoader lf(f), lu(u);
+  const sc::ImageNorm norm{{kImageNetMean[0], kImageNetMean[1], kImageNetMean[2]},
+                           {kImageNetStd[0], kImageNetStd[1], kImageNetStd[2]}};
+  for (int i = 0; i < 3; ++i) {
+    const Batch a = lf.next_batch(), b = lu.next_batch();
+    for (int v = 0; v < 2; ++v) {
+      REQUIRE(b.crops[v].dtype() == sc::DType::U8);
+      REQUIRE(b.crops[v].shape() == sc::Shape{4, 32, 32, 3});
+      CHECK(same_bytes(a.coords[v], b.coords[v]));
+      CHECK(same_bytes(a.flags[v], b.flags[v]));
+      const sc::Tensor nchw = sc::normalize_images(b.crops[v], norm, sc::DType::F32);
+      CHECK(same_bytes(nchw, a.crops[v]));
+      const sc::Tensor nhwc = sc::normalize_images(b.crops[v], norm, sc::DType::F32,
+                                                   sc::MemoryFormat::ChannelsLast);
+      CHECK(nhwc.is_channels_last());
+      CHECK(same_bytes(nhwc.contiguous(), a.crops[v]));
+      const sc::Tensor f64 = sc::normalize_images(b.crops[v], norm, sc::DType::F64);
+      CHECK(same_bytes(f64, sc::cast(a.crops[v], sc::DType::F64)));
+    }
+  }
+  CHECK_THROWS_AS(sc::normalize_images(sc::zeros({2, 4, 4, 3}), norm, sc::DType::F32), sc::Error);
+  CHECK_THROWS_AS(sc::normalize_images(sc::zeros({2, 4, 4}, sc::DType::U8), norm, sc::DType::F32),
+                  sc::Error);
 }
