@@ -32,14 +32,18 @@
 #include <optional>
 
 #include "apps/commands.h"
+#include "apps/curves.h"
 #include "apps/slot_picture.h"
 #include "data/loader.h"
 #include "data/scenes.h"
+#include "data/transforms.h"
 #include "engine/autograd.h"
 #include "engine/comm.h"
 #include "engine/cuda_runtime.h"
+#include "engine/nn_ops.h"
 #include "engine/ops.h"
 #include "engine/safetensors.h"
+#include "engine/upload.h"
 #include "kernels/parallel.h"
 #include "model/batch_file.h"
 #include "model/checkpoint.h"
@@ -280,11 +284,12 @@ class Run {
 
  private:
   TwoViewBatch next_batch();
-  bool skip_nonfinite(const StepLoss& l);
+  bool skip_nonfinite(const StepLoss& l, int64_t step);
   void end_of_epoch();
   void save(const std::string& path);
   void score_now(const std::string& when);
   void draw_slots(const std::string& name);
+  void draw_curves();
 
   // rank 0: prints, writes files, scores and draws
   bool lead() const { return comm_.rank() == 0; }
@@ -305,6 +310,7 @@ class Run {
   int64_t resumed_world_ = 1, resumed_epoch_ = 0;  // of the checkpoint resumed from
   // batches: the loader, or one recorded batch replayed
   std::unique_ptr<data::DataLoader> loader_;
+  std::unique_ptr<Uploader> uploader_;  // the crops' copies to a GPU, on its copy stream
   std::optional<TwoViewBatch> fixed_;
   // schedules: they always span the whole planned run (epochs x steps per epoch); max_steps only
   // stops early, so that a run stopped and resumed follows the same schedule
@@ -463,6 +469,7 @@ void Run::setup_data() {
     lc.num_workers = int(cfg_.num_workers);
     lc.seed = cfg_.seed;
     lc.pin_memory = dev_.is_cuda();
+    lc.u8_crops = true;  // normalised where they are used: a GPU gets 4x fewer bytes
     lc.rank = comm_.rank();  // DistributedSampler: one permutation per epoch, rank r its 1/W
     lc.world_size = comm_.world();
     std::shared_ptr<const data::Dataset> dataset = data::make_dataset(lc);
@@ -489,6 +496,7 @@ void Run::setup_data() {
     }
     lc.start_epoch = step_ / steps_per_epoch_;
     loader_ = std::make_unique<data::DataLoader>(dataset, lc);
+    uploader_ = std::make_unique<Uploader>(dev_);
     SC_CHECK(loader_->size() == steps_per_epoch_, "loader batches per epoch disagree");
     for (int64_t i = 0; i < step_ % steps_per_epoch_; ++i) loader_->next_batch();
   }
@@ -584,17 +592,25 @@ TwoViewBatch Run::next_batch() {
   if (fixed_) return *fixed_;
   data::Batch b = loader_->next_batch();
   TwoViewBatch batch;
+  const ImageNorm norm{{data::kImageNetMean[0], data::kImageNetMean[1], data::kImageNetMean[2]},
+                       {data::kImageNetStd[0], data::kImageNetStd[1], data::kImageNetStd[2]}};
   for (int v = 0; v < 2; ++v) {
-    batch.crops[v] = cast(b.crops[v].to(dev_), opts_.compute_dtype());
+    // uint8 crops: on a GPU copied on the copy stream (overlapping the previous step), then
+    // normalised there into the compute dtype and the backbone's layout
+    batch.crops[v] = normalize_images(uploader_->upload(b.crops[v], v), norm, opts_.compute_dtype(),
+                                      opts_.channels_last ? MemoryFormat::ChannelsLast
+                                                          : MemoryFormat::Contiguous);
+    uploader_->consumed(v);
     batch.coords[v] = b.coords[v].to(dev_);
     batch.flags[v] = b.flags[v].to(dev_);
   }
   return batch;
 }
 
-// A non-finite loss at this step: with nonfinite 'skip' a warning and the step counted as done
-// (returns true), with 'stop' the message on stderr (returns false).
-bool Run::skip_nonfinite(const StepLoss& l) {
+// A non-finite loss at `step` (read after it ran; the device changed no parameter in it): with
+// nonfinite 'skip' a warning and the step counted as done (returns true), with 'stop' the message
+// on stderr (returns false).
+bool Run::skip_nonfinite(const StepLoss& l, int64_t step) {
   const char* part = !std::isfinite(l.group)      ? "group loss"
                      : !std::isfinite(l.contrast) ? "contrast loss"
                                                   : "total loss";
@@ -603,13 +619,12 @@ bool Run::skip_nonfinite(const StepLoss& l) {
       std::fprintf(stderr,
                  "slotcon train: the %s is not finite at step %lld (epoch %lld); stopping. "
                  "No checkpoint was written for this step.\n",
-                 part, (long long)step_, (long long)(step_ / steps_per_epoch_));
+                 part, (long long)step, (long long)(step / steps_per_epoch_));
     return false;
   }
-  std::printf("warning: the %s is not finite at step %lld; skipping the step\n", part,
-              (long long)step_);
+  std::printf("warning: the %s is not finite at step %lld; the step changed nothing\n", part,
+              (long long)step);
   ++skipped_;
-  ++step_;
   return true;
 }
 
@@ -622,6 +637,19 @@ void Run::end_of_epoch() {
   std::snprintf(name, sizeof name, "slots_epoch_%04lld.png", (long long)epoch);
   draw_slots(name);
   if (scorer_ && step_ < total_steps_) score_now(str_cat("after epoch ", epoch));
+  draw_curves();
+}
+
+// output_dir/curves.png from metrics.jsonl and grouping.jsonl (rank 0); a failure (e.g. a full
+// disk) is reported, not fatal.
+void Run::draw_curves() {
+  if (!lead()) return;
+  try {
+    const std::string path = write_training_curves(cfg_.output_dir);
+    if (!path.empty()) std::printf("curves drawn in %s\n", path.c_str());
+  } catch (const std::exception& e) {
+    std::printf("warning: could not draw the curves: %s\n", e.what());
+  }
 }
 
 // The steps up to total_steps, with progress lines, checkpoints and end-of-epoch pictures and
@@ -635,6 +663,31 @@ int Run::loop() {
   Progress progress;
   progress.first_step = first_step_ = step_;
   const int64_t bytes0 = comm_.bytes_moved(), calls0 = comm_.calls();
+  // The steps' results stay on the device until they are wanted: at a progress line, before a
+  // checkpoint and at the end (one read for all of them), so that a GPU never waits for the host
+  // in between; on the CPU reading costs nothing and happens every step.
+  std::vector<StepResult> pending;
+  std::vector<std::pair<int64_t, int64_t>> pending_at;  // (step, images) of each
+  const bool read_every_step = !dev_.is_cuda();
+  auto drain = [&]() {
+    read_step_results(pending);
+    bool ok = true;
+    for (size_t i = 0; i < pending.size() && ok; ++i) {
+      const StepResult& r = pending[i];
+      if (!r.finite) {
+        ok = skip_nonfinite(r.loss, pending_at[i].first);
+        continue;
+      }
+      if (!r.applied) {  // fp16 overflow
+        ++overflows_;
+        ++progress.overflows;
+      }
+      progress.add(r.loss, pending_at[i].second);
+    }
+    pending.clear();
+    pending_at.clear();
+    return ok;
+  };
   while (step_ < total_steps_) {
     TwoViewBatch batch = next_batch();
     const int64_t B = batch.crops[0].size(0);
@@ -646,21 +699,17 @@ int Run::loop() {
     const double lr =
         lr_at(step_, epoch_steps_total_, warmup_steps_, lr_peak_, cfg_.warmup_multiplier);
     const double m = teacher_momentum_at(step_, epoch_steps_total_, cfg_.teacher_momentum);
-    const StepResult r = train_->run(batch, lr, m);
-    if (!r.finite) {
-      if (!skip_nonfinite(r.loss)) return 1;
-      continue;
-    }
-    if (!r.applied) {  // fp16 overflow
-      ++overflows_;
-      ++progress.overflows;
-    }
+    pending.push_back(train_->run(batch, lr, m));
+    pending_at.emplace_back(step_, B * comm_.world());
     ++step_;
-    progress.add(r.loss, B * comm_.world());
-    if (lead() &&
-        (step_ % cfg_.print_freq == 0 || step_ == total_steps_ || step_ == first_step_ + 1))
+    // the same steps on every rank: the values are the ranks' mean, so all stop together
+    const bool print =
+        step_ % cfg_.print_freq == 0 || step_ == total_steps_ || step_ == first_step_ + 1;
+    const bool epoch_end = step_ % steps_per_epoch_ == 0 && !fixed_;
+    if ((read_every_step || print || epoch_end) && !drain()) return 1;
+    if (lead() && print)
       progress.print(step_, total_steps_, steps_per_epoch_, lr, m, train_->scaler(), metrics);
-    if (step_ % steps_per_epoch_ == 0 && !fixed_) end_of_epoch();
+    if (epoch_end) end_of_epoch();
   }
   seconds_ = std::chrono::duration<double>(Clock::now() - progress.start).count();
   comm_bytes_ = comm_.bytes_moved() - bytes0;
@@ -684,6 +733,7 @@ void Run::report() {
                 "not applied (normal while the scale settles)\n",
                 scaler->current_scale(), (long long)overflows_);
   if (scorer_) score_now("at the end");
+  draw_curves();
   if (loader_) {
     data::LoaderStats ls = loader_->stats();
     if (ls.bad_files)

@@ -61,6 +61,8 @@ TEST_CASE("train: a few CPU steps, then a resumed run reproduces the uninterrupt
   INFO(ra.out);
   REQUIRE(ra.code() == 0);
   CHECK(ra.out.find("eta") != std::string::npos);
+  CHECK(ra.out.find("curves drawn in " + a + "/curves.png") != std::string::npos);
+  CHECK(fs::exists(a + "/curves.png"));
   auto ma = metrics(a);
   REQUIRE(ma.size() == 4);
   for (auto& m : ma) CHECK(std::isfinite(m["loss"].get<double>()));
