@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "engine/autograd.h"
+#include "engine/cuda_runtime.h"
 #include "engine/ops.h"
 
 namespace sc {
@@ -104,8 +105,12 @@ void TrainStep::average_gradients() {
 std::vector<Tensor>& TrainStep::optimizer_state() { return lars_ ? lars_->state() : sgd_->state(); }
 
 StepResult TrainStep::run(const TwoViewBatch& batch, double lr, double teacher_momentum) {
-  lars_ ? lars_->set_lr(lr) : sgd_->set_lr(lr);
-  model_.momentum_update(teacher_momentum);
+  // The phases of the device trace (engine/cuda_runtime.h DevicePhase); the forward names its own.
+  {
+    DevicePhase phase("EMA");
+    lars_ ? lars_->set_lr(lr) : sgd_->set_lr(lr);
+    model_.momentum_update(teacher_momentum);
+  }
   StepResult r;
   r.loss = model_.forward(batch, options_.compute_dtype(), options_.tf32);
   if (comm_) average_loss(r.loss);
@@ -115,16 +120,19 @@ StepResult TrainStep::run(const TwoViewBatch& batch, double lr, double teacher_m
     r.applied = false;
     return r;
   }
+  DevicePhase backward_phase("backward");
   lars_ ? lars_->zero_grad() : sgd_->zero_grad();
   if (scaler_) {
     scaler_->scale(r.loss.total).backward();
     if (comm_) average_gradients();
+    DevicePhase phase("optimizer");
     r.applied = scaler_->unscale_(tensors_);
     if (r.applied) lars_ ? lars_->step() : sgd_->step();  // an overflowed step changes nothing
     scaler_->update(r.applied);                           // but the scale
   } else {
     r.loss.total.backward();
     if (comm_) average_gradients();
+    DevicePhase phase("optimizer");
     lars_ ? lars_->step() : sgd_->step();
   }
   return r;
