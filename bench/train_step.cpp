@@ -14,12 +14,17 @@
 // usage: bench_train_step [--arch A] [--size S] [--batch B] [--K K] [--dim-hidden H]
 //                         [--dim-out D] [--warmup N] [--steps N] [--precision fp32|bf16]
 //                         [--channels-last on|off] [--no-baseline] [--script PATH]
-//                         [--compact-predictor on|off|both]
+//                         [--compact-predictor on|off|both] [--predict h100]
 // (channels-last: NHWC backbone, on by default on the GPU as `slotcon train`'s auto setting;
 // compact-predictor: the slot predictor on the compacted present rows (on, the default) or on all
 // B*K rows with BatchNorm masks (off); `both` alternates the two step by step in one run, in ABBA
 // order, so that a machine shared with other work slows both alike, and prints each median and
 // their ratio)
+//
+// --predict h100: instead of timing, trace one step (after the warm-up) and print its predicted
+// time on an H100 SXM by phase (engine/cost_model.h, docs/gpu.md "A predicted step time"). On
+// the CUDA emulator's build the steps run as a dry run (counted and checked, not computed), so
+// the authors' shape takes seconds; --execute runs them in full.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -29,10 +34,14 @@
 
 #include "bench_baseline.h"
 #include "engine/autograd.h"
+#include "engine/cost_model.h"
 #include "engine/cuda_runtime.h"
 #include "engine/ops.h"
 #include "model/slotcon.h"
 #include "model/train_step.h"
+#if defined(SLOTCON_CUDA_EMU)
+#include "cuda_emu_control.h"
+#endif
 
 using namespace sc;
 
@@ -48,7 +57,8 @@ int main(int argc, char** argv) {
   int warmup = gpu ? 5 : 1, steps = gpu ? 20 : 3;
   std::string precision = gpu ? "bf16" : "fp32", script;
   bool baseline = true, nhwc = gpu;
-  std::string compact = "on";
+  std::string compact = "on", predict;
+  bool execute = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -71,11 +81,29 @@ int main(int argc, char** argv) {
     else if (a == "--channels-last") nhwc = next() == "on";
     else if (a == "--script") script = next();
     else if (a == "--compact-predictor") compact = next();
+    else if (a == "--predict") predict = next();
+    else if (a == "--execute") execute = true;
     else {
       std::fprintf(stderr, "bench_train_step: unknown option %s (see the file's header)\n",
                    a.c_str());
       return 2;
     }
+  }
+  if (!predict.empty()) {
+    if (predict != "h100") {
+      std::fprintf(stderr, "bench_train_step: --predict knows h100 only\n");
+      return 2;
+    }
+    if (!gpu) {
+      std::fprintf(stderr, "bench_train_step: --predict counts a GPU step: it needs a CUDA build "
+                           "(or the CUDA emulator's)\n");
+      return 2;
+    }
+#if defined(SLOTCON_CUDA_EMU)
+    if (!execute) emu::set_dry_run(true);
+#endif
+    baseline = false;
+    warmup = std::max(warmup, 2);
   }
   if (!gpu && precision != "fp32") {
     std::printf("bench_train_step: precision %s needs a GPU; the CPU runs fp32\n",
@@ -119,6 +147,45 @@ int main(int argc, char** argv) {
   }
   const bool alternate = compact == "both";
   model.set_compact_predictor(compact != "off");
+  if (!predict.empty()) {
+    for (int i = 0; i < warmup; ++i) train.run(batch, lr, 0.99);
+    cuda_synchronize(0);
+    const DeviceCounters c0 = device_counters();
+    kernels::start_trace();
+    train.run(batch, lr, 0.99);
+    const std::vector<IssueRecord> trace = kernels::stop_trace();
+    const DeviceCounters c = device_counters() - c0;
+    std::printf("bench_train_step --predict h100: %s, %ldpx, batch %ld, K %ld, D %ld, H %ld, %s%s%s; "
+                "one step after %d warm-up steps: %llu kernel launches + %llu library calls + %llu "
+                "memory ops = %llu stream ops, %llu host synchronisations\n",
+                cfg.arch.c_str(), long(S), long(B), long(cfg.num_prototypes), long(cfg.dim_out),
+                long(cfg.dim_hidden), precision.c_str(), nhwc ? " channels_last" : "",
+                execute ? "" : " (dry run on the emulator where it is one)", warmup,
+                (unsigned long long)c.kernel_launches, (unsigned long long)c.library_calls,
+                (unsigned long long)c.memory_ops, (unsigned long long)c.stream_ops(),
+                (unsigned long long)c.host_syncs);
+    if (const char* path = std::getenv("SLOTCON_TRACE_TSV")) {  // every record, for a closer look
+      if (FILE* f = std::fopen(path, "w")) {
+        std::fprintf(f, "phase\tkind\tname\tkernel\tblocks\tthreads\tbytes\tflops\tunit\tdevice_us\n");
+        const DeviceSpec spec = DeviceSpec::h100_sxm();
+        for (const IssueRecord& r : trace)
+          std::fprintf(f, "%s\t%d\t%s\t%s\t%llu\t%llu\t%.0f\t%.0f\t%d\t%.3f\n", r.phase.c_str(),
+                       int(r.kind), r.name.c_str(), r.kernel.c_str(), (unsigned long long)r.blocks,
+                       (unsigned long long)r.threads, r.bytes, r.flops, int(r.unit),
+                       issue_cost(r, spec).device_s * 1e6);
+        std::fclose(f);
+      }
+    }
+    for (const DeviceSpec& spec : {DeviceSpec::h100_sxm(), DeviceSpec::h100_sxm_derated()}) {
+      const Prediction p = ::sc::predict(trace, spec);
+      std::printf("\n%s", format_prediction(p, B).c_str());
+      std::printf("RESULT predict_h100 spec=\"%s\" step_ms=%.3f images_per_s=%.1f "
+                  "graph_images_per_s=%.1f\n",
+                  spec.name.c_str(), p.step_s * 1e3, double(B) / p.step_s,
+                  double(B) / p.graph_step_s);
+    }
+    return 0;
+  }
   std::vector<double> ms, ms_masked;
   DeviceCounters last;  // what the last step asked of the GPU (zeros on the CPU)
   for (int i = 0; i < (alternate ? 2 : 1) * (warmup + steps); ++i) {

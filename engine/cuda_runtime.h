@@ -36,4 +36,18 @@ void note_host_to_device(uint64_t bytes);
 void note_device_to_host(uint64_t bytes);
 void note_host_sync();
 
+// A phase label for the device trace (kernels/check.h's start_trace; engine/cost_model.h): every
+// stream operation issued while the marker lives is recorded under `name` (a string with static
+// storage), the enclosing label restored after. Process-wide; costs one atomic exchange.
+class DevicePhase {
+ public:
+  explicit DevicePhase(const char* name);
+  ~DevicePhase();
+  DevicePhase(const DevicePhase&) = delete;
+  DevicePhase& operator=(const DevicePhase&) = delete;
+
+ private:
+  const char* previous_;
+};
+
 }  // namespace sc

@@ -19,7 +19,13 @@ void note_device_to_host(uint64_t bytes) {
   g_d2h.fetch_add(1, std::memory_order_relaxed);
   g_d2h_bytes.fetch_add(bytes, std::memory_order_relaxed);
 }
-void note_host_sync() { g_syncs.fetch_add(1, std::memory_order_relaxed); }
+void note_host_sync() {
+  g_syncs.fetch_add(1, std::memory_order_relaxed);
+  kernels::trace_host_sync("host synchronisation");
+}
+
+DevicePhase::DevicePhase(const char* name) : previous_(kernels::set_phase(name)) {}
+DevicePhase::~DevicePhase() { kernels::set_phase(previous_); }
 
 DeviceCounters device_counters() {
   DeviceCounters c;

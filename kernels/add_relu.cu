@@ -38,6 +38,7 @@ void add_relu_cuda(DType dtype, int64_t n, const void* a, const void* b, void* y
     using T = decltype(tv);
     add_relu_kernel<<<grid, 256, 0, stream>>>(n, static_cast<const T*>(a), static_cast<const T*>(b),
                                               static_cast<T*>(y));
+    SC_TRACE_WORK(3.0 * double(n) * sizeof(T), 2 * n, FP32);
     SC_KERNEL_LAUNCHED("add_relu_kernel");
   });
   SC_KERNEL_LAUNCH_CHECK("add_relu_cuda");
@@ -50,6 +51,7 @@ void add_relu_backward_cuda(DType dtype, int64_t n, const void* dy, const void* 
     using T = decltype(tv);
     add_relu_backward_kernel<<<grid, 256, 0, stream>>>(
         n, static_cast<const T*>(dy), static_cast<const T*>(y), static_cast<T*>(dab));
+    SC_TRACE_WORK(3.0 * double(n) * sizeof(T), n, FP32);
     SC_KERNEL_LAUNCHED("add_relu_backward_kernel");
   });
   SC_KERNEL_LAUNCH_CHECK("add_relu_backward_cuda");

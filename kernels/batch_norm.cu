@@ -150,16 +150,22 @@ __global__ void reduce_planar_kernel(int64_t outer, int64_t C, int64_t inner, Op
 
 template <class Op>
 void launch_reduce(const BnGeom& g, const uint8_t* mask, const Op& op, double* out, double* count,
-                   size_t zero_doubles, cudaStream_t stream, const char* what) {
+                   size_t zero_doubles, cudaStream_t stream, const char* what, double elem_bytes,
+                   double elem_flops) {
   if (cudaMemsetAsync(out, 0, zero_doubles * sizeof(double), stream) != cudaSuccess)
     kernels::fail(what, "cudaMemsetAsync failed");
-  kernels::note_memory_op();
+  SC_TRACE_WORK(zero_doubles * sizeof(double), 0, Memory);
+  kernels::note_memory_op("cudaMemsetAsync (BatchNorm sums)");
+  // the trace's work of the reduction: each element's operands read once, 2C partials written
+  const double reduce_bytes = double(g.numel()) * elem_bytes + double(2 * g.C) * sizeof(double);
+  const double reduce_flops = double(g.numel()) * elem_flops;
   const int64_t C = g.C;
   if (g.inner == 1) {
     const int64_t cx = (C + 31) / 32;
     const int64_t ry = std::max<int64_t>(1, std::min<int64_t>((g.outer + 7) / 8, 1024 / cx + 1));
     reduce_rows_kernel<Op><<<dim3(unsigned(cx), unsigned(ry)), dim3(32, 8), 0, stream>>>(
         g.outer, C, mask, op, out, count);
+    SC_TRACE_WORK(reduce_bytes, reduce_flops, FP32);
     SC_KERNEL_LAUNCHED("reduce_rows_kernel");
   } else {
     SC_KERNEL_REQUIRE(mask == nullptr, what, "a row mask needs inner == 1 (BN1d)");
@@ -167,6 +173,7 @@ void launch_reduce(const BnGeom& g, const uint8_t* mask, const Op& op, double* o
     const int64_t sy = std::max<int64_t>(1, std::min<int64_t>((per + 255) / 256, 2048 / C + 1));
     reduce_planar_kernel<Op>
         <<<dim3(unsigned(C), unsigned(sy)), 256, 0, stream>>>(g.outer, C, g.inner, op, out, count);
+    SC_TRACE_WORK(reduce_bytes, reduce_flops, FP32);
     SC_KERNEL_LAUNCHED("reduce_planar_kernel");
   }
   SC_KERNEL_LAUNCH_CHECK(what);
@@ -273,7 +280,7 @@ void batch_norm_stats_cuda(DType x_dtype, const BnGeom& g, const void* x, const 
     using T = decltype(tv);
     StatsOp<T> op{static_cast<const T*>(x)};
     launch_reduce(g, mask, op, stats, stats + 2 * g.C, size_t(2 * g.C + 1), stream,
-                  "batch_norm_stats_cuda");
+                  "batch_norm_stats_cuda", double(sizeof(T)), 3.0);
   });
 }
 
@@ -288,6 +295,7 @@ void batch_norm_finalize_cuda(DType p_dtype, int64_t C, const double* stats, voi
         C, stats, (float*)running_mean, (float*)running_var, training, momentum, eps, save);
   else
     kernels::fail("batch_norm_finalize_cuda", "parameters must be F32 or F64");
+  SC_TRACE_WORK(double(C) * (3 * sizeof(double) + 4 * dtype_size(p_dtype)), 10 * C, FP64);
   SC_KERNEL_LAUNCHED("batch_norm_finalize_cuda");  // one of the two launches ran
 }
 
@@ -302,6 +310,7 @@ void batch_norm_apply_cuda(DType x_dtype, DType p_dtype, const BnGeom& g, const 
     const int64_t n = g.numel();
     apply_kernel<T, P><<<grid_for(n, 256), 256, 0, stream>>>(n, g.C, g.inner, (const T*)x, cp,
                                                              (const T*)residual, act, (T*)y);
+    SC_TRACE_WORK(double(n) * sizeof(T) * (residual ? 3.0 : 2.0), 4 * n, FP32);
     SC_KERNEL_LAUNCHED("apply_kernel");
   });
   SC_KERNEL_LAUNCH_CHECK("batch_norm_apply_cuda");
@@ -317,7 +326,8 @@ void batch_norm_grad_sums_cuda(DType x_dtype, DType p_dtype, const BnGeom& g, co
     using A = typename AccOf<T>::type;
     GradOp<T, P> op{(const T*)dy, (const T*)x, (const T*)residual, act,
                     ChannelParams<A, P>{save, (const P*)gamma, (const P*)beta, g.C}};
-    launch_reduce(g, mask, op, gsum, nullptr, size_t(2 * g.C), stream, "batch_norm_grad_sums_cuda");
+    launch_reduce(g, mask, op, gsum, nullptr, size_t(2 * g.C), stream, "batch_norm_grad_sums_cuda",
+                  double(sizeof(T)) * (residual ? 3.0 : 2.0), 10.0);
   });
 }
 
@@ -339,6 +349,8 @@ void batch_norm_grad_apply_cuda(DType x_dtype, DType p_dtype, const BnGeom& g, c
     grad_apply_kernel<T, P><<<grid_for(n, 256), 256, 0, stream>>>(
         n, g.C, g.inner, (const T*)dy, (const T*)x, cp, (const T*)residual, act, mask, gsum,
         count_dev, training, (T*)dx, (T*)dresidual);
+    SC_TRACE_WORK(double(n) * sizeof(T) * (3.0 + (residual ? 1.0 : 0.0) + (dresidual ? 1.0 : 0.0)),
+                  12 * n, FP32);
     SC_KERNEL_LAUNCHED("grad_apply_kernel");
   });
   SC_KERNEL_LAUNCH_CHECK("batch_norm_grad_apply_cuda");
@@ -354,6 +366,7 @@ void batch_norm_param_grads_cuda(DType p_dtype, int64_t C, const double* gsum, v
         <<<grid_for(C, 256), 256, 0, stream>>>(C, gsum, (float*)dgamma, (float*)dbeta);
   else
     kernels::fail("batch_norm_param_grads_cuda", "parameters must be F32 or F64");
+  SC_TRACE_WORK(double(C) * (2 * sizeof(double) + 4 * dtype_size(p_dtype)), 2 * C, FP64);
   SC_KERNEL_LAUNCHED("batch_norm_param_grads_cuda");  // one of the two launches ran
 }
 

@@ -90,22 +90,27 @@ void channel_sum_typed(int64_t outer, int64_t C, int64_t inner, const T* v, T* o
                        cudaStream_t stream) {
   if (cudaMemsetAsync(ws, 0, size_t(C) * sizeof(double), stream) != cudaSuccess)
     kernels::fail("channel_sum_cuda", "cudaMemsetAsync failed");
-  kernels::note_memory_op();
+  SC_TRACE_WORK(C * sizeof(double), 0, Memory);
+  kernels::note_memory_op("cudaMemsetAsync (channel sum)");
+  const double sum_bytes = double(outer * C * inner) * sizeof(T) + double(C) * sizeof(double);
   if (inner == 1) {
     const int64_t cx = (C + 31) / 32;
     const int64_t ry = std::max<int64_t>(1, std::min<int64_t>((outer + 7) / 8, 1024 / cx + 1));
     channel_sum_rows_kernel<T>
         <<<dim3(unsigned(cx), unsigned(ry)), dim3(32, 8), 0, stream>>>(outer, C, v, ws);
+    SC_TRACE_WORK(sum_bytes, outer * C * inner, FP32);
     SC_KERNEL_LAUNCHED("channel_sum_rows_kernel");
   } else {
     const int64_t per = outer * inner;
     const int64_t sy = std::max<int64_t>(1, std::min<int64_t>((per + 255) / 256, 2048 / C + 1));
     channel_sum_planar_kernel<T>
         <<<dim3(unsigned(C), unsigned(sy)), 256, 0, stream>>>(outer, C, inner, v, ws);
+    SC_TRACE_WORK(sum_bytes, outer * C * inner, FP32);
     SC_KERNEL_LAUNCHED("channel_sum_planar_kernel");
   }
   SC_KERNEL_LAUNCH_CHECK("channel_sum_cuda");
   add_partials_kernel<T><<<grid_for(C, 256), 256, 0, stream>>>(C, ws, out);
+  SC_TRACE_WORK(C * (sizeof(double) + 2 * sizeof(T)), C, FP64);
   SC_KERNEL_LAUNCHED("channel_sum_cuda (add)");
 }
 
@@ -119,6 +124,7 @@ void conv2d_bias_add_cuda(DType dtype, int64_t outer, int64_t C, int64_t inner, 
     using T = decltype(tv);
     bias_add_kernel<<<g, 256, 0, stream>>>(n, C, inner, static_cast<T*>(y),
                                            static_cast<const T*>(bias));
+    SC_TRACE_WORK(2.0 * n * sizeof(T) + C * sizeof(T), n, FP32);
     SC_KERNEL_LAUNCHED("bias_add_kernel");
   });
   SC_KERNEL_LAUNCH_CHECK("conv2d_bias_add_cuda");
@@ -249,13 +255,33 @@ static const Perf* pick(const Perf* perf, int count, cudnnMathType_t request, co
   kernels::fail(what, "cuDNN found no usable algorithm for this shape");
 }
 
+// The trace's work of one convolution pass (kernels/check.h): its three tensors once each, the
+// output also read when accumulated; 2*N*K*C*R*S*OH*OW FLOPs on the unit its maths selects.
+static void trace_conv_work(const Conv2dGeom& g, DType dtype, cudnnMathType_t math,
+                            bool accumulate) {
+  if (!kernels::tracing()) return;
+  const double es = double(dtype_size(dtype));
+  const double x = double(g.N * g.C * g.H * g.W), w = double(g.K * g.C * g.R * g.S),
+               y = double(g.N * g.K * g.OH() * g.OW());
+  const double flops = 2.0 * double(g.N * g.K * g.C * g.R * g.S) * double(g.OH() * g.OW());
+  kernels::Unit unit = kernels::Unit::FP32;
+  if (dtype == DType::F64)
+    unit = kernels::Unit::FP64;
+  else if (dtype == DType::BF16 || dtype == DType::F16)
+    unit = kernels::Unit::Tensor16;
+  else if (math != CUDNN_FMA_MATH)
+    unit = kernels::Unit::TF32;
+  kernels::note_work(es * (x + w + y + (accumulate ? y : 0.0)), flops, unit);
+}
+
 void CudnnConvPlan::select_forward(cudnnHandle_t h, const void* x, const void* w, void* y, void* ws,
                                    size_t ws_bytes) {
   Impl& p = *impl_;
   cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   int count = 0;
   SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.request_math));
-  kernels::note_library_call();
+  trace_conv_work(p.g, p.dtype, p.request_math, false);
+  kernels::note_library_call("cudnnFindConvolutionForwardAlgorithmEx");
   SC_CUDNN(cudnnFindConvolutionForwardAlgorithmEx(h, p.xd, x, p.wd, w, p.cd, p.yd, y,
                                                   CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf,
                                                   ws, ws_bytes));
@@ -272,7 +298,8 @@ void CudnnConvPlan::select_backward_data(cudnnHandle_t h, const void* dy, const 
   cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
   int count = 0;
   SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.request_math));
-  kernels::note_library_call();
+  trace_conv_work(p.g, p.dtype, p.request_math, false);
+  kernels::note_library_call("cudnnFindConvolutionBackwardDataAlgorithmEx");
   SC_CUDNN(cudnnFindConvolutionBackwardDataAlgorithmEx(h, p.wd, w, p.yd, dy, p.cd, p.xd, dx,
                                                        CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
                                                        &count, perf, ws, ws_bytes));
@@ -289,7 +316,8 @@ void CudnnConvPlan::select_backward_weight(cudnnHandle_t h, const void* x, const
   cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
   int count = 0;
   SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.request_math));
-  kernels::note_library_call();
+  trace_conv_work(p.g, p.dtype, p.request_math, false);
+  kernels::note_library_call("cudnnFindConvolutionBackwardFilterAlgorithmEx");
   SC_CUDNN(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, p.xd, x, p.yd, dy, p.cd, p.wd, dw,
                                                          CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
                                                          &count, perf, ws, ws_bytes));
@@ -308,7 +336,8 @@ void CudnnConvPlan::forward(cudnnHandle_t h, const void* x, const void* w, void*
   double d1, d0;
   float f1, f0;
   SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.fwd_math));
-  kernels::note_library_call();
+  trace_conv_work(p.g, p.dtype, p.fwd_math, false);
+  kernels::note_library_call("cudnnConvolutionForward");
   SC_CUDNN(cudnnConvolutionForward(h, p.scalar(1.0, &d1, &f1), p.xd, x, p.wd, w, p.cd, p.fwd_algo,
                                    ws, ws_bytes, p.scalar(0.0, &d0, &f0), p.yd, y));
 }
@@ -321,7 +350,8 @@ void CudnnConvPlan::backward_data(cudnnHandle_t h, const void* dy, const void* w
   double d1, d0;
   float f1, f0;
   SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.bwd_data_math));
-  kernels::note_library_call();
+  trace_conv_work(p.g, p.dtype, p.bwd_data_math, false);
+  kernels::note_library_call("cudnnConvolutionBackwardData");
   SC_CUDNN(cudnnConvolutionBackwardData(h, p.scalar(1.0, &d1, &f1), p.wd, w, p.yd, dy, p.cd,
                                         p.bwd_data_algo, ws, ws_bytes, p.scalar(0.0, &d0, &f0),
                                         p.xd, dx));
@@ -335,7 +365,8 @@ void CudnnConvPlan::backward_weight(cudnnHandle_t h, const void* x, const void* 
   double d1, db;
   float f1, fb;
   SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.bwd_w_math));
-  kernels::note_library_call();
+  trace_conv_work(p.g, p.dtype, p.bwd_w_math, accumulate);
+  kernels::note_library_call("cudnnConvolutionBackwardFilter");
   SC_CUDNN(cudnnConvolutionBackwardFilter(h, p.scalar(1.0, &d1, &f1), p.xd, x, p.yd, dy, p.cd,
                                           p.bwd_w_algo, ws, ws_bytes,
                                           p.scalar(accumulate ? 1.0 : 0.0, &db, &fb), p.wd, dw));

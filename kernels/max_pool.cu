@@ -123,6 +123,9 @@ void max_pool2d_forward_cuda(DType dtype, const Pool2dGeom& g, Layout layout, co
     using T = decltype(tv);
     max_pool_forward_kernel<<<grid, 256, 0, stream>>>(d, static_cast<const T*>(x),
                                                       static_cast<T*>(y), idx);
+    SC_TRACE_WORK(double(g.N * g.C) * (double(g.H * g.W) * sizeof(T) +
+                                        double(g.OH() * g.OW()) * (sizeof(T) + 1.0)),
+                  double(g.N * g.C * g.OH() * g.OW()) * double(g.R * g.S), FP32);
     SC_KERNEL_LAUNCHED("max_pool_forward_kernel");
   });
   SC_KERNEL_LAUNCH_CHECK("max_pool2d_forward_cuda");
@@ -137,6 +140,9 @@ void max_pool2d_backward_cuda(DType dtype, const Pool2dGeom& g, Layout layout, c
     using T = decltype(tv);
     max_pool_backward_kernel<<<grid, 256, 0, stream>>>(d, static_cast<const T*>(dy), idx,
                                                        static_cast<T*>(dx));
+    SC_TRACE_WORK(double(g.N * g.C) * (double(g.H * g.W) * sizeof(T) +
+                                        double(g.OH() * g.OW()) * (sizeof(T) + 1.0)),
+                  double(g.N * g.C * g.H * g.W), FP32);
     SC_KERNEL_LAUNCHED("max_pool_backward_kernel");
   });
   SC_KERNEL_LAUNCH_CHECK("max_pool2d_backward_cuda");

@@ -27,6 +27,11 @@ struct Group {
   uint8_t flag[kGroupTensors];
   int count;
   int part0;  // LARS: this group's first chunk in the whole list's partial-norm array
+  double elems() const {  // host side, for the trace
+    double e = 0;
+    for (int i = 0; i < count; ++i) e += double(n[i]);
+    return e;
+  }
 };
 
 __device__ __forceinline__ int64_t chunk_end(int64_t n, int64_t i0) {
@@ -234,9 +239,11 @@ void multi_lars_cuda(DType dtype, const TensorList& l, double lr, double momentu
     using T = decltype(tv);
     for_each_group<T>(l, 3, "multi_lars_cuda", [&](const Group<T>& g, int blocks) {
       lars_norms_kernel<T><<<blocks, kThreads, 0, stream>>>(g, wd, parts);
+      SC_TRACE_WORK(2 * g.elems() * sizeof(T), 6 * g.elems(), FP64);
       SC_KERNEL_LAUNCHED("lars_norms_kernel");
       lars_update_kernel<T><<<blocks, kThreads, 0, stream>>>(g, parts, lr, momentum, wd, trust,
                                                               skip);
+      SC_TRACE_WORK(5 * g.elems() * sizeof(T), 6 * g.elems(), FP32);
       SC_KERNEL_LAUNCHED("lars_update_kernel");
     });
   });
@@ -249,6 +256,7 @@ void multi_sgd_cuda(DType dtype, const TensorList& l, double lr, double momentum
     using T = decltype(tv);
     for_each_group<T>(l, 3, "multi_sgd_cuda", [&](const Group<T>& g, int blocks) {
       sgd_kernel<T><<<blocks, kThreads, 0, stream>>>(g, lr, momentum, wd, skip);
+      SC_TRACE_WORK(5 * g.elems() * sizeof(T), 5 * g.elems(), FP32);
       SC_KERNEL_LAUNCHED("sgd_kernel");
     });
   });
@@ -260,6 +268,7 @@ void multi_ema_cuda(DType dtype, const TensorList& l, double m, cudaStream_t str
     using T = decltype(tv);
     for_each_group<T>(l, 2, "multi_ema_cuda", [&](const Group<T>& g, int blocks) {
       ema_kernel<T><<<blocks, kThreads, 0, stream>>>(g, m);
+      SC_TRACE_WORK(3 * g.elems() * sizeof(T), 3 * g.elems(), FP32);
       SC_KERNEL_LAUNCHED("ema_kernel");
     });
   });
@@ -272,6 +281,7 @@ void multi_unscale_cuda(DType dtype, const TensorList& l, const double* scale, u
     using T = decltype(tv);
     for_each_group<T>(l, 1, "multi_unscale_cuda", [&](const Group<T>& g, int blocks) {
       unscale_kernel<T><<<blocks, kThreads, 0, stream>>>(g, scale, found);
+      SC_TRACE_WORK(2 * g.elems() * sizeof(T), g.elems(), FP32);
       SC_KERNEL_LAUNCHED("unscale_kernel");
     });
   });
@@ -279,12 +289,14 @@ void multi_unscale_cuda(DType dtype, const TensorList& l, const double* scale, u
 
 void nonfinite_flag_cuda(int64_t n, const double* x, uint8_t* found, cudaStream_t stream) {
   nonfinite_flag_kernel<<<1, 32, 0, stream>>>(n, x, found);
+  SC_TRACE_WORK(8 * n + 1, n, FP64);
   SC_KERNEL_LAUNCHED("nonfinite_flag_kernel");
 }
 
 void scaler_update_cuda(double* state, const uint8_t* found, double growth, double backoff,
                         int64_t interval, cudaStream_t stream) {
   scaler_update_kernel<<<1, 1, 0, stream>>>(state, found, growth, backoff, interval);
+  SC_TRACE_WORK(33, 2, FP64);
   SC_KERNEL_LAUNCHED("scaler_update_kernel");
 }
 

@@ -43,6 +43,7 @@ void normalize_images_cuda(DType dtype, int64_t B, int64_t H, int64_t W, const u
   dispatch_float(dtype, "normalize_images_cuda", [&](auto tv) {
     using T = decltype(tv);
     normalize_images_kernel<T><<<grid, 256, 0, stream>>>(B, H, W, in, norm, static_cast<T*>(out), os);
+    SC_TRACE_WORK(double(n) * 3 * (1 + sizeof(T)), 6 * n, FP32);
     SC_KERNEL_LAUNCHED("normalize_images_kernel");
   });
   SC_KERNEL_LAUNCH_CHECK("normalize_images_cuda");

@@ -344,9 +344,11 @@ void proto_assign_forward_cuda(const ProtoAssignShape& s, const T* x, const T* p
   Workspace<A> ws(s, workspace);
   row_inv_norm_kernel<T, A>
       <<<blocks_for(s.K * 32, 256), 256, 0, stream>>>(s.K, s.D, protos, ws.invp);
+  SC_TRACE_WORK(double(s.K * s.D) * sizeof(T), 2 * s.K * s.D, FP32);
   SC_KERNEL_LAUNCHED("row_inv_norm_kernel");
   col_inv_norm_kernel<T, A>
       <<<blocks_for(s.B * s.P, 256), 256, 0, stream>>>(s.B, s.D, s.P, x, ws.invx);
+  SC_TRACE_WORK(double(s.B * s.P * s.D) * sizeof(T), 2 * s.B * s.P * s.D, FP32);
   SC_KERNEL_LAUNCHED(what);
   launch_tile_gemm<A>(s.K, s.P, s.D, s.B, 1, ProtoRows<T>{protos, s.D}, PixelCols<T>{x, s.D, s.P},
                       DotsEpilogue<T, A>{dots, ws.invp, ws.invx, s.K, s.P}, stream, s.tf32);
@@ -354,6 +356,7 @@ void proto_assign_forward_cuda(const ProtoAssignShape& s, const T* x, const T* p
   if (attn) {
     softmax_cols_kernel<T, A><<<dim3(blocks_for(s.P, 32), unsigned(s.B)), dim3(32, 8), 0, stream>>>(
         s.K, s.P, dots, A(1.0 / tau), attn);
+    SC_TRACE_WORK(2.0 * double(s.B * s.K * s.P) * sizeof(T), 4 * s.B * s.K * s.P, FP32);
     SC_KERNEL_LAUNCHED(what);
   }
 }
@@ -370,13 +373,16 @@ void proto_assign_backward_cuda(const ProtoAssignShape& s, const T* x, const T* 
   const A inv_tau = A(1.0 / tau);
   row_inv_norm_kernel<T, A>
       <<<blocks_for(s.K * 32, 256), 256, 0, stream>>>(s.K, s.D, protos, ws.invp);
+  SC_TRACE_WORK(double(s.K * s.D) * sizeof(T), 2 * s.K * s.D, FP32);
   SC_KERNEL_LAUNCHED("row_inv_norm_kernel");
   col_inv_norm_kernel<T, A>
       <<<blocks_for(s.B * s.P, 256), 256, 0, stream>>>(s.B, s.D, s.P, x, ws.invx);
+  SC_TRACE_WORK(double(s.B * s.P * s.D) * sizeof(T), 2 * s.B * s.P * s.D, FP32);
   SC_KERNEL_LAUNCHED("col_inv_norm_kernel");
   if (dL_dattn) {
     pixel_stats_kernel<T, A><<<dim3(blocks_for(s.P, 32), unsigned(s.B)), dim3(32, 8), 0, stream>>>(
         s.K, s.P, dots, dL_dattn, inv_tau, ws.stats);
+    SC_TRACE_WORK(2.0 * double(s.B * s.K * s.P) * sizeof(T), 4 * s.B * s.K * s.P, FP32);
     SC_KERNEL_LAUNCHED(what);
   }
   const GradDots<T, A> G{dots, dL_ddots, dL_dattn, ws.stats, s.K, s.P, inv_tau};
@@ -385,12 +391,14 @@ void proto_assign_backward_cuda(const ProtoAssignShape& s, const T* x, const T* 
                         GradCols<T, A>{G}, StoreDx<T, A>{dL_dx, s.D, s.P}, stream, s.tf32);
     pixel_norm_backward_kernel<T, A>
         <<<blocks_for(s.B * s.P, 256), 256, 0, stream>>>(s.B, s.D, s.P, x, dL_dx);
+    SC_TRACE_WORK(3.0 * double(s.B * s.P * s.D) * sizeof(T), 4 * s.B * s.P * s.D, FP32);
     SC_KERNEL_LAUNCHED(what);
   }
   if (dL_dprotos) {
     if (cudaMemsetAsync(ws.dpn, 0, sizeof(A) * size_t(s.K * s.D), stream) != cudaSuccess)
       kernels::fail(what, "cudaMemsetAsync failed");
-    kernels::note_memory_op();
+    SC_TRACE_WORK(double(s.K * s.D) * sizeof(A), 0, Memory);
+    kernels::note_memory_op("cudaMemsetAsync (proto_assign)");
     const int64_t tiles = ((s.K + 63) / 64) * ((s.D + 63) / 64);
     const int64_t contraction = s.B * s.P;
     const int splits = int(std::max<int64_t>(
@@ -401,6 +409,7 @@ void proto_assign_backward_cuda(const ProtoAssignShape& s, const T* x, const T* 
     SC_KERNEL_LAUNCH_CHECK(what);
     proto_norm_backward_kernel<T, A>
         <<<blocks_for(s.K * 32, 256), 256, 0, stream>>>(s.K, s.D, protos, ws.dpn, dL_dprotos);
+    SC_TRACE_WORK(3.0 * double(s.K * s.D) * sizeof(T), 4 * s.K * s.D, FP32);
     SC_KERNEL_LAUNCHED(what);
   }
 }

@@ -175,10 +175,14 @@ void self_distill_forward_cuda(const SelfDistillShape& s, const T* student, cons
   self_distill_forward_kernel<T, A><<<grid, dim3(32, 8), 0, stream>>>(
       s.K, s.P, student, teacher, center, A(1.0 / tau_s), A(1.0 / tau_t), teacher_raw, pixel_stats,
       part_loss, part_center);
+  SC_TRACE_WORK(double(s.B * s.K * s.P) * sizeof(T) * (teacher_raw ? 3.0 : 2.0) +
+                    2.0 * double(s.B * s.P) * sizeof(T),
+                12 * s.B * s.K * s.P, FP32);
   SC_KERNEL_LAUNCHED(what);
   self_distill_finalize_kernel<T, A><<<1, 256, 0, stream>>>(nblk, s.K, 1.0 / double(s.B * s.P),
                                                             part_loss, part_center, loss,
                                                             teacher_raw ? center_mean : nullptr);
+  SC_TRACE_WORK(double(nblk) * double(1 + s.K) * sizeof(A), nblk * (1 + s.K), FP32);
   SC_KERNEL_LAUNCHED(what);
 }
 
@@ -193,6 +197,7 @@ void self_distill_backward_cuda(const SelfDistillShape& s, const T* student, con
   self_distill_backward_kernel<T, A><<<unsigned((n + 255) / 256), 256, 0, stream>>>(
       s.B, s.K, s.P, student, teacher, center, A(1.0 / tau_s), A(1.0 / tau_t), pixel_stats,
       dL_dloss, 1.0 / double(s.B * s.P), dL_dstudent);
+  SC_TRACE_WORK(3.0 * double(n) * sizeof(T), 8 * n, FP32);
   SC_KERNEL_LAUNCHED(what);
 }
 

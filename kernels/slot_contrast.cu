@@ -593,6 +593,13 @@ void check_args(const SlotContrastShape& s, double tau, const char* what) {
   SC_KERNEL_REQUIRE(s.key_rows() < (int64_t(1) << 31), what, "too many key rows for int32");
 }
 
+// The trace's assumption for the rows that are present (the kernels skip the others on the
+// device, which the host does not see): kernels::trace_present_slots() per image and rank.
+double valid_rows(const SlotContrastShape& s, int64_t rows) {
+  const double per_image = std::min(double(s.K), kernels::trace_present_slots());
+  return std::min(double(rows), per_image * double(rows / s.K));
+}
+
 int row_blocks(int64_t rows, int per_block) {
   const int64_t b = (rows + per_block - 1) / per_block;
   return int(b < 1024 ? (b < 1 ? 1 : b) : 1024);
@@ -604,14 +611,20 @@ void prepare(const SlotContrastShape& s, const T* z, const T* keys, const uint8_
              const uint8_t* km, double tau, const Workspace<A>& ws, cudaStream_t stream) {
   const int64_t N = s.rows(), NK = s.key_rows(), off = s.rank * N;
   compact_kernel<<<1, kScanThreads, 0, stream>>>(N, qm, km, off, ws.q_idx, ws.counts);
+  SC_TRACE_WORK(double(N) * 10.0, N, FP32);
   SC_KERNEL_LAUNCHED("compact_kernel");
   compact_kernel<<<1, kScanThreads, 0, stream>>>(NK, km, nullptr, 0, ws.k_idx, ws.counts + 1);
+  SC_TRACE_WORK(double(NK) * 9.0, NK, FP32);
   SC_KERNEL_LAUNCHED("compact_kernel");
   query_norms_kernel<T, A><<<row_blocks(N, 8), 256, 0, stream>>>(
       s.D, off, z, keys, ws.q_idx, ws.counts, A(1.0 / tau), ws.qinv, ws.qlabel);
+  SC_TRACE_WORK(2.0 * valid_rows(s, N) * double(s.D) * sizeof(T), 4.0 * valid_rows(s, N) * double(s.D),
+                FP32);
   SC_KERNEL_LAUNCHED("query_norms_kernel");
   key_norms_kernel<T, A>
       <<<row_blocks(NK, 8), 256, 0, stream>>>(s.D, keys, ws.k_idx, ws.counts + 1, ws.kinv);
+  SC_TRACE_WORK(valid_rows(s, NK) * double(s.D) * sizeof(T), 2.0 * valid_rows(s, NK) * double(s.D),
+                FP32);
   SC_KERNEL_LAUNCHED("key_norms_kernel");
 }
 
@@ -636,7 +649,7 @@ void launch_grad(const Side<T, A>& R, const Side<T, A>& C, int64_t rows, int64_t
   const unsigned blocks = unsigned((rows + kTile - 1) / kTile);
   contrast_grad_kernel<T, A, TC, NJ>
       <<<blocks, kThreads, smem, stream>>>(R, C, D, A(1.0 / tau), row_lse, lse_on_rows, out);
-  SC_KERNEL_LAUNCHED("contrast_grad_kernel");
+  SC_KERNEL_LAUNCHED("contrast_grad_kernel");  // its work: noted by the caller
 }
 
 // The one place a version is chosen: f(std::true_type{}) runs v2 (TF32 tensor cores; T = float
@@ -669,6 +682,14 @@ void slot_contrast_forward_cuda(const SlotContrastShape& s, const T* z, const T*
   const Side<T, A> Q{z, ws.q_idx, ws.counts, ws.qinv};
   const Side<T, A> Kside{keys, ws.k_idx, ws.counts + 1, ws.kinv};
   const unsigned blocks = unsigned((s.rows() + kTile - 1) / kTile);
+  {  // the trace's work: the logits of the present rows, (Nq x D) . (D x Nk), and their exps
+    const double nq = valid_rows(s, s.rows()), nk = valid_rows(s, s.key_rows());
+    SC_TRACE_WORK_AS((nq + nk) * double(s.D) * sizeof(T) + 2.0 * nq * sizeof(A),
+                     2.0 * nq * nk * double(s.D) + 4.0 * nq * nk,
+                     s.tf32 && sizeof(A) == 4 ? kernels::Unit::TF32
+                                              : (sizeof(A) == 8 ? kernels::Unit::FP64
+                                                                : kernels::Unit::FP32));
+  }
   with_version<T>(s.tf32, [&](auto tc) {
     contrast_forward_kernel<T, A, decltype(tc)::value>
         <<<blocks, kThreads, 0, stream>>>(Q, Kside, s.D, A(1.0 / tau), ws.qlabel, row_lse, ws.part);
@@ -678,6 +699,7 @@ void slot_contrast_forward_cuda(const SlotContrastShape& s, const T* z, const T*
   contrast_finalize_kernel<T, A><<<1, 256, 0, stream>>>(s.rows(), s.rank * s.rows(), query_mask,
                                                         key_mask, ws.counts, ws.part, 2.0 * tau,
                                                         loss, row_lse);
+  SC_TRACE_WORK(double(s.rows()) * (2 * sizeof(T) + 2), s.rows(), FP32);
   SC_KERNEL_LAUNCHED(what);
 }
 
@@ -698,6 +720,13 @@ void slot_contrast_backward_cuda(const SlotContrastShape& s, const T* z, const T
   const int64_t N = s.rows(), NK = s.key_rows(), off = s.rank * N;
   auto grad = [&](const Side<T, A>& R, const Side<T, A>& C, int64_t rows, bool lse_on_rows,
                   T* out) {
+    // the trace's work: the logits recomputed and P . C accumulated for the present rows
+    const double nr = valid_rows(s, rows), nc = valid_rows(s, rows == N ? NK : N);
+    SC_TRACE_WORK_AS((2.0 * nr + nc) * double(s.D) * sizeof(T) + nr * sizeof(T),
+                     4.0 * nr * nc * double(s.D) + 4.0 * nr * nc,
+                     s.tf32 && sizeof(A) == 4 ? kernels::Unit::TF32
+                                              : (sizeof(A) == 8 ? kernels::Unit::FP64
+                                                                : kernels::Unit::FP32));
     with_version<T>(s.tf32, [&](auto tc) {
       launch_grad<T, A, decltype(tc)::value>(R, C, rows, s.D, tau, row_lse, lse_on_rows, out,
                                              stream, what);
@@ -708,6 +737,7 @@ void slot_contrast_backward_cuda(const SlotContrastShape& s, const T* z, const T
     SC_KERNEL_LAUNCH_CHECK(what);
     contrast_finish_kernel<T, A><<<row_blocks(N, 8), 256, 0, stream>>>(
         N, N, s.D, off, false, z, keys, query_mask, key_mask, ws.counts, dL_dloss, dL_dz);
+    SC_TRACE_WORK(3.0 * double(N * s.D) * sizeof(T), 2 * N * s.D, FP32);
     SC_KERNEL_LAUNCHED(what);
   }
   if (dL_dkeys) {
@@ -715,6 +745,7 @@ void slot_contrast_backward_cuda(const SlotContrastShape& s, const T* z, const T
     SC_KERNEL_LAUNCH_CHECK(what);
     contrast_finish_kernel<T, A><<<row_blocks(NK, 8), 256, 0, stream>>>(
         NK, N, s.D, off, true, keys, z, query_mask, key_mask, ws.counts, dL_dloss, dL_dkeys);
+    SC_TRACE_WORK(3.0 * double(NK * s.D) * sizeof(T), 2 * NK * s.D, FP32);
     SC_KERNEL_LAUNCHED(what);
   }
 }

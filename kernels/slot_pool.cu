@@ -157,6 +157,7 @@ void slot_pool_forward_cuda(const SlotPoolShape& s, const T* x, const T* attn, T
   Workspace<A> ws(s, workspace);
   row_sums_kernel<T, A><<<blocks_for(s.B * s.K * 32, 256), 256, 0, stream>>>(
       s.B * s.K, s.P, s.D, attn, nullptr, nullptr, ws.asum, ws.c);
+  SC_TRACE_WORK(double(s.B * s.K * s.P) * sizeof(T), s.B * s.K * s.P, FP32);
   SC_KERNEL_LAUNCHED(what);
   launch_tile_gemm<A>(s.K, s.D, s.P, s.B, 1, AttnRows<T>{attn, s.K, s.P}, PixelsT<T>{x, s.D, s.P},
                       SlotsEpilogue<T, A>{slots, ws.asum, s.K, s.D}, stream, s.tf32);
@@ -174,6 +175,7 @@ void slot_pool_backward_cuda(const SlotPoolShape& s, const T* x, const T* attn, 
   Workspace<A> ws(s, workspace);
   row_sums_kernel<T, A><<<blocks_for(s.B * s.K * 32, 256), 256, 0, stream>>>(
       s.B * s.K, s.P, s.D, attn, dL_dslots, slots, ws.asum, ws.c);
+  SC_TRACE_WORK(double(s.B * s.K * (s.P + 2 * s.D)) * sizeof(T), s.B * s.K * (s.P + 2 * s.D), FP32);
   SC_KERNEL_LAUNCHED(what);
   if (dL_dx) {
     launch_tile_gemm<A>(s.D, s.P, s.K, s.B, 1, GradSlotsT<T>{dL_dslots, s.K, s.D},

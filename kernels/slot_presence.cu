@@ -52,9 +52,11 @@ void slot_presence_cuda(int64_t B, int64_t K, int64_t P, const T* dots, const ui
   SC_KERNEL_REQUIRE(B <= 65535, what, "B must be <= 65535 (grid y)");
   if (cudaMemsetAsync(present, 0, size_t(B * K), stream) != cudaSuccess)
     kernels::fail(what, "cudaMemsetAsync failed");
-  kernels::note_memory_op();
+  SC_TRACE_WORK(B * K, 0, Memory);
+  kernels::note_memory_op("cudaMemsetAsync (slot_presence)");
   presence_kernel<T><<<dim3(unsigned((P + 31) / 32), unsigned(B)), dim3(32, 8), 0, stream>>>(
       K, P, dots, and_mask, present);
+  SC_TRACE_WORK(double(B * K * P) * sizeof(T) + double(B * P) + double(B * K), 2 * B * K * P, FP32);
   SC_KERNEL_LAUNCHED(what);
 }
 

@@ -179,6 +179,10 @@ void launch_tile_gemm(int64_t M, int64_t N, int64_t Kc, int64_t Z, int splits, c
   chunk = (chunk + kTileK - 1) / kTileK * kTileK;
   const dim3 grid(unsigned((N + kTileN - 1) / kTileN), unsigned((M + kTileM - 1) / kTileM),
                   unsigned(Z * splits));
+  // the trace's work: Z products of (M x Kc) . (Kc x N), each operand and the result once
+  SC_TRACE_WORK_AS(double(Z) * double(M * Kc + Kc * N + M * N) * sizeof(Acc),
+                   2.0 * double(Z) * double(M) * double(N) * double(Kc),
+                   sizeof(Acc) == 8 ? Unit::FP64 : (tf32 ? Unit::TF32 : Unit::FP32));
   if constexpr (sizeof(Acc) == 4) {
     if (tf32) {
       tile_gemm_kernel<Acc, true>

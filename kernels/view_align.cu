@@ -121,6 +121,7 @@ void view_align_forward_cuda(const ViewAlignShape& s, const T* in, const T* boxe
   const int64_t n = s.B * s.K * s.H * s.W;
   view_align_forward_kernel<T, A>
       <<<unsigned((n + 255) / 256), 256, 0, stream>>>(s.B, s.K, s.H, s.W, in, boxes, flips, out);
+  SC_TRACE_WORK(2.0 * double(n) * sizeof(T), 10 * n, FP32);
   SC_KERNEL_LAUNCHED(what);
 }
 
@@ -136,16 +137,19 @@ void view_align_backward_cuda(const ViewAlignShape& s, const T* boxes, const uin
     view_align_backward_smem_kernel<T, A>
         <<<unsigned((planes + kWarpsPerBlock - 1) / kWarpsPerBlock), 32 * kWarpsPerBlock, smem,
            stream>>>(s.B, s.K, s.H, s.W, boxes, flips, dL_dout, dL_din);
+    SC_TRACE_WORK(2.0 * double(planes * HW) * sizeof(T), 10 * planes * HW, FP32);
     SC_KERNEL_LAUNCHED("view_align_backward_smem_kernel");
   } else {
     // Large planes: accumulate in the output itself (T = A for both instantiations).
     static_assert(sizeof(A) == sizeof(T), "the global fallback accumulates in T");
     if (cudaMemsetAsync(dL_din, 0, sizeof(T) * size_t(planes * HW), stream) != cudaSuccess)
       kernels::fail(what, "cudaMemsetAsync failed");
-    kernels::note_memory_op();
+    SC_TRACE_WORK(double(planes * HW) * sizeof(T), 0, Memory);
+    kernels::note_memory_op("cudaMemsetAsync (view_align)");
     const int64_t n = planes * HW;
     view_align_backward_global_kernel<T, A><<<unsigned((n + 255) / 256), 256, 0, stream>>>(
         s.B, s.K, s.H, s.W, boxes, flips, dL_dout, reinterpret_cast<A*>(dL_din));
+    SC_TRACE_WORK(3.0 * double(n) * sizeof(T), 10 * n, FP32);
     SC_KERNEL_LAUNCHED("view_align_backward_global_kernel");
   }
   SC_KERNEL_LAUNCH_CHECK(what);

@@ -3,6 +3,7 @@
 #include <unordered_map>
 
 #include "engine/autograd.h"
+#include "engine/cuda_runtime.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "model/resnet_layers.h"
@@ -126,8 +127,14 @@ StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype, b
   const DType head_dtype = compute_dtype == DType::F64 ? DType::F64 : DType::F32;
   SlotConViews views;
   WeightCastScope casts;  // bf16 / fp16: each weight cast once for both views
+  // The phases of the device trace (engine/cuda_runtime.h DevicePhase; engine/cost_model.h).
   for (int v = 0; v < 2; ++v) {
-    Tensor in = backbone_input(batch.crops[v], compute_dtype, channels_last_);
+    Tensor in;
+    {
+      DevicePhase phase("data");
+      in = backbone_input(batch.crops[v], compute_dtype, channels_last_);
+    }
+    DevicePhase phase("student forward");
     // the head's dtype whatever the backbone's activation dtype
     views.x[v] = cast(projector_q->forward(encoder_q->forward(in)), head_dtype);
     views.boxes[v] = batch.coords[v];
@@ -136,10 +143,16 @@ StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype, b
   {
     NoGradGuard ng;  // the teacher: train mode (batch statistics), no gradients
     for (int v = 0; v < 2; ++v) {
-      Tensor in = backbone_input(batch.crops[v], compute_dtype, channels_last_);
+      Tensor in;
+      {
+        DevicePhase phase("data");
+        in = backbone_input(batch.crops[v], compute_dtype, channels_last_);
+      }
+      DevicePhase phase("teacher forward");
       views.y[v] = cast(projector_k->forward(encoder_k->forward(in)), head_dtype);
     }
   }
+  DevicePhase phase("head");
   SlotConLossConfig lc;
   lc.teacher_temp = cfg_.teacher_temp;
   lc.student_temp = cfg_.student_temp;

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "engine/autograd.h"
+#include "engine/cuda_runtime.h"
 #include "engine/ops.h"
 
 namespace sc {
@@ -101,20 +102,28 @@ void TrainStep::average_gradients() {
 std::vector<Tensor>& TrainStep::optimizer_state() { return lars_ ? lars_->state() : sgd_->state(); }
 
 StepResult TrainStep::run(const TwoViewBatch& batch, double lr, double teacher_momentum) {
-  lars_ ? lars_->set_lr(lr) : sgd_->set_lr(lr);
-  model_.momentum_update(teacher_momentum);
+  // The phases of the device trace (engine/cuda_runtime.h DevicePhase); the forward names its own.
+  {
+    DevicePhase phase("EMA");
+    lars_ ? lars_->set_lr(lr) : sgd_->set_lr(lr);
+    model_.momentum_update(teacher_momentum);
+  }
   StepResult r;
   r.loss = model_.forward(batch, options_.compute_dtype(), options_.tf32);
+  DevicePhase backward_phase("backward");
   if (comm_) average_loss(r.loss.parts);
   nonfinite_flag(r.loss.parts, found_);  // starts the step's flag
   lars_ ? lars_->zero_grad() : sgd_->zero_grad();
   if (scaler_) {
     scaler_->scale(r.loss.total).backward();
     if (comm_) average_gradients();
-    scaler_->unscale_(tensors_, found_);  // an Inf or NaN gradient sets it too
   } else {
     r.loss.total.backward();
     if (comm_) average_gradients();
+  }
+  DevicePhase optimizer_phase("optimizer");
+  if (scaler_) {
+    scaler_->unscale_(tensors_, found_);  // an Inf or NaN gradient sets it too
   }
   lars_ ? lars_->step(found_) : sgd_->step(found_);  // changes nothing when the flag is set
   if (scaler_) scaler_->update(found_);             // backoff when set

@@ -235,7 +235,8 @@ void copy(const Tensor& dst, const Tensor& src) {
   if (dst.dtype() == src.dtype()) {
     const size_t es = dtype_size(dst.dtype());
     if (ix.flat) {
-      kernels::note_memory_op();
+      SC_TRACE_WORK(2.0 * double(n) * es, 0, Memory);
+      kernels::note_memory_op("cudaMemcpyAsync (device to device)");
       SC_CUDA_CHECK(cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), size_t(n) * es,
                                     cudaMemcpyDeviceToDevice, s));
       return;
@@ -245,6 +246,7 @@ void copy(const Tensor& dst, const Tensor& src) {
       copy_bits_kernel<W><<<grid_for(n, dev), kThreads, 0, s>>>(
           ix, n, static_cast<W*>(dst.data_ptr()), static_cast<const W*>(src.data_ptr()));
     });
+    SC_TRACE_WORK(2.0 * double(n) * es, 0, Memory);
     check_launch("copy");
     return;
   }
@@ -258,6 +260,7 @@ void copy(const Tensor& dst, const Tensor& src) {
       }
     });
   });
+  SC_TRACE_WORK(double(n) * double(dtype_size(dst.dtype()) + dtype_size(src.dtype())), n, FP32);
   check_launch("copy (dtype conversion)");
 }
 
@@ -270,7 +273,8 @@ void fill(const Tensor& dst, double value) {
   const uint64_t bits = value_bits(dst.dtype(), value);
   cudaStream_t s = stream(dev);
   if (ix.flat && (bits == 0 || dst.dtype() == DType::U8)) {  // one byte pattern: a memset
-    kernels::note_memory_op();
+    SC_TRACE_WORK(double(n) * double(dtype_size(dst.dtype())), 0, Memory);
+    kernels::note_memory_op("cudaMemsetAsync (fill)");
     SC_CUDA_CHECK(
         cudaMemsetAsync(dst.data_ptr(), int(bits & 0xff), size_t(n) * dtype_size(dst.dtype()), s));
     return;
@@ -280,6 +284,7 @@ void fill(const Tensor& dst, double value) {
     fill_bits_kernel<W>
         <<<grid_for(n, dev), kThreads, 0, s>>>(ix, n, static_cast<W*>(dst.data_ptr()), W(bits));
   });
+  SC_TRACE_WORK(double(n) * double(dtype_size(dst.dtype())), 0, Memory);
   check_launch("fill");
 }
 
@@ -296,6 +301,7 @@ void unary(UnaryOp op, const Tensor& out, const Tensor& a, double alpha) {
     unary_kernel<T><<<grid_for(n, dev), kThreads, 0, stream(dev)>>>(op, ix, n, out.data<T>(),
                                                                     a.data<T>(), Acc<T>(alpha));
   });
+  SC_TRACE_WORK_AS(2.0 * double(n) * double(dtype_size(out.dtype())), n, simt_unit(out.dtype()));
   check_launch("unary op");
 }
 
@@ -314,6 +320,8 @@ void binary(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor& b, do
     binary_kernel<T><<<grid_for(n, dev), kThreads, 0, stream(dev)>>>(
         op, ix, n, out.data<T>(), a.data<T>(), b.data<T>(), Acc<T>(alpha), Acc<T>(beta));
   });
+  SC_TRACE_WORK_AS(3.0 * double(n) * double(dtype_size(out.dtype())), 2 * n,
+                   simt_unit(out.dtype()));
   check_launch("binary op");
 }
 
@@ -332,6 +340,7 @@ void equal(const Tensor& out, const Tensor& a, const Tensor& b) {
     equal_kernel<T><<<grid_for(n, dev), kThreads, 0, stream(dev)>>>(ix, n, out.data<uint8_t>(),
                                                                     a.data<T>(), b.data<T>());
   });
+  SC_TRACE_WORK(double(n) * double(2 * dtype_size(a.dtype()) + 1), n, FP32);
   check_launch("equal");
 }
 

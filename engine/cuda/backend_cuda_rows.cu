@@ -447,6 +447,8 @@ void sum_rows(const Tensor& out, const Tensor& in, int64_t rows, int64_t cols) {
     using T = decltype(t);
     SC_LAUNCH_ROWS(sum_rows_kernel, T, rows, cols, dev, out.data<T>(), in.data<T>(), rows, cols);
   });
+  SC_TRACE_WORK_AS(double(rows) * double(cols + 1) * double(dtype_size(in.dtype())),
+                   rows * cols, simt_unit(in.dtype()));
   check_launch("sum_rows");
 }
 
@@ -462,6 +464,8 @@ void argmax_rows(const Tensor& out, const Tensor& in, int64_t rows, int64_t cols
     SC_LAUNCH_ROWS(argmax_rows_kernel, T, rows, cols, dev, out.data<int64_t>(), in.data<T>(), rows,
                    cols);
   });
+  SC_TRACE_WORK_AS(double(rows) * (double(cols) * double(dtype_size(in.dtype())) + 8.0),
+                   rows * cols, simt_unit(in.dtype()));
   check_launch("argmax_rows");
 }
 
@@ -475,6 +479,8 @@ void softmax_rows(const Tensor& out, const Tensor& in, int64_t rows, int64_t col
     SC_LAUNCH_ROWS(softmax_rows_kernel, T, rows, cols, dev, out.data<T>(), in.data<T>(), rows, cols,
                    log);
   });
+  SC_TRACE_WORK_AS(2.0 * double(rows) * double(cols) * double(dtype_size(in.dtype())),
+                   4 * rows * cols, simt_unit(in.dtype()));
   check_launch("softmax_rows");
 }
 
@@ -490,6 +496,8 @@ void softmax_backward_rows(const Tensor& dx, const Tensor& g, const Tensor& y, i
     SC_LAUNCH_ROWS(softmax_backward_kernel, T, rows, cols, dev, dx.data<T>(), g.data<T>(),
                    y.data<T>(), rows, cols, log);
   });
+  SC_TRACE_WORK_AS(3.0 * double(rows) * double(cols) * double(dtype_size(y.dtype())),
+                   3 * rows * cols, simt_unit(y.dtype()));
   check_launch("softmax_backward_rows");
 }
 
@@ -503,6 +511,8 @@ void l2norm_rows(const Tensor& out, const Tensor& x, int64_t rows, int64_t cols,
     SC_LAUNCH_ROWS(l2norm_rows_kernel, T, rows, cols, dev, out.data<T>(), x.data<T>(), rows, cols,
                    eps);
   });
+  SC_TRACE_WORK_AS(2.0 * double(rows) * double(cols) * double(dtype_size(x.dtype())),
+                   3 * rows * cols, simt_unit(x.dtype()));
   check_launch("l2norm_rows");
 }
 
@@ -518,6 +528,8 @@ void l2norm_backward_rows(const Tensor& dx, const Tensor& g, const Tensor& x, in
     SC_LAUNCH_ROWS(l2norm_backward_kernel, T, rows, cols, dev, dx.data<T>(), g.data<T>(),
                    x.data<T>(), rows, cols, eps);
   });
+  SC_TRACE_WORK_AS(3.0 * double(rows) * double(cols) * double(dtype_size(x.dtype())),
+                   5 * rows * cols, simt_unit(x.dtype()));
   check_launch("l2norm_backward_rows");
 }
 
@@ -538,6 +550,8 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double al
       scale_matrices_kernel<T><<<grid_for(total, dev), kThreads, 0, stream(dev)>>>(
           C.data<T>(), m, n, ldc, sC, batch, beta);
     });
+    SC_TRACE_WORK(2.0 * double(batch * m * n) * double(dtype_size(C.dtype())), batch * m * n,
+                  FP32);
     check_launch("matmul (k = 0)");
     return;
   }
@@ -548,7 +562,16 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double al
   const int im = to_int(m, "m"), in = to_int(n, "n"), ik = to_int(k, "k"),
             ib = to_int(batch, "batch");
   const int ilda = to_int(lda, "lda"), ildb = to_int(ldb, "ldb"), ildc = to_int(ldc, "ldc");
-  kernels::note_library_call();
+  if (kernels::tracing()) {  // A, B and C once each (C read too when beta != 0); 2mnk FLOPs
+    const double es = double(dtype_size(C.dtype()));
+    const double mats = double(m * k + k * n + m * n) + (beta != 0.0 ? double(m * n) : 0.0);
+    const DType t = C.dtype();
+    kernels::note_work(es * mats * double(batch), 2.0 * double(m) * double(n) * double(k) * double(batch),
+                       t == DType::F64   ? kernels::Unit::FP64
+                       : t == DType::F32 ? kernels::Unit::FP32  // CUBLAS_COMPUTE_32F: no TF32
+                                         : kernels::Unit::Tensor16);
+  }
+  kernels::note_library_call("cublasGemmStridedBatchedEx");
   if (C.dtype() == DType::F64) {
     const double a = alpha, b = beta;
     SC_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
@@ -582,6 +605,7 @@ void index_select_rows(const Tensor& out, const Tensor& in, const Tensor& idx) {
         static_cast<W*>(out.data_ptr()), static_cast<const W*>(in.data_ptr()), idx.data<int64_t>(),
         n, R, cols);
   });
+  SC_TRACE_WORK(2.0 * double(total) * double(dtype_size(in.dtype())) + 8.0 * double(n), 0, Memory);
   check_launch("index_select_rows");
 }
 
@@ -605,6 +629,8 @@ void index_add_rows(const Tensor& out, const Tensor& idx, const Tensor& src) {
     index_add_kernel<T><<<grid_for(total, dev), kThreads, 0, stream(dev)>>>(
         out.data<T>(), src.data<T>(), idx.data<int64_t>(), n, R, cols);
   });
+  SC_TRACE_WORK_AS(3.0 * double(total) * double(dtype_size(out.dtype())) + 8.0 * double(n), total,
+                   simt_unit(out.dtype()));
   check_launch("index_add_rows");
 }
 
@@ -620,6 +646,7 @@ void compact_rows_index(const Tensor& idx, const Tensor& valid, const Tensor& ma
   if (M == 0 && n == 0) return;
   compact_rows_kernel<<<1, kCompactThreads, 0, stream(dev)>>>(
       mask.data<uint8_t>(), n, idx.data<int64_t>(), valid.data<uint8_t>(), M);
+  SC_TRACE_WORK(double(n) + 9.0 * double(M), n, FP32);
   check_launch("compact_rows_index");
 }
 
@@ -657,6 +684,7 @@ void gather_rows(const Tensor& out, const Tensor& in, const Tensor& idx, const T
         static_cast<W*>(out.data_ptr()), static_cast<const W*>(in.data_ptr()), idx.data<int64_t>(),
         valid.data<uint8_t>(), M, R, cols);
   });
+  SC_TRACE_WORK(2.0 * double(total) * double(dtype_size(in.dtype())) + 9.0 * double(M), 0, Memory);
   check_launch("gather_rows");
 }
 
@@ -672,6 +700,8 @@ void scatter_rows(const Tensor& out, const Tensor& idx, const Tensor& valid, con
         static_cast<W*>(out.data_ptr()), static_cast<const W*>(src.data_ptr()), idx.data<int64_t>(),
         valid.data<uint8_t>(), M, R, cols);
   });
+  SC_TRACE_WORK(2.0 * double(total) * double(dtype_size(src.dtype())) + 9.0 * double(M), 0,
+                Memory);
   check_launch("scatter_rows");
 }
 

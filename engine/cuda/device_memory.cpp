@@ -401,7 +401,8 @@ void empty_cache() {
 void memset_async(void* ptr, int value, size_t n, int device) {
   if (n == 0) return;
   set_device(device);
-  kernels::note_memory_op();
+  SC_TRACE_WORK(n, 0, Memory);
+  kernels::note_memory_op("cudaMemsetAsync");
   SC_CUDA_CHECK(cudaMemsetAsync(ptr, value, n, stream(device)));
 }
 

@@ -184,10 +184,16 @@ inline unsigned grid_for(int64_t n, int device) {
   return unsigned(want < cap ? (want > 0 ? want : 1) : cap);
 }
 
+// The unit a backend kernel's arithmetic runs on (its FLOPs in the trace, kernels/check.h).
+inline kernels::Unit simt_unit(DType t) {
+  return t == DType::F64 ? kernels::Unit::FP64 : kernels::Unit::FP32;
+}
+
 // Directly after every kernel launch of the backend: counts it (kernels/check.h issue_counts)
 // and checks it.
 inline void check_launch(const char* what) {
-  kernels::note_kernel_launch();
+  SC_TRACE_LAUNCH_SHAPE();
+  kernels::note_kernel_launch(what);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess)
     throw Error(str_cat(what, ": CUDA kernel launch failed: ", cudaGetErrorString(e)));

@@ -6,6 +6,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <chrono>
 #include <map>
@@ -126,6 +127,7 @@ struct Runtime {
   bool saw_barrier = false;  // a thread of the current launch waited at a barrier
   cudaError_t last = cudaSuccess;
   uint64_t nlaunch = 0, nrun = 0;
+  LastLaunch last_launch;
   std::string kernel;
   std::string fiber_error;  // set by a thread that stopped at an error, thrown by the scheduler
 };
@@ -385,6 +387,11 @@ void launch_site(const LaunchCfg& cfg, const char* name, const std::function<voi
     r.last = cudaErrorInvalidConfiguration;
     return;
   }
+  r.last_launch = LastLaunch{name, uint64_t(g.x) * g.y * g.z, threads};
+  if (dry_run()) {  // checked and counted, not run
+    ++r.nlaunch;
+    return;
+  }
   r.kernel = name;
   r.nthreads = int(threads);
   r.body = &body;
@@ -453,6 +460,22 @@ void warp_exchange(const void* v, void* out, size_t bytes, int src_lane) {
   std::memcpy(out, &r.slots[size_t(src) * kSlotBytes], bytes);
   sync_warp();
 }
+
+LastLaunch last_launch() { return rt().last_launch; }
+
+namespace {
+std::atomic<int> g_dry_run{-1};  // -1: not yet read from the environment
+}
+bool dry_run() {
+  int v = g_dry_run.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* e = std::getenv("SLOTCON_EMU_DRY_RUN");
+    v = e && *e && std::string(e) != "0" ? 1 : 0;
+    g_dry_run.store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
+}
+void set_dry_run(bool on) { g_dry_run.store(on ? 1 : 0, std::memory_order_relaxed); }
 
 uint64_t launches() { return rt().nlaunch; }
 uint64_t threads_run() { return rt().nrun; }
@@ -634,13 +657,14 @@ cudaError_t cudaFree(void* p) {
 }
 
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {
-  if (bytes) std::memset(p, value, bytes);
+  if (bytes && !emu::dry_run()) std::memset(p, value, bytes);
   return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
   return cudaMemset(p, value, bytes);
 }
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  if (kind == cudaMemcpyDeviceToDevice && emu::dry_run()) return cudaSuccess;
   if (bytes) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }

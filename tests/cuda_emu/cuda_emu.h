@@ -168,6 +168,17 @@ int lane_id();
 // Stops the launch with `what` and the kernel, block and thread (for checks in device functions).
 [[noreturn]] void device_error(const std::string& what);
 
+// The last launch's kernel expression and grid (read by kernels/check.h's trace).
+struct LastLaunch {
+  const char* name = nullptr;
+  uint64_t blocks = 0, threads = 0;
+};
+LastLaunch last_launch();
+
+// Dry run (cuda_emu_control.h).
+bool dry_run();
+void set_dry_run(bool on);
+
 // Number of launches and of threads run so far (for tests of the emulator itself).
 uint64_t launches();
 uint64_t threads_run();

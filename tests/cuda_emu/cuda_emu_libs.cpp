@@ -106,6 +106,7 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t tr
   if (lda < std::max(1, na ? m : k) || ldb < std::max(1, nb ? k : n) || ldc < std::max(1, m))
     return CUBLAS_STATUS_INVALID_VALUE;
   if (m == 0 || n == 0 || batchCount == 0) return CUBLAS_STATUS_SUCCESS;
+  if (emu::dry_run()) return CUBLAS_STATUS_SUCCESS;  // checked, not computed
   const double al = f64 ? *static_cast<const double*>(alpha) : *static_cast<const float*>(alpha);
   const double be = f64 ? *static_cast<const double*>(beta) : *static_cast<const float*>(beta);
   const size_t es = elem_size(ta);
@@ -388,7 +389,7 @@ cudnnStatus_t find(cudnnHandle_t h, const cudnnTensorStruct* x, const cudnnFilte
   if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
   const cudnnStatus_t st = check(x, w, cd, y);
   if (st != CUDNN_STATUS_SUCCESS) return st;
-  fill_nan(out, out_type, out_count);
+  if (!emu::dry_run()) fill_nan(out, out_type, out_count);
   one_result(requested, returned, perf, algo, cd->math);
   return CUDNN_STATUS_SUCCESS;
 }
@@ -425,6 +426,7 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void* alpha,
   if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
   const cudnnStatus_t st = check(xd, wd, cd, yd);
   if (st != CUDNN_STATUS_SUCCESS) return st;
+  if (emu::dry_run()) return CUDNN_STATUS_SUCCESS;  // checked, not computed
   const Conv g{*xd, *wd, *cd, *yd};
   const std::vector<double> xv = read_tensor(*xd, x), wv = read_filter(*wd, w);
   const int K = wd->k, CRS = wd->c * wd->r * wd->s, P = yd->h * yd->w;
@@ -448,6 +450,7 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void* alpha,
   if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
   const cudnnStatus_t st = check(dxd, wd, cd, dyd);
   if (st != CUDNN_STATUS_SUCCESS) return st;
+  if (emu::dry_run()) return CUDNN_STATUS_SUCCESS;  // checked, not computed
   const Conv g{*dxd, *wd, *cd, *dyd};
   const std::vector<double> dyv = read_tensor(*dyd, dy), wv = read_filter(*wd, w);
   const int K = wd->k, CRS = wd->c * wd->r * wd->s, P = dyd->h * dyd->w;
@@ -471,6 +474,7 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void* alpha,
   if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
   const cudnnStatus_t st = check(xd, dwd, cd, dyd);
   if (st != CUDNN_STATUS_SUCCESS) return st;
+  if (emu::dry_run()) return CUDNN_STATUS_SUCCESS;  // checked, not computed
   const Conv g{*xd, *dwd, *cd, *dyd};
   const std::vector<double> xv = read_tensor(*xd, x), dyv = read_tensor(*dyd, dy);
   const int K = dwd->k, CRS = dwd->c * dwd->r * dwd->s, P = dyd->h * dyd->w;

@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "engine/autograd.h"
+#include "engine/cost_model.h"
 #include "engine/cuda_runtime.h"
 #include "engine/ops.h"
 #include "gpu_test_util.h"
@@ -20,6 +21,7 @@ using namespace sc;
 using namespace sc::testing;
 
 #if defined(SLOTCON_CUDA_EMU)
+#include "cuda_emu_control.h"
 namespace emu {
 uint64_t launches();  // tests/cuda_emu/cuda_emu.h: kernel launches the emulator ran
 }
@@ -332,3 +334,70 @@ TEST_CASE("gpu train step: a steady-state step's launches, synchronisations, all
     CHECK(d.stream_ops() <= 1410);
   }
 }
+
+#if defined(SLOTCON_CUDA_EMU)
+// bench_train_step --predict h100 counts the authors' shape on the emulator as a dry run (launches,
+// library calls and memory operations checked and counted, not executed: docs/gpu.md, "A
+// predicted step time"). That is only the step's work if the step's host control flow does not
+// depend on what the device computed: here a dry-run step must issue exactly what an executed
+// step issues, operation by operation (name, kernel, grid, estimated bytes and FLOPs, unit,
+// phase), with the same counts, and every operation in one of the step's phases.
+TEST_CASE("gpu train step: a dry-run step issues exactly what an executed step issues",
+          "[gpu][train][counts][predict]") {
+  const uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  const TensorMap s0 = fresh_state(seed);
+  const TwoViewBatch b = random_batch(seed + 1);
+  Stepper st(s0, Device::cuda(0), DType::BF16, true);
+  const TwoViewBatch bb = batch_on(b, Device::cuda(0), DType::F32);
+  for (int i = 0; i < 2; ++i) st.step(bb);
+  cuda_synchronize(0);
+  auto traced = [&](bool dry, DeviceCounters& d) {
+    emu::set_dry_run(dry);
+    const DeviceCounters before = device_counters();
+    const uint64_t emu_before = emu::launches();
+    kernels::start_trace();
+    st.step(bb);
+    std::vector<IssueRecord> t = kernels::stop_trace();
+    d = device_counters() - before;
+    emu::set_dry_run(false);
+    CHECK(d.kernel_launches == emu::launches() - emu_before);
+    return t;
+  };
+  DeviceCounters de, dd;
+  const std::vector<IssueRecord> executed = traced(false, de);
+  const std::vector<IssueRecord> dry = traced(true, dd);
+  CHECK(dd.kernel_launches == de.kernel_launches);
+  CHECK(dd.library_calls == de.library_calls);
+  CHECK(dd.memory_ops == de.memory_ops);
+  CHECK(dd.host_syncs == de.host_syncs);
+  CHECK(dd.d2h_copies == de.d2h_copies);
+  CHECK(dd.device_mallocs == de.device_mallocs);
+  CHECK(de.stream_ops() > 1000);
+  REQUIRE(dry.size() == executed.size());
+  const std::vector<std::string> phases = {"EMA",  "data",     "student forward", "teacher forward",
+                                           "head", "backward", "optimizer"};
+  size_t mismatches = 0, unphased = 0, unestimated = 0, gridless = 0;
+  for (size_t i = 0; i < dry.size(); ++i) {
+    const IssueRecord &x = executed[i], &y = dry[i];
+    const bool same = x.kind == y.kind && x.name == y.name && x.kernel == y.kernel &&
+                      x.phase == y.phase && x.blocks == y.blocks && x.threads == y.threads &&
+                      x.bytes == y.bytes && x.flops == y.flops && x.unit == y.unit;
+    if (!same && mismatches++ < 5)
+      FAIL_CHECK("operation " << i << " differs: " << x.name << " [" << x.kernel << "] in "
+                              << x.phase << " vs " << y.name << " [" << y.kernel << "] in "
+                              << y.phase);
+    if (std::find(phases.begin(), phases.end(), x.phase) == phases.end()) ++unphased;
+    if (x.kind != IssueKind::HostSync && !x.has_work) ++unestimated;
+    if (x.kind == IssueKind::Kernel && x.blocks == 0) ++gridless;
+  }
+  CHECK(mismatches == 0);
+  CHECK(unphased == 0);     // every operation of the step falls in one of its phases
+  CHECK(unestimated == 0);  // every launch site gives its bytes and FLOPs
+  CHECK(gridless == 0);     // the emulator reported every kernel's grid
+  // and the model reads the trace: every phase has a positive predicted time
+  const Prediction p = predict(executed, DeviceSpec::h100_sxm());
+  CHECK(p.phases.size() == phases.size());
+  for (const PhaseCost& ph : p.phases) CHECK(ph.wall_s > 0);
+}
+#endif
