@@ -98,6 +98,9 @@ Tensor upload_into_slot(UploadSlots& u, const Tensor& host, int input);
 void upload_consumed(UploadSlots& u, int input);
 }  // namespace cuda
 
+// The calling thread's MatmulTF32Scope setting (engine/ops.h), read by the CUDA gemm.
+bool matmul_tf32();
+
 // Most dims a strided backend argument may have.
 constexpr int kMaxDims = 8;
 

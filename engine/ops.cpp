@@ -881,4 +881,11 @@ CompareResult compare(const Tensor& a, const Tensor& b, double atol, double rtol
   return r;
 }
 
+namespace {
+thread_local bool t_matmul_tf32 = false;
+}
+MatmulTF32Scope::MatmulTF32Scope(bool on) : prev_(t_matmul_tf32) { t_matmul_tf32 = on; }
+MatmulTF32Scope::~MatmulTF32Scope() { t_matmul_tf32 = prev_; }
+bool matmul_tf32() { return t_matmul_tf32; }
+
 }  // namespace sc

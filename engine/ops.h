@@ -52,6 +52,21 @@ Tensor sum_to_shape(const Tensor& g, const Shape& shape);
 // a (M, K) @ b (K, N) -> (M, N); a (B, M, K) @ b (B, K, N) -> (B, M, N); a 3-D with b 2-D
 // multiplies every batch by b. cuBLAS on CUDA, BLAS on the CPU.
 Tensor matmul(const Tensor& a, const Tensor& b);
+// While one lives on this thread, F32 products on CUDA (matmul, linear and their backward) run
+// on the TF32 tensor cores (cuBLAS's CUBLAS_COMPUTE_32F_FAST_TF32: operands rounded to 10
+// mantissa bits, F32 accumulation), as PyTorch's allow_tf32; off (exact FP32) otherwise. The
+// CPU always computes exactly. Scopes nest; `on` false keeps (or makes) it off inside.
+class MatmulTF32Scope {
+ public:
+  explicit MatmulTF32Scope(bool on);
+  ~MatmulTF32Scope();
+  MatmulTF32Scope(const MatmulTF32Scope&) = delete;
+  MatmulTF32Scope& operator=(const MatmulTF32Scope&) = delete;
+
+ private:
+  bool prev_;
+};
+bool matmul_tf32();  // the calling thread's setting
 // x (..., in) W (out, in)^T + bias (out) -> (..., out); bias may be undefined.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor());
 

@@ -77,7 +77,8 @@ const std::map<std::string, Field>& fields() {
       {"precision", field(&TrainConfig::precision, "auto | fp32 | bf16 | fp16 | fp64")},
       {"channels_last", field(&TrainConfig::channels_last,
                               "NHWC activations and conv weights: auto (GPU) | on | off")},
-      {"tf32", field(&TrainConfig::tf32, "head kernels' products on TF32 tensor cores (GPU): "
+      {"tf32", field(&TrainConfig::tf32, "the head's F32 products (fused kernels, slot "
+                                         "predictor) on TF32 tensor cores (GPU): "
                                          "auto (on in bf16/fp16) | on | off")},
       {"nonfinite", field(&TrainConfig::nonfinite, "stop | skip on a non-finite loss")},
       {"dataset", field(&TrainConfig::dataset, "folder | synthetic")},

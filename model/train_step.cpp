@@ -102,6 +102,9 @@ void TrainStep::average_gradients() {
 std::vector<Tensor>& TrainStep::optimizer_state() { return lars_ ? lars_->state() : sgd_->state(); }
 
 StepResult TrainStep::run(const TwoViewBatch& batch, double lr, double teacher_momentum) {
+  // tf32: the head's F32 products on the tensor cores (the slot predictor's GEMMs, forward and
+  // backward), as the fused head kernels' own option
+  MatmulTF32Scope tf32(options_.tf32);
   // The phases of the device trace (engine/cuda_runtime.h DevicePhase); the forward names its own.
   {
     DevicePhase phase("EMA");

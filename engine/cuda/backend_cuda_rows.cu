@@ -568,7 +568,7 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double al
     const DType t = C.dtype();
     kernels::note_work(es * mats * double(batch), 2.0 * double(m) * double(n) * double(k) * double(batch),
                        t == DType::F64   ? kernels::Unit::FP64
-                       : t == DType::F32 ? kernels::Unit::FP32  // CUBLAS_COMPUTE_32F: no TF32
+                       : t == DType::F32 ? (matmul_tf32() ? kernels::Unit::TF32 : kernels::Unit::FP32)
                                          : kernels::Unit::Tensor16);
   }
   kernels::note_library_call("cublasGemmStridedBatchedEx");
@@ -581,7 +581,10 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double al
     const float a = float(alpha), b = float(beta);
     SC_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
         h, opB, opA, in, im, ik, &a, B.data_ptr(), type, ildb, sB, A.data_ptr(), type, ilda, sA, &b,
-        C.data_ptr(), type, ildc, sC, ib, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        C.data_ptr(), type, ildc, sC, ib,
+        // F32 under a MatmulTF32Scope: the tensor cores in TF32 (16-bit types: F32 accumulation)
+        C.dtype() == DType::F32 && matmul_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
+        CUBLAS_GEMM_DEFAULT));
   }
 }
 

@@ -110,6 +110,18 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t tr
   const double al = f64 ? *static_cast<const double*>(alpha) : *static_cast<const float*>(alpha);
   const double be = f64 ? *static_cast<const double*>(beta) : *static_cast<const float*>(beta);
   const size_t es = elem_size(ta);
+  // CUBLAS_COMPUTE_32F_FAST_TF32: F32 operands rounded to TF32 (10 mantissa bits, to nearest
+  // even) before the products, as the tensor cores take them; accumulation stays wide
+  const bool tf32 = computeType == CUBLAS_COMPUTE_32F_FAST_TF32 && ta == 0;
+  auto operand = [tf32](double v) {
+    if (!tf32 || !std::isfinite(v)) return v;
+    float f = float(v);
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    u = (u + 0xFFFu + ((u >> 13) & 1u)) & ~0x1FFFu;
+    std::memcpy(&f, &u, 4);
+    return double(f);
+  };
   std::vector<double> a(size_t(m) * k), b(size_t(k) * n);
   for (int bi = 0; bi < batchCount; ++bi) {
     const char* Ab = static_cast<const char*>(A) + es * size_t(strideA * bi);
@@ -117,10 +129,10 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t tr
     char* Cb = static_cast<char*>(C) + es * size_t(strideC * bi);
     for (int i = 0; i < m; ++i)  // a[i*k + l] = op(A)[i, l]
       for (int l = 0; l < k; ++l)
-        a[size_t(i) * k + l] = load(Ab, ta, na ? size_t(i) + size_t(l) * lda : size_t(l) + size_t(i) * lda);
+        a[size_t(i) * k + l] = operand(load(Ab, ta, na ? size_t(i) + size_t(l) * lda : size_t(l) + size_t(i) * lda));
     for (int j = 0; j < n; ++j)  // b[j*k + l] = op(B)[l, j]
       for (int l = 0; l < k; ++l)
-        b[size_t(j) * k + l] = load(Bb, tb, nb ? size_t(l) + size_t(j) * ldb : size_t(j) + size_t(l) * ldb);
+        b[size_t(j) * k + l] = operand(load(Bb, tb, nb ? size_t(l) + size_t(j) * ldb : size_t(j) + size_t(l) * ldb));
     for (int j = 0; j < n; ++j)
       for (int i = 0; i < m; ++i) {
         double acc = 0;

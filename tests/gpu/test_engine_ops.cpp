@@ -18,6 +18,7 @@
 #include "engine/cuda_runtime.h"
 #include "engine/ops.h"
 #include "gpu_test_util.h"
+#include "kernels/check.h"
 
 using namespace sc;
 using namespace sc::testing;
@@ -639,4 +640,47 @@ TEST_CASE("gpu allocator: pinned host memory") {
     Tensor p = h.pin_memory();
     CHECK(pinned_allocator_stats().device_malloc_calls == p1.device_malloc_calls);
   }
+}
+
+TEST_CASE("gpu ops: matmul under a MatmulTF32Scope runs F32 products in TF32, nothing else") {
+  const uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  Generator gen(seed);
+  const Tensor a = rand_uniform({33, 64}, gen, -1.0, 1.0), b = rand_uniform({64, 17}, gen, -1.0, 1.0);
+  const Tensor want = matmul(a, b);  // the CPU: exact F32 products
+  const Tensor da = to_device(a, Device::cuda(0)), db = to_device(b, Device::cuda(0));
+  auto rel_err = [&](const Tensor& got) {
+    const std::vector<double> g = got.to(Device::cpu()).to_vector(), w = want.to_vector();
+    double e = 0;
+    for (size_t i = 0; i < g.size(); ++i) e = std::max(e, std::fabs(g[i] - w[i]));
+    return e / 8.0;  // |products| <= 1, 64 terms: sums of order 8
+  };
+  CHECK(!matmul_tf32());
+  kernels::start_trace();
+  double exact = 0, tf32 = 0;
+  {
+    MatmulTF32Scope on(true);
+    CHECK(matmul_tf32());
+    tf32 = rel_err(matmul(da, db));
+    {
+      MatmulTF32Scope off(false);
+      CHECK(!matmul_tf32());
+    }
+    CHECK(matmul_tf32());
+    (void)matmul(cast(da, DType::F64), cast(db, DType::F64));  // F64: never TF32
+  }
+  CHECK(!matmul_tf32());
+  exact = rel_err(matmul(da, db));
+  const std::vector<kernels::IssueRecord> recs = kernels::stop_trace();
+  std::vector<kernels::Unit> units;
+  for (const auto& r : recs)
+    if (r.kind == kernels::IssueKind::Library) units.push_back(r.unit);
+  CHECK(units == std::vector<kernels::Unit>{kernels::Unit::TF32, kernels::Unit::FP64,
+                                            kernels::Unit::FP32});
+  // TF32 rounds each operand to 10 mantissa bits (relative 2^-11): visibly coarser than F32,
+  // within the TF32 bound
+  INFO("exact " << exact << ", tf32 " << tf32);
+  CHECK(exact < 1e-6);
+  CHECK(tf32 > 1e-5);
+  CHECK(tf32 < 4e-3);
 }
