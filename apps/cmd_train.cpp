@@ -372,7 +372,8 @@ void Run::setup() {
   if (comm_.world() > 1)
     std::printf("data-parallel: %d processes (%s), batch %lld per process; rank 0 prints and "
                 "writes\n",
-                comm_.world(), comm_.backend(), (long long)cfg_.batch_size);
+                comm_.world(), str_cat(comm_.backend(), dev_.is_cuda() ? " + NCCL" : "").c_str(),
+                (long long)cfg_.batch_size);
   // the checkpoint to resume from: read and compared with this run's config before the model is
   // built, so that one that does not fit is refused at once
   // (rank 0 chooses; every rank reads that file: output_dir must be shared by the ranks)

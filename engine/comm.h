@@ -8,10 +8,10 @@
 //             CMake finds MPI (SLOTCON_WITH_MPI); MPI_Init is called only when the process was
 //             launched by an MPI launcher (see make_communicator_from_env), so a plain
 //             `slotcon train` needs no MPI at run time beyond the shared library.
-//   mpi+nccl  the mpi backend plus NCCL for CUDA tensors (engine/nccl/comm_nccl.h). Built when
-//             CMake finds MPI and NCCL (nccl.h + libnccl; SLOTCON_WITH_NCCL), or in the CUDA
-//             emulator's build with MPI (an emulated NCCL over MPI, tests/cuda_emu/cuda_emu_nccl.cpp).
-//             CPU tensors still go through MPI.
+//             Its NCCL half takes the CUDA tensors (engine/nccl/comm_nccl.h; "NCCL" below): built
+//             when CMake also finds NCCL (nccl.h + libnccl; SLOTCON_WITH_NCCL), and in the CUDA
+//             emulator's build with MPI (an emulated NCCL made of MPI,
+//             tests/cuda_emu/cuda_emu_nccl.cpp). CPU tensors still go through MPI.
 //   loopback  N ranks inside one process, one thread per rank, sharing buffers: the tests'
 //             reference for the data-parallel semantics (LoopbackGroup).
 //
@@ -20,7 +20,8 @@
 //   all_reduce_sum(t)    t <- sum over ranks of t, in place; the same result on every rank. The
 //                        loopback backend sums in rank order (deterministic); MPI and NCCL in their
 //                        own order (float round-off may differ between backends, never between
-//                        ranks).
+//                        ranks). A U8 sum must stay below 256: NCCL and loopback wrap, but Open
+//                        MPI's AVX reductions saturate at 255 on long buffers (open-mpi/ompi#8045).
 //   all_gather_rows(t)   (n, ...) on each rank -> (W * n, ...): rank 0's rows, then rank 1's...
 //                        The result is on t's device.
 //   broadcast(t, root)   t <- root's t, in place.
@@ -72,7 +73,7 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int world() const = 0;
   virtual int local_rank() const = 0;
-  virtual const char* backend() const = 0;  // "single", "mpi", "mpi+nccl", "loopback"
+  virtual const char* backend() const = 0;  // "single", "mpi", "loopback"
   // Whether collectives on CUDA tensors work when world > 1 (the NCCL backend).
   virtual bool has_cuda_collectives() const { return false; }
 

@@ -95,11 +95,9 @@ class MpiComm final : public Communicator {
   int rank() const override { return rank_; }
   int world() const override { return world_; }
   int local_rank() const override { return local_rank_; }
-#ifdef SLOTCON_WITH_NCCL
-  const char* backend() const override { return "mpi+nccl"; }
-  bool has_cuda_collectives() const override { return true; }
-#else
   const char* backend() const override { return "mpi"; }
+#ifdef SLOTCON_WITH_NCCL
+  bool has_cuda_collectives() const override { return true; }
 #endif
   void abort(int code) override {
     std::fflush(stdout);

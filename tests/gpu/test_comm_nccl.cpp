@@ -2,17 +2,20 @@
 // collectives on CUDA tensors of every dtype, at odd sizes and on non-contiguous views, give the
 // same bytes on both ranks and the same as the MPI backend computes on the CPU (the 16-bit types,
 // which the CPU backend lacks, against sums of their float values rounded once per addition), and
-// the collectives return without a host synchronisation. Under the CUDA emulator this runs the
+// the collectives return without a host synchronisation; a rank that stops answering ends the
+// other through the watchdog within the timeout. Under the CUDA emulator this runs the
 // backend on the emulated NCCL (tests/cuda_emu/cuda_emu_nccl.cpp). Skipped (exit 77, saying why)
 // without the NCCL backend, without mpirun, or on a real machine with fewer than 2 GPUs.
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "app_test_util.h"
 #include "engine/comm.h"
@@ -24,6 +27,7 @@ using namespace sc;
 namespace {
 
 const char* const kWorker = "nccl worker: collectives on CUDA tensors";
+const char* const kStuckWorker = "nccl worker: rank 1 stops answering";
 
 // Bytes of a CPU tensor (made contiguous).
 std::string bytes_of(const Tensor& t) {
@@ -138,14 +142,52 @@ TEST_CASE(
   CHECK(passed == 2);
 }
 
-// Run by each rank of the test above (hidden: not listed, not run by ctest itself).
+TEST_CASE("gpu comm: NCCL: a rank that stops answering ends the other through the watchdog") {
+  if (!comm_has_nccl() || app_test::run_command("command -v mpirun").code() != 0) {
+    std::printf("SKIP: NCCL test: no NCCL backend or no mpirun\n");
+    std::exit(77);
+  }
+#ifndef SLOTCON_CUDA_EMU
+  if (cuda_device_count() < 2) {
+    std::printf("SKIP: NCCL test: needs 2 GPUs on this machine (NCCL refuses two ranks on one)\n");
+    std::exit(77);
+  }
+#endif
+  const auto start = std::chrono::steady_clock::now();
+  const app_test::Run r = app_test::run_command(
+      mpirun(2, std::string(SLOTCON_BINARY_DIR) + "/tests/test_gpu \"" + kStuckWorker + "\""));
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  INFO(r.out);
+  CHECK(r.code() != 0);
+  CHECK(r.out.find("slotcon: NCCL on rank 0 of 2: all_reduce_sum has not completed") !=
+        std::string::npos);
+  CHECK(r.out.find("(timeout 2 s, SLOTCON_COMM_TIMEOUT)") != std::string::npos);
+  CHECK(took < 30);  // not rank 1's minute of sleep
+}
+
+// Run by each rank of the test above: one collective together (which makes the NCCL
+// communicator), then rank 1 stops answering while rank 0 calls the next one.
+TEST_CASE("nccl worker: rank 1 stops answering", "[.][nccl_worker]") {
+  std::unique_ptr<Communicator> comm = make_communicator_from_env();
+  Communicator& c = *comm;
+  c.set_timeout(2);
+  Tensor t = full({3}, 1.0, DType::F32, comm_cuda_device(c));
+  c.all_reduce_sum(t);
+  REQUIRE(t.to_vector() == std::vector<double>(3, 2.0));
+  if (c.rank() == 1) std::this_thread::sleep_for(std::chrono::seconds(60));
+  c.all_reduce_sum(t);
+  FAIL("rank " << c.rank() << " got past a collective that rank 1 never joined");
+}
+
+// Run by each rank of the first test (hidden: not listed, not run by ctest itself).
 TEST_CASE("nccl worker: collectives on CUDA tensors", "[.][nccl_worker]") {
   std::unique_ptr<Communicator> comm = make_communicator_from_env();
   Communicator& c = *comm;
   c.set_timeout(60);
   REQUIRE(c.world() == 2);
   REQUIRE(c.has_cuda_collectives());
-  REQUIRE(std::string(c.backend()) == "mpi+nccl");
+  REQUIRE(std::string(c.backend()) == "mpi");
   const Device dev = comm_cuda_device(c);
   Generator gen(1234 + uint64_t(c.rank()));
   for (DType d : {DType::F32, DType::F64, DType::I64, DType::U8, DType::BF16, DType::F16}) {
