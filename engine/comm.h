@@ -52,7 +52,9 @@
 // stderr, calls ncclCommAbort (which ends the NCCL kernels, so that nothing waits on them) and
 // ends the process with exit code 1 (the launcher then ends the other ranks; an exception cannot
 // be thrown into a thread that may be blocked in a CUDA synchronisation). The time counts from
-// the call, so it includes the work queued before the collective on the stream.
+// the call, so it includes the work queued before the collective on the stream. An NCCL call that
+// fails at once (a bad argument) throws sc::Error there. Destroying the communicator waits for the
+// queued NCCL collectives (still under the watchdog) before the NCCL communicator goes.
 #pragma once
 #include <memory>
 #include <string>

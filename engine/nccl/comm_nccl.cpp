@@ -6,7 +6,8 @@
 // it. One thread per communicator takes the oldest entry and polls, about every millisecond,
 // cudaEventQuery on its event and ncclCommGetAsyncError; an entry whose event has completed
 // leaves the queue (its event is reused). An entry still pending timeout_s after its call, or an
-// asynchronous NCCL error, ends the process: message on stderr, ncclCommAbort, exit code 1.
+// asynchronous NCCL error, ends the process: message on stderr, ncclCommAbort, exit code 1. The
+// destructor waits for the queue to drain before it destroys the NCCL communicator.
 #include "engine/nccl/comm_nccl.h"
 
 #include <cuda_runtime.h>
@@ -156,6 +157,7 @@ struct NcclGroup::Impl {
         if (!pending.empty() && pending.front().id == p.id) {
           if (p.event) spare.push_back(p.event);
           pending.pop_front();
+          if (pending.empty()) cv.notify_all();  // a destructor may wait for that
         }
         continue;
       }
@@ -205,7 +207,10 @@ NcclGroup::NcclGroup(int rank, int world, int device, double timeout_s,
 NcclGroup::~NcclGroup() {
   Impl& s = *impl_;
   {
-    std::lock_guard<std::mutex> lk(s.m);
+    // NCCL wants no collective in flight when its communicator goes: wait for the queued ones
+    // (the watchdog still ends the process if one never completes)
+    std::unique_lock<std::mutex> lk(s.m);
+    s.cv.wait(lk, [&] { return s.pending.empty(); });
     s.stop = true;
   }
   s.cv.notify_all();
