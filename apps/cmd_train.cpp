@@ -370,10 +370,11 @@ void Run::setup() {
               dev_.str().c_str(), dev_detail.c_str(), opts_.precision_name(),
               cfg_.output_dir.c_str());
   if (comm_.world() > 1)
-    std::printf("data-parallel: %d processes (%s), batch %lld per process; rank 0 prints and "
-                "writes\n",
-                comm_.world(), str_cat(comm_.backend(), dev_.is_cuda() ? " + NCCL" : "").c_str(),
-                (long long)cfg_.batch_size);
+    std::printf(
+        "data-parallel: %d processes (%s), batch %lld per process; rank 0 prints and "
+        "writes\n",
+        comm_.world(), str_cat(comm_.backend(), dev_.is_cuda() ? " + NCCL" : "").c_str(),
+        (long long)cfg_.batch_size);
   // the checkpoint to resume from: read and compared with this run's config before the model is
   // built, so that one that does not fit is refused at once
   // (rank 0 chooses; every rank reads that file: output_dir must be shared by the ranks)

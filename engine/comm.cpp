@@ -55,10 +55,10 @@ bool check_tensor(const char* op, const Tensor& t, const Communicator& c) {
                         "; train data-parallel on the CPU"));
   const DType d = t.dtype();
   const bool half = d == DType::BF16 || d == DType::F16;
-  SC_CHECK(d == DType::F32 || d == DType::F64 || d == DType::I64 || d == DType::U8 ||
-               (half && cuda),
-           "comm ", op, ": ", dtype_name(d), " is not supported ",
-           cuda ? "(F32, F64, I64, U8, BF16, F16)" : "on the CPU (F32, F64, I64, U8)");
+  SC_CHECK(
+      d == DType::F32 || d == DType::F64 || d == DType::I64 || d == DType::U8 || (half && cuda),
+      "comm ", op, ": ", dtype_name(d), " is not supported ",
+      cuda ? "(F32, F64, I64, U8, BF16, F16)" : "on the CPU (F32, F64, I64, U8)");
   return cuda && c.world() > 1;
 }
 

@@ -123,8 +123,10 @@ struct NcclGroup::Impl {
   }
 
   [[noreturn]] void fail(const std::string& why) {
-    std::fprintf(stderr, "slotcon: NCCL on rank %d of %d: %s; aborting the NCCL communicator and "
-                 "ending this process (exit code 1)\n", rank, world, why.c_str());
+    std::fprintf(stderr,
+                 "slotcon: NCCL on rank %d of %d: %s; aborting the NCCL communicator and "
+                 "ending this process (exit code 1)\n",
+                 rank, world, why.c_str());
     std::fflush(stderr);
     if (comm) ncclCommAbort(comm);
     std::_Exit(1);
@@ -148,8 +150,8 @@ struct NcclGroup::Impl {
           fail(str_cat(p.what, ": the stream failed: ", cudaGetErrorString(e)));
       }
       ncclResult_t async = ncclSuccess;
-      if (!done && c && ncclCommGetAsyncError(c, &async) == ncclSuccess &&
-          async != ncclSuccess && async != ncclInProgress)
+      if (!done && c && ncclCommGetAsyncError(c, &async) == ncclSuccess && async != ncclSuccess &&
+          async != ncclInProgress)
         fail(str_cat(p.what, ": asynchronous NCCL error: ", ncclGetErrorString(async)));
       const double waited = std::chrono::duration<double>(Clock::now() - p.called).count();
       lk.lock();
@@ -163,7 +165,8 @@ struct NcclGroup::Impl {
       }
       if (waited > timeout_s)
         fail(str_cat(p.what, " has not completed ", waited, " s after it was called (timeout ",
-                     timeout_s, " s, SLOTCON_COMM_TIMEOUT): a rank has died, is stuck, or took "
+                     timeout_s,
+                     " s, SLOTCON_COMM_TIMEOUT): a rank has died, is stuck, or took "
                      "another path through the program"));
       cv.wait_for(lk, std::chrono::milliseconds(1));
     }

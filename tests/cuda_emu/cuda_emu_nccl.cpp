@@ -70,17 +70,28 @@ void add_half_to(void* acc, const void* v, size_t n) {
 
 void add(ncclDataType_t t, void* acc, const void* v, size_t n) {
   switch (t) {
-    case ncclInt8: return add_to<int8_t>(acc, v, n);
-    case ncclUint8: return add_to<uint8_t>(acc, v, n);
-    case ncclInt32: return add_to<int32_t>(acc, v, n);
-    case ncclUint32: return add_to<uint32_t>(acc, v, n);
-    case ncclInt64: return add_to<int64_t>(acc, v, n);
-    case ncclUint64: return add_to<uint64_t>(acc, v, n);
-    case ncclFloat32: return add_to<float>(acc, v, n);
-    case ncclFloat64: return add_to<double>(acc, v, n);
-    case ncclFloat16: return add_half_to<__half>(acc, v, n);
-    case ncclBfloat16: return add_half_to<__nv_bfloat16>(acc, v, n);
-    default: return;
+    case ncclInt8:
+      return add_to<int8_t>(acc, v, n);
+    case ncclUint8:
+      return add_to<uint8_t>(acc, v, n);
+    case ncclInt32:
+      return add_to<int32_t>(acc, v, n);
+    case ncclUint32:
+      return add_to<uint32_t>(acc, v, n);
+    case ncclInt64:
+      return add_to<int64_t>(acc, v, n);
+    case ncclUint64:
+      return add_to<uint64_t>(acc, v, n);
+    case ncclFloat32:
+      return add_to<float>(acc, v, n);
+    case ncclFloat64:
+      return add_to<double>(acc, v, n);
+    case ncclFloat16:
+      return add_half_to<__half>(acc, v, n);
+    case ncclBfloat16:
+      return add_half_to<__nv_bfloat16>(acc, v, n);
+    default:
+      return;
   }
 }
 
@@ -157,15 +168,24 @@ ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* error) {
 
 const char* ncclGetErrorString(ncclResult_t r) {
   switch (r) {
-    case ncclSuccess: return "no error";
-    case ncclUnhandledCudaError: return "unhandled cuda error";
-    case ncclSystemError: return "unhandled system error";
-    case ncclInternalError: return "internal error";
-    case ncclInvalidArgument: return "invalid argument";
-    case ncclInvalidUsage: return "invalid usage";
-    case ncclRemoteError: return "remote process exited or there was a network error";
-    case ncclInProgress: return "NCCL operation in progress";
-    default: return "unknown result code";
+    case ncclSuccess:
+      return "no error";
+    case ncclUnhandledCudaError:
+      return "unhandled cuda error";
+    case ncclSystemError:
+      return "unhandled system error";
+    case ncclInternalError:
+      return "internal error";
+    case ncclInvalidArgument:
+      return "invalid argument";
+    case ncclInvalidUsage:
+      return "invalid usage";
+    case ncclRemoteError:
+      return "remote process exited or there was a network error";
+    case ncclInProgress:
+      return "NCCL operation in progress";
+    default:
+      return "unknown result code";
   }
 }
 
@@ -178,10 +198,10 @@ ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataT
   if (count == 0) return ncclSuccess;
   const size_t bytes = count * type_size(type);
   std::vector<unsigned char> all(bytes * size_t(comm->nranks));
-  if (ncclResult_t r = mpi_failed(comm,
-                                  MPI_Allgather(send, int(bytes), MPI_BYTE, all.data(), int(bytes),
-                                                MPI_BYTE, comm->mpi),
-                                  "MPI_Allgather"))
+  if (ncclResult_t r = mpi_failed(
+          comm,
+          MPI_Allgather(send, int(bytes), MPI_BYTE, all.data(), int(bytes), MPI_BYTE, comm->mpi),
+          "MPI_Allgather"))
     return r;
   for (int r = 1; r < comm->nranks; ++r)  // rank order: the same sum on every rank
     add(type, all.data(), all.data() + size_t(r) * bytes, count);
@@ -207,8 +227,8 @@ ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataT
   if (comm && (root < 0 || root >= comm->nranks))
     return invalid(comm, "root " + std::to_string(root) + " is not a rank");
   // only the root reads send
-  if (ncclResult_t r = check_common(comm, comm && comm->rank == root ? send : recv, recv, count,
-                                    type))
+  if (ncclResult_t r =
+          check_common(comm, comm && comm->rank == root ? send : recv, recv, count, type))
     return r;
   if (count == 0) return ncclSuccess;
   const size_t bytes = count * type_size(type);

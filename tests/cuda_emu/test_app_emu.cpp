@@ -155,9 +155,10 @@ TEST_CASE("emulated GPUs: mpirun -np 2 slotcon train on cuda (NCCL) equals 2 pro
   CHECK(e.missing.empty());
   state_moves::drop_zero_gradient_biases(e, got, want);
   const state_moves::Stats st = state_moves::stats(e.moved);
-  std::printf("2 emulated GPUs vs 2 CPU processes: %zu moved tensors: median %.2e, 90th "
-              "percentile %.2e, worst %.2e (%s)\n",
-              e.moved.size(), st.median, st.p90, st.worst, st.worst_name.c_str());
+  std::printf(
+      "2 emulated GPUs vs 2 CPU processes: %zu moved tensors: median %.2e, 90th "
+      "percentile %.2e, worst %.2e (%s)\n",
+      e.moved.size(), st.median, st.p90, st.worst, st.worst_name.c_str());
   CHECK(e.moved.size() > 100);
   // measured: median 6.2e-7, 90th percentile 1.4e-5, worst 1.8e-5 (float round-off apart, the
   // same step); the worst bound leaves room for a near-tie of ReLU, max pool or an arg-max, as

@@ -32,7 +32,8 @@ const char* const kStuckWorker = "nccl worker: rank 1 stops answering";
 // Bytes of a CPU tensor (made contiguous).
 std::string bytes_of(const Tensor& t) {
   const Tensor c = t.contiguous();
-  return std::string(static_cast<const char*>(c.data_ptr()), size_t(c.numel()) * dtype_size(c.dtype()));
+  return std::string(static_cast<const char*>(c.data_ptr()),
+                     size_t(c.numel()) * dtype_size(c.dtype()));
 }
 
 // n values of dtype d, different on each rank (16-bit floats from float values they represent).
@@ -118,8 +119,9 @@ std::string mpirun(int np, const std::string& command) {
 TEST_CASE(
     "gpu comm: NCCL collectives of 2 ranks under mpirun on CUDA tensors equal MPI's on the CPU") {
   if (!comm_has_nccl()) {
-    std::printf("SKIP: NCCL test: this build has no NCCL backend (no nccl.h + libnccl, or no "
-                "MPI)\n");
+    std::printf(
+        "SKIP: NCCL test: this build has no NCCL backend (no nccl.h + libnccl, or no "
+        "MPI)\n");
     std::exit(77);
   }
   if (app_test::run_command("command -v mpirun").code() != 0) {
