@@ -352,9 +352,15 @@ void Run::check_same_config() {
 // Device, typed options, the banner, the model and its TrainStep.
 void Run::setup() {
   dev_ = choose_device(cfg_.device, "device");
-  SC_CHECK(comm_.world() == 1 || dev_.is_cpu(), "data-parallel training on ", dev_.str(),
-           " needs the NCCL backend, which is not built yet; use --device cpu with several "
-           "processes, or one process per GPU machine");
+  // data-parallel on GPUs: one device per process, cuda:local_rank (engine/comm.h), whose
+  // collectives go through NCCL
+  if (comm_.world() > 1 && dev_.is_cuda()) {
+    SC_CHECK(comm_.has_cuda_collectives(), "data-parallel training on ", dev_.str(),
+             " needs the NCCL backend, which this build does not have (CMake found no nccl.h "
+             "and libnccl, or no MPI); use --device cpu with several processes, or one process "
+             "per GPU machine");
+    dev_ = comm_cuda_device(comm_);
+  }
   opts_ = resolve_train_options(cfg_, dev_);
   if (lead() && cfg_.dim_out > cfg_.num_prototypes)
     std::printf("note: dim_out (%lld) > num_prototypes (%lld): the prototypes cannot span the slot "
@@ -364,15 +370,17 @@ void Run::setup() {
   if (lead()) check_output_dir(cfg_.output_dir);
   const int nt = cpu_threads();
   const std::string dev_detail = dev_.is_cuda()
-                                     ? " (" + cuda_device_name(0) + ")"
+                                     ? " (" + cuda_device_name(dev_.index) + ")"
                                      : str_cat(" (", nt, nt == 1 ? " thread)" : " threads)");
   std::printf("slotcon train: %s on %s%s, precision %s, output %s\n", cfg_.arch.c_str(),
               dev_.str().c_str(), dev_detail.c_str(), opts_.precision_name(),
               cfg_.output_dir.c_str());
   if (comm_.world() > 1)
-    std::printf("data-parallel: %d processes (%s), batch %lld per process; rank 0 prints and "
-                "writes\n",
-                comm_.world(), comm_.backend(), (long long)cfg_.batch_size);
+    std::printf(
+        "data-parallel: %d processes (%s), batch %lld per process; rank 0 prints and "
+        "writes\n",
+        comm_.world(), str_cat(comm_.backend(), dev_.is_cuda() ? " + NCCL" : "").c_str(),
+        (long long)cfg_.batch_size);
   // the checkpoint to resume from: read and compared with this run's config before the model is
   // built, so that one that does not fit is refused at once
   // (rank 0 chooses; every rank reads that file: output_dir must be shared by the ranks)

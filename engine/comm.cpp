@@ -1,5 +1,6 @@
 // comm.cpp: the communicator's front door, the single and loopback backends, and the choice of
-// backend from the environment (see comm.h). The MPI backend is engine/comm_mpi.cpp.
+// backend from the environment (see comm.h). The MPI backend is engine/mpi/comm_mpi.cpp, its
+// NCCL half engine/nccl/comm_nccl.cpp.
 #include "engine/comm.h"
 
 #include <chrono>
@@ -8,6 +9,7 @@
 #include <cstring>
 #include <mutex>
 
+#include "engine/cuda_runtime.h"
 #include "engine/ops.h"
 
 namespace sc {
@@ -17,6 +19,11 @@ std::unique_ptr<Communicator> make_mpi_communicator();  // comm_mpi.cpp
 bool comm_has_mpi() { return true; }
 #else
 bool comm_has_mpi() { return false; }
+#endif
+#ifdef SLOTCON_WITH_NCCL
+bool comm_has_nccl() { return true; }
+#else
+bool comm_has_nccl() { return false; }
 #endif
 
 double comm_timeout_from_env() {
@@ -34,15 +41,25 @@ double comm_timeout_from_env() {
 
 namespace {
 
-// On one rank every collective is the identity, whatever the tensor's device.
-void check_tensor(const char* op, const Tensor& t, int world) {
+// On one rank every collective is the identity, whatever the tensor's device. Returns whether t
+// goes through the backend's CUDA collectives.
+bool check_tensor(const char* op, const Tensor& t, const Communicator& c) {
   SC_CHECK(t.defined(), "comm ", op, ": the tensor is undefined");
-  SC_CHECK(world == 1 || t.device().is_cpu(), "comm ", op, ": ", t.str(),
-           ": collectives on CUDA tensors need the NCCL backend, which is not built yet; "
-           "train data-parallel on the CPU");
+  const bool cuda = t.device().is_cuda();
+  if (cuda && c.world() > 1 && !c.has_cuda_collectives())
+    throw Error(str_cat("comm ", op, ": ", t.str(), ": collectives on CUDA tensors need the NCCL ",
+                        "backend, which ",
+                        comm_has_nccl() ? str_cat("the ", c.backend(), " backend does not have")
+                                        : std::string("this build does not have (CMake found no "
+                                                      "nccl.h and libnccl, or no MPI)"),
+                        "; train data-parallel on the CPU"));
   const DType d = t.dtype();
-  SC_CHECK(d == DType::F32 || d == DType::F64 || d == DType::I64 || d == DType::U8, "comm ", op,
-           ": ", dtype_name(d), " is not supported (F32, F64, I64, U8)");
+  const bool half = d == DType::BF16 || d == DType::F16;
+  SC_CHECK(
+      d == DType::F32 || d == DType::F64 || d == DType::I64 || d == DType::U8 || (half && cuda),
+      "comm ", op, ": ", dtype_name(d), " is not supported ",
+      cuda ? "(F32, F64, I64, U8, BF16, F16)" : "on the CPU (F32, F64, I64, U8)");
+  return cuda && c.world() > 1;
 }
 
 }  // namespace
@@ -52,39 +69,68 @@ void Communicator::set_timeout(double seconds) {
   timeout_s_ = seconds;
 }
 
+void Communicator::do_cuda_all_reduce_sum(Tensor&) {
+  throw Error(str_cat("comm: the ", backend(), " backend has no CUDA collectives"));
+}
+void Communicator::do_cuda_all_gather(const Tensor&, Tensor&) {
+  throw Error(str_cat("comm: the ", backend(), " backend has no CUDA collectives"));
+}
+void Communicator::do_cuda_broadcast(Tensor&, int) {
+  throw Error(str_cat("comm: the ", backend(), " backend has no CUDA collectives"));
+}
+
+Device comm_cuda_device(const Communicator& c) {
+  const int n = cuda_device_count();
+  SC_CHECK(n > 0, "rank ", c.rank(), ": no CUDA device is available");
+  if (n == 1) return Device::cuda(0);
+  SC_CHECK(c.local_rank() < n, "rank ", c.rank(), " is process ", c.local_rank(),
+           " on its machine, which has only ", n,
+           " CUDA devices: start at most one process per device");
+  return Device::cuda(c.local_rank());
+}
+
 void Communicator::all_reduce_sum(Tensor& t) {
-  check_tensor("all_reduce_sum", t, world());
+  const bool cuda = check_tensor("all_reduce_sum", t, *this);
   if (world() == 1) return;
   Tensor d = t.is_contiguous() ? t : t.contiguous();
-  do_all_reduce_sum(d.data_ptr(), d.numel(), d.dtype());
+  if (cuda)
+    do_cuda_all_reduce_sum(d);
+  else
+    do_all_reduce_sum(d.data_ptr(), d.numel(), d.dtype());
   ++calls_;
   bytes_ += d.numel() * int64_t(dtype_size(d.dtype()));
   if (!d.same(t)) copy_(t, d);
 }
 
 Tensor Communicator::all_gather_rows(const Tensor& t) {
-  check_tensor("all_gather_rows", t, world());
+  const bool cuda = check_tensor("all_gather_rows", t, *this);
   SC_CHECK(t.dim() >= 1, "comm all_gather_rows: needs at least one dimension, got a scalar");
   if (world() == 1) return t;
   Tensor d = t.is_contiguous() ? t : t.contiguous();
   Shape shape = d.shape();
   shape[0] *= world();
-  Tensor out = empty(shape, d.dtype(), Device::cpu());
+  Tensor out = empty(shape, d.dtype(), d.device());
   const int64_t bytes = d.numel() * int64_t(dtype_size(d.dtype()));
-  do_all_gather(d.data_ptr(), bytes, out.data_ptr());
+  if (cuda)
+    do_cuda_all_gather(d, out);
+  else
+    do_all_gather(d.data_ptr(), bytes, out.data_ptr());
   ++calls_;
   bytes_ += bytes;
   return out;
 }
 
 void Communicator::broadcast(Tensor& t, int root) {
-  check_tensor("broadcast", t, world());
+  const bool cuda = check_tensor("broadcast", t, *this);
   SC_CHECK(root >= 0 && root < world(), "comm broadcast: root ", root, " is not a rank of ",
            world());
   if (world() == 1) return;
   Tensor d = t.is_contiguous() ? t : t.contiguous();
   const int64_t bytes = d.numel() * int64_t(dtype_size(d.dtype()));
-  do_broadcast(d.data_ptr(), bytes, root);
+  if (cuda)
+    do_cuda_broadcast(d, root);
+  else
+    do_broadcast(d.data_ptr(), bytes, root);
   ++calls_;
   if (rank() == root) bytes_ += bytes;
   if (!d.same(t)) copy_(t, d);

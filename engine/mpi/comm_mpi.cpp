@@ -7,6 +7,9 @@
 // spins for the first ~100 us (a step's small collectives answer that fast on one machine), then
 // sleeps with a growing pause up to 1 ms so that a rank waiting for a slow one (e.g. rank 0 writing
 // a checkpoint) leaves its core to the others.
+//
+// With SLOTCON_WITH_NCCL, CUDA tensors go through NCCL instead (engine/nccl/comm_nccl.h): the NCCL
+// communicator is made at the first collective on a CUDA tensor, bootstrapped over this one.
 #include <mpi.h>
 #include <time.h>
 
@@ -17,6 +20,9 @@
 #include <cstdlib>
 
 #include "engine/comm.h"
+#ifdef SLOTCON_WITH_NCCL
+#include "engine/nccl/comm_nccl.h"
+#endif
 
 namespace sc {
 namespace {
@@ -78,7 +84,11 @@ class MpiComm final : public Communicator {
   }
   ~MpiComm() override {
     // After a timeout the others may never reach MPI_Finalize (it can wait for them): leave it.
-    if (failed_ || !owns_init_) return;
+    if (failed_) return;
+#ifdef SLOTCON_WITH_NCCL
+    nccl_.reset();  // before MPI goes (the emulated NCCL is made of MPI)
+#endif
+    if (!owns_init_) return;
     MPI_Comm_free(&comm_);
     MPI_Finalize();
   }
@@ -86,6 +96,9 @@ class MpiComm final : public Communicator {
   int world() const override { return world_; }
   int local_rank() const override { return local_rank_; }
   const char* backend() const override { return "mpi"; }
+#ifdef SLOTCON_WITH_NCCL
+  bool has_cuda_collectives() const override { return true; }
+#endif
   void abort(int code) override {
     std::fflush(stdout);
     std::fflush(stderr);
@@ -129,6 +142,13 @@ class MpiComm final : public Communicator {
     check(MPI_Ibarrier(comm_, &req), "barrier");
     wait(req, "barrier");
   }
+#ifdef SLOTCON_WITH_NCCL
+  void do_cuda_all_reduce_sum(Tensor& t) override { nccl(t).all_reduce_sum(t); }
+  void do_cuda_all_gather(const Tensor& send, Tensor& recv) override {
+    nccl(send).all_gather(send, recv);
+  }
+  void do_cuda_broadcast(Tensor& t, int root) override { nccl(t).broadcast(t, root); }
+#endif
 
  private:
   void check(int rc, const char* what) {
@@ -160,6 +180,22 @@ class MpiComm final : public Communicator {
     }
   }
 
+#ifdef SLOTCON_WITH_NCCL
+  // The NCCL communicator, made on t's device at the first collective on a CUDA tensor.
+  NcclGroup& nccl(const Tensor& t) {
+    if (!nccl_) {
+      nccl_ = std::make_unique<NcclGroup>(
+          rank_, world_, t.device().index, timeout_s_,
+          [this](void* p, size_t bytes) { do_broadcast(p, int64_t(bytes), 0); });
+    }
+    SC_CHECK(t.device().index == nccl_->device(), "comm: ", t.str(), " on rank ", rank_,
+             ": this process's NCCL communicator is on cuda:", nccl_->device(),
+             " (one device per process)");
+    nccl_->set_timeout(timeout_s_);
+    return *nccl_;
+  }
+  std::unique_ptr<NcclGroup> nccl_;
+#endif
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, world_ = 1, local_rank_ = 0;
   bool owns_init_ = false;

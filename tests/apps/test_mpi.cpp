@@ -1,10 +1,11 @@
-// `slotcon train` on several processes under mpirun (CPU backend): the state after two steps is
-// what the loopback communicator computes in one process (SGD and LARS); with no contrast term,
-// two processes on four images each equal one process on eight; the loader shards the data and
-// rank 0 alone writes; a checkpoint of two processes resumes on one; a configuration that differs
-// between ranks is refused; a rank that stops answering ends the other with the communicator's
-// timeout, and a killed one ends the job. Skipped (exit 77) when this build has no MPI or mpirun
-// is not installed.
+// `slotcon train` on several processes under mpirun on the CPU (--device cpu, also where a GPU and
+// the NCCL backend are present; tests/cuda_emu/test_app_emu.cpp has the GPUs): the state after
+// two steps is what the loopback communicator computes in one process (SGD and LARS); with no
+// contrast term, two processes on four images each equal one process on eight; the loader shards
+// the data and rank 0 alone writes; a checkpoint of two processes resumes on one; a configuration
+// that differs between ranks is refused; a rank that stops answering ends the other with the
+// communicator's timeout, and a killed one ends the job. Skipped (exit 77) when this build has no
+// MPI or mpirun is not installed.
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -58,7 +59,7 @@ const std::string kBin = std::string(SLOTCON_BINARY_DIR) + "/apps/slotcon";
 const std::string kArgs =
     "train --dataset synthetic --arch resnet18 --dim_hidden 32 --dim_out 8 --num_prototypes 8 "
     "--batch_size 4 --image_size 64 --epochs 100 --warmup_epoch 2 --print_freq 1 "
-    "--score_images 0 --slot_images 0 --no-auto-resume ";
+    "--score_images 0 --slot_images 0 --no-auto-resume --device cpu ";
 TrainConfig golden_config(const std::string& optimizer, double group_weight) {
   TrainConfig cfg;
   cfg.arch = "resnet18";
@@ -248,7 +249,8 @@ TEST_CASE("mpi: the loader shards the data, rank 0 alone writes, and 2 processes
   skip_without_mpi();
   const std::string d = app_test::fresh_dir("mpi_loader");
   // 8 scenes, 2 per process and step: 2 steps per epoch; 2 epochs, a checkpoint after each
-  const std::string args = app_test::kTinyTrain + "--batch_size 2 --slot_images 0 --save_freq 1 ";
+  const std::string args =
+      app_test::kTinyTrain + "--device cpu --batch_size 2 --slot_images 0 --save_freq 1 ";
   Run r = app_test::run_command(mpirun(2, kBin + " " + args + "--epochs 2 --output_dir " + d));
   INFO(r.out);
   REQUIRE(r.code() == 0);
@@ -282,7 +284,7 @@ TEST_CASE("mpi: a configuration that differs between ranks is refused", "[mpi]")
   skip_without_mpi();
   const std::string d = app_test::fresh_dir("mpi_config");
   Run r = app_test::run_command(mpirun(2, "sh -c '" + kBin + " " + app_test::kTinyTrain +
-                                              "--steps 1 --output_dir " + d +
+                                              "--device cpu --steps 1 --output_dir " + d +
                                               " --seed $OMPI_COMM_WORLD_RANK'"));
   INFO(r.out);
   CHECK(r.code() != 0);
@@ -305,7 +307,8 @@ TEST_CASE("mpi: a stopped rank ends the other within the timeout, a killed one e
     Run r = app_test::run_command(
         mpirun(2,
                "sh -c '" + self_signal + kBin + " " + app_test::kTinyTrain +
-                   "--steps 200 --epochs 100 --slot_images 0 --output_dir " + d + "/" + sig + "'",
+                   "--device cpu --steps 200 --epochs 100 --slot_images 0 --output_dir " + d +
+                   "/" + sig + "'",
                "-x SLOTCON_COMM_TIMEOUT=5"));
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
