@@ -31,11 +31,14 @@ dnnl::engine& cpu_engine() {
   return e;
 }
 
-// oneDNN runs on OpenMP threads; give it as many as the engine's own pool has (cpu_threads()),
-// so that SLOTCON_NUM_THREADS governs both. omp_set_num_threads is per calling thread.
-void sync_threads() {
-  const int n = cpu_threads();
-  if (omp_get_max_threads() != n) omp_set_num_threads(n);
+// oneDNN runs each primitive on one thread here (OpenMP's team of one: no team at all); the
+// engine's pool (kernels/parallel.h) runs chunks of the batch side by side instead. OpenMP's
+// spin-waiting teams, next to the pool's threads and OpenBLAS's on a small or shared machine,
+// cost more than they gave (docs/cpu_profile.md). Primitives are also created under this
+// setting, as oneDNN sizes some of its decompositions by the thread count at creation.
+// omp_set_num_threads is per calling thread.
+void one_omp_thread() {
+  if (omp_get_max_threads() != 1) omp_set_num_threads(1);
 }
 
 enum class Pass : int64_t { Forward, BackwardData, BackwardWeight };
@@ -48,7 +51,7 @@ struct Plan {
   dnnl::memory::desc x_user, y_user, w_user, b_md;  // the caller's formats
   dnnl::memory::desc x_md, y_md, w_md;              // the primitive's
   dnnl::primitive prim;
-  std::mutex mu;  // executing one primitive from two threads at once is not supported here
+  size_t scratchpad_bytes = 0;  // the primitive's scratchpad (user mode: from the arena)
 };
 
 dims conv_dims(const Conv2dGeom& g) { return {g.stride_h, g.stride_w}; }
@@ -58,6 +61,13 @@ std::array<dnnl::memory::desc, 3> user_mds(const Conv2dGeom& g, Layout layout) {
   return {dnnl::memory::desc({g.N, g.C, g.H, g.W}, dt::f32, act),
           dnnl::memory::desc({g.N, g.K, g.OH(), g.OW()}, dt::f32, act),
           dnnl::memory::desc({g.K, g.C, g.R, g.S}, dt::f32, tag::oihw)};
+}
+
+// Scratchpads passed in by the caller: two threads may then run one primitive at once.
+dnnl::primitive_attr user_scratchpad() {
+  dnnl::primitive_attr a;
+  a.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return a;
 }
 
 // The forward primitive descriptor (also the hint of the two backward passes).
@@ -77,10 +87,10 @@ dnnl::convolution_forward::primitive_desc forward_pd(const Conv2dGeom& g, bool b
   if (bias) {
     const dnnl::memory::desc b({g.K}, dt::f32, tag::x);
     return {{prop, dnnl::algorithm::convolution_direct, x, w, b, y, conv_dims(g), pad, pad},
-            cpu_engine()};
+            user_scratchpad(), cpu_engine()};
   }
   return {{prop, dnnl::algorithm::convolution_direct, x, w, y, conv_dims(g), pad, pad},
-          cpu_engine()};
+          user_scratchpad(), cpu_engine()};
 }
 
 std::unique_ptr<Plan> make_plan(const Conv2dGeom& g, Layout layout, Pass pass, bool bias) {
@@ -94,18 +104,21 @@ std::unique_ptr<Plan> make_plan(const Conv2dGeom& g, Layout layout, Pass pass, b
   const auto a = any_mds(g);
   if (pass == Pass::Forward) {
     p->x_md = fwd.src_desc(), p->y_md = fwd.dst_desc(), p->w_md = fwd.weights_desc();
+    p->scratchpad_bytes = fwd.scratchpad_desc().get_size();
     p->prim = dnnl::convolution_forward(fwd);
   } else if (pass == Pass::BackwardData) {
     const dnnl::convolution_backward_data::primitive_desc pd(
         {dnnl::algorithm::convolution_direct, a[0], a[2], a[1], conv_dims(g), pad, pad},
-        cpu_engine(), fwd);
+        user_scratchpad(), cpu_engine(), fwd);
     p->x_md = pd.diff_src_desc(), p->y_md = pd.diff_dst_desc(), p->w_md = pd.weights_desc();
+    p->scratchpad_bytes = pd.scratchpad_desc().get_size();
     p->prim = dnnl::convolution_backward_data(pd);
   } else {
     const dnnl::convolution_backward_weights::primitive_desc pd(
         {dnnl::algorithm::convolution_direct, a[0], a[2], a[1], conv_dims(g), pad, pad},
-        cpu_engine(), fwd);
+        user_scratchpad(), cpu_engine(), fwd);
     p->x_md = pd.src_desc(), p->y_md = pd.diff_dst_desc(), p->w_md = pd.diff_weights_desc();
+    p->scratchpad_bytes = pd.scratchpad_desc().get_size();
     p->prim = dnnl::convolution_backward_weights(pd);
   }
   return p;
@@ -129,20 +142,20 @@ Plan& plan_for(const Conv2dGeom& g, Layout layout, Pass pass, bool bias) {
   return *it->second;
 }
 
-// This thread's scratch arena for the reordered copies: three buffers, each on its own 64-byte
-// boundary, reused across calls.
-std::array<float*, 3> scratch(const std::array<size_t, 3>& bytes) {
+// This thread's scratch arena: four buffers, each on its own 64-byte boundary, reused across
+// calls (the reordered operands and the primitive's scratchpad).
+std::array<float*, 4> scratch(const std::array<size_t, 4>& bytes) {
   thread_local std::vector<float> buf;
-  std::array<size_t, 3> off{};
+  std::array<size_t, 4> off{};
   size_t total = 0;
-  for (int i = 0; i < 3; ++i) {
-    off[size_t(i)] = total;
-    total += (bytes[size_t(i)] + 63) / 64 * 16;  // floats, rounded up to whole cache lines
+  for (size_t i = 0; i < 4; ++i) {
+    off[i] = total;
+    total += (bytes[i] + 63) / 64 * 16;  // floats, rounded up to whole cache lines
   }
   if (buf.size() < total + 16) buf.resize(total + 16);
   float* base = buf.data();
   base += (16 - (reinterpret_cast<uintptr_t>(base) / sizeof(float)) % 16) % 16;
-  return {base + off[0], base + off[1], base + off[2]};
+  return {base + off[0], base + off[1], base + off[2], base + off[3]};
 }
 
 // A memory for `md` over the caller's `user` data when the formats agree; otherwise one over
@@ -159,8 +172,7 @@ dnnl::memory bind(const dnnl::memory::desc& md, const dnnl::memory::desc& user_m
 }
 
 // Copy a primitive-format result back to the caller's format (no-op when they agree).
-void unbind(dnnl::memory m, const dnnl::memory::desc& user_md, void* user,
-            dnnl::stream& s) {
+void unbind(dnnl::memory m, const dnnl::memory::desc& user_md, void* user, dnnl::stream& s) {
   if (m.get_desc() == user_md) return;
   dnnl::memory um(user_md, cpu_engine(), user);
   dnnl::reorder(m, um).execute(s, m, um);
@@ -170,57 +182,122 @@ size_t bytes_if_differ(const dnnl::memory::desc& md, const dnnl::memory::desc& u
   return md == user ? 0 : md.get_size();
 }
 
+// The batch cut into chunks of whole images, one per pool thread (at most N): chunk i covers
+// images [start(i), start(i + 1)).
+struct Chunks {
+  int64_t n = 1, N = 1;
+  int64_t start(int64_t i) const { return N * i / n; }
+};
+Chunks chunks_of(int64_t N) { return {std::max<int64_t>(1, std::min<int64_t>(N, cpu_threads())), N}; }
+
+Conv2dGeom with_batch(Conv2dGeom g, int64_t n) {
+  g.N = n;
+  return g;
+}
+
+// Runs f(chunk geometry, first image, chunk index) for every chunk, on the pool's threads, each
+// with one OpenMP thread.
+template <class F>
+void for_chunks(const Conv2dGeom& g, const Chunks& ch, F&& f) {
+  one_omp_thread();
+  parallel_for(ch.n, 1, [&](int64_t b, int64_t e) {
+    one_omp_thread();
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t n0 = ch.start(i), n1 = ch.start(i + 1);
+      f(with_batch(g, n1 - n0), n0, i);
+    }
+  });
+}
+
 }  // namespace
 
 void conv2d_forward_dnnl(const Conv2dGeom& g, Layout layout, const float* x, const float* w,
                          const float* bias, float* y) {
-  sync_threads();
-  Plan& p = plan_for(g, layout, Pass::Forward, bias != nullptr);
-  std::lock_guard<std::mutex> lock(p.mu);
-  dnnl::stream s(cpu_engine());
-  const auto tmp = scratch({bytes_if_differ(p.x_md, p.x_user), bytes_if_differ(p.w_md, p.w_user),
-                            bytes_if_differ(p.y_md, p.y_user)});
-  dnnl::memory xm = bind(p.x_md, p.x_user, const_cast<float*>(x), tmp[0], true, s);
-  dnnl::memory wm = bind(p.w_md, p.w_user, const_cast<float*>(w), tmp[1], true, s);
-  dnnl::memory ym = bind(p.y_md, p.y_user, y, tmp[2], false, s);
-  std::unordered_map<int, dnnl::memory> args = {
-      {DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, ym}};
-  if (bias) args[DNNL_ARG_BIAS] = dnnl::memory(p.b_md, cpu_engine(), const_cast<float*>(bias));
-  p.prim.execute(s, args);
-  unbind(ym, p.y_user, y, s);
-  s.wait();
+  const int64_t x_img = g.C * g.H * g.W, y_img = g.K * g.OH() * g.OW();
+  for_chunks(g, chunks_of(g.N), [&](const Conv2dGeom& gc, int64_t n0, int64_t) {
+    Plan& p = plan_for(gc, layout, Pass::Forward, bias != nullptr);
+    dnnl::stream s(cpu_engine());
+    const auto tmp = scratch({bytes_if_differ(p.x_md, p.x_user),
+                              bytes_if_differ(p.w_md, p.w_user),
+                              bytes_if_differ(p.y_md, p.y_user), p.scratchpad_bytes});
+    float* yc = y + n0 * y_img;
+    dnnl::memory xm = bind(p.x_md, p.x_user, const_cast<float*>(x + n0 * x_img), tmp[0], true, s);
+    dnnl::memory wm = bind(p.w_md, p.w_user, const_cast<float*>(w), tmp[1], true, s);
+    dnnl::memory ym = bind(p.y_md, p.y_user, yc, tmp[2], false, s);
+    std::unordered_map<int, dnnl::memory> args = {
+        {DNNL_ARG_SRC, xm},
+        {DNNL_ARG_WEIGHTS, wm},
+        {DNNL_ARG_DST, ym},
+        {DNNL_ARG_SCRATCHPAD, dnnl::memory({{int64_t(p.scratchpad_bytes)}, dt::u8, tag::x},
+                                           cpu_engine(), tmp[3])}};
+    if (bias) args[DNNL_ARG_BIAS] = dnnl::memory(p.b_md, cpu_engine(), const_cast<float*>(bias));
+    p.prim.execute(s, args);
+    unbind(ym, p.y_user, yc, s);
+    s.wait();
+  });
 }
 
 void conv2d_backward_data_dnnl(const Conv2dGeom& g, Layout layout, const float* dy, const float* w,
                                float* dx) {
-  sync_threads();
-  Plan& p = plan_for(g, layout, Pass::BackwardData, false);
-  std::lock_guard<std::mutex> lock(p.mu);
-  dnnl::stream s(cpu_engine());
-  const auto tmp = scratch({bytes_if_differ(p.y_md, p.y_user), bytes_if_differ(p.w_md, p.w_user),
-                            bytes_if_differ(p.x_md, p.x_user)});
-  dnnl::memory dym = bind(p.y_md, p.y_user, const_cast<float*>(dy), tmp[0], true, s);
-  dnnl::memory wm = bind(p.w_md, p.w_user, const_cast<float*>(w), tmp[1], true, s);
-  dnnl::memory dxm = bind(p.x_md, p.x_user, dx, tmp[2], false, s);
-  p.prim.execute(s, {{DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DIFF_SRC, dxm}});
-  unbind(dxm, p.x_user, dx, s);
-  s.wait();
+  const int64_t x_img = g.C * g.H * g.W, y_img = g.K * g.OH() * g.OW();
+  for_chunks(g, chunks_of(g.N), [&](const Conv2dGeom& gc, int64_t n0, int64_t) {
+    Plan& p = plan_for(gc, layout, Pass::BackwardData, false);
+    dnnl::stream s(cpu_engine());
+    const auto tmp = scratch({bytes_if_differ(p.y_md, p.y_user),
+                              bytes_if_differ(p.w_md, p.w_user),
+                              bytes_if_differ(p.x_md, p.x_user), p.scratchpad_bytes});
+    float* dxc = dx + n0 * x_img;
+    dnnl::memory dym =
+        bind(p.y_md, p.y_user, const_cast<float*>(dy + n0 * y_img), tmp[0], true, s);
+    dnnl::memory wm = bind(p.w_md, p.w_user, const_cast<float*>(w), tmp[1], true, s);
+    dnnl::memory dxm = bind(p.x_md, p.x_user, dxc, tmp[2], false, s);
+    p.prim.execute(s, {{DNNL_ARG_DIFF_DST, dym},
+                       {DNNL_ARG_WEIGHTS, wm},
+                       {DNNL_ARG_DIFF_SRC, dxm},
+                       {DNNL_ARG_SCRATCHPAD,
+                        dnnl::memory({{int64_t(p.scratchpad_bytes)}, dt::u8, tag::x},
+                                     cpu_engine(), tmp[3])}});
+    unbind(dxm, p.x_user, dxc, s);
+    s.wait();
+  });
 }
 
 void conv2d_backward_weight_dnnl(const Conv2dGeom& g, Layout layout, const float* x,
                                  const float* dy, float* dw) {
-  sync_threads();
-  Plan& p = plan_for(g, layout, Pass::BackwardWeight, false);
-  std::lock_guard<std::mutex> lock(p.mu);
-  dnnl::stream s(cpu_engine());
-  const auto tmp = scratch({bytes_if_differ(p.x_md, p.x_user), bytes_if_differ(p.y_md, p.y_user),
-                            bytes_if_differ(p.w_md, p.w_user)});
-  dnnl::memory xm = bind(p.x_md, p.x_user, const_cast<float*>(x), tmp[0], true, s);
-  dnnl::memory dym = bind(p.y_md, p.y_user, const_cast<float*>(dy), tmp[1], true, s);
-  dnnl::memory dwm = bind(p.w_md, p.w_user, dw, tmp[2], false, s);
-  p.prim.execute(s, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_DIFF_WEIGHTS, dwm}});
-  unbind(dwm, p.w_user, dw, s);
-  s.wait();
+  const int64_t x_img = g.C * g.H * g.W, y_img = g.K * g.OH() * g.OW();
+  const int64_t nw = g.K * g.C * g.R * g.S;
+  const Chunks ch = chunks_of(g.N);
+  // chunk 0 writes dw, chunk i > 0 its own partial sum, added to dw in chunk order afterwards
+  thread_local std::vector<float> partial;
+  if (partial.size() < size_t((ch.n - 1) * nw)) partial.resize(size_t((ch.n - 1) * nw));
+  float* part = partial.data();
+  for_chunks(g, ch, [&](const Conv2dGeom& gc, int64_t n0, int64_t i) {
+    Plan& p = plan_for(gc, layout, Pass::BackwardWeight, false);
+    dnnl::stream s(cpu_engine());
+    const auto tmp = scratch({bytes_if_differ(p.x_md, p.x_user),
+                              bytes_if_differ(p.y_md, p.y_user),
+                              bytes_if_differ(p.w_md, p.w_user), p.scratchpad_bytes});
+    float* dwc = i == 0 ? dw : part + (i - 1) * nw;
+    dnnl::memory xm = bind(p.x_md, p.x_user, const_cast<float*>(x + n0 * x_img), tmp[0], true, s);
+    dnnl::memory dym =
+        bind(p.y_md, p.y_user, const_cast<float*>(dy + n0 * y_img), tmp[1], true, s);
+    dnnl::memory dwm = bind(p.w_md, p.w_user, dwc, tmp[2], false, s);
+    p.prim.execute(s, {{DNNL_ARG_SRC, xm},
+                       {DNNL_ARG_DIFF_DST, dym},
+                       {DNNL_ARG_DIFF_WEIGHTS, dwm},
+                       {DNNL_ARG_SCRATCHPAD,
+                        dnnl::memory({{int64_t(p.scratchpad_bytes)}, dt::u8, tag::x},
+                                     cpu_engine(), tmp[3])}});
+    unbind(dwm, p.w_user, dwc, s);
+    s.wait();
+  });
+  if (ch.n > 1)
+    parallel_for(nw, grain_for(ch.n), [&](int64_t b, int64_t e) {
+      for (int64_t i = 1; i < ch.n; ++i) {
+        const float* pi = part + (i - 1) * nw;
+        for (int64_t j = b; j < e; ++j) dw[j] += pi[j];
+      }
+    });
 }
 
 void conv2d_dnnl_clear_plans() {
