@@ -64,11 +64,14 @@ void channel_sum_ref(int64_t outer, int64_t C, int64_t inner, const T* v, T* out
 #if defined(SLOTCON_WITH_DNNL)
 // ---- CPU through oneDNN (conv2d_dnnl.cpp; built when CMake finds oneDNN), float only ----
 // Same geometry and layouts as the reference (w dense KCRS with either activation layout).
-// Primitives are built once per (shape, layout, pass, bias) with the memory formats oneDNN
-// prefers (blocked on AVX-512) and cached; the dense operands are reordered in and out around
-// each call (buffers: a per-thread arena, reused). oneDNN's OpenMP threads are set to
-// cpu_threads() (kernels/parallel.h) before each call. Accumulation: oneDNN's, in float, in an
-// order that differs from the reference's. Thread-safe (one call per plan at a time).
+// Threads: the pool (kernels/parallel.h) runs min(N, cpu_threads()) chunks side by side, each
+// through a oneDNN primitive on one OpenMP thread (no OpenMP team): chunks of whole images for
+// forward and backward-data, of whole 16-channel blocks of output channels for backward-weight
+// (so every dw element is one sum over the whole batch). Primitives are built once per (chunk
+// shape, layout, pass, bias) with the memory formats oneDNN prefers (blocked on AVX-512) and
+// cached; the dense operands are reordered in and out around each call (buffers and oneDNN's
+// scratchpads: a per-thread arena, reused). Accumulation: oneDNN's, in float, in an order that
+// differs from the reference's. Thread-safe.
 void conv2d_forward_dnnl(const Conv2dGeom& g, Layout layout, const float* x, const float* w,
                          const float* bias, float* y);
 void conv2d_backward_data_dnnl(const Conv2dGeom& g, Layout layout, const float* dy, const float* w,

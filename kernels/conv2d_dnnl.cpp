@@ -56,10 +56,15 @@ struct Plan {
 
 dims conv_dims(const Conv2dGeom& g) { return {g.stride_h, g.stride_w}; }
 
-std::array<dnnl::memory::desc, 3> user_mds(const Conv2dGeom& g, Layout layout) {
+// y_channels: the channels of the tensor y is a slice of (y's own K when it is whole).
+std::array<dnnl::memory::desc, 3> user_mds(const Conv2dGeom& g, Layout layout,
+                                           int64_t y_channels) {
   const tag act = layout == Layout::NHWC ? tag::nhwc : tag::nchw;
+  const int64_t OH = g.OH(), OW = g.OW(), KT = y_channels;
+  const dims y_strides = layout == Layout::NHWC ? dims{OH * OW * KT, 1, OW * KT, KT}
+                                                : dims{KT * OH * OW, OH * OW, OW, 1};
   return {dnnl::memory::desc({g.N, g.C, g.H, g.W}, dt::f32, act),
-          dnnl::memory::desc({g.N, g.K, g.OH(), g.OW()}, dt::f32, act),
+          dnnl::memory::desc({g.N, g.K, OH, OW}, dt::f32, y_strides),
           dnnl::memory::desc({g.K, g.C, g.R, g.S}, dt::f32, tag::oihw)};
 }
 
@@ -93,9 +98,10 @@ dnnl::convolution_forward::primitive_desc forward_pd(const Conv2dGeom& g, bool b
           user_scratchpad(), cpu_engine()};
 }
 
-std::unique_ptr<Plan> make_plan(const Conv2dGeom& g, Layout layout, Pass pass, bool bias) {
+std::unique_ptr<Plan> make_plan(const Conv2dGeom& g, Layout layout, Pass pass, bool bias,
+                                int64_t y_channels) {
   auto p = std::make_unique<Plan>();
-  const auto u = user_mds(g, layout);
+  const auto u = user_mds(g, layout, y_channels);
   p->x_user = u[0], p->y_user = u[1], p->w_user = u[2];
   if (bias) p->b_md = dnnl::memory::desc({g.K}, dt::f32, tag::x);
   const dims pad = {g.pad_h, g.pad_w};
@@ -124,21 +130,23 @@ std::unique_ptr<Plan> make_plan(const Conv2dGeom& g, Layout layout, Pass pass, b
   return p;
 }
 
-using Key = std::array<int64_t, 14>;
+using Key = std::array<int64_t, 15>;
 std::mutex g_mu;
 std::map<Key, std::unique_ptr<Plan>>& plans() {
   static auto* m = new std::map<Key, std::unique_ptr<Plan>>();  // outlives static destructors
   return *m;
 }
 
-Plan& plan_for(const Conv2dGeom& g, Layout layout, Pass pass, bool bias) {
+// y_channels: as user_mds's (default: y is whole).
+Plan& plan_for(const Conv2dGeom& g, Layout layout, Pass pass, bool bias, int64_t y_channels = 0) {
+  if (y_channels == 0) y_channels = g.K;
   const Key key = {g.N,      g.C,     g.H,          g.W,           g.K,          g.R,
                    g.S,      g.stride_h, g.stride_w, g.pad_h,       g.pad_w,      int64_t(layout),
-                   int64_t(pass), int64_t(bias)};
+                   int64_t(pass), int64_t(bias), y_channels};
   std::lock_guard<std::mutex> lock(g_mu);
   auto& ps = plans();
   auto it = ps.find(key);
-  if (it == ps.end()) it = ps.emplace(key, make_plan(g, layout, pass, bias)).first;
+  if (it == ps.end()) it = ps.emplace(key, make_plan(g, layout, pass, bias, y_channels)).first;
   return *it->second;
 }
 
@@ -262,42 +270,43 @@ void conv2d_backward_data_dnnl(const Conv2dGeom& g, Layout layout, const float* 
   });
 }
 
+// Split over output channels, not images: every dw element is then one oneDNN sum over the whole
+// batch, the same for any thread count (a split over images adds partial sums, and those changed
+// the data-parallel test's results by ~100x more than the other summation orders did).
 void conv2d_backward_weight_dnnl(const Conv2dGeom& g, Layout layout, const float* x,
                                  const float* dy, float* dw) {
-  const int64_t x_img = g.C * g.H * g.W, y_img = g.K * g.OH() * g.OW();
-  const int64_t nw = g.K * g.C * g.R * g.S;
-  const Chunks ch = chunks_of(g.N);
-  // chunk 0 writes dw, chunk i > 0 its own partial sum, added to dw in chunk order afterwards
-  thread_local std::vector<float> partial;
-  if (partial.size() < size_t((ch.n - 1) * nw)) partial.resize(size_t((ch.n - 1) * nw));
-  float* part = partial.data();
-  for_chunks(g, ch, [&](const Conv2dGeom& gc, int64_t n0, int64_t i) {
-    Plan& p = plan_for(gc, layout, Pass::BackwardWeight, false);
-    dnnl::stream s(cpu_engine());
-    const auto tmp = scratch({bytes_if_differ(p.x_md, p.x_user),
-                              bytes_if_differ(p.y_md, p.y_user),
-                              bytes_if_differ(p.w_md, p.w_user), p.scratchpad_bytes});
-    float* dwc = i == 0 ? dw : part + (i - 1) * nw;
-    dnnl::memory xm = bind(p.x_md, p.x_user, const_cast<float*>(x + n0 * x_img), tmp[0], true, s);
-    dnnl::memory dym =
-        bind(p.y_md, p.y_user, const_cast<float*>(dy + n0 * y_img), tmp[1], true, s);
-    dnnl::memory dwm = bind(p.w_md, p.w_user, dwc, tmp[2], false, s);
-    p.prim.execute(s, {{DNNL_ARG_SRC, xm},
-                       {DNNL_ARG_DIFF_DST, dym},
-                       {DNNL_ARG_DIFF_WEIGHTS, dwm},
-                       {DNNL_ARG_SCRATCHPAD,
-                        dnnl::memory({{int64_t(p.scratchpad_bytes)}, dt::u8, tag::x},
-                                     cpu_engine(), tmp[3])}});
-    unbind(dwm, p.w_user, dwc, s);
-    s.wait();
+  const int64_t L = g.OH() * g.OW(), w_out = g.C * g.R * g.S;
+  // chunks of whole 16-channel blocks (oneDNN's blocking on AVX-512), one per pool thread
+  const int64_t blocks = (g.K + 15) / 16;
+  const int64_t n = std::max<int64_t>(1, std::min<int64_t>(blocks, cpu_threads()));
+  auto k_start = [&](int64_t i) { return std::min(g.K, 16 * (blocks * i / n)); };
+  one_omp_thread();
+  parallel_for(n, 1, [&](int64_t b, int64_t e) {
+    one_omp_thread();
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t k0 = k_start(i), k1 = k_start(i + 1);
+      Conv2dGeom gc = g;
+      gc.K = k1 - k0;
+      Plan& p = plan_for(gc, layout, Pass::BackwardWeight, false, g.K);
+      dnnl::stream s(cpu_engine());
+      const auto tmp = scratch({bytes_if_differ(p.x_md, p.x_user),
+                                bytes_if_differ(p.y_md, p.y_user),
+                                bytes_if_differ(p.w_md, p.w_user), p.scratchpad_bytes});
+      const float* dyc = dy + (layout == Layout::NHWC ? k0 : k0 * L);
+      float* dwc = dw + k0 * w_out;
+      dnnl::memory xm = bind(p.x_md, p.x_user, const_cast<float*>(x), tmp[0], true, s);
+      dnnl::memory dym = bind(p.y_md, p.y_user, const_cast<float*>(dyc), tmp[1], true, s);
+      dnnl::memory dwm = bind(p.w_md, p.w_user, dwc, tmp[2], false, s);
+      p.prim.execute(s, {{DNNL_ARG_SRC, xm},
+                         {DNNL_ARG_DIFF_DST, dym},
+                         {DNNL_ARG_DIFF_WEIGHTS, dwm},
+                         {DNNL_ARG_SCRATCHPAD,
+                          dnnl::memory({{int64_t(p.scratchpad_bytes)}, dt::u8, tag::x},
+                                       cpu_engine(), tmp[3])}});
+      unbind(dwm, p.w_user, dwc, s);
+      s.wait();
+    }
   });
-  if (ch.n > 1)
-    parallel_for(nw, grain_for(ch.n), [&](int64_t b, int64_t e) {
-      for (int64_t i = 1; i < ch.n; ++i) {
-        const float* pi = part + (i - 1) * nw;
-        for (int64_t j = b; j < e; ++j) dw[j] += pi[j];
-      }
-    });
 }
 
 void conv2d_dnnl_clear_plans() {

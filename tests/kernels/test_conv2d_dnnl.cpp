@@ -57,6 +57,13 @@ std::vector<Conv2dGeom> awkward_geoms() {
       geom(2, 6, 5, 5, 10, 5, 5, 1, 1, 0, 0),     // kernel = map: a 1x1 output
       geom(2, 4, 10, 9, 6, 3, 1, 2, 1, 0, 1),     // 3x1 kernel, strides 2 / 1, pads 0 / 1
       geom(1, 8, 12, 13, 8, 7, 7, 3, 2, 2, 3),    // 7x7, strides 3 / 2, pads 2 / 3
+      // ResNet-18's stages at 64 px (the model tests' size), batch 4
+      geom(4, 64, 16, 16, 64, 3, 3, 1, 1, 1, 1),
+      geom(4, 64, 16, 16, 128, 3, 3, 2, 2, 1, 1),
+      geom(4, 64, 16, 16, 128, 1, 1, 2, 2, 0, 0),
+      geom(4, 128, 8, 8, 128, 3, 3, 1, 1, 1, 1),
+      geom(4, 256, 4, 4, 512, 3, 3, 2, 2, 1, 1),
+      geom(4, 512, 2, 2, 512, 3, 3, 1, 1, 1, 1),
   };
 }
 
