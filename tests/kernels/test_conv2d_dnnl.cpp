@@ -22,6 +22,7 @@
 
 #include "test_seed.h"
 #include "kernels/conv2d.h"
+#include "kernels/parallel.h"
 
 #if !defined(SLOTCON_WITH_DNNL)
 TEST_CASE("conv2d oneDNN path: this build has no oneDNN", "[conv2d][dnnl]") {
@@ -206,5 +207,36 @@ TEST_CASE("conv2d oneDNN path: plans are per shape and layout, and survive clear
       }
     sc::conv2d_dnnl_clear_plans();
   }
+}
+TEST_CASE("conv2d oneDNN path: the same bits for any thread count", "[conv2d][dnnl]") {
+  // the pool splits images (forward, backward-data) or 16-channel blocks of output channels
+  // (backward-weight); neither changes what one element sums, nor its order
+  std::mt19937_64 rng(sc::testing::next_seed());
+  const int saved = sc::cpu_threads();
+  for (const Conv2dGeom& g : awkward_geoms())
+    for (Layout l : {Layout::NCHW, Layout::NHWC}) {
+      INFO(describe(g, l));
+      const size_t nx = size_t(g.N * g.C * g.H * g.W), nw = size_t(g.K * g.C * g.R * g.S);
+      const size_t ny = size_t(g.N * g.K * g.OH() * g.OW());
+      const auto x = random_floats(nx, rng), w = random_floats(nw, rng);
+      const auto dy = random_floats(ny, rng);
+      std::vector<float> y1, dx1, dw1;
+      for (int threads : {1, 2, 3}) {
+        sc::set_cpu_threads(threads);
+        std::vector<float> y(ny, NAN), dx(nx, NAN), dw(nw, NAN);
+        sc::conv2d_forward_dnnl(g, l, x.data(), w.data(), nullptr, y.data());
+        sc::conv2d_backward_data_dnnl(g, l, dy.data(), w.data(), dx.data());
+        sc::conv2d_backward_weight_dnnl(g, l, x.data(), dy.data(), dw.data());
+        if (threads == 1) {
+          y1 = y, dx1 = dx, dw1 = dw;
+          continue;
+        }
+        INFO("threads " << threads);
+        CHECK(y == y1);
+        CHECK(dx == dx1);
+        CHECK(dw == dw1);
+      }
+    }
+  sc::set_cpu_threads(saved);
 }
 #endif
