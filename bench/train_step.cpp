@@ -14,12 +14,13 @@
 // usage: bench_train_step [--arch A] [--size S] [--batch B] [--K K] [--dim-hidden H]
 //                         [--dim-out D] [--warmup N] [--steps N] [--precision fp32|bf16]
 //                         [--channels-last on|off] [--no-baseline] [--script PATH]
-//                         [--compact-predictor on|off|both] [--predict h100]
+//                         [--compact-predictor on|off|both] [--predict h100] [--profile]
 // (channels-last: NHWC backbone, on by default on the GPU as `slotcon train`'s auto setting;
 // compact-predictor: the slot predictor on the compacted present rows (on, the default) or on all
 // B*K rows with BatchNorm masks (off); `both` alternates the two step by step in one run, in ABBA
 // order, so that a machine shared with other work slows both alike, and prints each median and
-// their ratio)
+// their ratio; profile: on the CPU, the timed steps' mean milliseconds in the convolution and
+// batch-norm kernels, per pass, and the rest of the step: nn_ops.h's cpu_nn_op_times)
 //
 // --predict h100: instead of timing, trace one step (after the warm-up) and print its predicted
 // time on an H100 SXM by phase (engine/cost_model.h, docs/gpu.md "A predicted step time"). On
@@ -36,6 +37,7 @@
 #include "engine/autograd.h"
 #include "engine/cost_model.h"
 #include "engine/cuda_runtime.h"
+#include "engine/nn_ops.h"
 #include "engine/ops.h"
 #include "model/slotcon.h"
 #include "model/train_step.h"
@@ -56,7 +58,7 @@ int main(int argc, char** argv) {
   cfg.dim_out = gpu ? 256 : 64;
   int warmup = gpu ? 5 : 1, steps = gpu ? 20 : 3;
   std::string precision = gpu ? "bf16" : "fp32", script;
-  bool baseline = true, nhwc = gpu;
+  bool baseline = true, nhwc = gpu, profile = false;
   std::string compact = "on", predict;
   bool execute = false;
   for (int i = 1; i < argc; ++i) {
@@ -83,6 +85,7 @@ int main(int argc, char** argv) {
     else if (a == "--compact-predictor") compact = next();
     else if (a == "--predict") predict = next();
     else if (a == "--execute") execute = true;
+    else if (a == "--profile") profile = true;
     else {
       std::fprintf(stderr, "bench_train_step: unknown option %s (see the file's header)\n",
                    a.c_str());
@@ -194,6 +197,7 @@ int main(int argc, char** argv) {
     const bool masked_step = alternate && ((i % 2) ^ ((i / 2) % 2)) == 1;
     if (alternate) model.set_compact_predictor(!masked_step);
     if (gpu) cuda_synchronize(0);
+    if (i == (alternate ? 2 : 1) * warmup) reset_cpu_nn_op_times();
     const DeviceCounters c0 = device_counters();
     auto t0 = std::chrono::steady_clock::now();
     train.run(batch, lr, 0.99);
@@ -212,6 +216,22 @@ int main(int argc, char** argv) {
     std::printf("slot predictor: masked (all B*K rows) %.1f ms/step, compact (present rows) %.1f "
                 "ms/step, median of %d alternating steps each: masked / compact = %.3f\n",
                 mm, mc, steps, mm / mc);
+  }
+  if (profile && !gpu) {
+    const CpuNnOpTimes t = cpu_nn_op_times();
+    double total = 0;
+    for (double m : ms) total += m;
+    for (double m : ms_masked) total += m;
+    const double n = double(ms.size() + ms_masked.size()), k = 1000.0 / n;
+    const double conv = t.conv_forward + t.conv_backward_data + t.conv_backward_weight;
+    const double bn = t.batch_norm_forward + t.batch_norm_backward;
+    std::printf("profile (mean of %d steps, ms/step; CPU convolutions: %s): step %.1f = conv "
+                "%.1f (forward %.1f, backward-data %.1f, backward-weight %.1f) + batch norm %.1f "
+                "(forward %.1f, backward %.1f) + rest %.1f\n",
+                int(n), cpu_conv_impl() == CpuConvImpl::OneDnn ? "oneDNN" : "im2col + BLAS",
+                total / n, conv * k, t.conv_forward * k, t.conv_backward_data * k,
+                t.conv_backward_weight * k, bn * k, t.batch_norm_forward * k,
+                t.batch_norm_backward * k, total / n - (conv + bn) * k);
   }
   std::sort(ms.begin(), ms.end());
   const double med = ms[ms.size() / 2], ips = 1000.0 * double(B) / med;

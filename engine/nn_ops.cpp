@@ -3,9 +3,14 @@
 #include "engine/nn_ops.h"
 
 #include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 
 #include "engine/autograd.h"
 #include "engine/dispatch.h"
@@ -62,6 +67,42 @@ void check_same_dev_dtype(const char* op, const Tensor& a, const char* an, const
 }
 
 bool g_allow_tf32 = false;
+
+// ---------------------------------------------------------------- CPU implementation choice
+#if defined(SLOTCON_WITH_DNNL)
+constexpr bool kDnnlBuilt = true;
+#else
+constexpr bool kDnnlBuilt = false;
+#endif
+
+// SLOTCON_CPU_CONV=ref forces the reference; unset or anything else: oneDNN when built.
+CpuConvImpl initial_cpu_conv_impl() {
+  const char* e = std::getenv("SLOTCON_CPU_CONV");
+  if (!kDnnlBuilt || (e && std::strcmp(e, "ref") == 0)) return CpuConvImpl::Reference;
+  return CpuConvImpl::OneDnn;
+}
+std::atomic<CpuConvImpl> g_cpu_conv{initial_cpu_conv_impl()};
+
+// Whether a CPU convolution in T takes the oneDNN path (float only).
+template <class T>
+bool use_dnnl() {
+  return kDnnlBuilt && std::is_same<T, float>::value && g_cpu_conv.load() == CpuConvImpl::OneDnn;
+}
+
+// ---------------------------------------------------------------- CPU timing (profiling)
+// Nanoseconds spent in the CPU kernels of each phase (CpuNnOpTimes' fields, in order).
+enum Phase { kConvFwd, kConvBwdData, kConvBwdWeight, kBnFwd, kBnBwd, kPhases };
+std::array<std::atomic<int64_t>, kPhases> g_phase_ns{};
+
+struct PhaseTimer {
+  Phase ph;
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+  explicit PhaseTimer(Phase p) : ph(p) {}
+  ~PhaseTimer() {
+    const auto dt = std::chrono::steady_clock::now() - t0;
+    g_phase_ns[size_t(ph)] += std::chrono::duration_cast<std::chrono::nanoseconds>(dt).count();
+  }
+};
 
 // ---------------------------------------------------------------- cuDNN plans
 #if defined(SLOTCON_WITH_CUDNN)
@@ -134,6 +175,13 @@ void conv_forward_impl(const Conv2dGeom& g, Layout l, const Tensor& x, const Ten
       "conv2d", x,
       [&](auto tv) {
         using T = decltype(tv);
+        PhaseTimer timer(kConvFwd);
+#if defined(SLOTCON_WITH_DNNL)
+        if constexpr (std::is_same<T, float>::value)
+          if (use_dnnl<T>())
+            return conv2d_forward_dnnl(g, l, x.data<T>(), w.data<T>(), data_or_null<T>(b),
+                                       y.data<T>());
+#endif
         conv2d_forward_ref<T>(g, l, x.data<T>(), w.data<T>(), data_or_null<T>(b), y.data<T>());
       },
       [&](auto st) {
@@ -168,6 +216,12 @@ void conv_backward_data_impl(const Conv2dGeom& g, Layout l, const Tensor& dy, co
       "conv2d backward", dy,
       [&](auto tv) {
         using T = decltype(tv);
+        PhaseTimer timer(kConvBwdData);
+#if defined(SLOTCON_WITH_DNNL)
+        if constexpr (std::is_same<T, float>::value)
+          if (use_dnnl<T>()) return conv2d_backward_data_dnnl(g, l, dy.data<T>(), w.data<T>(),
+                                                              dx.data<T>());
+#endif
         conv2d_backward_data_ref<T>(g, l, dy.data<T>(), w.data<T>(), dx.data<T>());
       },
       [&](auto st) {
@@ -197,9 +251,21 @@ void conv_backward_weight_impl(const Conv2dGeom& g, Layout l, const Tensor& x, c
       "conv2d backward", dy,
       [&](auto tv) {
         using T = decltype(tv);
+        PhaseTimer timer(kConvBwdWeight);
         Tensor dw0 = dw, db0 = db;
-        if (dw.defined()) fill_(dw0, 0.0);
         if (db.defined()) fill_(db0, 0.0);
+#if defined(SLOTCON_WITH_DNNL)
+        if constexpr (std::is_same<T, float>::value)
+          if (use_dnnl<T>()) {  // oneDNN writes dw; the bias gradient as the reference's
+            if (dw.defined()) conv2d_backward_weight_dnnl(g, l, x.data<T>(), dy.data<T>(),
+                                                          dw.data<T>());
+            if (db.defined())
+              conv2d_backward_weight_ref<T>(g, l, x.data<T>(), dy.data<T>(), nullptr,
+                                            db.data<T>());
+            return;
+          }
+#endif
+        if (dw.defined()) fill_(dw0, 0.0);
         conv2d_backward_weight_ref<T>(g, l, x.data<T>(), dy.data<T>(),
                                       dw.defined() ? dw.data<T>() : nullptr,
                                       db.defined() ? db.data<T>() : nullptr);
@@ -272,6 +338,7 @@ void bn_stats_impl(const BnGeom& g, const Tensor& x, const Tensor& mask, const T
       "batch_norm", x,
       [&](auto tv) {
         using T = decltype(tv);
+        PhaseTimer timer(kBnFwd);
         batch_norm_stats_ref<T>(g, x.data<T>(), m, stats.data<double>());
       },
       [&](auto st) {
@@ -328,6 +395,23 @@ void clear_conv_plans() {
   std::lock_guard<std::mutex> lock(g_cudnn_mu);
   plans().clear();
 #endif
+#if defined(SLOTCON_WITH_DNNL)
+  conv2d_dnnl_clear_plans();
+#endif
+}
+
+bool cpu_conv_onednn_built() { return kDnnlBuilt; }
+void set_cpu_conv_impl(CpuConvImpl impl) {
+  g_cpu_conv = kDnnlBuilt ? impl : CpuConvImpl::Reference;
+}
+CpuConvImpl cpu_conv_impl() { return g_cpu_conv.load(); }
+
+CpuNnOpTimes cpu_nn_op_times() {
+  auto s = [](Phase p) { return double(g_phase_ns[size_t(p)].load()) * 1e-9; };
+  return {s(kConvFwd), s(kConvBwdData), s(kConvBwdWeight), s(kBnFwd), s(kBnBwd)};
+}
+void reset_cpu_nn_op_times() {
+  for (auto& a : g_phase_ns) a = 0;
 }
 
 Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, int64_t stride,
@@ -432,6 +516,7 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
       op, x,
       [&](auto tv) {
         using T = decltype(tv);
+        PhaseTimer timer(kBnFwd);
         batch_norm_finalize_ref<T>(C, training ? stats.data<double>() : nullptr,
                                    data_or_null<T>(running_mean), data_or_null<T>(running_var),
                                    training, opt.momentum, opt.eps, save.data<double>());
@@ -474,6 +559,7 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
               bop, xs,
               [&](auto tv) {
                 using T = decltype(tv);
+                PhaseTimer timer(kBnBwd);
                 batch_norm_grad_sums_ref<T>(g, dy.data<T>(), xs.data<T>(), save.data<double>(),
                                             data_or_null<T>(gs), data_or_null<T>(bs),
                                             data_or_null<T>(rs), act, m, gsum.data<double>());
@@ -494,6 +580,7 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
               bop, xs,
               [&](auto tv) {
                 using T = decltype(tv);
+                PhaseTimer timer(kBnBwd);
                 const double count = training ? stats.data<double>()[2 * C] : 0.0;
                 batch_norm_grad_apply_ref<T>(g, dy.data<T>(), xs.data<T>(), save.data<double>(),
                                              data_or_null<T>(gs), data_or_null<T>(bs),

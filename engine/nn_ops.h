@@ -32,8 +32,28 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor(), i
 // Changing it affects plans built afterwards only.
 void set_conv_allow_tf32(bool on);
 bool conv_allow_tf32();
-// Forget every cached cuDNN plan (e.g. before a benchmark that wants a cold start).
+// Forget every cached cuDNN plan and oneDNN primitive (e.g. before a benchmark that wants a cold
+// start).
 void clear_conv_plans();
+// CPU convolutions in F32: oneDNN (kernels/conv2d_dnnl.cpp) when the build has it, the default,
+// or the im2col + BLAS reference (always for F64, and the only one in a build without oneDNN).
+// The environment variable SLOTCON_CPU_CONV=ref makes the reference the initial choice.
+// Setting OneDnn in a build without oneDNN selects the reference.
+enum class CpuConvImpl { Reference, OneDnn };
+bool cpu_conv_onednn_built();
+void set_cpu_conv_impl(CpuConvImpl impl);
+CpuConvImpl cpu_conv_impl();
+
+// Wall seconds spent in the CPU kernels of the convolutions and batch norms since the process
+// started or the last reset, summed over calls (profiling: bench_train_step --profile). The
+// stats pass, the normalisation and the gradient passes are counted; the checks, allocations
+// and layout copies around them are not.
+struct CpuNnOpTimes {
+  double conv_forward = 0, conv_backward_data = 0, conv_backward_weight = 0;
+  double batch_norm_forward = 0, batch_norm_backward = 0;
+};
+CpuNnOpTimes cpu_nn_op_times();
+void reset_cpu_nn_op_times();
 
 // ---- batch normalisation ----
 struct BatchNormOptions {

@@ -61,6 +61,29 @@ void conv2d_backward_weight_ref(const Conv2dGeom& g, Layout layout, const T* x, 
 template <class T>
 void channel_sum_ref(int64_t outer, int64_t C, int64_t inner, const T* v, T* out);
 
+#if defined(SLOTCON_WITH_DNNL)
+// ---- CPU through oneDNN (conv2d_dnnl.cpp; built when CMake finds oneDNN), float only ----
+// Same geometry and layouts as the reference (w dense KCRS with either activation layout).
+// Threads: the pool (kernels/parallel.h) runs min(N, cpu_threads()) chunks side by side, each
+// through a oneDNN primitive on one OpenMP thread (no OpenMP team): chunks of whole images for
+// forward and backward-data, of whole 16-channel blocks of output channels for backward-weight
+// (so every dw element is one sum over the whole batch). Primitives are built once per (chunk
+// shape, layout, pass, bias) with the memory formats oneDNN prefers (blocked on AVX-512) and
+// cached; the dense operands are reordered in and out around each call (buffers and oneDNN's
+// scratchpads: a per-thread arena, reused). Accumulation: oneDNN's, in float, in an order that
+// differs from the reference's. Thread-safe.
+void conv2d_forward_dnnl(const Conv2dGeom& g, Layout layout, const float* x, const float* w,
+                         const float* bias, float* y);
+void conv2d_backward_data_dnnl(const Conv2dGeom& g, Layout layout, const float* dy, const float* w,
+                               float* dx);
+// dw is written (=), not accumulated as the reference's is; the bias gradient is left to
+// channel_sum_ref.
+void conv2d_backward_weight_dnnl(const Conv2dGeom& g, Layout layout, const float* x,
+                                 const float* dy, float* dw);
+// Forget the cached primitives.
+void conv2d_dnnl_clear_plans();
+#endif
+
 }  // namespace sc
 
 #if defined(SLOTCON_WITH_CUDA)

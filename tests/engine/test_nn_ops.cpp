@@ -58,6 +58,13 @@ TEST_CASE("conv2d: float64 gradcheck for every ResNet kernel / stride / padding,
 
 TEST_CASE("conv2d: forward equals the kernel reference, float32 path, argument errors",
           "[nn_ops][conv2d]") {
+  // the im2col reference, bit for bit (oneDNN, when built, is checked in test_conv_cpu_impl.cpp)
+  const CpuConvImpl saved = cpu_conv_impl();
+  set_cpu_conv_impl(CpuConvImpl::Reference);
+  struct Restore {
+    CpuConvImpl impl;
+    ~Restore() { set_cpu_conv_impl(impl); }
+  } restore{saved};
   Generator gen(sc::testing::next_seed());
   Tensor x = randn({2, 3, 9, 7}, gen), w = randn({4, 3, 3, 3}, gen), b = randn({4}, gen);
   Tensor y = conv2d(x, w, b, 2, 1);
