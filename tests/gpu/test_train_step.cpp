@@ -130,7 +130,7 @@ TEST_CASE("gpu train step (fp32) matches the CPU step: loss, parts, center, para
     std::string name;
     double moved, off;
   };
-  std::vector<Move> moves;
+  std::vector<Move> moves, unmoved_zero;
   for (auto& kv : a) {
     if (!is_floating(kv.second.dtype())) continue;
     INFO(kv.first);
@@ -145,6 +145,14 @@ TEST_CASE("gpu train step (fp32) matches the CPU step: loss, parts, center, para
       size += s0v[i] * s0v[i];
     }
     CHECK(nonfinite == 0);
+    if (moved == 0 && size == 0) {
+      // a zero-initialised bias followed by BatchNorm: its exact gradient is 0, and whether
+      // rounding moves it at all differs between devices (seed 8210292156651765357: the slot
+      // predictor's biases exactly still on the CPU, moved 4.6e-5 on the GPU): held to the
+      // rounding bound of the other rounding-only moves below
+      unmoved_zero.push_back({kv.first, 0.0, std::sqrt(off)});
+      continue;
+    }
     if (moved == 0) {
       // what does not move on the CPU (the teacher: the EMA of two equal copies) moves on the
       // GPU by rounding at most
@@ -158,6 +166,11 @@ TEST_CASE("gpu train step (fp32) matches the CPU step: loss, parts, center, para
   for (const Move& m : moves) sizes.push_back(m.moved);
   std::sort(sizes.begin(), sizes.end());
   const double typical = sizes[sizes.size() / 2];
+  for (const Move& m : unmoved_zero) {
+    INFO(m.name << ": still on the CPU, moved " << m.off << " on the GPU (median move " << typical
+                << ")");
+    CHECK(m.off <= 1e-2 * typical);
+  }
   std::vector<double> rel;
   std::string worst_name;
   double worst = 0;
