@@ -33,6 +33,17 @@ TEST_CASE("curves: a line goes where its points say, and non-finite points are s
   for (int dy = -2; dy <= 2; ++dy)
     for (int dx = -2; dx <= 2; ++dx) on_line |= px(img, W, xm + dx, ym + dy) == 0x00ff00;
   CHECK(on_line);
+  // the ends, where their points say: (0, 0) bottom left, (10, 1) top right (y grows upwards)
+  auto green_near = [&](int x, int y) {
+    for (int dy = -2; dy <= 2; ++dy)
+      for (int dx = -2; dx <= 2; ++dx)
+        if (px(img, W, x + dx, y + dy) == 0x00ff00) return true;
+    return false;
+  };
+  CHECK(green_near(90, 160));
+  CHECK(green_near(380, 30));
+  CHECK(!green_near(90, 30));
+  CHECK(!green_near(380, 160));
   // far from the diagonal: white
   CHECK(px(img, W, 90 + 20, 30 + 20) == 0xffffff);
   CHECK(px(img, W, 380 - 20, 160 - 20) == 0xffffff);
