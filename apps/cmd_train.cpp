@@ -736,6 +736,12 @@ void Run::report() {
     std::printf("data-parallel: each step put %.3f MB into %.1f collectives on rank 0 "
                 "(gradients, SyncBN sums, slot keys and masks, center, loss)\n",
                 double(comm_bytes_) / double(steps) / 1e6, double(comm_calls_) / double(steps));
+  if (const GradientBuckets* gb = train_->gradient_buckets(); gb && steps > 0)
+    std::printf(
+        "data-parallel: gradients averaged in %zu buckets of at most %g MB (bucket_mb), "
+        "%d started during the last step's backward\n",
+        gb->buckets().size(), double(gb->bucket_bytes()) / double(1 << 20),
+        gb->started_during_backward());
   if (const GradScaler* scaler = train_->scaler())
     std::printf("fp16: loss scale %.0f at the end; %lld of these steps overflowed in fp16 and were "
                 "not applied (normal while the scale settles)\n",

@@ -4,12 +4,19 @@
 #include <unordered_set>
 
 #include "engine/backend.h"
+#include "engine/grad_ready.h"
 #include "engine/ops.h"
 
 namespace sc {
 namespace {
 thread_local bool t_grad_enabled = true;
+thread_local GradReadyFn* t_grad_ready = nullptr;  // the innermost GradReadyScope's call
+}  // namespace
+
+GradReadyScope::GradReadyScope(GradReadyFn fn) : fn_(std::move(fn)), previous_(t_grad_ready) {
+  t_grad_ready = fn_ ? &fn_ : nullptr;
 }
+GradReadyScope::~GradReadyScope() { t_grad_ready = previous_; }
 
 bool grad_enabled() { return t_grad_enabled; }
 NoGradGuard::NoGradGuard() : prev_(t_grad_enabled) { t_grad_enabled = false; }
@@ -106,23 +113,32 @@ void run_backward(const Tensor& root, const Tensor& grad_in, bool retain_graph) 
              " but the tensor is ", dtype_name(root.dtype()), " on ", root.device().str());
   }
   NoGradGuard ng;
+  GradReadyFn* const ready_fn = t_grad_ready;
   if (!root.grad_fn()) {  // a leaf
     accumulate_leaf(*root.impl(), grad);
+    if (ready_fn) (*ready_fn)(*root.impl());
     return;
   }
-  // Count, for every node reachable from the root, how many edges point at it.
+  // Count, for every node reachable from the root, how many edges point at it (and, for the
+  // GradReadyScope's call, at every leaf).
   std::unordered_map<Node*, int> deps;
+  std::unordered_map<TensorImpl*, int> leaf_deps;
   std::vector<Node*> stack{root.grad_fn().get()};
   std::unordered_set<Node*> seen{stack[0]};
   while (!stack.empty()) {
     Node* n = stack.back();
     stack.pop_back();
     for (const Edge& e : n->inputs) {
+      if (ready_fn && e.leaf) leaf_deps[e.leaf.get()]++;
       if (!e.node) continue;
       deps[e.node.get()]++;
       if (seen.insert(e.node.get()).second) stack.push_back(e.node.get());
     }
   }
+  // A leaf's last contribution of this pass has been handled: report it.
+  auto leaf_done = [&](const Edge& e) {
+    if (ready_fn && --leaf_deps[e.leaf.get()] == 0) (*ready_fn)(*e.leaf);
+  };
   // Keep nodes alive while we work even if outputs drop them.
   std::shared_ptr<Node> root_node = root.grad_fn();
   std::unordered_map<Node*, std::vector<Tensor>> pending;
@@ -151,6 +167,7 @@ void run_backward(const Tensor& root, const Tensor& grad_in, bool retain_graph) 
       const Edge& e = node->inputs[i];
       if (!e.active() || !gins[i].defined()) {
         if (e.node && --deps[e.node.get()] == 0) ready.push_back(e.node);
+        if (e.leaf) leaf_done(e);
         continue;
       }
       check_grad(*node, i, gins[i]);
@@ -161,6 +178,7 @@ void run_backward(const Tensor& root, const Tensor& grad_in, bool retain_graph) 
         if (--deps[e.node.get()] == 0) ready.push_back(e.node);
       } else {
         accumulate_leaf(*e.leaf, gins[i]);
+        leaf_done(e);
       }
     }
     if (!retain_graph) node->release();

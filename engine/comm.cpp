@@ -102,6 +102,25 @@ void Communicator::all_reduce_sum(Tensor& t) {
   if (!d.same(t)) copy_(t, d);
 }
 
+void Communicator::start_all_reduce_sum(Tensor& t) {
+  const bool cuda = check_tensor("start_all_reduce_sum", t, *this);
+  SC_CHECK(t.is_contiguous(),
+           "comm start_all_reduce_sum: the tensor must be contiguous (the "
+           "result lands in it after the call returns)");
+  if (world() == 1) return;
+  if (cuda)
+    do_cuda_start_all_reduce_sum(t);
+  else
+    do_all_reduce_sum(t.data_ptr(), t.numel(), t.dtype());
+  ++calls_;
+  bytes_ += t.numel() * int64_t(dtype_size(t.dtype()));
+}
+
+void Communicator::wait_all_reduces(Device device) {
+  if (world() == 1 || !device.is_cuda()) return;
+  do_cuda_wait_all_reduces(device);
+}
+
 Tensor Communicator::all_gather_rows(const Tensor& t) {
   const bool cuda = check_tensor("all_gather_rows", t, *this);
   SC_CHECK(t.dim() >= 1, "comm all_gather_rows: needs at least one dimension, got a scalar");

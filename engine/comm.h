@@ -27,6 +27,21 @@
 //   broadcast(t, root)   t <- root's t, in place.
 //   barrier()            returns when every rank has entered it (a host-side MPI barrier: it does
 //                        not wait for CUDA collectives still queued on a stream).
+//   start_all_reduce_sum(t), then wait_all_reduces(device)
+//                        the all-reduce of t that may run beside the caller's later work (the
+//                        data-parallel gradient buckets, engine/grad_buckets.h): t must be
+//                        contiguous, and neither read nor written until wait_all_reduces on its
+//                        device, after which every op queued there sees every started result.
+//                        NCCL runs it on a communication stream of its own (made once per
+//                        communicator), after an event recorded on t's engine stream, and
+//                        wait_all_reduces makes the engine stream wait for an event recorded
+//                        behind it: the copy into t, the collective and the backward's next
+//                        kernels overlap on the GPU, and the host never waits. The other
+//                        backends finish the all-reduce inside start_all_reduce_sum (MPI's
+//                        progress happens inside MPI calls; the CPU step is compute-bound) and
+//                        wait_all_reduces does nothing. Started all-reduces are collectives like
+//                        the rest: every rank starts the same ones, in the same order relative
+//                        to its other collectives.
 // Tensors: CPU, F32 / F64 / I64 / U8, any shape; non-contiguous inputs are copied (the in-place
 // ones are written back). CUDA tensors (F32 / F64 / I64 / U8 / BF16 / F16) when world > 1 need
 // the NCCL backend (has_cuda_collectives(); else an sc::Error); on one rank every collective is
@@ -84,6 +99,8 @@ class Communicator {
   Tensor all_gather_rows(const Tensor& t);
   void broadcast(Tensor& t, int root = 0);
   void barrier();
+  void start_all_reduce_sum(Tensor& t);
+  void wait_all_reduces(Device device);
   // Helpers over the collectives: root's string on every rank; every rank's 64-bit value.
   std::string broadcast_string(const std::string& s, int root = 0);
   std::vector<int64_t> all_gather_i64(int64_t v);
@@ -110,6 +127,9 @@ class Communicator {
   virtual void do_cuda_all_reduce_sum(Tensor& t);
   virtual void do_cuda_all_gather(const Tensor& send, Tensor& recv);
   virtual void do_cuda_broadcast(Tensor& t, int root);
+  // The overlapped all-reduce on a CUDA tensor; by default the stream-ordered one, no wait.
+  virtual void do_cuda_start_all_reduce_sum(Tensor& t) { do_cuda_all_reduce_sum(t); }
+  virtual void do_cuda_wait_all_reduces(Device) {}
   double timeout_s_ = kDefaultCommTimeout;
   int64_t bytes_ = 0;
   int64_t calls_ = 0;

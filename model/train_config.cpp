@@ -77,10 +77,14 @@ const std::map<std::string, Field>& fields() {
       {"precision", field(&TrainConfig::precision, "auto | fp32 | bf16 | fp16 | fp64")},
       {"channels_last", field(&TrainConfig::channels_last,
                               "NHWC activations and conv weights: auto (GPU) | on | off")},
-      {"tf32", field(&TrainConfig::tf32, "the head's F32 products (fused kernels, slot "
-                                         "predictor) on TF32 tensor cores (GPU): "
-                                         "auto (on in bf16/fp16) | on | off")},
+      {"tf32", field(&TrainConfig::tf32,
+                     "the head's F32 products (fused kernels, slot "
+                     "predictor) on TF32 tensor cores (GPU): "
+                     "auto (on in bf16/fp16) | on | off")},
       {"nonfinite", field(&TrainConfig::nonfinite, "stop | skip on a non-finite loss")},
+      {"bucket_mb", field(&TrainConfig::bucket_mb,
+                          "several processes: MB of gradients per "
+                          "all-reduce bucket, started during backward")},
       {"dataset", field(&TrainConfig::dataset, "folder | synthetic")},
       {"data_dir", field(&TrainConfig::data_dir, "image folder(s), ':'-separated")},
       {"synthetic_images", field(&TrainConfig::synthetic_images, "synthetic scene count")},
@@ -91,8 +95,8 @@ const std::map<std::string, Field>& fields() {
       {"seed", field(&TrainConfig::seed, "random seed")},
       {"output_dir", field(&TrainConfig::output_dir, "checkpoints and metrics")},
       {"save_freq", field(&TrainConfig::save_freq, "epochs between checkpoints")},
-      {"keep_checkpoints", field(&TrainConfig::keep_checkpoints,
-                                 "keep the newest N epoch checkpoints (0: all)")},
+      {"keep_checkpoints",
+       field(&TrainConfig::keep_checkpoints, "keep the newest N epoch checkpoints (0: all)")},
       {"print_freq", field(&TrainConfig::print_freq, "steps between progress lines")},
       {"score_images", field(&TrainConfig::score_images,
                              "held-out synthetic scenes for the grouping score (0: off)")},
@@ -130,6 +134,8 @@ void TrainConfig::validate() const {
            "' (auto, on or off)");
   SC_CHECK(one_of(nonfinite, {"stop", "skip"}), "config key 'nonfinite': unknown '", nonfinite,
            "' (stop or skip)");
+  SC_CHECK(bucket_mb > 0 && bucket_mb <= 1e6, "config key 'bucket_mb' must be in (0, 1e6], got ",
+           bucket_mb);
   SC_CHECK(one_of(dataset, {"folder", "synthetic"}), "config key 'dataset': unknown '", dataset,
            "' (folder or synthetic)");
   SC_CHECK(one_of(device, {"auto", "cpu", "cuda"}), "config key 'device': unknown '", device,

@@ -41,6 +41,8 @@ struct TrainConfig {
   std::string tf32 = "auto";  // the head kernels' products on TF32 tensor cores: auto (on when
                               // the GPU trains in bf16/fp16) | on | off
   std::string nonfinite = "stop";   // stop | skip: what a non-finite loss does
+  double bucket_mb = 25;            // data-parallel: MB of gradients per all-reduce bucket
+                                    // (engine/grad_buckets.h; DDP's default)
   // data
   std::string dataset = "folder";   // folder | synthetic
   std::string data_dir = "";        // image folder(s), ':'-separated for COCO+

@@ -1,6 +1,7 @@
 // train_step.cpp: the training step (see train_step.h).
 #include "model/train_step.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/autograd.h"
@@ -44,6 +45,7 @@ TrainOptions resolve_train_options(const TrainConfig& cfg, Device device) {
   o.channels_last = cfg.channels_last == "on" || (cfg.channels_last == "auto" && device.is_cuda());
   o.optimizer = cfg.optimizer == "sgd" ? OptimizerKind::SGD : OptimizerKind::LARS;
   o.nonfinite = cfg.nonfinite == "skip" ? NonFinitePolicy::Skip : NonFinitePolicy::Stop;
+  o.bucket_bytes = std::max<int64_t>(1, int64_t(cfg.bucket_mb * double(1 << 20)));
   return o;
 }
 
@@ -63,6 +65,11 @@ TrainStep::TrainStep(SlotConModel& model, const TrainOptions& options, const Tra
   if (options_.precision == Precision::FP16) scaler_.emplace(GradScalerOptions{}, device);
   found_ = zeros({1}, DType::U8, device);
   model_.set_communicator(comm_);
+  if (comm_) {
+    std::vector<std::string> names;
+    for (auto& kv : params_) names.push_back(kv.first);
+    buckets_ = std::make_unique<GradientBuckets>(tensors_, names, *comm_, options_.bucket_bytes);
+  }
 }
 
 // The mean over ranks of the loss and its parts (the logged values; a non-finite part anywhere
@@ -70,33 +77,6 @@ TrainStep::TrainStep(SlotConModel& model, const TrainOptions& options, const Tra
 void TrainStep::average_loss(Tensor& parts) {
   comm_->all_reduce_sum(parts);
   mul_(parts, 1.0 / double(comm_->world()));
-}
-
-// Every gradient averaged over the ranks: one flat buffer per step (one collective, whatever the
-// number of parameters), copied back into the gradients. Every student parameter has a gradient
-// after SlotCon's backward; one without would make the ranks' buffers disagree, so it is an error.
-void TrainStep::average_gradients() {
-  NoGradGuard ng;
-  std::vector<Tensor> flat;
-  flat.reserve(tensors_.size());
-  for (size_t i = 0; i < tensors_.size(); ++i) {
-    const Tensor g = tensors_[i].grad();
-    SC_CHECK(g.defined(), "data-parallel step: ", params_[i].first,
-             " has no gradient, so the ranks' gradient buffers would not line up");
-    flat.push_back(reshape(g.contiguous(), {-1}));
-  }
-  Tensor all = flat.size() == 1 ? flat[0].clone() : concat(flat, 0);
-  comm_->all_reduce_sum(all);
-  mul_(all, 1.0 / double(comm_->world()));
-  int64_t at = 0;
-  for (Tensor& p : tensors_) {
-    Tensor g = p.grad();
-    const int64_t n = g.numel();
-    // a row-major copy: the gradient keeps its own layout (e.g. channels-last conv weights)
-    Tensor part = reshape(slice(all, 0, at, at + n), g.shape());
-    copy_(g, part);
-    at += n;
-  }
 }
 
 std::vector<Tensor>& TrainStep::optimizer_state() { return lars_ ? lars_->state() : sgd_->state(); }
@@ -117,13 +97,14 @@ StepResult TrainStep::run(const TwoViewBatch& batch, double lr, double teacher_m
   if (comm_) average_loss(r.loss.parts);
   nonfinite_flag(r.loss.parts, found_);  // starts the step's flag
   lars_ ? lars_->zero_grad() : sgd_->zero_grad();
-  if (scaler_) {
-    scaler_->scale(r.loss.total).backward();
-    if (comm_) average_gradients();
-  } else {
-    r.loss.total.backward();
-    if (comm_) average_gradients();
+  {
+    // data-parallel: each bucket's all-reduce starts as soon as backward has finished its
+    // gradients (the hook), the rest and the wait come after backward
+    std::optional<GradReadyScope> hook;
+    if (buckets_) hook.emplace(buckets_->hook());
+    (scaler_ ? scaler_->scale(r.loss.total) : r.loss.total).backward();
   }
+  if (buckets_) buckets_->finish();
   DevicePhase optimizer_phase("optimizer");
   if (scaler_) {
     scaler_->unscale_(tensors_, found_);  // an Inf or NaN gradient sets it too

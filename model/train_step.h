@@ -24,15 +24,17 @@
 // Data-parallel (a communicator of world W > 1, engine/comm.h): the model's BatchNorms and loss
 // are synchronised (SlotConModel::set_communicator); the loss and its parts are averaged over the
 // ranks in step 3 (one all-reduce of three doubles), so that every rank sees the same values and
-// takes the same branch in step 4; in step 5 the gradients are averaged over the ranks after
-// backward and before unscale and the optimizer (what PyTorch's DistributedDataParallel does: one
-// all-reduce of all the gradients, flattened), so that every rank applies the same update and the
-// replicas stay equal. The learning rate is the caller's (from the global batch).
+// takes the same branch in step 4; in step 5 the gradients are averaged over the ranks before
+// unscale and the optimizer, so that every rank applies the same update and the replicas stay
+// equal: in buckets of bucket_mb whose all-reduces start during backward, as soon as their
+// gradients are final (engine/grad_buckets.h; what PyTorch's DistributedDataParallel does). The
+// learning rate is the caller's (from the global batch).
 #pragma once
 #include <memory>
 #include <optional>
 #include <vector>
 
+#include "engine/grad_buckets.h"
 #include "engine/optim.h"
 #include "model/slotcon.h"
 #include "model/train_config.h"
@@ -52,6 +54,7 @@ struct TrainOptions {
   bool channels_last = false;  // NHWC backbone and projector
   OptimizerKind optimizer = OptimizerKind::LARS;
   NonFinitePolicy nonfinite = NonFinitePolicy::Stop;
+  int64_t bucket_bytes = int64_t(25) << 20;  // data-parallel gradient buckets (cfg.bucket_mb)
 
   DType compute_dtype() const;
   const char* precision_name() const;  // "fp32", "bf16", "fp16", "fp64"
@@ -95,6 +98,8 @@ class TrainStep {
   GradScaler* scaler() { return scaler_ ? &*scaler_ : nullptr; }
   // The communicator (null on one process).
   Communicator* communicator() const { return comm_; }
+  // The gradient buckets (null on one process).
+  const GradientBuckets* gradient_buckets() const { return buckets_.get(); }
 
  private:
   SlotConModel& model_;
@@ -105,11 +110,11 @@ class TrainStep {
   std::optional<SGD> sgd_;
   std::optional<GradScaler> scaler_;
   Communicator* comm_ = nullptr;
+  std::unique_ptr<GradientBuckets> buckets_;
 
   Tensor found_;  // U8 (1) on the device: the step's skip flag (non-finite loss or overflow)
 
   void average_loss(Tensor& parts);
-  void average_gradients();
 };
 
 }  // namespace sc

@@ -148,6 +148,10 @@ class MpiComm final : public Communicator {
     nccl(send).all_gather(send, recv);
   }
   void do_cuda_broadcast(Tensor& t, int root) override { nccl(t).broadcast(t, root); }
+  void do_cuda_start_all_reduce_sum(Tensor& t) override { nccl(t).start_all_reduce_sum(t); }
+  void do_cuda_wait_all_reduces(Device d) override {
+    if (nccl_ && nccl_->device() == d.index) nccl_->wait_started();
+  }
 #endif
 
  private:

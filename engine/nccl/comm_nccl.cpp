@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/cuda/context.h"
 #include "engine/dispatch.h"
 
 namespace sc {
@@ -70,6 +71,12 @@ struct NcclGroup::Impl {
   uint64_t next_id = 0;
   bool stop = false;
   std::thread watchdog;
+  // The overlapped all-reduces: their stream and its two events, made at the first start (an
+  // event may be recorded again once a stream has been told to wait for it: the wait takes the
+  // record current at the call).
+  cudaStream_t side = nullptr;
+  cudaEvent_t side_ready = nullptr, side_done = nullptr;
+  bool side_pending = false;
 
   void check(ncclResult_t r, const char* what) {
     if (r == ncclSuccess) return;
@@ -219,6 +226,9 @@ NcclGroup::~NcclGroup() {
   s.cv.notify_all();
   if (s.watchdog.joinable()) s.watchdog.join();
   if (s.comm) ncclCommDestroy(s.comm);
+  if (s.side) cudaStreamDestroy(s.side);
+  if (s.side_ready) cudaEventDestroy(s.side_ready);
+  if (s.side_done) cudaEventDestroy(s.side_done);
   for (const Impl::Pending& p : s.pending)
     if (p.event) cudaEventDestroy(p.event);
   for (cudaEvent_t ev : s.spare) cudaEventDestroy(ev);
@@ -247,6 +257,40 @@ void NcclGroup::all_reduce_sum(Tensor& t) {
   void* p = t.numel() ? t.data_ptr() : nullptr;
   s.finish(id, ncclAllReduce(p, p, size_t(t.numel()), nccl_type(t.dtype()), ncclSum, s.comm, st),
            "all_reduce_sum", st);
+}
+
+void NcclGroup::start_all_reduce_sum(Tensor& t) {
+  Impl& s = *impl_;
+  check_device("start_all_reduce_sum", t, s.device);
+  auto cuda_check = [](cudaError_t e, const char* what) {
+    SC_CHECK(e == cudaSuccess, "NCCL start_all_reduce_sum: ", what, ": ", cudaGetErrorString(e));
+  };
+  if (!s.side) {
+    cuda_check(cudaStreamCreateWithFlags(&s.side, cudaStreamNonBlocking), "cudaStreamCreate");
+    cuda_check(cudaEventCreateWithFlags(&s.side_ready, cudaEventDisableTiming), "cudaEventCreate");
+    cuda_check(cudaEventCreateWithFlags(&s.side_done, cudaEventDisableTiming), "cudaEventCreate");
+  }
+  // the communication stream starts when what the engine stream queued so far (t's values) is done
+  cudaStream_t st = stream_of(t);
+  cuda_check(cudaEventRecord(s.side_ready, st), "cudaEventRecord");
+  cuda_check(cudaStreamWaitEvent(s.side, s.side_ready, 0), "cudaStreamWaitEvent");
+  const uint64_t id = s.begin("all_reduce_sum (overlapped)");
+  void* p = t.numel() ? t.data_ptr() : nullptr;
+  s.finish(id,
+           ncclAllReduce(p, p, size_t(t.numel()), nccl_type(t.dtype()), ncclSum, s.comm, s.side),
+           "all_reduce_sum (overlapped)", s.side);
+  s.side_pending = true;
+}
+
+void NcclGroup::wait_started() {
+  Impl& s = *impl_;
+  if (!s.side_pending) return;
+  cuda::set_device(s.device);
+  cudaStream_t st = cuda::stream(s.device);
+  cudaError_t e = cudaEventRecord(s.side_done, s.side);
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(st, s.side_done, 0);
+  SC_CHECK(e == cudaSuccess, "NCCL wait for the overlapped all-reduces: ", cudaGetErrorString(e));
+  s.side_pending = false;
 }
 
 void NcclGroup::all_gather(const Tensor& send, Tensor& recv) {

@@ -28,6 +28,11 @@ class NcclGroup {
   void all_reduce_sum(Tensor& t);
   void all_gather(const Tensor& send, Tensor& recv);  // recv: world x send's elements
   void broadcast(Tensor& t, int root);
+  // The overlapped all-reduce (engine/comm.h, start_all_reduce_sum): on this group's own
+  // communication stream, after an event recorded on stream_of(t); wait_started makes the engine
+  // stream of device() wait for everything started so far (an event on the communication stream).
+  void start_all_reduce_sum(Tensor& t);
+  void wait_started();
 
   struct Impl;
 

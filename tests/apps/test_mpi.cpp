@@ -14,6 +14,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <thread>
 
 #include "app_test_util.h"
@@ -59,7 +60,7 @@ const std::string kBin = std::string(SLOTCON_BINARY_DIR) + "/apps/slotcon";
 const std::string kArgs =
     "train --dataset synthetic --arch resnet18 --dim_hidden 32 --dim_out 8 --num_prototypes 8 "
     "--batch_size 4 --image_size 64 --epochs 100 --warmup_epoch 2 --print_freq 1 "
-    "--score_images 0 --slot_images 0 --no-auto-resume --device cpu ";
+    "--score_images 0 --slot_images 0 --no-auto-resume --device cpu --bucket_mb 1 ";
 TrainConfig golden_config(const std::string& optimizer, double group_weight) {
   TrainConfig cfg;
   cfg.arch = "resnet18";
@@ -72,6 +73,7 @@ TrainConfig golden_config(const std::string& optimizer, double group_weight) {
   cfg.warmup_epoch = 2;
   cfg.optimizer = optimizer;
   cfg.group_loss_weight = group_weight;
+  cfg.bucket_mb = 1;
   return cfg;
 }
 
@@ -192,6 +194,10 @@ TEST_CASE("mpi: two processes train as the loopback communicator computes (SGD, 
     REQUIRE(r.code() == 0);
     CHECK(r.out.find("data-parallel: 2 processes (mpi), batch 4 per process") != std::string::npos);
     CHECK(r.out.find("B = 8, 4 per process") != std::string::npos);
+    // ResNet-18's 45 MB of gradients in 1 MB buckets, each started as backward finished it
+    CHECK(
+        std::regex_search(r.out, std::regex("gradients averaged in ([0-9]{2}) buckets of at most 1 "
+                                            "MB \\(bucket_mb\\), \\1 started during")));
     const TensorMap got = read_safetensors(out + "/final.safetensors").tensors;
     const TensorMap want = loopback_steps(golden_config(opt, 0.5), 2, 2);
     double still = 0;
@@ -258,8 +264,10 @@ TEST_CASE("mpi: the loader shards the data, rank 0 alone writes, and 2 processes
   CHECK(r.out.find("batch 4") != std::string::npos);  // the global batch sets the lr
   // every BatchNorm synchronised: ResNet-18 + projector have 22, run 4 times forward (student and
   // teacher, two views) and twice backward, the predictor's 2 twice each way; plus the center,
-  // 4 gathers (keys and masks of both directions), the loss and the gradients: 147 a step
-  CHECK(r.out.find("into 147.0 collectives on rank 0") != std::string::npos);
+  // 4 gathers (keys and masks of both directions), the loss and the gradients in 2 buckets (45 MB
+  // in 25 MB ones): 148 a step, and once in the run, after the first step, the check that the
+  // ranks agree on the buckets' order: 148.25 a step over 4 (printed 148.2)
+  CHECK(r.out.find("into 148.2 collectives on rank 0") != std::string::npos);
   // one progress line per step (rank 0's), one banner
   std::ifstream m(d + "/metrics.jsonl");
   int lines = 0;

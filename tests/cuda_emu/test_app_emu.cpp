@@ -58,7 +58,8 @@ TEST_CASE("emulated GPU: slotcon train in bf16 and fp16 on cuda:0, checkpoints a
     INFO(r.out);
     REQUIRE(r.code() == 0);
     CHECK_THAT(r.out, Catch::Contains("resumed from") && Catch::Contains("at step 2") &&
-                          Catch::Contains("done: 1 steps"));
+                          Catch::Contains("done: 1 steps") &&
+                          Catch::Contains("gradients averaged in"));
   }
   {
     // bf16 (the first run's checkpoint at step 2) resumed for one more step ends where an
@@ -100,7 +101,9 @@ TEST_CASE("emulated GPU: slotcon train in bf16 and fp16 on cuda:0, checkpoints a
 // emulated device, the collectives through the engine's NCCL backend on the emulated NCCL) after
 // one LARS step in fp32 equals `mpirun -np 2 slotcon train --device cpu` (the MPI backend), as
 // the GPU step equals the CPU step (tests/gpu/test_train_step.cpp: the same measure and bounds,
-// at lr 5 where the moves are visible). Skipped (77) without the NCCL backend or mpirun.
+// at lr 5 where the moves are visible). The gradients in 1 MB buckets: on the GPU their
+// all-reduces start during backward on NCCL's own stream (NcclGroup::start_all_reduce_sum).
+// Skipped (77) without the NCCL backend or mpirun.
 TEST_CASE("emulated GPUs: mpirun -np 2 slotcon train on cuda (NCCL) equals 2 processes on the CPU",
           "[cuda_emu][app][nccl]") {
   if (!sc::comm_has_nccl() || app_test::run_command("command -v mpirun").code() != 0) {
@@ -122,7 +125,7 @@ TEST_CASE("emulated GPUs: mpirun -np 2 slotcon train on cuda (NCCL) equals 2 pro
       "train --dataset synthetic --synthetic_images 4 --num_workers 0 --arch resnet18 "
       "--dim_hidden 32 --dim_out 8 --num_prototypes 8 --batch_size 2 --image_size 64 "
       "--epochs 100 --warmup_epoch 0 --base_lr 320 --optimizer lars --precision fp32 --steps 1 "
-      "--print_freq 1 --score_images 0 --slot_images 0 --no-auto-resume --init " +
+      "--print_freq 1 --score_images 0 --slot_images 0 --no-auto-resume --bucket_mb 1 --init " +
       d + "/init.safetensors ";
   const std::string mpirun =
       std::string("mpirun ") + (geteuid() == 0 ? "--allow-run-as-root " : "") +
@@ -139,7 +142,8 @@ TEST_CASE("emulated GPUs: mpirun -np 2 slotcon train on cuda (NCCL) equals 2 pro
   REQUIRE(gpu.code() == 0);
   CHECK_THAT(gpu.out, Catch::Contains("on cuda:0 (CUDA emulator") &&
                           Catch::Contains("data-parallel: 2 processes (mpi + NCCL)") &&
-                          Catch::Contains("done: 1 steps"));
+                          Catch::Contains("done: 1 steps") &&
+                          Catch::Contains("gradients averaged in"));
   // the loss of the step (printed to 4 decimals)
   auto loss = [](const std::string& out) {
     const size_t at = out.find("step 1/");

@@ -1,7 +1,9 @@
 // Autograd: tape semantics, accumulation, no-grad, custom ops, and the errors on misuse.
+#include <algorithm>
 #include <catch2/catch.hpp>
 
 #include "engine/autograd.h"
+#include "engine/grad_ready.h"
 #include "engine/nn_ops.h"
 #include "engine/ops.h"
 #include "gradcheck.h"
@@ -169,4 +171,56 @@ TEST_CASE("autograd: diamond graph accumulates both paths") {
   std::vector<double> g = x.grad().to_vector();
   CHECK(g[0] == Approx(2 * std::exp(1.0) + std::exp(0.5)));
   CHECK(g[1] == Approx(2 * std::exp(-2.0) + std::exp(-1.0)));
+}
+
+// engine/grad_ready.h: the call comes once per leaf, after the leaf's last contribution of the
+// pass (its .grad() already final then), in the order the walk finishes them; a leaf the pass
+// does not reach is not reported, and without a scope nothing is called.
+TEST_CASE("autograd: GradReadyScope reports each leaf once, when its gradient is final") {
+  Tensor a = from_vector({1, 2}, {2}, DType::F64);  // used twice: by y1 and by the last op
+  Tensor b = from_vector({3, 4}, {2}, DType::F64);  // only near the input end of the graph
+  Tensor c = from_vector({5, 6}, {2}, DType::F64);  // only in the last op
+  Tensor unused = from_vector({7}, {1}, DType::F64);
+  for (Tensor* t : {&a, &b, &c, &unused}) t->set_requires_grad(true);
+  // loss = sum((a * b) * a + c * a)
+  Tensor y1 = mul(a, b);
+  Tensor loss = sum(add(mul(y1, a), mul(c, a)));
+  std::vector<TensorImpl*> order;
+  std::vector<std::vector<double>> grad_at_call;
+  {
+    GradReadyScope scope([&](TensorImpl& leaf) {
+      order.push_back(&leaf);
+      grad_at_call.push_back(leaf.grad.to_vector());
+    });
+    loss.backward(Tensor(), /*retain_graph=*/true);
+  }
+  REQUIRE(order.size() == 3);
+  // each reported once, unused never
+  for (Tensor* t : {&a, &b, &c}) CHECK(std::count(order.begin(), order.end(), t->impl()) == 1);
+  // c is finished before b (the walk meets the last op first); a not with c, where it also
+  // gets a part, but only at y1's node, its last use (with b, in y1's input order)
+  const auto pos = [&](const Tensor& t) {
+    return std::find(order.begin(), order.end(), t.impl()) - order.begin();
+  };
+  CHECK(pos(c) < pos(b));
+  CHECK(pos(a) > pos(c));
+  CHECK(pos(a) == pos(b) - 1);
+  // at the call, the gradient is the final one: d/da = 2ab + c, d/db = a^2, d/dc = a
+  for (size_t i = 0; i < order.size(); ++i) {
+    INFO("leaf " << i);
+    CHECK(grad_at_call[i] == order[i]->grad.to_vector());
+  }
+  CHECK(a.grad().to_vector() == std::vector<double>{2 * 1 * 3 + 5, 2 * 2 * 4 + 6});
+  // no scope: nothing is called (the old scope's call would push again)
+  loss.backward();
+  CHECK(order.size() == 3);
+  // a leaf as the root is reported too
+  Tensor s = from_vector({2}, {1}, DType::F64);
+  s.set_requires_grad(true);
+  int calls = 0;
+  {
+    GradReadyScope scope([&](TensorImpl& leaf) { calls += &leaf == s.impl(); });
+    s.backward(ones({1}, DType::F64));
+  }
+  CHECK(calls == 1);
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/comm.h"
+#include "engine/grad_buckets.h"
 #include "engine/ops.h"
 #include "test_seed.h"
 
@@ -174,4 +175,135 @@ TEST_CASE("comm: abort on one rank fails the others' next collective at once", "
   });
   CHECK(error.find("rank 1 aborted (code 3)") != std::string::npos);
   CHECK(waited < 10.0);
+}
+
+// The data-parallel gradient buckets (engine/grad_buckets.h) on three loopback ranks: every
+// parameter's gradient is the mean over the ranks, element for element the same sum in rank order
+// as one flat all-reduce; with a small bucket cap the first buckets start before backward ends;
+// from the second step the buckets follow the order backward finished the gradients.
+TEST_CASE("comm: gradient buckets average over the ranks and start during backward", "[comm]") {
+  const uint64_t seed = sc::testing::next_seed();
+  INFO("seed " << seed);
+  const int world = 3;
+  LoopbackGroup g(world, 30.0);
+  struct Rank {
+    std::vector<Tensor> params;
+    std::vector<std::vector<std::vector<double>>> grads;  // per step, per parameter: own grad
+    std::vector<std::vector<std::vector<double>>> means;  // per step: after finish()
+    std::vector<std::vector<std::vector<int>>> buckets;   // per step, before it
+    std::vector<int> in_backward;                         // per step
+    std::vector<std::vector<int>> started_after;          // per step
+    std::vector<int> ready_order;                         // step 1, as parameter indices
+    bool grad_is_view = false;                            // a dense grad shares the buffer
+    bool noncontig_grad = false;                          // the transposed weight's grad layout
+    bool replanned = false;
+    bool layout_kept = false;  // ... and after finish()
+  };
+  std::vector<Rank> ranks(static_cast<size_t>(world));
+  on_ranks(g, [&](int r, Communicator& c) {
+    Rank& me = ranks[size_t(r)];
+    Generator gen(seed);  // the same parameters on every rank
+    Tensor w1 = randn({4, 6}, gen, DType::F32), b1 = randn({6}, gen, DType::F32);
+    // a parameter stored transposed (as a channels-last conv weight is not row-major)
+    Tensor w2 = transpose(randn({3, 6}, gen, DType::F32), 0, 1);
+    Tensor b2 = randn({3}, gen, DType::F32);
+    // listed so that backward does not finish them in reverse order (the first step's plan)
+    me.params = {b2, w1, w2, b1};
+    for (Tensor& p : me.params) p.set_requires_grad(true);
+    GradientBuckets buckets(me.params, {"b2", "w1", "w2", "b1"}, c, /*bucket_bytes=*/40);
+    Generator data(seed + 1 + uint64_t(r));  // each rank its own batch
+    for (int step = 0; step < 2; ++step) {
+      for (Tensor& p : me.params) p.set_grad(Tensor());
+      // w2's gradient in a layout of its own (transposed, as w2 is): backward accumulates into
+      // it, and finish() copies the mean back into it instead of handing out a view
+      w2.set_grad(transpose(zeros({3, 6}, DType::F32), 0, 1));
+      Tensor x = randn({5, 4}, data, DType::F32);
+      Tensor loss = sum(mul(add(matmul(tanh(add(matmul(x, w1), b1)), w2), b2),
+                            add(matmul(tanh(add(matmul(x, w1), b1)), w2), b2)));
+      me.buckets.push_back(buckets.buckets());
+      GradReadyFn h = buckets.hook();
+      {
+        GradReadyScope scope([&](TensorImpl& leaf) {
+          if (step == 0)
+            for (size_t i = 0; i < me.params.size(); ++i)
+              if (me.params[i].impl() == &leaf) me.ready_order.push_back(int(i));
+          h(leaf);
+        });
+        loss.backward();
+      }
+      me.grads.emplace_back();
+      for (Tensor& p : me.params) me.grads.back().push_back(p.grad().to_vector());
+      me.noncontig_grad = !w2.grad().is_contiguous();
+      buckets.finish();
+      me.layout_kept = !w2.grad().is_contiguous();
+      me.means.emplace_back();
+      for (Tensor& p : me.params) me.means.back().push_back(p.grad().to_vector());
+      me.in_backward.push_back(buckets.started_during_backward());
+      me.started_after.push_back(buckets.started_after());
+      // a dense gradient is now a view of its bucket's buffer (no copy)
+      for (size_t b = 0; b < buckets.buckets().size(); ++b)
+        for (int i : buckets.buckets()[b])
+          if (i == 3) me.grad_is_view = b1.grad().storage() == buckets.buffer(int(b)).storage();
+    }
+    me.replanned = buckets.replanned();
+  });
+  for (int step = 0; step < 2; ++step) {
+    INFO("step " << step);
+    for (size_t i = 0; i < 4; ++i) {
+      INFO("parameter " << i);
+      // the reference: the sum in rank order, times 1/world, in float32
+      std::vector<float> ref(ranks[0].grads[size_t(step)][i].size(), 0.0f);
+      for (size_t e = 0; e < ref.size(); ++e) {
+        float s = 0.0f;
+        for (int r = 0; r < world; ++r) s += float(ranks[size_t(r)].grads[size_t(step)][i][e]);
+        ref[e] = float(double(s) * (1.0 / world));  // as mul_ rounds
+      }
+      for (int r = 0; r < world; ++r) {
+        INFO("rank " << r);
+        const std::vector<double>& got = ranks[size_t(r)].means[size_t(step)][i];
+        REQUIRE(got.size() == ref.size());
+        for (size_t e = 0; e < ref.size(); ++e) CHECK(got[e] == double(ref[e]));
+      }
+    }
+  }
+  const Rank& r0 = ranks[0];
+  CHECK(r0.noncontig_grad);  // the copy-back path is exercised, not only the views
+  CHECK(r0.layout_kept);
+  CHECK(r0.grad_is_view);
+  // 40 bytes: w1 (96 B) and w2 (72 B) alone, b1 (24 B), b2 (12 B); 3 or 4 buckets
+  REQUIRE(r0.buckets[0].size() >= 3);
+  // step 1: reverse parameter order, which is not the order backward finishes them
+  CHECK(r0.ready_order != std::vector<int>{3, 2, 1, 0});
+  CHECK(r0.buckets[0].front().front() == 3);
+  CHECK(r0.buckets[0].back().back() == 0);
+  // the first bucket started before backward had finished every gradient
+  CHECK(r0.in_backward[0] >= 1);
+  CHECK(r0.started_after[0][0] < 4);
+  // step 2: the buckets in the order step 1's backward finished the gradients; each one started
+  // as its last member was finished, all during backward
+  std::vector<int> flat;
+  for (const std::vector<int>& b : r0.buckets[1]) flat.insert(flat.end(), b.begin(), b.end());
+  CHECK(r0.replanned);
+  CHECK(flat == r0.ready_order);
+  CHECK(r0.in_backward[1] == int(r0.buckets[1].size()));
+  int done = 0;
+  for (size_t b = 0; b < r0.buckets[1].size(); ++b) {
+    done += int(r0.buckets[1][b].size());
+    CHECK(r0.started_after[1][b] == done);
+  }
+  for (const Rank& r : ranks) CHECK(r.buckets == r0.buckets);  // the ranks' collectives pair up
+}
+
+TEST_CASE("comm: gradient buckets name a parameter that has no gradient", "[comm]") {
+  auto c = make_single_communicator();
+  Tensor a = from_vector({1, 2}, {2}), unused = from_vector({3}, {1});
+  a.set_requires_grad(true);
+  unused.set_requires_grad(true);
+  GradientBuckets buckets({a, unused}, {"encoder.a", "head.unused"}, *c, 1 << 20);
+  {
+    GradReadyScope scope(buckets.hook());
+    sum(mul(a, a)).backward();
+  }
+  REQUIRE_THROWS_WITH(buckets.finish(),
+                      Catch::Contains("head.unused") && Catch::Contains("no gradient"));
 }

@@ -207,6 +207,18 @@ TEST_CASE("nccl worker: collectives on CUDA tensors", "[.][nccl_worker]") {
       CHECK(differ(sum, want_sum(c, x)) == "");
       CHECK(same_on_ranks(c, sum));
 
+      // started all-reduces (the data-parallel gradient buckets' path: NCCL's own stream, the
+      // engine stream waiting on an event): two in a row, then the wait, no host
+      // synchronisation, the blocking one's results
+      Tensor s1 = x.to(dev), s2 = x.to(dev);
+      const DeviceCounters before_start = device_counters();
+      c.start_all_reduce_sum(s1);
+      c.start_all_reduce_sum(s2);
+      c.wait_all_reduces(dev);
+      CHECK((device_counters() - before_start).host_syncs == 0);
+      CHECK(differ(s1.to(Device::cpu()), want_sum(c, x)) == "");
+      CHECK(differ(s2.to(Device::cpu()), want_sum(c, x)) == "");
+
       // on a non-contiguous view (a column of an (n, 3) tensor): written back, the rest unchanged
       const Tensor m = reshape(values(3 * n, d, c.rank(), gen), {n, 3});
       Tensor mc = m.to(dev);
@@ -240,6 +252,10 @@ TEST_CASE("nccl worker: collectives on CUDA tensors", "[.][nccl_worker]") {
       }
     }
   }
+  // a started all-reduce writes its result into the tensor later: a view that is not contiguous
+  // is refused (the blocking one copies and writes back)
+  Tensor view = transpose(zeros({3, 4}, DType::F32, dev), 0, 1);
+  CHECK_THROWS_WITH(c.start_all_reduce_sum(view), Catch::Contains("contiguous"));
   // a CPU tensor still goes through MPI, between CUDA collectives
   Tensor cpu = full({5}, double(c.rank() + 1), DType::F64);
   c.all_reduce_sum(cpu);

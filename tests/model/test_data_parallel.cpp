@@ -243,6 +243,9 @@ TrainConfig tiny_config(const std::string& optimizer, double group_weight) {
   cfg.num_prototypes = 8;
   cfg.optimizer = optimizer;
   cfg.group_loss_weight = group_weight;
+  // small gradient buckets (ResNet-18's 45 MB of gradients in ~45 of them), so that most start
+  // during backward and the averages come from many collectives, as on a GPU
+  cfg.bucket_mb = 1;
   return cfg;
 }
 
@@ -268,6 +271,10 @@ void check_steps(const TrainConfig& cfg, const TwoViewBatch& all,
   LoopbackGroup g(world, 120.0);
   std::vector<TensorMap> states(static_cast<size_t>(world));
   std::vector<std::vector<double>> losses(static_cast<size_t>(world));
+  // rank 0's gradient buckets after the two steps: count, started during backward, re-planned
+  size_t buckets = 0;
+  int in_backward = 0;
+  bool replanned = false;
   on_ranks(g, [&](int r, Communicator& c) {
     SlotConModel m(cfg, Device::cpu(), 7);
     m.train();
@@ -275,7 +282,16 @@ void check_steps(const TrainConfig& cfg, const TwoViewBatch& all,
     for (int s = 0; s < 2; ++s)
       losses[size_t(r)].push_back(ts.run(parts[size_t(r)], lrs[s], moms[s]).read().loss.value);
     states[size_t(r)] = state_of(ts);
+    if (r == 0) {
+      buckets = ts.gradient_buckets()->buckets().size();
+      in_backward = ts.gradient_buckets()->started_during_backward();
+      replanned = ts.gradient_buckets()->replanned();
+    }
   });
+  INFO("gradient buckets " << buckets << ", started during backward " << in_backward);
+  CHECK(buckets > 10);
+  CHECK(replanned);
+  CHECK(in_backward == int(buckets));  // after the re-plan each starts with its last gradient
   for (int s = 0; s < 2; ++s) {
     INFO("step " << s);
     CHECK(losses[0][size_t(s)] == Approx(one_loss[size_t(s)]).epsilon(1e-5));
