@@ -58,8 +58,7 @@ TEST_CASE("emulated GPU: slotcon train in bf16 and fp16 on cuda:0, checkpoints a
     INFO(r.out);
     REQUIRE(r.code() == 0);
     CHECK_THAT(r.out, Catch::Contains("resumed from") && Catch::Contains("at step 2") &&
-                          Catch::Contains("done: 1 steps") &&
-                          Catch::Contains("gradients averaged in"));
+                          Catch::Contains("done: 1 steps"));
   }
   {
     // bf16 (the first run's checkpoint at step 2) resumed for one more step ends where an
