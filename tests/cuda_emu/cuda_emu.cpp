@@ -10,10 +10,12 @@
 #include <cstdlib>
 #include <chrono>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 uint3 threadIdx{0, 0, 0};
@@ -368,25 +370,16 @@ void run_block_direct() {
 
 }  // namespace
 
-void launch_site(const LaunchCfg& cfg, const char* name, const std::function<void()>& body,
-                 SiteInfo& site) {
+namespace {
+
+// Runs a launch whose configuration launch_site checked (now, or from a graph replay).
+void run_launch(const LaunchCfg& cfg, const char* name, const std::function<void()>& body,
+                SiteInfo& site) {
   Runtime& r = rt();
   if (r.cur >= 0) die("a kernel launch from inside a kernel");
   std::lock_guard<std::mutex> lock(r.launch_mu);
   const dim3 g = cfg.grid, b = cfg.block;
   const uint64_t threads = uint64_t(b.x) * b.y * b.z;
-  const auto it = r.max_dyn.find(name);
-  const size_t dyn_limit = it == r.max_dyn.end() ? kDefaultDynSmem : size_t(it->second);
-  if (g.x == 0 || g.y == 0 || g.z == 0 || b.x == 0 || b.y == 0 || b.z == 0 || threads > 1024 ||
-      b.x > 1024 || b.y > 1024 || b.z > 64 || g.x > 2147483647u || g.y > 65535 || g.z > 65535 ||
-      cfg.smem > dyn_limit) {
-    std::fprintf(stderr,
-                 "cuda_emu: invalid launch of %s: grid (%u,%u,%u), block (%u,%u,%u), dynamic "
-                 "shared memory %zu bytes (limit %zu)\n",
-                 name, g.x, g.y, g.z, b.x, b.y, b.z, cfg.smem, dyn_limit);
-    r.last = cudaErrorInvalidConfiguration;
-    return;
-  }
   r.last_launch = LastLaunch{name, uint64_t(g.x) * g.y * g.z, threads};
   if (dry_run()) {  // checked and counted, not run
     ++r.nlaunch;
@@ -418,6 +411,39 @@ void launch_site(const LaunchCfg& cfg, const char* name, const std::function<voi
   site.barriers = site.barriers || r.saw_barrier;
   r.body = nullptr;
   check_canaries_after(name);
+}
+
+}  // namespace
+
+void launch_site(const LaunchCfg& cfg, const char* name, const std::function<void()>& body,
+                 SiteInfo& site) {
+  Runtime& r = rt();
+  if (r.cur >= 0) die("a kernel launch from inside a kernel");
+  {
+    std::lock_guard<std::mutex> lock(r.launch_mu);
+    const dim3 g = cfg.grid, b = cfg.block;
+    const uint64_t threads = uint64_t(b.x) * b.y * b.z;
+    const auto it = r.max_dyn.find(name);
+    const size_t dyn_limit = it == r.max_dyn.end() ? kDefaultDynSmem : size_t(it->second);
+    if (g.x == 0 || g.y == 0 || g.z == 0 || b.x == 0 || b.y == 0 || b.z == 0 || threads > 1024 ||
+        b.x > 1024 || b.y > 1024 || b.z > 64 || g.x > 2147483647u || g.y > 65535 || g.z > 65535 ||
+        cfg.smem > dyn_limit) {
+      std::fprintf(stderr,
+                   "cuda_emu: invalid launch of %s: grid (%u,%u,%u), block (%u,%u,%u), dynamic "
+                   "shared memory %zu bytes (limit %zu)\n",
+                   name, g.x, g.y, g.z, b.x, b.y, b.z, cfg.smem, dyn_limit);
+      r.last = cudaErrorInvalidConfiguration;
+      return;
+    }
+    // what was issued last (the trace reads it right after the launch, captured or not)
+    r.last_launch = LastLaunch{name, uint64_t(g.x) * g.y * g.z, threads};
+  }
+  bool run_now = false;
+  SiteInfo* sp = &site;
+  const cudaError_t e = stream_op(
+      cfg.stream, name, [cfg, name, body, sp]() { run_launch(cfg, name, body, *sp); }, &run_now);
+  if (e != cudaSuccess || !run_now) return;
+  run_launch(cfg, name, body, site);
 }
 
 void poison_shared_once(void* p, size_t bytes) {
@@ -612,7 +638,424 @@ void check_canaries_after(const char* kernel) {
 }  // namespace
 }  // namespace emu
 
+// ---------------------------------------------------------------- stream capture and graphs
+// A capture sequence (cudaStreamBeginCapture .. cudaStreamEndCapture): the operations issued to its
+// streams, in issue order, and enough of CUDA's dependency rules to tell a fork that was never
+// joined back (a vector clock per stream: how many of each stream's operations it depends on).
+struct CUgraphNode_st {
+  std::string what;            // the call (or kernel) that issued it
+  std::function<void()> run;   // owns its arguments
+};
+struct CUgraph_st {
+  std::vector<std::shared_ptr<CUgraphNode_st>> nodes;
+};
+struct CUgraphExec_st {
+  std::vector<std::shared_ptr<CUgraphNode_st>> nodes;
+};
+
+namespace emu {
+namespace {
+using Clock = std::map<cudaStream_t, uint64_t>;
+struct Capture {
+  unsigned long long id = 0;
+  cudaStream_t origin = nullptr;
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
+  std::thread::id thread;
+  bool active = true;     // until cudaStreamEndCapture
+  bool invalid = false;   // an illegal call invalidated it
+  std::string why;        // the first such call
+  CUgraph_st* graph = nullptr;  // owned until cudaStreamEndCapture hands it out
+  std::vector<cudaStream_t> streams;  // the origin, then the streams joined by event waits
+  std::map<cudaStream_t, Clock> clock;
+  Clock ops;  // operations recorded per stream
+};
+}  // namespace
+}  // namespace emu
+
+struct CUstream_st {
+  unsigned flags = 0;
+  std::shared_ptr<emu::Capture> cap;  // the active capture the stream takes part in
+};
+
+namespace {
+// An event keeps the host time of its eager record (cudaEventElapsedTime), or the capture and the
+// dependencies of its record in a capturing stream.
+struct EmuEvent {
+  std::chrono::steady_clock::time_point t;
+  bool recorded = false;
+  std::shared_ptr<emu::Capture> cap;  // recorded in this capture (while it is active)
+  emu::Clock clock;
+};
+}  // namespace
+
+namespace emu {
+namespace {
+
+struct CaptureState {
+  std::mutex mu;
+  std::vector<std::shared_ptr<Capture>> active;
+  unsigned long long next_id = 1;
+};
+CaptureState& caps() {
+  static CaptureState* c = new CaptureState;  // never freed, like the runtime
+  return *c;
+}
+thread_local cudaStreamCaptureMode t_mode = cudaStreamCaptureModeGlobal;
+
+const char* mode_name(cudaStreamCaptureMode m) {
+  switch (m) {
+    case cudaStreamCaptureModeGlobal: return "cudaStreamCaptureModeGlobal";
+    case cudaStreamCaptureModeThreadLocal: return "cudaStreamCaptureModeThreadLocal";
+    case cudaStreamCaptureModeRelaxed: return "cudaStreamCaptureModeRelaxed";
+  }
+  return "an unknown mode";
+}
+
+const char* error_name(cudaError_t e) {
+  switch (e) {
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureMerge: return "cudaErrorStreamCaptureMerge";
+    case cudaErrorStreamCaptureUnmatched: return "cudaErrorStreamCaptureUnmatched";
+    case cudaErrorStreamCaptureUnjoined: return "cudaErrorStreamCaptureUnjoined";
+    case cudaErrorStreamCaptureIsolation: return "cudaErrorStreamCaptureIsolation";
+    case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
+    case cudaErrorCapturedEvent: return "cudaErrorCapturedEvent";
+    case cudaErrorStreamCaptureWrongThread: return "cudaErrorStreamCaptureWrongThread";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    default: return "an error";
+  }
+}
+
+// Reports a call refused because of stream capture (stderr, and cudaGetLastError), invalidating
+// `victims` (CUDA invalidates the captures an illegal call touches: cudaStreamEndCapture then
+// returns cudaErrorStreamCaptureInvalidated and no graph). Called with caps().mu held.
+cudaError_t refuse(const std::vector<Capture*>& victims, cudaError_t code, const char* what,
+                   const std::string& why) {
+  std::ostringstream os;
+  os << "cuda_emu: " << what << " refused (" << error_name(code) << "): " << why;
+  bool invalidated = false;
+  for (Capture* c : victims) {
+    if (!c->invalid) {
+      c->invalid = true;
+      c->why = std::string(what) + ": " + why;
+      invalidated = true;
+    }
+    os << (victims.size() > 1 ? "; capture " : "; the capture ") << c->id << " (begun with "
+       << mode_name(c->mode) << ") is invalidated";
+  }
+  if (invalidated) os << ": its cudaStreamEndCapture will return cudaErrorStreamCaptureInvalidated";
+  std::fprintf(stderr, "%s\n", os.str().c_str());
+  rt().last = code;
+  return code;
+}
+
+// The active captures that make the legacy stream unusable: those with a blocking stream (not
+// cudaStreamNonBlocking) in them, on which the legacy stream implicitly waits.
+std::vector<Capture*> blocking_captures() {
+  std::vector<Capture*> v;
+  for (const auto& c : caps().active)
+    for (cudaStream_t s : c->streams)
+      if (!(s->flags & cudaStreamNonBlocking)) {
+        v.push_back(c.get());
+        break;
+      }
+  return v;
+}
+
+// The captures that forbid this thread a "potentially unsafe" call (cudaMalloc, ...), by CUDA's
+// rule (cudaThreadExchangeStreamCaptureMode): in the thread's mode global, any capture of this
+// thread not begun relaxed and any other thread's capture begun global; in thread-local mode, only
+// this thread's captures not begun relaxed; in relaxed mode, none.
+std::vector<Capture*> prohibiting_captures() {
+  std::vector<Capture*> v;
+  if (t_mode == cudaStreamCaptureModeRelaxed) return v;
+  const std::thread::id me = std::this_thread::get_id();
+  for (const auto& c : caps().active) {
+    const bool mine = c->thread == me && c->mode != cudaStreamCaptureModeRelaxed;
+    const bool others = t_mode == cudaStreamCaptureModeGlobal && c->thread != me &&
+                        c->mode == cudaStreamCaptureModeGlobal;
+    if (mine || others) v.push_back(c.get());
+  }
+  return v;
+}
+
+// A potentially unsafe call (not asynchronous, so a graph could not replay it).
+cudaError_t unsafe_call(const char* what) {
+  CaptureState& cs = caps();
+  std::lock_guard<std::mutex> lock(cs.mu);
+  if (cs.active.empty()) return cudaSuccess;
+  const std::vector<Capture*> v = prohibiting_captures();
+  if (v.empty()) return cudaSuccess;
+  return refuse(v, cudaErrorStreamCaptureUnsupported, what,
+                "a potentially unsafe call while a stream capture is active (allowed only in "
+                "cudaStreamCaptureModeRelaxed; see cudaThreadExchangeStreamCaptureMode)");
+}
+
+// A synchronous copy or memset: work on the legacy stream that the host waits for. Illegal while a
+// blocking stream captures (the legacy stream would depend on it), and a potentially unsafe call
+// otherwise.
+cudaError_t synchronous_call(const char* what) {
+  CaptureState& cs = caps();
+  std::lock_guard<std::mutex> lock(cs.mu);
+  if (cs.active.empty()) return cudaSuccess;
+  const std::vector<Capture*> b = blocking_captures();
+  if (!b.empty())
+    return refuse(b, cudaErrorStreamCaptureImplicit, what,
+                  "a synchronous call runs on the legacy stream, which would depend on a "
+                  "capturing blocking stream");
+  const std::vector<Capture*> v = prohibiting_captures();
+  if (v.empty()) return cudaSuccess;
+  return refuse(v, cudaErrorStreamCaptureUnsupported, what,
+                "a synchronous call (it waits on the host) while a stream capture is active");
+}
+
+void record_node(Capture& c, cudaStream_t s, const char* what, const std::function<void()>& op) {
+  auto n = std::make_shared<CUgraphNode_st>();
+  n->what = what;
+  n->run = op;
+  c.graph->nodes.push_back(std::move(n));
+  const uint64_t k = ++c.ops[s];
+  c.clock[s][s] = k;
+}
+
+// Leaves capture c (with cs.mu held): its streams stop capturing, its events stop being captured.
+void end_capture(CaptureState& cs, const std::shared_ptr<Capture>& c) {
+  c->active = false;
+  for (cudaStream_t t : c->streams)
+    if (t->cap == c) t->cap.reset();
+  cs.active.erase(std::remove(cs.active.begin(), cs.active.end(), c), cs.active.end());
+}
+
+}  // namespace
+
+cudaError_t stream_op(cudaStream_t s, const char* what, const std::function<void()>& op,
+                      bool* run_now) {
+  *run_now = false;
+  CaptureState& cs = caps();
+  std::lock_guard<std::mutex> lock(cs.mu);
+  if (!s) {
+    if (!cs.active.empty()) {
+      const std::vector<Capture*> b = blocking_captures();
+      if (!b.empty())
+        return refuse(b, cudaErrorStreamCaptureImplicit, what,
+                      "work issued to the legacy stream (stream 0) would depend on a capturing "
+                      "blocking stream");
+    }
+    *run_now = true;
+    return cudaSuccess;
+  }
+  const std::shared_ptr<Capture> c = s->cap;
+  if (!c) {
+    *run_now = true;
+    return cudaSuccess;
+  }
+  if (c->invalid) {
+    std::fprintf(stderr,
+                 "cuda_emu: %s dropped (cudaErrorStreamCaptureInvalidated): its stream's capture "
+                 "%llu was invalidated by %s\n",
+                 what, c->id, c->why.c_str());
+    return rt().last = cudaErrorStreamCaptureInvalidated;
+  }
+  record_node(*c, s, what, op);
+  return cudaSuccess;
+}
+
+cudaError_t stream_sync(cudaStream_t s, const char* what) {
+  CaptureState& cs = caps();
+  std::lock_guard<std::mutex> lock(cs.mu);
+  if (cs.active.empty()) return cudaSuccess;
+  if (!s) {
+    const std::vector<Capture*> b = blocking_captures();
+    if (b.empty()) return cudaSuccess;
+    return refuse(b, cudaErrorStreamCaptureImplicit, what,
+                  "waiting for the legacy stream waits for a capturing blocking stream");
+  }
+  const std::shared_ptr<Capture> c = s->cap;
+  if (!c) return cudaSuccess;
+  if (c->invalid) return rt().last = cudaErrorStreamCaptureInvalidated;
+  return refuse({c.get()}, cudaErrorStreamCaptureUnsupported, what,
+                "the stream is capturing: its work is recorded, not run, so there is nothing to "
+                "wait for");
+}
+
+}  // namespace emu
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode) {
+  emu::CaptureState& cs = emu::caps();
+  std::lock_guard<std::mutex> lock(cs.mu);
+  if (mode != cudaStreamCaptureModeGlobal && mode != cudaStreamCaptureModeThreadLocal &&
+      mode != cudaStreamCaptureModeRelaxed)
+    return emu::rt().last = cudaErrorInvalidValue;
+  if (!s)
+    return emu::refuse({}, cudaErrorStreamCaptureUnsupported, "cudaStreamBeginCapture",
+                       "capture may not be initiated on the legacy stream (stream 0)");
+  if (s->cap)
+    return emu::refuse({}, cudaErrorIllegalState, "cudaStreamBeginCapture",
+                       "the stream is already capturing");
+  auto c = std::make_shared<emu::Capture>();
+  c->id = cs.next_id++;
+  c->origin = s;
+  c->mode = mode;
+  c->thread = std::this_thread::get_id();
+  c->graph = new CUgraph_st;
+  c->streams.push_back(s);
+  c->clock[s][s] = 0;
+  s->cap = c;
+  cs.active.push_back(c);
+  return cudaSuccess;
+}
+
+cudaError_t cudaThreadExchangeStreamCaptureMode(cudaStreamCaptureMode* mode) {
+  if (!mode || (*mode != cudaStreamCaptureModeGlobal && *mode != cudaStreamCaptureModeThreadLocal &&
+                *mode != cudaStreamCaptureModeRelaxed))
+    return emu::rt().last = cudaErrorInvalidValue;
+  std::swap(*mode, emu::t_mode);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* g) {
+  emu::CaptureState& cs = emu::caps();
+  std::lock_guard<std::mutex> lock(cs.mu);
+  if (!g) return emu::rt().last = cudaErrorInvalidValue;
+  const std::shared_ptr<emu::Capture> c = s ? s->cap : nullptr;
+  if (!c)
+    return emu::refuse({}, cudaErrorIllegalState, "cudaStreamEndCapture",
+                       "the stream is not capturing");
+  if (c->origin != s) {
+    *g = nullptr;
+    return emu::refuse({c.get()}, cudaErrorStreamCaptureUnmatched, "cudaStreamEndCapture",
+                       "the capture was not begun on this stream (it joined it through an event)");
+  }
+  if (c->mode != cudaStreamCaptureModeRelaxed && c->thread != std::this_thread::get_id())
+    return emu::refuse({}, cudaErrorStreamCaptureWrongThread, "cudaStreamEndCapture",
+                       "called from another thread than cudaStreamBeginCapture (the capture was "
+                       "not begun in cudaStreamCaptureModeRelaxed)");
+  emu::end_capture(cs, c);
+  std::unique_ptr<CUgraph_st> graph(c->graph);
+  c->graph = nullptr;
+  *g = nullptr;
+  if (c->invalid) {
+    std::fprintf(stderr,
+                 "cuda_emu: cudaStreamEndCapture: capture %llu was invalidated by %s "
+                 "(cudaErrorStreamCaptureInvalidated, no graph)\n",
+                 c->id, c->why.c_str());
+    return emu::rt().last = cudaErrorStreamCaptureInvalidated;
+  }
+  // Every stream forked from the origin must be joined back: the origin must depend on all the
+  // operations recorded in it.
+  const emu::Clock& oc = c->clock[s];
+  for (cudaStream_t t : c->streams) {
+    const uint64_t n = c->ops.count(t) ? c->ops.at(t) : 0;
+    const auto it = oc.find(t);
+    const uint64_t seen = it == oc.end() ? 0 : it->second;
+    if (t != s && seen < n) {
+      std::ostringstream os;
+      os << "a stream forked into the capture has " << (n - seen)
+         << " operation(s) the origin stream does not wait for (record an event after them and "
+            "cudaStreamWaitEvent the origin stream on it); no graph";
+      return emu::refuse({}, cudaErrorStreamCaptureUnjoined, "cudaStreamEndCapture", os.str());
+    }
+  }
+  *g = graph.release();
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* st) {
+  return cudaStreamGetCaptureInfo(s, st);
+}
+
+cudaError_t cudaStreamGetCaptureInfo(cudaStream_t s, cudaStreamCaptureStatus* st,
+                                     unsigned long long* id, cudaGraph_t* graph,
+                                     const cudaGraphNode_t** deps,
+                                     const cudaGraphEdgeData** edges, size_t* ndeps) {
+  emu::CaptureState& cs = emu::caps();
+  std::lock_guard<std::mutex> lock(cs.mu);
+  if (!st || (edges && !deps)) return emu::rt().last = cudaErrorInvalidValue;
+  if (!s) {
+    // the legacy stream: CUDA returns cudaErrorStreamCaptureImplicit while a blocking stream
+    // captures (without invalidating that capture)
+    if (!emu::blocking_captures().empty()) return emu::rt().last = cudaErrorStreamCaptureImplicit;
+    *st = cudaStreamCaptureStatusNone;
+    return cudaSuccess;
+  }
+  const std::shared_ptr<emu::Capture> c = s->cap;
+  *st = !c ? cudaStreamCaptureStatusNone
+           : c->invalid ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive;
+  if (c && !c->invalid) {
+    if (id) *id = c->id;
+    if (graph) *graph = c->graph;
+    if (deps) *deps = nullptr;
+    if (edges) *edges = nullptr;
+    if (ndeps) *ndeps = 0;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t g, unsigned long long flags) {
+  if (!exec || !g) return emu::rt().last = cudaErrorInvalidValue;
+  // AutoFreeOnLaunch has nothing to free (no memory nodes) and node priorities nothing to order;
+  // Upload is for cudaGraphInstantiateWithParams only; device launch is not emulated.
+  if (flags & ~static_cast<unsigned long long>(cudaGraphInstantiateFlagAutoFreeOnLaunch |
+                                               cudaGraphInstantiateFlagUseNodePriority)) {
+    std::fprintf(stderr, "cuda_emu: cudaGraphInstantiate: flags %llu not supported\n", flags);
+    return emu::rt().last = cudaErrorInvalidValue;
+  }
+  auto* e = new CUgraphExec_st;
+  e->nodes = g->nodes;  // an executable graph is a snapshot: destroying the graph leaves it be
+  *exec = e;
+  return cudaSuccess;
+}
+
+namespace emu {
+namespace {
+// Runs an executable graph's operations in the order they were issued during the capture.
+void replay(const CUgraphExec_st& e) {
+  for (const auto& n : e.nodes) n->run();
+}
+}  // namespace
+}  // namespace emu
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+  if (!exec) return emu::rt().last = cudaErrorInvalidValue;
+  // The nodes are shared with the executable graph; a copy keeps them alive should it be
+  // destroyed before a capture that recorded this launch is replayed.
+  auto snapshot = std::make_shared<CUgraphExec_st>(*exec);
+  bool run_now = false;
+  const cudaError_t err = emu::stream_op(
+      s, "cudaGraphLaunch", [snapshot]() { emu::replay(*snapshot); }, &run_now);
+  if (err != cudaSuccess || !run_now) return err;
+  emu::replay(*snapshot);
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  if (!exec) return emu::rt().last = cudaErrorInvalidValue;
+  delete exec;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t g) {
+  if (!g) return emu::rt().last = cudaErrorInvalidValue;
+  delete g;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphGetNodes(cudaGraph_t g, cudaGraphNode_t* nodes, size_t* n) {
+  if (!g || !n) return emu::rt().last = cudaErrorInvalidValue;
+  if (nodes) {
+    const size_t k = std::min(*n, g->nodes.size());
+    for (size_t i = 0; i < k; ++i) nodes[i] = g->nodes[i].get();
+    *n = k;
+  } else {
+    *n = g->nodes.size();
+  }
+  return cudaSuccess;
+}
+
 cudaError_t cudaMalloc(void** p, size_t bytes) {
+  if (const cudaError_t e = emu::unsafe_call("cudaMalloc")) return e;
   emu::Runtime& r = emu::rt();
   emu::install_fault_handler();
   const size_t page = emu::page_bytes();
@@ -635,6 +1078,7 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
 }
 
 cudaError_t cudaFree(void* p) {
+  if (const cudaError_t e = emu::unsafe_call("cudaFree")) return e;
   if (!p) return cudaSuccess;
   emu::Runtime& r = emu::rt();
   std::lock_guard<std::mutex> lock(r.alloc_mu);
@@ -656,24 +1100,58 @@ cudaError_t cudaFree(void* p) {
   return cudaSuccess;
 }
 
+namespace emu {
+namespace {
+void do_memset(void* p, int value, size_t bytes) {
+  if (bytes && !dry_run()) std::memset(p, value, bytes);
+}
+void do_memcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  if (kind == cudaMemcpyDeviceToDevice && dry_run()) return;
+  if (bytes) std::memmove(dst, src, bytes);
+}
+}  // namespace
+}  // namespace emu
+
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {
-  if (bytes && !emu::dry_run()) std::memset(p, value, bytes);
+  if (const cudaError_t e = emu::synchronous_call("cudaMemset")) return e;
+  emu::do_memset(p, value, bytes);
   return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
-  return cudaMemset(p, value, bytes);
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
+  bool run_now = false;
+  const cudaError_t e = emu::stream_op(
+      s, "cudaMemsetAsync", [=]() { emu::do_memset(p, value, bytes); }, &run_now);
+  if (e == cudaSuccess && run_now) emu::do_memset(p, value, bytes);
+  return e;
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-  if (kind == cudaMemcpyDeviceToDevice && emu::dry_run()) return cudaSuccess;
-  if (bytes) std::memmove(dst, src, bytes);
+  if (const cudaError_t e = emu::synchronous_call("cudaMemcpy")) return e;
+  emu::do_memcpy(dst, src, bytes, kind);
   return cudaSuccess;
 }
+// Recorded, a copy reads its source when the graph runs (host memory too), as a memcpy node does.
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
-                            cudaStream_t) {
-  return cudaMemcpy(dst, src, bytes, kind);
+                            cudaStream_t s) {
+  bool run_now = false;
+  const cudaError_t e = emu::stream_op(
+      s, "cudaMemcpyAsync", [=]() { emu::do_memcpy(dst, src, bytes, kind); }, &run_now);
+  if (e == cudaSuccess && run_now) emu::do_memcpy(dst, src, bytes, kind);
+  return e;
 }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() {
+  emu::CaptureState& cs = emu::caps();
+  std::lock_guard<std::mutex> lock(cs.mu);
+  if (cs.active.empty()) return cudaSuccess;
+  std::vector<emu::Capture*> all;
+  for (const auto& c : cs.active) all.push_back(c.get());
+  return emu::refuse(all, cudaErrorStreamCaptureUnsupported, "cudaDeviceSynchronize",
+                     "a stream of the device is capturing (synchronising the device would wait "
+                     "for it)");
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  return emu::stream_sync(s, "cudaStreamSynchronize");
+}
+cudaError_t cudaStreamQuery(cudaStream_t s) { return emu::stream_sync(s, "cudaStreamQuery"); }
 cudaError_t cudaGetLastError() {
   const cudaError_t e = emu::rt().last;
   emu::rt().last = cudaSuccess;
@@ -687,6 +1165,16 @@ const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureMerge: return "operation would result in a merge of separate capture sequences";
+    case cudaErrorStreamCaptureUnmatched: return "capture was not ended in the same stream as it began";
+    case cudaErrorStreamCaptureUnjoined: return "capturing stream has unjoined work";
+    case cudaErrorStreamCaptureIsolation: return "dependency created on uncaptured work in another stream";
+    case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
+    case cudaErrorCapturedEvent: return "operation not permitted on an event last recorded in a capturing stream";
+    case cudaErrorStreamCaptureWrongThread: return "attempt to terminate a thread-local capture sequence from another thread";
   }
   return "unknown error";
 }
@@ -737,42 +1225,129 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   return cudaSuccess;
 }
 
-// Streams and events: handles only (everything has finished when a call returns); an event keeps
-// the host time of its record for cudaEventElapsedTime.
-namespace {
-struct EmuEvent {
-  std::chrono::steady_clock::time_point t;
-};
-}  // namespace
+// Streams and events: a stream is a handle and its capture state (everything issued to a stream that
+// is not capturing has finished when the call returns); an event keeps the host time of its record
+// for cudaEventElapsedTime, or its capture.
 cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, 0); }
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
-  *s = reinterpret_cast<cudaStream_t>(new char(0));
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
+  if (!s) return emu::rt().last = cudaErrorInvalidValue;
+  *s = new CUstream_st;
+  (*s)->flags = flags;
   return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  delete reinterpret_cast<char*>(s);
+  if (!s) return emu::rt().last = cudaErrorInvalidValue;
+  {
+    emu::CaptureState& cs = emu::caps();
+    std::lock_guard<std::mutex> lock(cs.mu);
+    if (s->cap)
+      return emu::refuse({s->cap.get()}, cudaErrorStreamCaptureUnsupported, "cudaStreamDestroy",
+                         "the stream is capturing (end the capture first)");
+  }
+  delete s;
   return cudaSuccess;
 }
 cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, 0); }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
-  *e = reinterpret_cast<cudaEvent_t>(new EmuEvent{std::chrono::steady_clock::now()});
+  auto* ev = new EmuEvent;
+  ev->t = std::chrono::steady_clock::now();
+  *e = reinterpret_cast<cudaEvent_t>(ev);
   return cudaSuccess;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
   delete reinterpret_cast<EmuEvent*>(e);
   return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+namespace {
+// The capture an event was last recorded in, if it is still active (with caps().mu held).
+std::shared_ptr<emu::Capture> captured_in(EmuEvent* ev) {
+  if (ev->cap && !ev->cap->active) ev->cap.reset();
+  return ev->cap;
+}
+}  // namespace
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   if (!e) return emu::rt().last = cudaErrorInvalidValue;
-  reinterpret_cast<EmuEvent*>(e)->t = std::chrono::steady_clock::now();
+  EmuEvent* ev = reinterpret_cast<EmuEvent*>(e);
+  emu::CaptureState& cs = emu::caps();
+  std::lock_guard<std::mutex> lock(cs.mu);
+  if (!s && !cs.active.empty()) {
+    const std::vector<emu::Capture*> b = emu::blocking_captures();
+    if (!b.empty())
+      return emu::refuse(b, cudaErrorStreamCaptureImplicit, "cudaEventRecord",
+                         "an event recorded in the legacy stream would depend on a capturing "
+                         "blocking stream");
+  }
+  const std::shared_ptr<emu::Capture> c = s ? s->cap : nullptr;
+  if (c) {
+    if (c->invalid) return emu::rt().last = cudaErrorStreamCaptureInvalidated;
+    // captured: the event stands for the stream's operations so far (a fork / join point)
+    ev->cap = c;
+    ev->clock = c->clock[s];
+    ev->recorded = true;
+    return cudaSuccess;
+  }
+  ev->cap.reset();
+  ev->clock.clear();
+  ev->recorded = true;
+  ev->t = std::chrono::steady_clock::now();
   return cudaSuccess;
 }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned flags) {
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags) {
   if (!e || flags != 0) return emu::rt().last = cudaErrorInvalidValue;
+  EmuEvent* ev = reinterpret_cast<EmuEvent*>(e);
+  emu::CaptureState& cs = emu::caps();
+  std::lock_guard<std::mutex> lock(cs.mu);
+  if (cs.active.empty()) return cudaSuccess;  // every stream is the host thread: it happened
+  if (!s) {
+    const std::vector<emu::Capture*> b = emu::blocking_captures();
+    if (!b.empty())
+      return emu::refuse(b, cudaErrorStreamCaptureImplicit, "cudaStreamWaitEvent",
+                         "the legacy stream would depend on a capturing blocking stream");
+  }
+  const std::shared_ptr<emu::Capture> ec = captured_in(ev);
+  const std::shared_ptr<emu::Capture> sc = s ? s->cap : nullptr;
+  if (!ec) {
+    if (!sc || !ev->recorded) return cudaSuccess;
+    if (sc->invalid) return emu::rt().last = cudaErrorStreamCaptureInvalidated;
+    return emu::refuse({sc.get()}, cudaErrorStreamCaptureIsolation, "cudaStreamWaitEvent",
+                       "a capturing stream waits on an event recorded outside the capture (the "
+                       "graph could not replay that dependency)");
+  }
+  if (ec->invalid || (sc && sc->invalid)) return emu::rt().last = cudaErrorStreamCaptureInvalidated;
+  if (sc && sc != ec) {
+    std::vector<emu::Capture*> both{sc.get(), ec.get()};
+    return emu::refuse(both, cudaErrorStreamCaptureMerge, "cudaStreamWaitEvent",
+                       "a stream of one capture waits on an event recorded in another capture");
+  }
+  if (!s) return cudaSuccess;  // (unreachable: the legacy stream was refused above)
+  if (!sc) {  // a fork: s joins the capture, depending on what the event stands for
+    s->cap = ec;
+    ec->streams.push_back(s);
+    ec->clock[s] = ev->clock;
+    ec->ops[s] = ec->ops.count(s) ? ec->ops[s] : 0;
+    return cudaSuccess;
+  }
+  emu::Clock& mine = ec->clock[s];  // a join (or a wait within the capture)
+  for (const auto& kv : ev->clock) mine[kv.first] = std::max(mine[kv.first], kv.second);
   return cudaSuccess;
 }
-cudaError_t cudaEventQuery(cudaEvent_t e) { return e ? cudaSuccess : cudaErrorInvalidValue; }
-cudaError_t cudaEventSynchronize(cudaEvent_t e) { return e ? cudaSuccess : cudaErrorInvalidValue; }
+namespace {
+cudaError_t event_host_wait(cudaEvent_t e, const char* what) {
+  if (!e) return cudaErrorInvalidValue;
+  EmuEvent* ev = reinterpret_cast<EmuEvent*>(e);
+  emu::CaptureState& cs = emu::caps();
+  std::lock_guard<std::mutex> lock(cs.mu);
+  const std::shared_ptr<emu::Capture> c = captured_in(ev);
+  if (!c) return cudaSuccess;
+  return emu::refuse({c.get()}, cudaErrorCapturedEvent, what,
+                     "the event was last recorded in a capturing stream (it stands for work that "
+                     "is recorded, not run)");
+}
+}  // namespace
+cudaError_t cudaEventQuery(cudaEvent_t e) { return event_host_wait(e, "cudaEventQuery"); }
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  return event_host_wait(e, "cudaEventSynchronize");
+}
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
   if (!a || !b) return emu::rt().last = cudaErrorInvalidValue;
   *ms = std::chrono::duration<float, std::milli>(reinterpret_cast<EmuEvent*>(b)->t -
@@ -780,6 +1355,15 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
             .count();
   return cudaSuccess;
 }
-cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) { return cudaMalloc(p, bytes); }
-cudaError_t cudaMallocHost(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
-cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
+cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) {
+  if (const cudaError_t e = emu::unsafe_call("cudaHostAlloc")) return e;
+  return cudaMalloc(p, bytes);
+}
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+  if (const cudaError_t e = emu::unsafe_call("cudaMallocHost")) return e;
+  return cudaMalloc(p, bytes);
+}
+cudaError_t cudaFreeHost(void* p) {
+  if (const cudaError_t e = emu::unsafe_call("cudaFreeHost")) return e;
+  return cudaFree(p);
+}

@@ -19,7 +19,8 @@
 //     size, grid size, 48 KiB of dynamic shared memory unless raised with cudaFuncSetAttribute,
 //     at most 227 KiB);
 //   - device memory is host memory (cudaMalloc is an aligned malloc) and every stream is the
-//     host thread: a launch has finished when it returns.
+//     host thread: a launch has finished when it returns (unless its stream is capturing: then it
+//     is recorded, and runs from cudaGraphLaunch; docs/cuda_emu.md).
 //
 // What it cannot see: timing and memory-model races between blocks or warps (the emulation is
 // sequentially consistent), performance, fast-math differences of the intrinsics (__expf is exp
@@ -37,7 +38,9 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 
 #define SLOTCON_CUDA_EMU 1
 
@@ -60,8 +63,19 @@ enum cudaError {
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidConfiguration = 9,
   cudaErrorInvalidDevice = 101,
+  cudaErrorIllegalState = 401,
   cudaErrorNotReady = 600,
   cudaErrorLaunchFailure = 719,
+  // stream capture (CUDA's values and meanings, driver_types.h)
+  cudaErrorStreamCaptureUnsupported = 900,  // not permitted when the stream is capturing
+  cudaErrorStreamCaptureInvalidated = 901,  // the capture was invalidated by a previous error
+  cudaErrorStreamCaptureMerge = 902,        // would merge two independent captures
+  cudaErrorStreamCaptureUnmatched = 903,    // the capture was not initiated in this stream
+  cudaErrorStreamCaptureUnjoined = 904,     // a fork not joined to the origin stream
+  cudaErrorStreamCaptureIsolation = 905,    // a dependency on work outside the capture
+  cudaErrorStreamCaptureImplicit = 906,     // the legacy stream would depend on a capture
+  cudaErrorCapturedEvent = 907,             // an event last recorded in a capturing stream
+  cudaErrorStreamCaptureWrongThread = 908,  // ended from another thread (mode not relaxed)
 };
 typedef enum cudaError cudaError_t;
 
@@ -95,6 +109,33 @@ typedef struct CUevent_st* cudaEvent_t;
 constexpr unsigned cudaStreamDefault = 0, cudaStreamNonBlocking = 1;
 constexpr unsigned cudaEventDefault = 0, cudaEventDisableTiming = 2;
 constexpr unsigned cudaHostAllocDefault = 0;
+
+// Stream capture and graphs (the CUDA 12/13 runtime's names, values and signatures).
+typedef struct CUgraph_st* cudaGraph_t;
+typedef struct CUgraphNode_st* cudaGraphNode_t;
+typedef struct CUgraphExec_st* cudaGraphExec_t;
+typedef struct cudaGraphEdgeData_st {
+  unsigned char from_port;
+  unsigned char to_port;
+  unsigned char type;
+  unsigned char reserved[5];
+} cudaGraphEdgeData;
+enum cudaStreamCaptureStatus {
+  cudaStreamCaptureStatusNone = 0,
+  cudaStreamCaptureStatusActive = 1,
+  cudaStreamCaptureStatusInvalidated = 2,
+};
+enum cudaStreamCaptureMode {
+  cudaStreamCaptureModeGlobal = 0,
+  cudaStreamCaptureModeThreadLocal = 1,
+  cudaStreamCaptureModeRelaxed = 2,
+};
+enum cudaGraphInstantiateFlags {
+  cudaGraphInstantiateFlagAutoFreeOnLaunch = 1,
+  cudaGraphInstantiateFlagUpload = 2,
+  cudaGraphInstantiateFlagDeviceLaunch = 4,
+  cudaGraphInstantiateFlagUseNodePriority = 8,
+};
 
 // The emulated device: one H100-like card (what launch sizing and names read from it).
 struct cudaDeviceProp {
@@ -141,8 +182,10 @@ struct SiteInfo {
   bool barriers = false;  // some thread waited at a barrier or warp operation in a run
 };
 
-// Runs `body` once per thread of the launch (see the file comment). `name` is the kernel
-// expression as written at the launch site. A site whose first launch used no barrier and no warp
+// Runs `body` once per thread of the launch (see the file comment), or, when cfg.stream is
+// capturing (cudaStreamBeginCapture), records it for cudaGraphLaunch: `body` must then own what it
+// uses (cuda_emu_rewrite makes it hold the launch's arguments by value, evaluated once at the
+// launch as CUDA does). `name` is the kernel expression as written at the launch site. A site whose first launch used no barrier and no warp
 // operation runs its later launches thread after thread on the host stack (no fibers: ~10x
 // faster); should such a launch reach a barrier after all, the emulator stops with a message.
 void launch_site(const LaunchCfg& cfg, const char* name, const std::function<void()>& body,
@@ -174,6 +217,16 @@ struct LastLaunch {
   uint64_t blocks = 0, threads = 0;
 };
 LastLaunch last_launch();
+
+// An asynchronous operation issued to stream `s` (a copy, a memset, a library call, a collective):
+// returns cudaSuccess with *run_now true when the caller is to run it now (s is not capturing),
+// cudaSuccess with *run_now false when a copy of `op` (which must own its arguments) was recorded
+// into s's capture for cudaGraphLaunch, or the capture error (reported on stderr; nothing to run).
+cudaError_t stream_op(cudaStream_t s, const char* what, const std::function<void()>& op,
+                      bool* run_now);
+// A call that waits for stream `s` on the host (cudaStreamSynchronize's rules under capture):
+// cudaSuccess, or the capture error (reported; the capture is invalidated).
+cudaError_t stream_sync(cudaStream_t s, const char* what);
 
 // Dry run (cuda_emu_control.h).
 bool dry_run();
@@ -240,6 +293,31 @@ inline cudaError_t cudaMemcpyToSymbol(T& symbol, const void* src, size_t bytes, 
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaStreamQuery(cudaStream_t s);
+
+// Stream capture and graph replay (see docs/cuda_emu.md, "Stream capture and CUDA graphs"): while
+// a stream captures, the operations issued to it (and to the streams it forks to through events)
+// are recorded, not run; cudaGraphLaunch runs them, in the order they were issued.
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode);
+cudaError_t cudaThreadExchangeStreamCaptureMode(cudaStreamCaptureMode* mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* pGraph);
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* pCaptureStatus);
+// The CUDA 13 form (CUDA 12's lacks edgeData_out); the dependency outputs are empty: the emulator
+// keeps no node dependencies (a graph replays in issue order).
+cudaError_t cudaStreamGetCaptureInfo(cudaStream_t stream,
+                                     cudaStreamCaptureStatus* captureStatus_out,
+                                     unsigned long long* id_out = nullptr,
+                                     cudaGraph_t* graph_out = nullptr,
+                                     const cudaGraphNode_t** dependencies_out = nullptr,
+                                     const cudaGraphEdgeData** edgeData_out = nullptr,
+                                     size_t* numDependencies_out = nullptr);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* pGraphExec, cudaGraph_t graph,
+                                 unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t graphExec, cudaStream_t stream);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t graphExec);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
+cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t* nodes, size_t* numNodes);
+
 cudaError_t cudaGetLastError();
 cudaError_t cudaPeekAtLastError();
 const char* cudaGetErrorString(cudaError_t e);

@@ -55,6 +55,66 @@ int code_of(cudnnDataType_t t) {
   return -1;
 }
 
+// One strided batched GEMM, its arguments checked and alpha / beta read (a recorded call holds
+// them by value).
+struct GemmCall {
+  bool na, nb;
+  int m, n, k;
+  double al;
+  const void* A;
+  int ta, lda;
+  long long strideA;
+  const void* B;
+  int tb, ldb;
+  long long strideB;
+  double be;
+  void* C;
+  int tc, ldc;
+  long long strideC;
+  int batchCount;
+  bool tf32;
+};
+
+void gemm(const GemmCall& g) {
+  if (emu::dry_run()) return;  // checked, not computed
+  const bool na = g.na, nb = g.nb, tf32 = g.tf32;
+  const int m = g.m, n = g.n, k = g.k, lda = g.lda, ldb = g.ldb, ldc = g.ldc;
+  const int ta = g.ta, tb = g.tb, tc = g.tc;
+  const double al = g.al, be = g.be;
+  const size_t es = elem_size(ta);
+  auto operand = [tf32](double v) {
+    if (!tf32 || !std::isfinite(v)) return v;
+    float f = float(v);
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    u = (u + 0xFFFu + ((u >> 13) & 1u)) & ~0x1FFFu;
+    std::memcpy(&f, &u, 4);
+    return double(f);
+  };
+  std::vector<double> a(size_t(m) * k), b(size_t(k) * n);
+  for (int bi = 0; bi < g.batchCount; ++bi) {
+    const char* Ab = static_cast<const char*>(g.A) + es * size_t(g.strideA * bi);
+    const char* Bb = static_cast<const char*>(g.B) + es * size_t(g.strideB * bi);
+    char* Cb = static_cast<char*>(g.C) + es * size_t(g.strideC * bi);
+    for (int i = 0; i < m; ++i)  // a[i*k + l] = op(A)[i, l]
+      for (int l = 0; l < k; ++l)
+        a[size_t(i) * k + l] = operand(load(Ab, ta, na ? size_t(i) + size_t(l) * lda : size_t(l) + size_t(i) * lda));
+    for (int j = 0; j < n; ++j)  // b[j*k + l] = op(B)[l, j]
+      for (int l = 0; l < k; ++l)
+        b[size_t(j) * k + l] = operand(load(Bb, tb, nb ? size_t(l) + size_t(j) * ldb : size_t(j) + size_t(l) * ldb));
+    for (int j = 0; j < n; ++j)
+      for (int i = 0; i < m; ++i) {
+        double acc = 0;
+        const double* ar = &a[size_t(i) * k];
+        const double* bc = &b[size_t(j) * k];
+        for (int l = 0; l < k; ++l) acc += ar[l] * bc[l];
+        const size_t ci = size_t(i) + size_t(j) * ldc;
+        const double old = be != 0 ? be * load(Cb, tc, ci) : 0.0;
+        store(Cb, tc, ci, al * acc + old);
+      }
+  }
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- cuBLAS
@@ -106,44 +166,19 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t tr
   if (lda < std::max(1, na ? m : k) || ldb < std::max(1, nb ? k : n) || ldc < std::max(1, m))
     return CUBLAS_STATUS_INVALID_VALUE;
   if (m == 0 || n == 0 || batchCount == 0) return CUBLAS_STATUS_SUCCESS;
-  if (emu::dry_run()) return CUBLAS_STATUS_SUCCESS;  // checked, not computed
+  // Host pointer mode: alpha and beta are read now, also when the call is captured into a graph.
   const double al = f64 ? *static_cast<const double*>(alpha) : *static_cast<const float*>(alpha);
   const double be = f64 ? *static_cast<const double*>(beta) : *static_cast<const float*>(beta);
-  const size_t es = elem_size(ta);
   // CUBLAS_COMPUTE_32F_FAST_TF32: F32 operands rounded to TF32 (10 mantissa bits, to nearest
   // even) before the products, as the tensor cores take them; accumulation stays wide
   const bool tf32 = computeType == CUBLAS_COMPUTE_32F_FAST_TF32 && ta == 0;
-  auto operand = [tf32](double v) {
-    if (!tf32 || !std::isfinite(v)) return v;
-    float f = float(v);
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    u = (u + 0xFFFu + ((u >> 13) & 1u)) & ~0x1FFFu;
-    std::memcpy(&f, &u, 4);
-    return double(f);
-  };
-  std::vector<double> a(size_t(m) * k), b(size_t(k) * n);
-  for (int bi = 0; bi < batchCount; ++bi) {
-    const char* Ab = static_cast<const char*>(A) + es * size_t(strideA * bi);
-    const char* Bb = static_cast<const char*>(B) + es * size_t(strideB * bi);
-    char* Cb = static_cast<char*>(C) + es * size_t(strideC * bi);
-    for (int i = 0; i < m; ++i)  // a[i*k + l] = op(A)[i, l]
-      for (int l = 0; l < k; ++l)
-        a[size_t(i) * k + l] = operand(load(Ab, ta, na ? size_t(i) + size_t(l) * lda : size_t(l) + size_t(i) * lda));
-    for (int j = 0; j < n; ++j)  // b[j*k + l] = op(B)[l, j]
-      for (int l = 0; l < k; ++l)
-        b[size_t(j) * k + l] = operand(load(Bb, tb, nb ? size_t(l) + size_t(j) * ldb : size_t(j) + size_t(l) * ldb));
-    for (int j = 0; j < n; ++j)
-      for (int i = 0; i < m; ++i) {
-        double acc = 0;
-        const double* ar = &a[size_t(i) * k];
-        const double* bc = &b[size_t(j) * k];
-        for (int l = 0; l < k; ++l) acc += ar[l] * bc[l];
-        const size_t ci = size_t(i) + size_t(j) * ldc;
-        const double old = be != 0 ? be * load(Cb, tc, ci) : 0.0;
-        store(Cb, tc, ci, al * acc + old);
-      }
-  }
+  const GemmCall call{na, nb, m, n, k, al, A, ta, lda, strideA, B, tb, ldb, strideB, be, C, tc, ldc,
+                      strideC, batchCount, tf32};
+  bool run_now = false;
+  if (emu::stream_op(h->stream, "cublasGemmStridedBatchedEx", [call]() { gemm(call); },
+                     &run_now) != cudaSuccess)
+    return CUBLAS_STATUS_EXECUTION_FAILED;
+  if (run_now) gemm(call);
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -326,6 +361,7 @@ const char* cudnnGetErrorString(cudnnStatus_t s) {
     case CUDNN_STATUS_SUCCESS: return "CUDNN_STATUS_SUCCESS";
     case CUDNN_STATUS_NOT_INITIALIZED: return "CUDNN_STATUS_NOT_INITIALIZED";
     case CUDNN_STATUS_BAD_PARAM: return "CUDNN_STATUS_BAD_PARAM";
+    case CUDNN_STATUS_EXECUTION_FAILED: return "CUDNN_STATUS_EXECUTION_FAILED";
     case CUDNN_STATUS_NOT_SUPPORTED: return "CUDNN_STATUS_NOT_SUPPORTED";
   }
   return "CUDNN_STATUS_UNKNOWN";
@@ -401,6 +437,9 @@ cudnnStatus_t find(cudnnHandle_t h, const cudnnTensorStruct* x, const cudnnFilte
   if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
   const cudnnStatus_t st = check(x, w, cd, y);
   if (st != CUDNN_STATUS_SUCCESS) return st;
+  // it times the algorithms, waiting for its stream: not possible while the stream captures
+  if (emu::stream_sync(h->stream, "cudnnFind*AlgorithmEx") != cudaSuccess)
+    return CUDNN_STATUS_EXECUTION_FAILED;
   if (!emu::dry_run()) fill_nan(out, out_type, out_count);
   one_result(requested, returned, perf, algo, cd->math);
   return CUDNN_STATUS_SUCCESS;
@@ -429,6 +468,73 @@ cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithmEx(
               returned, perf, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0);
 }
 
+namespace {
+// A convolution call, checked, with copies of its descriptors and alpha / beta (a recorded call
+// holds them by value: changing or destroying a descriptor after the capture changes nothing).
+struct ConvCall {
+  cudnnTensorStruct x;
+  cudnnFilterStruct w;
+  cudnnConvolutionStruct cd;
+  cudnnTensorStruct y;
+  double alpha, beta;
+  const void* in1;
+  const void* in2;
+  void* out;
+};
+
+// Runs `f(call)` now, or records it when the handle's stream captures.
+template <class F>
+cudnnStatus_t issue(cudnnHandle_t h, const char* what, const ConvCall& call, F f) {
+  bool run_now = false;
+  if (emu::stream_op(h->stream, what, [call, f]() { f(call); }, &run_now) != cudaSuccess)
+    return CUDNN_STATUS_EXECUTION_FAILED;
+  if (run_now) f(call);
+  return CUDNN_STATUS_SUCCESS;
+}
+
+void conv_forward(const ConvCall& c) {  // in1 x, in2 w, out y
+  if (emu::dry_run()) return;  // checked, not computed
+  const Conv g{c.x, c.w, c.cd, c.y};
+  const std::vector<double> xv = read_tensor(c.x, c.in1), wv = read_filter(c.w, c.in2);
+  const int K = c.w.k, CRS = c.w.c * c.w.r * c.w.s, P = c.y.h * c.y.w;
+  std::vector<double> yv(c.y.count(), 0.0), col(size_t(CRS) * P);
+  for (int n = 0; n < c.x.n; ++n) {  // y_n (K x P) = w (K x CRS) . col_n (CRS x P)
+    im2col(g, xv.data(), n, col.data());
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, P, CRS, 1.0, wv.data(), CRS,
+                col.data(), P, 0.0, yv.data() + size_t(n) * K * P, P);
+  }
+  write_tensor(c.y, c.out, yv, c.alpha, c.beta);
+}
+
+void conv_backward_data(const ConvCall& c) {  // x is dx: in1 w, in2 dy, out dx
+  if (emu::dry_run()) return;
+  const Conv g{c.x, c.w, c.cd, c.y};
+  const std::vector<double> dyv = read_tensor(c.y, c.in2), wv = read_filter(c.w, c.in1);
+  const int K = c.w.k, CRS = c.w.c * c.w.r * c.w.s, P = c.y.h * c.y.w;
+  std::vector<double> dxv(c.x.count(), 0.0), col(size_t(CRS) * P);
+  for (int n = 0; n < c.x.n; ++n) {  // dcol_n (CRS x P) = w^T . dy_n, then scattered back
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CRS, P, K, 1.0, wv.data(), CRS,
+                dyv.data() + size_t(n) * K * P, P, 0.0, col.data(), P);
+    col2im(g, col.data(), n, dxv.data());
+  }
+  write_tensor(c.x, c.out, dxv, c.alpha, c.beta);
+}
+
+void conv_backward_filter(const ConvCall& c) {  // w is dw: in1 x, in2 dy, out dw
+  if (emu::dry_run()) return;
+  const Conv g{c.x, c.w, c.cd, c.y};
+  const std::vector<double> xv = read_tensor(c.x, c.in1), dyv = read_tensor(c.y, c.in2);
+  const int K = c.w.k, CRS = c.w.c * c.w.r * c.w.s, P = c.y.h * c.y.w;
+  std::vector<double> dwv(c.w.count(), 0.0), col(size_t(CRS) * P);
+  for (int n = 0; n < c.x.n; ++n) {  // dw (K x CRS) += dy_n (K x P) . col_n^T
+    im2col(g, xv.data(), n, col.data());
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K, CRS, P, 1.0,
+                dyv.data() + size_t(n) * K * P, P, col.data(), P, 1.0, dwv.data(), CRS);
+  }
+  write_filter(c.w, c.out, dwv, c.alpha, c.beta);
+}
+}  // namespace
+
 cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void* alpha,
                                       cudnnTensorDescriptor_t xd, const void* x,
                                       cudnnFilterDescriptor_t wd, const void* w,
@@ -438,18 +544,8 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void* alpha,
   if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
   const cudnnStatus_t st = check(xd, wd, cd, yd);
   if (st != CUDNN_STATUS_SUCCESS) return st;
-  if (emu::dry_run()) return CUDNN_STATUS_SUCCESS;  // checked, not computed
-  const Conv g{*xd, *wd, *cd, *yd};
-  const std::vector<double> xv = read_tensor(*xd, x), wv = read_filter(*wd, w);
-  const int K = wd->k, CRS = wd->c * wd->r * wd->s, P = yd->h * yd->w;
-  std::vector<double> yv(yd->count(), 0.0), col(size_t(CRS) * P);
-  for (int n = 0; n < xd->n; ++n) {  // y_n (K x P) = w (K x CRS) . col_n (CRS x P)
-    im2col(g, xv.data(), n, col.data());
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, P, CRS, 1.0, wv.data(), CRS,
-                col.data(), P, 0.0, yv.data() + size_t(n) * K * P, P);
-  }
-  write_tensor(*yd, y, yv, scalar(alpha, xd->t), scalar(beta, xd->t));
-  return CUDNN_STATUS_SUCCESS;
+  const ConvCall call{*xd, *wd, *cd, *yd, scalar(alpha, xd->t), scalar(beta, xd->t), x, w, y};
+  return issue(h, "cudnnConvolutionForward", call, conv_forward);
 }
 
 cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void* alpha,
@@ -462,18 +558,8 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void* alpha,
   if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
   const cudnnStatus_t st = check(dxd, wd, cd, dyd);
   if (st != CUDNN_STATUS_SUCCESS) return st;
-  if (emu::dry_run()) return CUDNN_STATUS_SUCCESS;  // checked, not computed
-  const Conv g{*dxd, *wd, *cd, *dyd};
-  const std::vector<double> dyv = read_tensor(*dyd, dy), wv = read_filter(*wd, w);
-  const int K = wd->k, CRS = wd->c * wd->r * wd->s, P = dyd->h * dyd->w;
-  std::vector<double> dxv(dxd->count(), 0.0), col(size_t(CRS) * P);
-  for (int n = 0; n < dxd->n; ++n) {  // dcol_n (CRS x P) = w^T . dy_n, then scattered back
-    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CRS, P, K, 1.0, wv.data(), CRS,
-                dyv.data() + size_t(n) * K * P, P, 0.0, col.data(), P);
-    col2im(g, col.data(), n, dxv.data());
-  }
-  write_tensor(*dxd, dx, dxv, scalar(alpha, dxd->t), scalar(beta, dxd->t));
-  return CUDNN_STATUS_SUCCESS;
+  const ConvCall call{*dxd, *wd, *cd, *dyd, scalar(alpha, dxd->t), scalar(beta, dxd->t), w, dy, dx};
+  return issue(h, "cudnnConvolutionBackwardData", call, conv_backward_data);
 }
 
 cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void* alpha,
@@ -486,16 +572,6 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void* alpha,
   if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
   const cudnnStatus_t st = check(xd, dwd, cd, dyd);
   if (st != CUDNN_STATUS_SUCCESS) return st;
-  if (emu::dry_run()) return CUDNN_STATUS_SUCCESS;  // checked, not computed
-  const Conv g{*xd, *dwd, *cd, *dyd};
-  const std::vector<double> xv = read_tensor(*xd, x), dyv = read_tensor(*dyd, dy);
-  const int K = dwd->k, CRS = dwd->c * dwd->r * dwd->s, P = dyd->h * dyd->w;
-  std::vector<double> dwv(dwd->count(), 0.0), col(size_t(CRS) * P);
-  for (int n = 0; n < xd->n; ++n) {  // dw (K x CRS) += dy_n (K x P) . col_n^T
-    im2col(g, xv.data(), n, col.data());
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K, CRS, P, 1.0,
-                dyv.data() + size_t(n) * K * P, P, col.data(), P, 1.0, dwv.data(), CRS);
-  }
-  write_filter(*dwd, dw, dwv, scalar(alpha, xd->t), scalar(beta, xd->t));
-  return CUDNN_STATUS_SUCCESS;
+  const ConvCall call{*xd, *dwd, *cd, *dyd, scalar(alpha, xd->t), scalar(beta, xd->t), x, dy, dw};
+  return issue(h, "cudnnConvolutionBackwardFilter", call, conv_backward_filter);
 }

@@ -6,6 +6,7 @@
 #include <climits>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -191,39 +192,66 @@ const char* ncclGetErrorString(ncclResult_t r) {
 
 const char* ncclGetLastError(ncclComm_t comm) { return comm ? comm->last_error.c_str() : ""; }
 
+namespace {
+
+// A collective issued to `stream`: run now (its result returned), or, when the stream captures,
+// recorded with its arguments for cudaGraphLaunch (a replayed collective that fails throws, as the
+// replay has no result to return it in). `run` returns the collective's result.
+template <class F>
+ncclResult_t issue(ncclComm_t comm, cudaStream_t stream, const char* what, F run) {
+  bool run_now = false;
+  const auto replayed = [run, what]() {
+    const ncclResult_t r = run();
+    if (r != ncclSuccess)
+      throw std::runtime_error(std::string("cuda_emu: ") + what + " replayed from a graph failed: " +
+                               ncclGetErrorString(r));
+  };
+  if (emu::stream_op(stream, what, replayed, &run_now) != cudaSuccess) {
+    comm->last_error = std::string(what) + ": refused by the stream capture (see stderr)";
+    return ncclUnhandledCudaError;
+  }
+  return run_now ? run() : ncclSuccess;
+}
+
+}  // namespace
+
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataType_t type,
-                           ncclRedOp_t op, ncclComm_t comm, cudaStream_t) {
+                           ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
   if (ncclResult_t r = check_common(comm, send, recv, count, type)) return r;
   if (op != ncclSum) return invalid(comm, "the emulated NCCL reduces with ncclSum only");
   if (count == 0) return ncclSuccess;
-  const size_t bytes = count * type_size(type);
-  std::vector<unsigned char> all(bytes * size_t(comm->nranks));
-  if (ncclResult_t r = mpi_failed(
-          comm,
-          MPI_Allgather(send, int(bytes), MPI_BYTE, all.data(), int(bytes), MPI_BYTE, comm->mpi),
-          "MPI_Allgather"))
-    return r;
-  for (int r = 1; r < comm->nranks; ++r)  // rank order: the same sum on every rank
-    add(type, all.data(), all.data() + size_t(r) * bytes, count);
-  std::memcpy(recv, all.data(), bytes);
-  return ncclSuccess;
+  return issue(comm, stream, "ncclAllReduce", [=]() {
+    const size_t bytes = count * type_size(type);
+    std::vector<unsigned char> all(bytes * size_t(comm->nranks));
+    if (ncclResult_t r = mpi_failed(
+            comm,
+            MPI_Allgather(send, int(bytes), MPI_BYTE, all.data(), int(bytes), MPI_BYTE, comm->mpi),
+            "MPI_Allgather"))
+      return r;
+    for (int r = 1; r < comm->nranks; ++r)  // rank order: the same sum on every rank
+      add(type, all.data(), all.data() + size_t(r) * bytes, count);
+    std::memcpy(recv, all.data(), bytes);
+    return ncclSuccess;
+  });
 }
 
 ncclResult_t ncclAllGather(const void* send, void* recv, size_t send_count, ncclDataType_t type,
-                           ncclComm_t comm, cudaStream_t) {
+                           ncclComm_t comm, cudaStream_t stream) {
   if (ncclResult_t r = check_common(comm, send, recv, send_count, type)) return r;
   if (send_count == 0) return ncclSuccess;
-  const size_t bytes = send_count * type_size(type);
-  const bool in_place =
-      send == static_cast<const unsigned char*>(recv) + size_t(comm->rank) * bytes;
-  return mpi_failed(comm,
-                    MPI_Allgather(in_place ? MPI_IN_PLACE : send, int(bytes), MPI_BYTE, recv,
-                                  int(bytes), MPI_BYTE, comm->mpi),
-                    "MPI_Allgather");
+  return issue(comm, stream, "ncclAllGather", [=]() {
+    const size_t bytes = send_count * type_size(type);
+    const bool in_place =
+        send == static_cast<const unsigned char*>(recv) + size_t(comm->rank) * bytes;
+    return mpi_failed(comm,
+                      MPI_Allgather(in_place ? MPI_IN_PLACE : send, int(bytes), MPI_BYTE, recv,
+                                    int(bytes), MPI_BYTE, comm->mpi),
+                      "MPI_Allgather");
+  });
 }
 
 ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataType_t type,
-                           int root, ncclComm_t comm, cudaStream_t) {
+                           int root, ncclComm_t comm, cudaStream_t stream) {
   if (comm && (root < 0 || root >= comm->nranks))
     return invalid(comm, "root " + std::to_string(root) + " is not a rank");
   // only the root reads send
@@ -231,7 +259,9 @@ ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataT
           check_common(comm, comm && comm->rank == root ? send : recv, recv, count, type))
     return r;
   if (count == 0) return ncclSuccess;
-  const size_t bytes = count * type_size(type);
-  if (comm->rank == root && send != recv) std::memmove(recv, send, bytes);
-  return mpi_failed(comm, MPI_Bcast(recv, int(bytes), MPI_BYTE, root, comm->mpi), "MPI_Bcast");
+  return issue(comm, stream, "ncclBroadcast", [=]() {
+    const size_t bytes = count * type_size(type);
+    if (comm->rank == root && send != recv) std::memmove(recv, send, bytes);
+    return mpi_failed(comm, MPI_Bcast(recv, int(bytes), MPI_BYTE, root, comm->mpi), "MPI_Bcast");
+  });
 }

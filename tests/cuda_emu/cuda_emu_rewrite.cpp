@@ -4,7 +4,11 @@
 //
 // Four mechanical rewrites; everything else is left as written (the emulator header gives the
 // CUDA keywords and built-ins their host meaning):
-//   K<<<cfg>>>(args)          ->  ::emu::launch(::emu::LaunchCfg(cfg), "K", [&]() { K(args); })
+//   K<<<cfg>>>(args)          ->  ::emu::launch(::emu::LaunchCfg(cfg), "K",
+//                                   [emu_args = std::make_tuple(args)]() {
+//                                     std::apply([](const auto&... a) { K(a...); }, emu_args); })
+//                                 (the arguments evaluated once and held by value: a launch that a
+//                                 stream capture records runs later, from cudaGraphLaunch)
 //   extern __shared__ T n[];  ->  T* n = reinterpret_cast<T*>(::emu::dynamic_shared());
 //   __shared__ T a[N], b;     ->  the same, then ::emu::poison_shared_once(&a, sizeof(a)); and
 //                                 likewise for b (a declaration that starts a line)
@@ -99,8 +103,12 @@ std::string rewrite_launches(const std::string& s) {
     const size_t close = match_paren(s, open);
     const std::string between = s.substr(gt + 3, open - gt - 3);
     const std::string args = s.substr(open + 1, close - open - 2);
+    // The arguments are evaluated once, at the launch, and held by value (a launch recorded by a
+    // stream capture runs later, from cudaGraphLaunch); each thread calls the kernel with them.
     std::string repl = "::emu::launch(::emu::LaunchCfg(" + cfg + "), \"" + squeeze(kernel) +
-                       "\", [&]() { " + kernel + "(" + args + "); })";
+                       "\", [emu_args = ::std::make_tuple(" + args +
+                       ")]() { ::std::apply([](const auto&... emu_a) { " + kernel +
+                       "(emu_a...); }, emu_args); })";
     const size_t lost = count_nl(kernel_ws) + count_nl(between);
     out += s.substr(pos, k0 - pos);
     out += repl;

@@ -154,4 +154,14 @@ void wmma_tf32(const float* a, const float* b, float* d, int a_off, bool sync) {
   else wmma_kernel<false><<<1, 32>>>(a, b, d, a_off);
 }
 
+// out[i] = base * factor[0] + i for i < n: a kernel reading device memory (factor) and taking host
+// values by argument (base, n), on `stream` (the graph tests capture it).
+__global__ void affine_kernel(const float* factor, float* out, float base, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = base * factor[0] + float(i);
+}
+void affine(const float* factor, float* out, float base, int n, cudaStream_t stream) {
+  affine_kernel<<<(n + 63) / 64, 64, 0, stream>>>(factor, out, base, n);
+}
+
 }  // namespace emu_selftest

@@ -6,13 +6,17 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <future>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "cuda_emu.h"
+#include "cublas_v2.h"
+#include "cudnn.h"
 
 namespace emu_selftest {
 void block_sum(const float* in, float* out, int blocks, bool barrier);
@@ -25,6 +29,7 @@ cudaError_t dyn_smem(float* before, float* after, int threads, size_t smem, int 
 void write_at(float* p, int i);
 void static_smem(float* out, int* flags, int blocks);
 void wmma_tf32(const float* a, const float* b, float* d, int a_off, bool sync);
+void affine(const float* factor, float* out, float base, int n, cudaStream_t stream);
 }  // namespace emu_selftest
 
 namespace es = emu_selftest;
@@ -268,4 +273,502 @@ TEST_CASE("emulator: wmma TF32 products, their alignment rule and the missing __
   for (float v : d) stale += v == -1.0f ? 1 : 0;
   CHECK(stale > 0);
   REQUIRE_THROWS_WITH(es::wmma_tf32(a - 1, b, d, 0, true), Catch::Contains("256-bit aligned"));
+}
+
+// ---------------------------------------------------------------- stream capture and graphs
+namespace {
+
+// Device buffers for the graph tests, each its own cudaMalloc (freed at the end).
+struct Buf {
+  void* p = nullptr;
+  size_t bytes = 0;
+  explicit Buf(size_t n) : bytes(n) { REQUIRE(cudaMalloc(&p, n) == cudaSuccess); }
+  ~Buf() { cudaFree(p); }
+  float* f() const { return static_cast<float*>(p); }
+  unsigned char* b() const { return static_cast<unsigned char*>(p); }
+  std::vector<float> floats() const {
+    return std::vector<float>(f(), f() + bytes / sizeof(float));
+  }
+};
+
+constexpr int kN = 100;           // affine kernel outputs (two blocks of 64)
+constexpr int kM = 3, kK = 2;     // GEMM: C (kM x kM) = alpha A (kM x kK) B (kK x kM)
+constexpr float kSentinel = -7.f;
+
+struct Seq {
+  Buf factor{sizeof(float)}, out{kN * sizeof(float)}, src{kN * sizeof(float)},
+      dst{kN * sizeof(float)}, ms{kN}, A{kM * kK * sizeof(float)}, B{kK * kM * sizeof(float)},
+      C{kM * kM * sizeof(float)};
+  cudaStream_t s = nullptr;
+  cublasHandle_t blas = nullptr;
+  Seq() {
+    REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+    REQUIRE(cublasCreate(&blas) == CUBLAS_STATUS_SUCCESS);
+    REQUIRE(cublasSetStream(blas, s) == CUBLAS_STATUS_SUCCESS);
+    set_inputs(2.f, 0.f);
+    reset_outputs();
+  }
+  ~Seq() {
+    cublasDestroy(blas);
+    cudaStreamDestroy(s);
+  }
+  // Device-memory inputs: the kernel's factor, the copy's source, the GEMM's A and B.
+  void set_inputs(float f, float shift) {
+    factor.f()[0] = f;
+    for (int i = 0; i < kN; ++i) src.f()[i] = float(i) * 0.5f + shift;
+    for (int i = 0; i < kM * kK; ++i) A.f()[i] = float(i + 1) + shift;
+    for (int i = 0; i < kK * kM; ++i) B.f()[i] = float(2 * i - 3);
+  }
+  void reset_outputs() {
+    for (int i = 0; i < kN; ++i) out.f()[i] = dst.f()[i] = kSentinel;
+    std::memset(ms.p, 0, kN);
+    for (int i = 0; i < kM * kM; ++i) C.f()[i] = kSentinel;
+  }
+  // The sequence: a kernel, an asynchronous copy, a memset, a GEMM, all on stream s; `base` goes
+  // to the kernel by value, `alpha` to cuBLAS by host pointer.
+  void issue(const float& base, const float& alpha) {
+    emu_selftest::affine(factor.f(), out.f(), base, kN, s);
+    CHECK(cudaGetLastError() == cudaSuccess);
+    CHECK(cudaMemcpyAsync(dst.p, src.p, kN * sizeof(float), cudaMemcpyDeviceToDevice, s) ==
+          cudaSuccess);
+    CHECK(cudaMemsetAsync(ms.p, 0x5A, kN, s) == cudaSuccess);
+    const float beta = 0.f;
+    CHECK(cublasGemmStridedBatchedEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, kM, kM, kK, &alpha, A.p,
+                                     CUDA_R_32F, kM, 0, B.p, CUDA_R_32F, kK, 0, &beta, C.p,
+                                     CUDA_R_32F, kM, 0, 1, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS);
+  }
+  struct Result {
+    std::vector<float> out, dst, C;
+    std::vector<unsigned char> ms;
+    bool operator==(const Result& o) const {
+      return out == o.out && dst == o.dst && C == o.C && ms == o.ms;
+    }
+  };
+  Result result() const {
+    return Result{out.floats(), dst.floats(), C.floats(),
+                  std::vector<unsigned char>(ms.b(), ms.b() + kN)};
+  }
+  bool untouched() const {
+    Result r = result();
+    for (float v : r.out) if (v != kSentinel) return false;
+    for (float v : r.dst) if (v != kSentinel) return false;
+    for (float v : r.C) if (v != kSentinel) return false;
+    for (unsigned char v : r.ms) if (v != 0) return false;
+    return true;
+  }
+};
+
+cudaStreamCaptureStatus capture_status(cudaStream_t s) {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  CHECK(cudaStreamIsCapturing(s, &st) == cudaSuccess);
+  return st;
+}
+
+}  // namespace
+
+TEST_CASE("emulator: a captured sequence runs only when its graph is launched, as it ran eagerly",
+          "[cuda_emu][graph]") {
+  Seq q;
+  // the sequence eagerly, for reference
+  q.issue(3.f, 1.5f);
+  const Seq::Result eager = q.result();
+  CHECK(eager.out[5] == 3.f * 2.f + 5.f);
+  CHECK(eager.ms[7] == 0x5A);
+  q.reset_outputs();
+
+  float base = 3.f, alpha = 1.5f;  // host values the capture bakes in
+  const uint64_t launches = emu::launches();
+  REQUIRE(cudaStreamBeginCapture(q.s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  CHECK(capture_status(q.s) == cudaStreamCaptureStatusActive);
+  unsigned long long id = 0;
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  cudaGraph_t building = nullptr;
+  CHECK(cudaStreamGetCaptureInfo(q.s, &st, &id, &building) == cudaSuccess);
+  CHECK(st == cudaStreamCaptureStatusActive);
+  CHECK(id != 0);
+  CHECK(building != nullptr);
+  q.issue(base, alpha);
+  CHECK(q.untouched());  // recorded, not run
+  CHECK(emu::launches() == launches);
+  cudaGraph_t graph = nullptr;
+  REQUIRE(cudaStreamEndCapture(q.s, &graph) == cudaSuccess);
+  REQUIRE(graph == building);
+  CHECK(capture_status(q.s) == cudaStreamCaptureStatusNone);
+  size_t nodes = 0;
+  CHECK(cudaGraphGetNodes(graph, nullptr, &nodes) == cudaSuccess);
+  CHECK(nodes == 4);
+  base = 100.f;   // passed by value at the capture: the graph keeps 3
+  alpha = -1.f;   // read through its host pointer at the capture: the graph keeps 1.5
+  CHECK(q.untouched());
+
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+  CHECK(cudaGraphDestroy(graph) == cudaSuccess);  // the executable graph stands on its own
+  REQUIRE(cudaGraphLaunch(exec, q.s) == cudaSuccess);
+  CHECK(q.result() == eager);
+  CHECK(emu::launches() == launches + 1);  // a replay counts its kernel launches
+  q.reset_outputs();
+  REQUIRE(cudaGraphLaunch(exec, q.s) == cudaSuccess);
+  CHECK(q.result() == eager);
+  CHECK(emu::launches() == launches + 2);
+
+  // A graph reads device memory when it runs: new inputs, new outputs (as an eager run gives).
+  q.set_inputs(5.f, 1.f);
+  q.reset_outputs();
+  q.issue(3.f, 1.5f);
+  const Seq::Result eager2 = q.result();
+  CHECK(eager2.out[5] == 3.f * 5.f + 5.f);
+  q.reset_outputs();
+  REQUIRE(cudaGraphLaunch(exec, q.s) == cudaSuccess);
+  CHECK(q.result() == eager2);
+  CHECK(!(eager2 == eager));
+
+  // Dry run: a replay is counted, not run.
+  q.reset_outputs();
+  const uint64_t before = emu::launches();
+  emu::set_dry_run(true);
+  const cudaError_t dry = cudaGraphLaunch(exec, q.s);
+  emu::set_dry_run(false);
+  CHECK(dry == cudaSuccess);
+  CHECK(emu::launches() == before + 1);
+  const Seq::Result r = q.result();
+  CHECK(r.out[0] == kSentinel);
+  CHECK(r.dst[0] == kSentinel);  // a device-to-device copy is not run in a dry run
+  CHECK(r.C[0] == kSentinel);
+  CHECK(cudaGraphExecDestroy(exec) == cudaSuccess);
+}
+
+TEST_CASE("emulator: capture on one stream while another stream runs eagerly, fork and join",
+          "[cuda_emu][graph]") {
+  Buf factor(sizeof(float)), a(kN * sizeof(float)), b(kN * sizeof(float));
+  factor.f()[0] = 1.f;
+  for (int i = 0; i < kN; ++i) a.f()[i] = b.f()[i] = kSentinel;
+  cudaStream_t s1 = nullptr, s2 = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking) == cudaSuccess);
+  cudaEvent_t fork = nullptr, join = nullptr;
+  REQUIRE(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming) == cudaSuccess);
+  REQUIRE(cudaEventCreateWithFlags(&join, cudaEventDisableTiming) == cudaSuccess);
+
+  REQUIRE(cudaStreamBeginCapture(s1, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  emu_selftest::affine(factor.f(), a.f(), 2.f, kN, s1);  // recorded
+  emu_selftest::affine(factor.f(), b.f(), 4.f, kN, s2);  // s2 is not capturing: runs now
+  CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK(capture_status(s2) == cudaStreamCaptureStatusNone);
+  CHECK(a.f()[1] == kSentinel);
+  CHECK(b.f()[1] == 4.f + 1.f);
+  // fork: s2 waits on an event recorded in the capture, and joins it
+  REQUIRE(cudaEventRecord(fork, s1) == cudaSuccess);
+  REQUIRE(cudaStreamWaitEvent(s2, fork, 0) == cudaSuccess);
+  CHECK(capture_status(s2) == cudaStreamCaptureStatusActive);
+  // s2's work is now recorded: a copy of what s1's kernel wrote (so it must replay after it)
+  REQUIRE(cudaMemcpyAsync(b.p, a.p, kN * sizeof(float), cudaMemcpyDeviceToDevice, s2) ==
+          cudaSuccess);
+  CHECK(b.f()[1] == 4.f + 1.f);
+  // join, then s1 overwrites a (after the copy, in issue order)
+  REQUIRE(cudaEventRecord(join, s2) == cudaSuccess);
+  REQUIRE(cudaStreamWaitEvent(s1, join, 0) == cudaSuccess);
+  REQUIRE(cudaMemsetAsync(a.p, 0, kN * sizeof(float), s1) == cudaSuccess);
+  cudaGraph_t graph = nullptr;
+  REQUIRE(cudaStreamEndCapture(s1, &graph) == cudaSuccess);
+  CHECK(capture_status(s2) == cudaStreamCaptureStatusNone);
+  size_t nodes = 0;
+  CHECK(cudaGraphGetNodes(graph, nullptr, &nodes) == cudaSuccess);
+  CHECK(nodes == 3);
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+  REQUIRE(cudaGraphLaunch(exec, s1) == cudaSuccess);
+  CHECK(b.f()[1] == 2.f + 1.f);
+  CHECK(b.f()[kN - 1] == 2.f + float(kN - 1));
+  CHECK(a.f()[1] == 0.f);
+  CHECK(cudaGraphExecDestroy(exec) == cudaSuccess);
+  CHECK(cudaGraphDestroy(graph) == cudaSuccess);
+
+  // A fork never joined back: no graph, cudaErrorStreamCaptureUnjoined; both streams leave capture.
+  REQUIRE(cudaStreamBeginCapture(s1, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  REQUIRE(cudaEventRecord(fork, s1) == cudaSuccess);
+  REQUIRE(cudaStreamWaitEvent(s2, fork, 0) == cudaSuccess);
+  REQUIRE(cudaMemsetAsync(b.p, 0, 4, s2) == cudaSuccess);
+  graph = reinterpret_cast<cudaGraph_t>(&nodes);  // must be overwritten
+  CHECK(cudaStreamEndCapture(s2, &graph) == cudaErrorStreamCaptureUnmatched);  // not the origin
+  CHECK(cudaStreamEndCapture(s1, &graph) == cudaErrorStreamCaptureInvalidated);
+  CHECK(graph == nullptr);
+  REQUIRE(cudaStreamBeginCapture(s1, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  REQUIRE(cudaEventRecord(fork, s1) == cudaSuccess);
+  REQUIRE(cudaStreamWaitEvent(s2, fork, 0) == cudaSuccess);
+  REQUIRE(cudaMemsetAsync(b.p, 0, 4, s2) == cudaSuccess);
+  CHECK(cudaStreamEndCapture(s1, &graph) == cudaErrorStreamCaptureUnjoined);
+  CHECK(graph == nullptr);
+  CHECK(capture_status(s1) == cudaStreamCaptureStatusNone);
+  CHECK(capture_status(s2) == cudaStreamCaptureStatusNone);
+  CHECK(b.f()[1] == 2.f + 1.f);  // the unjoined memset never ran
+  cudaGetLastError();
+
+  CHECK(cudaEventDestroy(fork) == cudaSuccess);
+  CHECK(cudaEventDestroy(join) == cudaSuccess);
+  CHECK(cudaStreamDestroy(s1) == cudaSuccess);
+  CHECK(cudaStreamDestroy(s2) == cudaSuccess);
+}
+
+namespace {
+// Begins a global-mode capture on s with one kernel recorded, runs `illegal`, which must return
+// `code`, then checks that the capture is invalidated (or not), that further work on s is refused,
+// and that cudaStreamEndCapture returns no graph.
+template <class F>
+void check_illegal(cudaStream_t s, const char* what, cudaError_t code, F illegal,
+                   cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal) {
+  INFO(what);
+  static Buf factor(sizeof(float)), out(kN * sizeof(float));
+  factor.f()[0] = 1.f;
+  out.f()[0] = kSentinel;
+  REQUIRE(cudaStreamBeginCapture(s, mode) == cudaSuccess);
+  emu_selftest::affine(factor.f(), out.f(), 1.f, kN, s);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  CHECK(illegal() == code);
+  CHECK(cudaGetLastError() == code);
+  CHECK(capture_status(s) == cudaStreamCaptureStatusInvalidated);
+  emu_selftest::affine(factor.f(), out.f(), 1.f, kN, s);
+  CHECK(cudaGetLastError() == cudaErrorStreamCaptureInvalidated);
+  cudaGraph_t g = nullptr;
+  CHECK(cudaStreamEndCapture(s, &g) == cudaErrorStreamCaptureInvalidated);
+  CHECK(g == nullptr);
+  CHECK(capture_status(s) == cudaStreamCaptureStatusNone);
+  CHECK(out.f()[0] == kSentinel);  // nothing of it ran
+  cudaGetLastError();
+}
+}  // namespace
+
+TEST_CASE("emulator: calls illegal during a stream capture fail with CUDA's error codes",
+          "[cuda_emu][graph]") {
+  cudaStream_t s = nullptr, blocking = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaStreamCreate(&blocking) == cudaSuccess);
+  Buf dev(64);
+  std::vector<unsigned char> host(64);
+  cudaEvent_t ev = nullptr;
+  REQUIRE(cudaEventCreate(&ev) == cudaSuccess);
+  void* p = nullptr;
+
+  check_illegal(s, "cudaStreamSynchronize", cudaErrorStreamCaptureUnsupported,
+                [&] { return cudaStreamSynchronize(s); });
+  check_illegal(s, "cudaStreamQuery", cudaErrorStreamCaptureUnsupported,
+                [&] { return cudaStreamQuery(s); });
+  check_illegal(s, "cudaDeviceSynchronize", cudaErrorStreamCaptureUnsupported,
+                [&] { return cudaDeviceSynchronize(); });
+  check_illegal(s, "cudaEventSynchronize", cudaErrorCapturedEvent, [&] {
+    REQUIRE(cudaEventRecord(ev, s) == cudaSuccess);
+    return cudaEventSynchronize(ev);
+  });
+  check_illegal(s, "cudaEventQuery", cudaErrorCapturedEvent, [&] {
+    REQUIRE(cudaEventRecord(ev, s) == cudaSuccess);
+    return cudaEventQuery(ev);
+  });
+  check_illegal(s, "cudaMemcpy", cudaErrorStreamCaptureUnsupported,
+                [&] { return cudaMemcpy(host.data(), dev.p, 64, cudaMemcpyDeviceToHost); });
+  check_illegal(s, "cudaMemset", cudaErrorStreamCaptureUnsupported,
+                [&] { return cudaMemset(dev.p, 0, 64); });
+  check_illegal(s, "cudaMalloc", cudaErrorStreamCaptureUnsupported,
+                [&] { return cudaMalloc(&p, 64); });
+  check_illegal(s, "cudaFree", cudaErrorStreamCaptureUnsupported,
+                [&] { return cudaFree(dev.p); });
+  check_illegal(s, "cudaMallocHost", cudaErrorStreamCaptureUnsupported,
+                [&] { return cudaMallocHost(&p, 64); });
+  check_illegal(s, "cudaHostAlloc", cudaErrorStreamCaptureUnsupported,
+                [&] { return cudaHostAlloc(&p, 64, cudaHostAllocDefault); });
+  check_illegal(s, "cudaFreeHost", cudaErrorStreamCaptureUnsupported,
+                [&] { return cudaFreeHost(dev.p); });
+  // waiting on work recorded outside the capture
+  REQUIRE(cudaEventRecord(ev, blocking) == cudaSuccess);
+  check_illegal(s, "cudaStreamWaitEvent on an uncaptured event", cudaErrorStreamCaptureIsolation,
+                [&] { return cudaStreamWaitEvent(s, ev, 0); });
+  // a blocking stream capturing: the legacy stream (synchronous calls, stream 0) is unusable
+  check_illegal(blocking, "cudaMemcpy, blocking stream", cudaErrorStreamCaptureImplicit,
+                [&] { return cudaMemcpy(host.data(), dev.p, 64, cudaMemcpyDeviceToHost); });
+  check_illegal(blocking, "cudaMemset, blocking stream", cudaErrorStreamCaptureImplicit,
+                [&] { return cudaMemset(dev.p, 0, 64); });
+  check_illegal(blocking, "a launch on stream 0, blocking stream", cudaErrorStreamCaptureImplicit,
+                [&] {
+                  emu_selftest::affine(dev.f(), dev.f(), 1.f, 1, nullptr);
+                  return cudaPeekAtLastError();
+                });
+  check_illegal(blocking, "cudaStreamSynchronize(0)", cudaErrorStreamCaptureImplicit,
+                [&] { return cudaStreamSynchronize(nullptr); });
+  // relaxed mode still forbids what necessarily conflicts with a capture
+  check_illegal(s, "cudaStreamSynchronize, relaxed", cudaErrorStreamCaptureUnsupported,
+                [&] { return cudaStreamSynchronize(s); }, cudaStreamCaptureModeRelaxed);
+  cudaStreamCaptureStatus st;
+  CHECK(cudaStreamIsCapturing(nullptr, &st) == cudaSuccess);  // no capture: the legacy stream is fine
+  CHECK(st == cudaStreamCaptureStatusNone);
+
+  // Capture set-up errors.
+  cudaGraph_t g = nullptr;
+  CHECK(cudaStreamBeginCapture(nullptr, cudaStreamCaptureModeGlobal) ==
+        cudaErrorStreamCaptureUnsupported);
+  CHECK(cudaStreamEndCapture(s, &g) == cudaErrorIllegalState);
+  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaErrorIllegalState);
+  CHECK(cudaStreamIsCapturing(nullptr, &st) == cudaSuccess);  // s is non-blocking
+  REQUIRE(cudaStreamEndCapture(s, &g) == cudaSuccess);  // an empty graph
+  size_t nodes = 7;
+  CHECK(cudaGraphGetNodes(g, nullptr, &nodes) == cudaSuccess);
+  CHECK(nodes == 0);
+  cudaGraphExec_t exec = nullptr;
+  CHECK(cudaGraphInstantiate(&exec, g, cudaGraphInstantiateFlagDeviceLaunch) ==
+        cudaErrorInvalidValue);
+  CHECK(cudaGraphDestroy(g) == cudaSuccess);
+  REQUIRE(cudaStreamBeginCapture(blocking, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  CHECK(cudaStreamIsCapturing(nullptr, &st) == cudaErrorStreamCaptureImplicit);
+  CHECK(capture_status(blocking) == cudaStreamCaptureStatusActive);  // not invalidated by that
+  REQUIRE(cudaStreamEndCapture(blocking, &g) == cudaSuccess);
+  CHECK(cudaGraphDestroy(g) == cudaSuccess);
+  cudaGetLastError();
+
+  CHECK(cudaEventDestroy(ev) == cudaSuccess);
+  CHECK(cudaStreamDestroy(s) == cudaSuccess);
+  CHECK(cudaStreamDestroy(blocking) == cudaSuccess);
+}
+
+TEST_CASE("emulator: capture modes decide which threads may make unsafe calls",
+          "[cuda_emu][graph]") {
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  void* p = nullptr;
+  cudaGraph_t g = nullptr;
+
+  // A relaxed capture allows cudaMalloc and cudaFree (outside the graph, at once).
+  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed) == cudaSuccess);
+  CHECK(cudaMalloc(&p, 64) == cudaSuccess);
+  CHECK(cudaFree(p) == cudaSuccess);
+  REQUIRE(cudaStreamEndCapture(s, &g) == cudaSuccess);
+  CHECK(cudaGraphDestroy(g) == cudaSuccess);
+
+  // A global capture with this thread's mode exchanged to relaxed allows them too.
+  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  CHECK(cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess);
+  CHECK(mode == cudaStreamCaptureModeGlobal);
+  CHECK(cudaMalloc(&p, 64) == cudaSuccess);
+  CHECK(cudaFree(p) == cudaSuccess);
+  CHECK(cudaThreadExchangeStreamCaptureMode(&mode) == cudaSuccess);  // back to global
+  CHECK(mode == cudaStreamCaptureModeRelaxed);
+  REQUIRE(cudaStreamEndCapture(s, &g) == cudaSuccess);
+  CHECK(cudaGraphDestroy(g) == cudaSuccess);
+
+  // Another thread's global capture forbids this thread's cudaMalloc in its global mode, not in
+  // thread-local mode; a capture not begun relaxed must end on its own thread.
+  for (const bool local : {true, false}) {
+    std::promise<void> begun, checked;
+    cudaError_t t_begin = cudaErrorInvalidValue, t_end = cudaErrorInvalidValue;
+    std::thread t([&] {  // no Catch2 assertions in this thread
+      t_begin = cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
+      begun.set_value();
+      checked.get_future().wait();
+      cudaGraph_t tg = nullptr;
+      t_end = cudaStreamEndCapture(s, &tg);
+      if (tg) cudaGraphDestroy(tg);
+    });
+    begun.get_future().wait();
+    cudaStreamCaptureMode m = local ? cudaStreamCaptureModeThreadLocal : cudaStreamCaptureModeGlobal;
+    CHECK(cudaThreadExchangeStreamCaptureMode(&m) == cudaSuccess);
+    const cudaError_t e = cudaMalloc(&p, 64);
+    CHECK(e == (local ? cudaSuccess : cudaErrorStreamCaptureUnsupported));
+    if (e == cudaSuccess) CHECK(cudaFree(p) == cudaSuccess);
+    CHECK(cudaThreadExchangeStreamCaptureMode(&m) == cudaSuccess);
+    CHECK(cudaStreamEndCapture(s, &g) == cudaErrorStreamCaptureWrongThread);
+    checked.set_value();
+    t.join();
+    CHECK(t_begin == cudaSuccess);
+    CHECK(t_end == (local ? cudaSuccess : cudaErrorStreamCaptureInvalidated));
+  }
+  cudaGetLastError();
+  CHECK(cudaStreamDestroy(s) == cudaSuccess);
+}
+
+TEST_CASE("emulator: a captured convolution keeps its descriptors and alpha, and a graph launch "
+          "is itself captured", "[cuda_emu][graph]") {
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  cudnnHandle_t h = nullptr;
+  REQUIRE(cudnnCreate(&h) == CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnSetStream(h, s) == CUDNN_STATUS_SUCCESS);
+  cudnnTensorDescriptor_t xd = nullptr, yd = nullptr;
+  cudnnFilterDescriptor_t wd = nullptr;
+  cudnnConvolutionDescriptor_t cd = nullptr;
+  REQUIRE(cudnnCreateTensorDescriptor(&xd) == CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnCreateTensorDescriptor(&yd) == CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnCreateFilterDescriptor(&wd) == CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnCreateConvolutionDescriptor(&cd) == CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, 1, 3, 3) ==
+          CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnSetFilter4dDescriptor(wd, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, 1, 1, 2, 2) ==
+          CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, 1, 2, 2) ==
+          CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnSetConvolution2dDescriptor(cd, 0, 0, 1, 1, 1, 1, CUDNN_CROSS_CORRELATION,
+                                          CUDNN_DATA_FLOAT) == CUDNN_STATUS_SUCCESS);
+  Buf x(9 * sizeof(float)), w(4 * sizeof(float)), y(4 * sizeof(float));
+  for (int i = 0; i < 9; ++i) x.f()[i] = float(i);
+  for (int i = 0; i < 4; ++i) w.f()[i] = float(i % 2 ? -1 : 2), y.f()[i] = kSentinel;
+  float alpha = 2.f, beta = 0.f;
+  std::vector<float> eager(4);
+  REQUIRE(cudnnConvolutionForward(h, &alpha, xd, x.p, wd, w.p, cd,
+                                  CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, nullptr, 0, &beta, yd,
+                                  y.p) == CUDNN_STATUS_SUCCESS);
+  std::memcpy(eager.data(), y.p, 16);
+  CHECK(eager[0] == 2.f * (2 * 0 - 1 + 2 * 3 - 4));
+  for (int i = 0; i < 4; ++i) y.f()[i] = kSentinel;
+
+  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  REQUIRE(cudnnConvolutionForward(h, &alpha, xd, x.p, wd, w.p, cd,
+                                  CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, nullptr, 0, &beta, yd,
+                                  y.p) == CUDNN_STATUS_SUCCESS);
+  cudaGraph_t g = nullptr;
+  REQUIRE(cudaStreamEndCapture(s, &g) == cudaSuccess);
+  alpha = 1000.f;  // read at the capture
+  // the descriptors were copied at the capture: a stride of 2 now, or x's destruction, changes
+  // nothing in the graph
+  REQUIRE(cudnnSetConvolution2dDescriptor(cd, 0, 0, 2, 2, 1, 1, CUDNN_CROSS_CORRELATION,
+                                          CUDNN_DATA_FLOAT) == CUDNN_STATUS_SUCCESS);
+  CHECK(cudnnDestroyTensorDescriptor(xd) == CUDNN_STATUS_SUCCESS);
+  CHECK(y.f()[0] == kSentinel);
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE(cudaGraphInstantiate(&exec, g, 0) == cudaSuccess);
+
+  // the graph launched inside another capture: recorded as one node, run with the outer graph
+  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
+  CHECK(y.f()[0] == kSentinel);
+  cudaGraph_t outer = nullptr;
+  REQUIRE(cudaStreamEndCapture(s, &outer) == cudaSuccess);
+  cudaGraphExec_t outer_exec = nullptr;
+  REQUIRE(cudaGraphInstantiate(&outer_exec, outer, 0) == cudaSuccess);
+  CHECK(cudaGraphExecDestroy(exec) == cudaSuccess);  // the outer graph keeps what it needs
+  REQUIRE(cudaGraphLaunch(outer_exec, s) == cudaSuccess);
+  CHECK(std::vector<float>(y.f(), y.f() + 4) == eager);
+
+  // cudnnFind* synchronises its stream: refused while it captures
+  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  cudnnConvolutionFwdAlgoPerf_t perf[1];
+  int returned = 0;
+  REQUIRE(cudnnSetConvolution2dDescriptor(cd, 0, 0, 1, 1, 1, 1, CUDNN_CROSS_CORRELATION,
+                                          CUDNN_DATA_FLOAT) == CUDNN_STATUS_SUCCESS);
+  cudnnTensorDescriptor_t xd2 = nullptr;
+  REQUIRE(cudnnCreateTensorDescriptor(&xd2) == CUDNN_STATUS_SUCCESS);
+  REQUIRE(cudnnSetTensor4dDescriptor(xd2, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, 1, 3, 3) ==
+          CUDNN_STATUS_SUCCESS);
+  CHECK(cudnnFindConvolutionForwardAlgorithmEx(h, xd2, x.p, wd, w.p, cd, yd, y.p, 1, &returned,
+                                               perf, nullptr, 0) ==
+        CUDNN_STATUS_EXECUTION_FAILED);
+  CHECK(cudaStreamEndCapture(s, &g) == cudaErrorStreamCaptureInvalidated);
+  cudaGetLastError();
+
+  CHECK(cudaGraphExecDestroy(outer_exec) == cudaSuccess);
+  CHECK(cudaGraphDestroy(outer) == cudaSuccess);
+  cudnnDestroyTensorDescriptor(xd2);
+  cudnnDestroyTensorDescriptor(yd);
+  cudnnDestroyFilterDescriptor(wd);
+  cudnnDestroyConvolutionDescriptor(cd);
+  cudnnDestroy(h);
+  CHECK(cudaStreamDestroy(s) == cudaSuccess);
 }

@@ -1,5 +1,7 @@
 // cublas_v2.h for the CUDA emulator: the part of cuBLAS the engine calls (strided batched GEMM and
-// the handle set-up), computed on the host (cuda_emu_libs.cpp) with cuBLAS's argument checks.
+// the handle set-up), computed on the host (cuda_emu_libs.cpp) with cuBLAS's argument checks. A
+// call on a handle whose stream is capturing is recorded (alpha and beta read at the call, as in
+// host pointer mode); one the capture refuses returns CUBLAS_STATUS_EXECUTION_FAILED.
 #pragma once
 #include "cuda_emu.h"
 
@@ -9,6 +11,7 @@ enum cublasStatus_t {
   CUBLAS_STATUS_SUCCESS = 0,
   CUBLAS_STATUS_NOT_INITIALIZED = 1,
   CUBLAS_STATUS_INVALID_VALUE = 7,
+  CUBLAS_STATUS_EXECUTION_FAILED = 13,
   CUBLAS_STATUS_NOT_SUPPORTED = 15,
 };
 enum cublasOperation_t { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1, CUBLAS_OP_C = 2 };

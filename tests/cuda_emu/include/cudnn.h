@@ -1,7 +1,10 @@
 // cudnn.h for the CUDA emulator: the legacy convolution API the engine calls (descriptors, Find*Ex,
 // forward, backward data, backward filter), computed on the host (im2col and a CPU
 // BLAS dgemm, cuda_emu_libs.cpp), in NCHW and NHWC, with cuDNN's argument checks. Find*Ex writes NaN into its
-// output buffer, as the real one leaves it undefined.
+// output buffer, as the real one leaves it undefined. A convolution on a handle whose stream is
+// capturing is recorded (descriptors and alpha/beta copied at the call); Find*Ex there is refused
+// (it synchronises its stream to time the algorithms): CUDNN_STATUS_EXECUTION_FAILED, as is a call
+// the capture refuses.
 #pragma once
 #include "cuda_emu.h"
 
@@ -14,6 +17,7 @@ enum cudnnStatus_t {
   CUDNN_STATUS_SUCCESS = 0,
   CUDNN_STATUS_NOT_INITIALIZED = 1,
   CUDNN_STATUS_BAD_PARAM = 3,
+  CUDNN_STATUS_EXECUTION_FAILED = 8,
   CUDNN_STATUS_NOT_SUPPORTED = 9,
 };
 enum cudnnDataType_t {

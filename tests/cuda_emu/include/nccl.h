@@ -9,7 +9,9 @@
 // every rank's buffer and sums in rank order (the same result on every rank; BF16 / F16 add in
 // float and round after each addition). Arguments are checked as NCCL documents them: a null
 // communicator, a null buffer with a non-zero count, an unknown type or operation, a root outside
-// the ranks are ncclInvalidArgument.
+// the ranks are ncclInvalidArgument. A collective on a capturing stream is recorded and runs from
+// cudaGraphLaunch (every rank must replay its graph, as on GPUs); one the capture refuses returns
+// ncclUnhandledCudaError.
 #pragma once
 #include <cstddef>
 
