@@ -322,6 +322,7 @@ class Run {
   // for the report
   int64_t first_step_ = 0, skipped_ = 0, overflows_ = 0;
   int64_t comm_bytes_ = 0, comm_calls_ = 0;  // in the loop's collectives (several processes)
+  std::string graph_note_;                   // the last cuda_graph note printed
   double seconds_ = 0;
 };
 
@@ -708,6 +709,10 @@ int Run::loop() {
         lr_at(step_, epoch_steps_total_, warmup_steps_, lr_peak_, cfg_.warmup_multiplier);
     const double m = teacher_momentum_at(step_, epoch_steps_total_, cfg_.teacher_momentum);
     pending.push_back(train_->run(batch, lr, m));
+    if (train_->graph_note() != graph_note_) {  // the CUDA graph's fate, said once
+      graph_note_ = train_->graph_note();
+      std::printf("%s\n", graph_note_.c_str());
+    }
     pending_at.emplace_back(step_, B * comm_.world());
     ++step_;
     // the same steps on every rank: the values are the ranks' mean, so all stop together

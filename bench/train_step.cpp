@@ -1,8 +1,8 @@
 // bench_train_step: images/s of the full SlotCon training step as `slotcon train` runs it
 // (model/train_step.h: teacher EMA, student and teacher forward on both views, fused head loss,
-// backward, LARS, the center update), at the authors' per-GPU scale by default: ResNet-50, 224 px, batch 64, K 256,
-// D 256, H 4096, bf16 activations with fp32 master weights. Data loading is not included (the
-// crops are fixed random tensors already on the device), as in the baseline.
+// backward, LARS, the center update), at the authors' per-GPU scale by default: ResNet-50, 224 px,
+// batch 64, K 256, D 256, H 4096, bf16 activations with fp32 master weights. Data loading is not
+// included (the crops are fixed random tensors already on the device), as in the baseline.
 //
 // The baseline, bench/train_step_torch.py (the same step in PyTorch, channels_last + bf16
 // autocast), runs afterwards in the same invocation with the same settings; the last line is
@@ -15,12 +15,15 @@
 //                         [--dim-out D] [--warmup N] [--steps N] [--precision fp32|bf16]
 //                         [--channels-last on|off] [--no-baseline] [--script PATH]
 //                         [--compact-predictor on|off|both] [--predict h100] [--profile]
+//                         [--cuda-graph on|off]
 // (channels-last: NHWC backbone, on by default on the GPU as `slotcon train`'s auto setting;
 // compact-predictor: the slot predictor on the compacted present rows (on, the default) or on all
 // B*K rows with BatchNorm masks (off); `both` alternates the two step by step in one run, in ABBA
 // order, so that a machine shared with other work slows both alike, and prints each median and
 // their ratio; profile: on the CPU, the timed steps' mean milliseconds in the convolution and
-// batch-norm kernels, per pass, and the rest of the step: nn_ops.h's cpu_nn_op_times)
+// batch-norm kernels, per pass, and the rest of the step: nn_ops.h's cpu_nn_op_times;
+// cuda-graph on: the step captured as a CUDA graph after its warm-up and replayed, as
+// `slotcon train --cuda_graph on`; the timed steps are replays: at least 3 warm-up steps then)
 //
 // --predict h100: instead of timing, trace one step (after the warm-up) and print its predicted
 // time on an H100 SXM by phase (engine/cost_model.h, docs/gpu.md "A predicted step time"). On
@@ -86,6 +89,8 @@ int main(int argc, char** argv) {
     else if (a == "--predict") predict = next();
     else if (a == "--execute") execute = true;
     else if (a == "--profile") profile = true;
+    else if (a == "--cuda-graph")
+      cfg.cuda_graph = next();
     else {
       std::fprintf(stderr, "bench_train_step: unknown option %s (see the file's header)\n",
                    a.c_str());
@@ -115,6 +120,11 @@ int main(int argc, char** argv) {
   }
   cfg.precision = precision;
   cfg.channels_last = nhwc ? "on" : "off";
+  if (cfg.cuda_graph != "on" && cfg.cuda_graph != "off") {
+    std::fprintf(stderr, "bench_train_step: --cuda-graph takes on or off\n");
+    return 2;
+  }
+  if (cfg.cuda_graph == "on") warmup = std::max(warmup, int(TrainStep::kGraphWarmupSteps) + 1);
   const Device dev = gpu ? Device::cuda(0) : Device::cpu();
   const std::string where = gpu ? cuda_device_name(0) : std::string("the CPU");
   if (!gpu)
@@ -233,6 +243,7 @@ int main(int argc, char** argv) {
                 t.conv_backward_weight * k, bn * k, t.batch_norm_forward * k,
                 t.batch_norm_backward * k, total / n - (conv + bn) * k);
   }
+  if (!train.graph_note().empty()) std::printf("%s\n", train.graph_note().c_str());
   std::sort(ms.begin(), ms.end());
   const double med = ms[ms.size() / 2], ips = 1000.0 * double(B) / med;
   std::printf("bench_train_step (engine) on %s: %s, %ldpx, batch %ld, K %ld, D %ld, H %ld, %s%s: "
@@ -240,6 +251,11 @@ int main(int argc, char** argv) {
               where.c_str(), cfg.arch.c_str(), long(S), long(B), long(cfg.num_prototypes),
               long(cfg.dim_out), long(cfg.dim_hidden), precision.c_str(),
               nhwc ? " channels_last" : "", med, ips, steps, ms.front());
+  const bool replayed = train.graph() != nullptr;
+  if (replayed)
+    std::printf(
+        "(the timed steps were CUDA graph replays: one cudaGraphLaunch each, besides the "
+        "stream ops counted below: the inputs' and the record's copies)\n");
 
   if (gpu)  // the timing's own cuda_synchronize is counted among the host synchronisations
     std::printf("per step (counted): %llu kernel launches + %llu library calls + %llu memory ops "
@@ -268,10 +284,10 @@ int main(int argc, char** argv) {
     }
   }
   if (torch_ips && *torch_ips > 0)
-    std::printf("RESULT train_step images_per_s=%.1f torch_images_per_s=%.1f ratio=%.2f (%s)\n",
-                ips, *torch_ips, ips / *torch_ips, where.c_str());
+    std::printf("RESULT train_step images_per_s=%.1f torch_images_per_s=%.1f ratio=%.2f (%s)%s\n",
+                ips, *torch_ips, ips / *torch_ips, where.c_str(), replayed ? " graph" : "");
   else
-    std::printf("RESULT train_step images_per_s=%.1f torch_images_per_s=n/a (%s)\n", ips,
-                where.c_str());
+    std::printf("RESULT train_step images_per_s=%.1f torch_images_per_s=n/a (%s)%s\n", ips,
+                where.c_str(), replayed ? " graph" : "");
   return 0;
 }

@@ -28,6 +28,22 @@ void check_flag(const char* op, const Tensor& flag, const Tensor& like, const ch
            dtype_name(flag.dtype()), " ", shape_str(flag.shape()), " on ", flag.device().str());
 }
 
+// A per-step scalar from device memory (set_lr_source, ema_update's m_src): null when undefined;
+// the value itself where the update runs on the CPU.
+const double* scalar_source(const char* op, const Tensor& src, const Tensor& like,
+                            double* host_value) {
+  if (!src.defined()) return nullptr;
+  SC_CHECK(src.dtype() == DType::F64 && src.numel() == 1 && src.device() == like.device(), op,
+           ": a scalar source must be an F64 tensor of one element on ", like.device().str(),
+           ", got ", dtype_name(src.dtype()), " ", shape_str(src.shape()), " on ",
+           src.device().str());
+  if (src.device().is_cpu()) {
+    *host_value = src.data<double>()[0];
+    return nullptr;
+  }
+  return static_cast<const double*>(src.data_ptr());
+}
+
 // The multi-tensor list of the parameters that have a gradient: a = p, b = g, c = momentum
 // (created as zeros in p's layout on first use, moved into it after a checkpoint load), flag =
 // p is a matrix. `keep` holds the gradient copies the list points into.
@@ -73,13 +89,13 @@ void SGD::step(const Tensor& skip) {
   if (l.size() == 0) return;
   check_flag("SGD", skip, first, "the skip flag");
   const uint8_t* sk = data_or_null<uint8_t>(skip);
+  double lr = opt_.lr;
+  const double* lr_dev = scalar_source("SGD", lr_src_, first, &lr);
   dispatch(
       "SGD", first,
-      [&](auto tv) {
-        multi_sgd_ref<decltype(tv)>(l, opt_.lr, opt_.momentum, opt_.weight_decay, sk);
-      },
+      [&](auto tv) { multi_sgd_ref<decltype(tv)>(l, lr, opt_.momentum, opt_.weight_decay, sk); },
       [&](auto st) {
-        multi_sgd_cuda(first.dtype(), l, opt_.lr, opt_.momentum, opt_.weight_decay, sk, st);
+        multi_sgd_cuda(first.dtype(), l, lr, opt_.momentum, opt_.weight_decay, sk, st, lr_dev);
       });
 }
 
@@ -96,20 +112,23 @@ void LARS::step(const Tensor& skip) {
   if (l.size() == 0) return;
   check_flag("LARS", skip, first, "the skip flag");
   const uint8_t* sk = data_or_null<uint8_t>(skip);
+  double lr = opt_.lr;
+  const double* lr_dev = scalar_source("LARS", lr_src_, first, &lr);
   dispatch(
       "LARS", first,
       [&](auto tv) {
-        multi_lars_ref<decltype(tv)>(l, opt_.lr, opt_.momentum, opt_.weight_decay,
+        multi_lars_ref<decltype(tv)>(l, lr, opt_.momentum, opt_.weight_decay,
                                      opt_.trust_coefficient, sk);
       },
       [&](auto st) {
         Workspace ws(multi_lars_workspace_bytes(l), first);
-        multi_lars_cuda(first.dtype(), l, opt_.lr, opt_.momentum, opt_.weight_decay,
-                        opt_.trust_coefficient, sk, ws.data(), st);
+        multi_lars_cuda(first.dtype(), l, lr, opt_.momentum, opt_.weight_decay,
+                        opt_.trust_coefficient, sk, ws.data(), st, lr_dev);
       });
 }
 
-void ema_update(const std::vector<Tensor>& targets, const std::vector<Tensor>& sources, double m) {
+void ema_update(const std::vector<Tensor>& targets, const std::vector<Tensor>& sources, double m,
+                const Tensor& m_src) {
   NoGradGuard ng;
   SC_CHECK(targets.size() == sources.size(), "ema_update: ", targets.size(), " targets but ",
            sources.size(), " sources");
@@ -130,9 +149,10 @@ void ema_update(const std::vector<Tensor>& targets, const std::vector<Tensor>& s
     l.n.push_back(k.numel());
   }
   if (l.size() == 0) return;
+  const double* m_dev = scalar_source("ema_update", m_src, first, &m);
   dispatch(
       "ema_update", first, [&](auto tv) { multi_ema_ref<decltype(tv)>(l, m); },
-      [&](auto st) { multi_ema_cuda(first.dtype(), l, m, st); });
+      [&](auto st) { multi_ema_cuda(first.dtype(), l, m, st, m_dev); });
 }
 
 void nonfinite_flag(const Tensor& x, const Tensor& found) {

@@ -34,6 +34,10 @@ class SGD {
   void zero_grad();
   void set_lr(double lr) { opt_.lr = lr; }
   double lr() const { return opt_.lr; }
+  // The learning rate read from device memory where the update runs instead of set_lr's value:
+  // a one-element F64 tensor on the parameters' device (a CUDA graph that replays the step reads
+  // the value written before each replay); an undefined tensor goes back to set_lr's.
+  void set_lr_source(Tensor lr) { lr_src_ = std::move(lr); }
   // Momentum buffers (one per parameter, created on the first step), for checkpoints.
   std::vector<Tensor>& state() { return momentum_; }
 
@@ -41,6 +45,7 @@ class SGD {
   std::vector<Tensor> params_;
   std::vector<Tensor> momentum_;
   SGDOptions opt_;
+  Tensor lr_src_;
 };
 
 struct LARSOptions {
@@ -57,17 +62,21 @@ class LARS {
   void zero_grad();
   void set_lr(double lr) { opt_.lr = lr; }
   double lr() const { return opt_.lr; }
+  void set_lr_source(Tensor lr) { lr_src_ = std::move(lr); }  // as SGD's
   std::vector<Tensor>& state() { return momentum_; }
 
  private:
   std::vector<Tensor> params_;
   std::vector<Tensor> momentum_;
   LARSOptions opt_;
+  Tensor lr_src_;
 };
 
 // targets[i] = m * targets[i] + (1 - m) * sources[i] for every pair (the teacher's EMA), in a
-// few launches; pairs of one dtype and device, equal shapes and layouts.
-void ema_update(const std::vector<Tensor>& targets, const std::vector<Tensor>& sources, double m);
+// few launches; pairs of one dtype and device, equal shapes and layouts. m_src: when defined, m
+// is read from it where the update runs (as set_lr_source).
+void ema_update(const std::vector<Tensor>& targets, const std::vector<Tensor>& sources, double m,
+                const Tensor& m_src = Tensor());
 
 // found (U8, one element) = 1 when any element of x (F64, dense) is not finite, else 0; on x's
 // device, without a read-back.

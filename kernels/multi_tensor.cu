@@ -89,9 +89,9 @@ __global__ void lars_norms_kernel(Group<T> g, double wd, double* parts) {
 
 template <class T>
 __global__ void lars_update_kernel(Group<T> g, const double* parts, double lr, double momentum,
-                                   double wd, double trust, const uint8_t* skip) {
+                                   double wd, double trust, const uint8_t* skip,
+                                   const double* lr_dev) {
   __shared__ double red[kThreads / 32 + 1];
-  if (skip && *skip) return;
   const int c = blockIdx.x, t = tensor_of(g, c);
   const bool matrix = g.flag[t] != 0;
   double ratio = 1.0;
@@ -106,12 +106,16 @@ __global__ void lars_update_kernel(Group<T> g, const double* parts, double lr, d
     const double pn = sqrt(sp), gn = sqrt(sg);
     if (pn > 0 && gn > 0) ratio = trust * pn / gn;
   }
+  // The skip flag is read after the norms, so that every launch takes the same barriers whatever
+  // the flag (the CUDA emulator runs a launch site without fibers once its first launch took no
+  // barrier: an fp16 run whose first steps overflow would otherwise meet one later).
+  if (skip && *skip) return;
   const int64_t i0 = int64_t(c - g.chunk0[t]) * kChunkElems;
   const int64_t i1 = chunk_end(g.n[t], i0);
   T* p = g.a[t];
   const T* gr = g.b[t];
   T* v = g.c[t];
-  const T r = T(ratio), w = T(wd), m = T(momentum), a = T(lr);
+  const T r = T(ratio), w = T(wd), m = T(momentum), a = T(lr_dev ? *lr_dev : lr);
   for (int64_t i = i0 + threadIdx.x; i < i1; i += kThreads) {
     const T gi = matrix ? T(gr[i] + w * p[i]) * r : gr[i];
     const T vi = m * v[i] + gi;
@@ -121,8 +125,8 @@ __global__ void lars_update_kernel(Group<T> g, const double* parts, double lr, d
 }
 
 template <class T>
-__global__ void sgd_kernel(Group<T> g, double lr, double momentum, double wd,
-                           const uint8_t* skip) {
+__global__ void sgd_kernel(Group<T> g, double lr, double momentum, double wd, const uint8_t* skip,
+                           const double* lr_dev) {
   if (skip && *skip) return;
   const int c = blockIdx.x, t = tensor_of(g, c);
   const int64_t i0 = int64_t(c - g.chunk0[t]) * kChunkElems;
@@ -130,7 +134,7 @@ __global__ void sgd_kernel(Group<T> g, double lr, double momentum, double wd,
   T* p = g.a[t];
   const T* gr = g.b[t];
   T* v = g.c[t];
-  const T w = T(wd), m = T(momentum), a = T(lr);
+  const T w = T(wd), m = T(momentum), a = T(lr_dev ? *lr_dev : lr);
   for (int64_t i = i0 + threadIdx.x; i < i1; i += kThreads) {
     const T vi = m * v[i] + (gr[i] + w * p[i]);
     v[i] = vi;
@@ -139,7 +143,8 @@ __global__ void sgd_kernel(Group<T> g, double lr, double momentum, double wd,
 }
 
 template <class T>
-__global__ void ema_kernel(Group<T> g, double m) {
+__global__ void ema_kernel(Group<T> g, double m_host, const double* m_dev) {
+  const double m = m_dev ? *m_dev : m_host;
   const int c = blockIdx.x, t = tensor_of(g, c);
   const int64_t i0 = int64_t(c - g.chunk0[t]) * kChunkElems;
   const int64_t i1 = chunk_end(g.n[t], i0);
@@ -232,7 +237,8 @@ void float_or_double(DType dtype, const char* op, F&& f) {
 }  // namespace
 
 void multi_lars_cuda(DType dtype, const TensorList& l, double lr, double momentum, double wd,
-                     double trust, const uint8_t* skip, void* workspace, cudaStream_t stream) {
+                     double trust, const uint8_t* skip, void* workspace, cudaStream_t stream,
+                     const double* lr_dev) {
   if (l.size() == 0) return;
   double* parts = static_cast<double*>(workspace);
   float_or_double(dtype, "multi_lars_cuda", [&](auto tv) {
@@ -241,8 +247,8 @@ void multi_lars_cuda(DType dtype, const TensorList& l, double lr, double momentu
       lars_norms_kernel<T><<<blocks, kThreads, 0, stream>>>(g, wd, parts);
       SC_TRACE_WORK(2 * g.elems() * sizeof(T), 6 * g.elems(), FP64);
       SC_KERNEL_LAUNCHED("lars_norms_kernel");
-      lars_update_kernel<T><<<blocks, kThreads, 0, stream>>>(g, parts, lr, momentum, wd, trust,
-                                                              skip);
+      lars_update_kernel<T>
+          <<<blocks, kThreads, 0, stream>>>(g, parts, lr, momentum, wd, trust, skip, lr_dev);
       SC_TRACE_WORK(5 * g.elems() * sizeof(T), 6 * g.elems(), FP32);
       SC_KERNEL_LAUNCHED("lars_update_kernel");
     });
@@ -250,24 +256,25 @@ void multi_lars_cuda(DType dtype, const TensorList& l, double lr, double momentu
 }
 
 void multi_sgd_cuda(DType dtype, const TensorList& l, double lr, double momentum, double wd,
-                    const uint8_t* skip, cudaStream_t stream) {
+                    const uint8_t* skip, cudaStream_t stream, const double* lr_dev) {
   if (l.size() == 0) return;
   float_or_double(dtype, "multi_sgd_cuda", [&](auto tv) {
     using T = decltype(tv);
     for_each_group<T>(l, 3, "multi_sgd_cuda", [&](const Group<T>& g, int blocks) {
-      sgd_kernel<T><<<blocks, kThreads, 0, stream>>>(g, lr, momentum, wd, skip);
+      sgd_kernel<T><<<blocks, kThreads, 0, stream>>>(g, lr, momentum, wd, skip, lr_dev);
       SC_TRACE_WORK(5 * g.elems() * sizeof(T), 5 * g.elems(), FP32);
       SC_KERNEL_LAUNCHED("sgd_kernel");
     });
   });
 }
 
-void multi_ema_cuda(DType dtype, const TensorList& l, double m, cudaStream_t stream) {
+void multi_ema_cuda(DType dtype, const TensorList& l, double m, cudaStream_t stream,
+                    const double* m_dev) {
   if (l.size() == 0) return;
   float_or_double(dtype, "multi_ema_cuda", [&](auto tv) {
     using T = decltype(tv);
     for_each_group<T>(l, 2, "multi_ema_cuda", [&](const Group<T>& g, int blocks) {
-      ema_kernel<T><<<blocks, kThreads, 0, stream>>>(g, m);
+      ema_kernel<T><<<blocks, kThreads, 0, stream>>>(g, m, m_dev);
       SC_TRACE_WORK(3 * g.elems() * sizeof(T), 3 * g.elems(), FP32);
       SC_KERNEL_LAUNCHED("ema_kernel");
     });

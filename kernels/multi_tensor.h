@@ -20,6 +20,9 @@
 //                  scale *= growth, tracker = 0.
 // skip (multi_lars, multi_sgd): null, or a flag in the tensors' memory; when it is non-zero the
 // update changes nothing (an overflowed or non-finite step, decided on the device).
+// lr_dev / m_dev (CUDA only): null, or the learning rate / EMA momentum as one double in device
+// memory, read by the kernels instead of the lr / m argument: what a CUDA graph replays must not
+// hold per-step values in its kernels' arguments (they are fixed at capture).
 // Types: the CPU reference for T = float / double (the flags and scales in host memory); CUDA for
 // F32 and F64, asynchronous on `stream`, the flags and scales in device memory.
 #pragma once
@@ -61,10 +64,12 @@ void scaler_update_ref(double* state, const uint8_t* found, double growth, doubl
 // needs multi_lars_workspace_bytes(l) bytes of device scratch (the per-chunk partial norms).
 size_t multi_lars_workspace_bytes(const TensorList& l);
 void multi_lars_cuda(DType dtype, const TensorList& l, double lr, double momentum, double wd,
-                     double trust, const uint8_t* skip, void* workspace, cudaStream_t stream);
+                     double trust, const uint8_t* skip, void* workspace, cudaStream_t stream,
+                     const double* lr_dev = nullptr);
 void multi_sgd_cuda(DType dtype, const TensorList& l, double lr, double momentum, double wd,
-                    const uint8_t* skip, cudaStream_t stream);
-void multi_ema_cuda(DType dtype, const TensorList& l, double m, cudaStream_t stream);
+                    const uint8_t* skip, cudaStream_t stream, const double* lr_dev = nullptr);
+void multi_ema_cuda(DType dtype, const TensorList& l, double m, cudaStream_t stream,
+                    const double* m_dev = nullptr);
 void multi_unscale_cuda(DType dtype, const TensorList& l, const double* scale, uint8_t* found,
                         cudaStream_t stream);
 void nonfinite_flag_cuda(int64_t n, const double* x, uint8_t* found, cudaStream_t stream);

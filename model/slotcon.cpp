@@ -80,13 +80,13 @@ std::vector<std::pair<Tensor, Tensor>> SlotConModel::ema_pairs() const {
   return pairs;
 }
 
-void SlotConModel::momentum_update(double m) {
+void SlotConModel::momentum_update(double m, const Tensor& m_src) {
   std::vector<Tensor> ks, qs;
   for (auto& [k, q] : ema_pairs()) {
     ks.push_back(k);
     qs.push_back(q);
   }
-  ema_update(ks, qs, m);  // all pairs in a few launches
+  ema_update(ks, qs, m, m_src);  // all pairs in a few launches
 }
 
 void SlotConModel::sync_teacher() {

@@ -60,7 +60,8 @@ class SlotConModel : public Module {
   // predictor_slot), with their state-dict names.
   NamedTensors student_parameters() const;
   // θ_k ← m θ_k + (1 − m) θ_q for backbone, projector and prototypes (not BN statistics).
-  void momentum_update(double m);
+  // m_src: m from device memory instead (engine/optim.h ema_update).
+  void momentum_update(double m, const Tensor& m_src = Tensor());
   // Copy the student's parameters into the teacher (at initialisation).
   void sync_teacher();
 

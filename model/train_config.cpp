@@ -82,6 +82,9 @@ const std::map<std::string, Field>& fields() {
                      "predictor) on TF32 tensor cores (GPU): "
                      "auto (on in bf16/fp16) | on | off")},
       {"nonfinite", field(&TrainConfig::nonfinite, "stop | skip on a non-finite loss")},
+      {"cuda_graph", field(&TrainConfig::cuda_graph,
+                           "off | on: capture the GPU step once as a CUDA graph and replay it "
+                           "(one process; falls back to the plain step, saying why)")},
       {"bucket_mb", field(&TrainConfig::bucket_mb,
                           "several processes: MB of gradients per "
                           "all-reduce bucket, started during backward")},
@@ -134,6 +137,8 @@ void TrainConfig::validate() const {
            "' (auto, on or off)");
   SC_CHECK(one_of(nonfinite, {"stop", "skip"}), "config key 'nonfinite': unknown '", nonfinite,
            "' (stop or skip)");
+  SC_CHECK(one_of(cuda_graph, {"off", "on"}), "config key 'cuda_graph': unknown '", cuda_graph,
+           "' (off or on)");
   SC_CHECK(bucket_mb > 0 && bucket_mb <= 1e6, "config key 'bucket_mb' must be in (0, 1e6], got ",
            bucket_mb);
   SC_CHECK(one_of(dataset, {"folder", "synthetic"}), "config key 'dataset': unknown '", dataset,

@@ -42,6 +42,7 @@ struct TrainConfig {
                               // the GPU trains in bf16/fp16) | on | off
   std::string nonfinite = "stop";   // stop | skip: what a non-finite loss does
   double bucket_mb = 25;            // data-parallel: MB of gradients per all-reduce bucket
+  std::string cuda_graph = "off";   // off | on: the GPU step captured once as a CUDA graph
                                     // (engine/grad_buckets.h; DDP's default)
   // data
   std::string dataset = "folder";   // folder | synthetic

@@ -46,6 +46,7 @@ TrainOptions resolve_train_options(const TrainConfig& cfg, Device device) {
   o.optimizer = cfg.optimizer == "sgd" ? OptimizerKind::SGD : OptimizerKind::LARS;
   o.nonfinite = cfg.nonfinite == "skip" ? NonFinitePolicy::Skip : NonFinitePolicy::Stop;
   o.bucket_bytes = std::max<int64_t>(1, int64_t(cfg.bucket_mb * double(1 << 20)));
+  o.cuda_graph = cfg.cuda_graph == "on" && device.is_cuda();
   return o;
 }
 
@@ -70,6 +71,23 @@ TrainStep::TrainStep(SlotConModel& model, const TrainOptions& options, const Tra
     for (auto& kv : params_) names.push_back(kv.first);
     buckets_ = std::make_unique<GradientBuckets>(tensors_, names, *comm_, options_.bucket_bytes);
   }
+  if (options_.cuda_graph) {
+    if (comm_) {
+      graph_note_ =
+          "cuda_graph: not with several processes yet (the NCCL watchdog queries events "
+          "the capture would record): the step runs without a graph";
+      options_.cuda_graph = false;
+    } else {
+      // the learning rate and the teacher momentum from device memory, written before each step:
+      // a graph's kernel arguments are fixed at capture
+      scalars_ = zeros({2}, DType::F64, device);
+      lars_ ? lars_->set_lr_source(slice(scalars_, 0, 0, 1))
+            : sgd_->set_lr_source(slice(scalars_, 0, 0, 1));
+      for (BatchNorm* bn : batch_norm_modules(model_))
+        if (bn->num_batches_tracked.device().is_cpu())
+          bn_counters_.push_back(bn->num_batches_tracked);
+    }
+  }
 }
 
 // The mean over ranks of the loss and its parts (the logged values; a non-finite part anywhere
@@ -81,7 +99,81 @@ void TrainStep::average_loss(Tensor& parts) {
 
 std::vector<Tensor>& TrainStep::optimizer_state() { return lars_ ? lars_->state() : sgd_->state(); }
 
+namespace {
+bool same_shapes(const TwoViewBatch& a, const TwoViewBatch& b) {
+  for (int v = 0; v < 2; ++v)
+    if (a.crops[v].shape() != b.crops[v].shape() || a.coords[v].shape() != b.coords[v].shape() ||
+        a.flags[v].shape() != b.flags[v].shape() || a.crops[v].dtype() != b.crops[v].dtype())
+      return false;
+  return true;
+}
+}  // namespace
+
 StepResult TrainStep::run(const TwoViewBatch& batch, double lr, double teacher_momentum) {
+  if (!options_.cuda_graph) return run_step(batch, lr, teacher_momentum);
+  {
+    // this step's learning rate and teacher momentum, where the kernels read them (a 16-byte
+    // host-to-device copy queued before the step's work, outside any graph)
+    NoGradGuard ng;
+    copy_(scalars_, from_vector({lr, teacher_momentum}, {2}, DType::F64));
+  }
+  // Eager steps first (cuDNN's algorithm searches, the optimizer's buffers, the allocator's
+  // cache: what a capture must not do), and whenever the batch does not fit the captured one.
+  if (eager_steps_ < kGraphWarmupSteps || (graph_ && !same_shapes(batch, static_batch_))) {
+    ++eager_steps_;
+    return run_step(batch, lr, teacher_momentum);
+  }
+  if (!graph_) {
+    // the inputs the graph reads: tensors of its own, into which each step's batch is copied
+    for (int v = 0; v < 2; ++v) {
+      NoGradGuard ng;
+      static_batch_.crops[v] = batch.crops[v].clone();
+      static_batch_.coords[v] = batch.coords[v].clone();
+      static_batch_.flags[v] = batch.flags[v].clone();
+    }
+    std::vector<int64_t> before;
+    for (Tensor& c : bn_counters_) before.push_back(c.data<int64_t>()[0]);
+    graph_ = std::make_unique<StepGraph>(scalars_.device());
+    StepResult captured;
+    const bool ok =
+        graph_->capture([&] { captured = run_step(static_batch_, lr, teacher_momentum); });
+    if (!ok) {
+      // nothing captured ran: undo the capture's host-side counts and run the step plainly
+      for (size_t i = 0; i < bn_counters_.size(); ++i)
+        bn_counters_[i].data<int64_t>()[0] = before[i];
+      graph_note_ = "cuda_graph: the step could not be captured (" + graph_->why() +
+                    "): it runs without a graph";
+      graph_.reset();
+      options_.cuda_graph = false;
+      return run_step(batch, lr, teacher_momentum);
+    }
+    // what each replay adds to the host-side BatchNorm counters (the capture added it once, for
+    // the replay below)
+    bn_deltas_.clear();
+    for (size_t i = 0; i < bn_counters_.size(); ++i)
+      bn_deltas_.push_back(bn_counters_[i].data<int64_t>()[0] - before[i]);
+    graph_record_ = captured.record;
+    graph_note_ = "cuda_graph: the step was captured as a CUDA graph and is replayed from now on";
+  } else {
+    NoGradGuard ng;
+    for (int v = 0; v < 2; ++v) {
+      copy_(static_batch_.crops[v], batch.crops[v]);
+      copy_(static_batch_.coords[v], batch.coords[v]);
+      copy_(static_batch_.flags[v], batch.flags[v]);
+    }
+    for (size_t i = 0; i < bn_counters_.size(); ++i)
+      bn_counters_[i].data<int64_t>()[0] += bn_deltas_[i];
+  }
+  graph_->replay();
+  // the outputs: copied out before the next replay overwrites them
+  NoGradGuard ng;
+  StepResult r;
+  r.record = graph_record_.clone();
+  r.loss.parts = slice(r.record, 0, 0, 3);
+  return r;
+}
+
+StepResult TrainStep::run_step(const TwoViewBatch& batch, double lr, double teacher_momentum) {
   // tf32: the head's F32 products on the tensor cores (the slot predictor's GEMMs, forward and
   // backward), as the fused head kernels' own option
   MatmulTF32Scope tf32(options_.tf32);
@@ -89,7 +181,8 @@ StepResult TrainStep::run(const TwoViewBatch& batch, double lr, double teacher_m
   {
     DevicePhase phase("EMA");
     lars_ ? lars_->set_lr(lr) : sgd_->set_lr(lr);
-    model_.momentum_update(teacher_momentum);
+    model_.momentum_update(teacher_momentum,
+                           scalars_.defined() ? slice(scalars_, 0, 1, 2) : Tensor());
   }
   StepResult r;
   r.loss = model_.forward(batch, options_.compute_dtype(), options_.tf32);

@@ -29,6 +29,18 @@
 // equal: in buckets of bucket_mb whose all-reduces start during backward, as soon as their
 // gradients are final (engine/grad_buckets.h; what PyTorch's DistributedDataParallel does). The
 // learning rate is the caller's (from the global batch).
+//
+// CUDA graph (TrainOptions::cuda_graph, config `cuda_graph: on`; one process on a GPU): the first
+// kGraphWarmupSteps steps run plainly (cuDNN's algorithm searches, the optimizer's buffers and the
+// allocator's cache are made there, which a capture must not do); the next one is captured once
+// (engine/step_graph.h) with its inputs in tensors of its own, then every step is a replay: the
+// batch copied into those inputs, the learning rate and teacher momentum written to a device
+// buffer the optimizer and EMA kernels read (set_lr_source: a graph's kernel arguments are fixed
+// at capture), the host-side BatchNorm counters advanced by what the captured step added, and the
+// record copied out after the replay (StepResult::loss.total is then undefined: the step's
+// autograd graph lives in the CUDA graph). A batch of another shape runs plainly. Where the
+// capture fails, graph_note() says why and every step runs plainly; nothing else changes: the
+// replayed steps equal the plain ones bit for bit (tests/gpu/test_train_step.cpp).
 #pragma once
 #include <memory>
 #include <optional>
@@ -36,6 +48,7 @@
 
 #include "engine/grad_buckets.h"
 #include "engine/optim.h"
+#include "engine/step_graph.h"
 #include "model/slotcon.h"
 #include "model/train_config.h"
 
@@ -55,6 +68,7 @@ struct TrainOptions {
   OptimizerKind optimizer = OptimizerKind::LARS;
   NonFinitePolicy nonfinite = NonFinitePolicy::Stop;
   int64_t bucket_bytes = int64_t(25) << 20;  // data-parallel gradient buckets (cfg.bucket_mb)
+  bool cuda_graph = false;                   // cfg.cuda_graph "on" on a CUDA device
 
   DType compute_dtype() const;
   const char* precision_name() const;  // "fp32", "bf16", "fp16", "fp64"
@@ -100,6 +114,11 @@ class TrainStep {
   Communicator* communicator() const { return comm_; }
   // The gradient buckets (null on one process).
   const GradientBuckets* gradient_buckets() const { return buckets_.get(); }
+  // cuda_graph: what became of it (empty until there is something to say: the capture, or why
+  // the step runs without a graph); the graph (null when none).
+  const std::string& graph_note() const { return graph_note_; }
+  const StepGraph* graph() const { return graph_.get(); }
+  static constexpr int64_t kGraphWarmupSteps = 2;
 
  private:
   SlotConModel& model_;
@@ -114,6 +133,17 @@ class TrainStep {
 
   Tensor found_;  // U8 (1) on the device: the step's skip flag (non-finite loss or overflow)
 
+  // cuda_graph
+  Tensor scalars_;                   // F64 (2) on the device: lr, teacher momentum
+  std::vector<Tensor> bn_counters_;  // the host-side BatchNorm counters
+  std::vector<int64_t> bn_deltas_;   // what one step adds to each
+  std::unique_ptr<StepGraph> graph_;
+  TwoViewBatch static_batch_;  // the graph's inputs
+  Tensor graph_record_;        // the graph's output record
+  int64_t eager_steps_ = 0;
+  std::string graph_note_;
+
+  StepResult run_step(const TwoViewBatch& batch, double lr, double teacher_momentum);
   void average_loss(Tensor& parts);
 };
 

@@ -8,6 +8,8 @@
 #                whole training step); here they must pass, not skip
 #   bench_kernels  bench_slotcon_kernels: the five fused head kernels vs their unfused paths
 #   bench_train  bench_train_step: the full step vs the PyTorch step (bench/train_step_torch.py)
+#   bench_graph  bench_train_step --cuda-graph on --no-baseline: the same step replayed as a CUDA
+#                graph (model/train_step.h; compare its ms/step with bench_train's)
 #   compare      scripts/compare_torch_step.sh on the GPU: 3 fp32 steps vs float64 PyTorch, 3 seeds
 #   memcheck, racecheck   compute-sanitizer over test_gpu (without the whole-model [train] cases)
 #   benches      the other bench_* binaries (resnet50 with its PyTorch baseline, conv, engine_ops,
@@ -19,7 +21,7 @@
 # output, appended as it ends).
 #
 # Usage: scripts/gpu_check.sh [build-dir]
-# env:   BUDGET=540  STAGES="tests bench_kernels bench_train compare memcheck racecheck benches"
+# env:   BUDGET=540  STAGES="tests bench_kernels bench_train bench_graph compare memcheck racecheck benches"
 #        SANITIZE=1 (0: leave out memcheck/racecheck)  ARCH=90  KIT=.devkit/slotcon-devkit.tar.xz
 #        PREBUILT=auto (0: always build)  BIN=<dir> (use the binaries there, e.g. an emulator build)
 #        REQUIRE_GPU=1 (0: go on without nvidia-smi, to try the script itself on the emulator)
@@ -29,7 +31,7 @@ cd "$root"
 build="${1:-$root/build-gpu}"
 arch="${ARCH:-90}"
 budget="${BUDGET:-540}"
-stages="${STAGES:-tests bench_kernels bench_train compare memcheck racecheck benches}"
+stages="${STAGES:-tests bench_kernels bench_train bench_graph compare memcheck racecheck benches}"
 [ "${SANITIZE:-1}" = "0" ] && stages="$(echo " $stages " | sed 's/ memcheck / /; s/ racecheck / /')"
 kit_tar="${KIT:-$root/.devkit/slotcon-devkit.tar.xz}"
 out="${OUT:-$build/gpu_check}"
@@ -196,6 +198,10 @@ for s in $stages; do
       stage bench_train 180 "$bin/bench/bench_train_step"; rc=$?
       [ "$rc" -eq 99 ] && continue
       row bench_train "$(result $rc)" "$STAGE_SECONDS" "$(results_of "$work/bench_train.log")" ;;
+    bench_graph)
+      stage bench_graph 120 "$bin/bench/bench_train_step" --cuda-graph on --no-baseline; rc=$?
+      [ "$rc" -eq 99 ] && continue
+      row bench_graph "$(result $rc)" "$STAGE_SECONDS" "$(results_of "$work/bench_graph.log")" ;;
     compare)
       stage compare 180 env DEVICE=cuda STEPS=3 "$root/scripts/compare_torch_step.sh" "$bin"; rc=$?
       [ "$rc" -eq 99 ] && continue

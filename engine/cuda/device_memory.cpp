@@ -18,8 +18,10 @@
 // device copy may still be reading them). A cached buffer serves requests from half its size up.
 #include "engine/cuda/device_memory.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <unordered_map>
@@ -55,11 +57,14 @@ std::string bytes_str(size_t b) {
   return buf;
 }
 
+struct DevicePool;
+
 struct Block {
   char* ptr = nullptr;
   size_t size = 0;
   bool small = false;
   bool allocated = false;
+  DevicePool* owner = nullptr;  // the pool whose free lists the block returns to
   Block* prev = nullptr;  // neighbours inside the same segment
   Block* next = nullptr;
 };
@@ -70,10 +75,14 @@ struct BySizeThenAddress {
   }
 };
 
+// Per device: the shared pool (its `live` map holds every live block of the device, the private
+// pools' too, and its stats count them all), and private pools (graph capture) with only their
+// free lists.
 struct DevicePool {
   std::set<Block*, BySizeThenAddress> free_small, free_large;
   std::unordered_map<void*, Block*> live;
   AllocatorStats stats;
+  int id = 0;  // 0: the shared pool
   std::set<Block*, BySizeThenAddress>& pool(bool small) { return small ? free_small : free_large; }
 };
 
@@ -87,7 +96,8 @@ class DeviceAllocator {
     const bool small = size <= kSmallLimit;
     std::lock_guard<std::mutex> lock(mu_);
     DevicePool& p = pools_[device];
-    auto& pool = p.pool(small);
+    DevicePool& owner = active_[device] ? *active_[device] : p;
+    auto& pool = owner.pool(small);
     Block key;
     key.size = size;
     Block* b = nullptr;
@@ -104,6 +114,7 @@ class DeviceAllocator {
       b->ptr = ptr;
       b->size = seg;
       b->small = small;
+      b->owner = &owner;
     }
     // Split off the tail when it is worth keeping.
     const size_t rest = b->size - size;
@@ -112,6 +123,7 @@ class DeviceAllocator {
       t->ptr = b->ptr + size;
       t->size = rest;
       t->small = small;
+      t->owner = &owner;
       t->prev = b;
       t->next = b->next;
       if (b->next) b->next->prev = t;
@@ -142,7 +154,7 @@ class DeviceAllocator {
     p.live.erase(it);
     b->allocated = false;
     p.stats.allocated_bytes -= b->size;
-    auto& pool = p.pool(b->small);
+    auto& pool = b->owner->pool(b->small);  // the blocks of a segment share their owner
     if (b->prev && !b->prev->allocated) {  // merge into the previous block
       Block* a = b->prev;
       pool.erase(a);
@@ -166,6 +178,39 @@ class DeviceAllocator {
   void empty_cache() {
     std::lock_guard<std::mutex> lock(mu_);
     for (int d = 0; d < kMaxDevices; ++d) release_cached(d);
+  }
+
+  int begin_private(int device) {
+    std::lock_guard<std::mutex> lock(mu_);
+    SC_CHECK(!active_[device],
+             "begin_private_pool: a private pool is already active on cuda:", device);
+    auto q = std::make_unique<DevicePool>();
+    q->id = ++last_private_id_;
+    active_[device] = q.get();
+    private_[device].push_back(std::move(q));
+    return active_[device]->id;
+  }
+  void end_private(int device) {
+    std::lock_guard<std::mutex> lock(mu_);
+    active_[device] = nullptr;
+  }
+  // Every block of pool `id` (free or live) to the shared pool; the pool is gone.
+  void release_private(int device, int id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& v = private_[device];
+    auto it = std::find_if(v.begin(), v.end(), [&](const auto& q) { return q->id == id; });
+    if (it == v.end()) return;
+    DevicePool* q = it->get();
+    if (active_[device] == q) active_[device] = nullptr;
+    DevicePool& p = pools_[device];
+    for (auto& kv : p.live)
+      if (kv.second->owner == q) kv.second->owner = &p;
+    for (bool small : {true, false})
+      for (Block* b : q->pool(small)) {
+        b->owner = &p;
+        p.pool(small).insert(b);
+      }
+    v.erase(it);
   }
 
   AllocatorStats stats(int device) {
@@ -232,6 +277,9 @@ class DeviceAllocator {
 
   std::mutex mu_;
   DevicePool pools_[kMaxDevices];
+  DevicePool* active_[kMaxDevices] = {};
+  std::vector<std::unique_ptr<DevicePool>> private_[kMaxDevices];
+  int last_private_id_ = 0;
 };
 
 class PinnedAllocator {
@@ -396,6 +444,17 @@ AllocatorStats pinned_stats() { return pinned_allocator().stats(); }
 void empty_cache() {
   device_allocator().empty_cache();
   pinned_allocator().empty_cache();
+}
+
+int begin_private_pool(int device) {
+  SC_CHECK(device >= 0 && device < kMaxDevices, "begin_private_pool: no device ", device);
+  return device_allocator().begin_private(device);
+}
+void end_private_pool(int device) {
+  if (device >= 0 && device < kMaxDevices) device_allocator().end_private(device);
+}
+void release_private_pool(int device, int id) {
+  if (device >= 0 && device < kMaxDevices) device_allocator().release_private(device, id);
 }
 
 void memset_async(void* ptr, int value, size_t n, int device) {

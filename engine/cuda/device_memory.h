@@ -26,5 +26,16 @@ void empty_cache();
 // Fill n bytes at ptr with `value` on the engine stream of `device` (used for poisoning).
 void memset_async(void* ptr, int value, size_t n, int device);
 
+// Private pools, for CUDA graph capture (engine/step_graph.h). While a pool is active on `device`
+// (begin_private_pool .. end_private_pool), every device_alloc there takes its block from the
+// pool's own segments, and a block the pool handed out returns to the pool when freed, also after
+// end_private_pool, never to the shared cache: a captured graph replays into the same addresses,
+// so nothing else may be given them. release_private_pool hands the pool's blocks, free and live,
+// to the shared cache: call it once no graph that used the pool can run again. One pool active per
+// device at a time; the engine issues its GPU work from one thread.
+int begin_private_pool(int device);
+void end_private_pool(int device);
+void release_private_pool(int device, int id);
+
 }  // namespace cuda
 }  // namespace sc

@@ -4,6 +4,7 @@
 #include "engine/cuda/device_memory.h"
 #include "engine/cuda_runtime.h"
 #include "engine/dispatch.h"
+#include "engine/step_graph.h"
 
 namespace sc {
 
@@ -22,6 +23,9 @@ AllocatorStats device_stats(int) { return {}; }
 AllocatorStats pinned_stats() { return {}; }
 void empty_cache() {}
 void memset_async(void*, int, size_t, int) { no_cuda("memset_async"); }
+int begin_private_pool(int) { no_cuda("begin_private_pool"); }
+void end_private_pool(int) {}
+void release_private_pool(int, int) {}
 
 void copy(const Tensor&, const Tensor&) { no_cuda("copy"); }
 void fill(const Tensor&, double) { no_cuda("fill"); }
@@ -61,4 +65,15 @@ std::shared_ptr<UploadSlots> make_upload_slots(int, int) { no_cuda("Uploader"); 
 Tensor upload_into_slot(UploadSlots&, const Tensor&, int) { no_cuda("Uploader"); }
 void upload_consumed(UploadSlots&, int) { no_cuda("Uploader"); }
 }  // namespace cuda
+
+struct StepGraph::Impl {};
+StepGraph::StepGraph(Device device) : device_(device) {}
+StepGraph::~StepGraph() = default;
+bool StepGraph::captured() const { return false; }
+bool StepGraph::capture(const std::function<void()>&) {
+  why_ = "this build has no CUDA backend";
+  return false;
+}
+void StepGraph::replay() { no_cuda("StepGraph::replay"); }
+
 }  // namespace sc

@@ -171,3 +171,40 @@ TEST_CASE("emulated GPUs: mpirun -np 2 slotcon train on cuda (NCCL) equals 2 pro
   CHECK(st.worst <= 0.25);
   fs::remove_all(d);
 }
+
+// cuda_graph on: slotcon train captures its step as a CUDA graph after two plain steps and
+// replays it, with checkpoints, grouping scores and slot pictures (plain work on the same stream)
+// between the replays; in bf16 and in fp16 (the loss scale lives in the graph) the run ends where
+// the plain run ends, bit for bit (model/train_step.h; the step's own test is
+// tests/gpu/test_train_step.cpp).
+TEST_CASE("emulated GPU: slotcon train --cuda_graph on ends bit for bit where the plain run does",
+          "[cuda_emu][app][graph]") {
+  const fs::path dir = fs::path(SLOTCON_BINARY_DIR) / "test_tmp" / "cuda_emu_graph";
+  fs::remove_all(dir);
+  for (const char* precision : {"bf16", "fp16"}) {
+    INFO(precision);
+    const std::string p = std::string("--precision ") + precision + " --epochs 3 --no-auto-resume ";
+    const app_test::Run plain = app_test::run(tiny_run(dir / precision / "plain", 5, p));
+    INFO(plain.out);
+    REQUIRE(plain.code() == 0);
+    const app_test::Run graph =
+        app_test::run(tiny_run(dir / precision / "graph", 5, p + "--cuda_graph on"));
+    INFO(graph.out);
+    REQUIRE(graph.code() == 0);
+    CHECK_THAT(graph.out, Catch::Contains("cuda_graph: the step was captured as a CUDA graph") &&
+                              Catch::Contains("done: 5 steps"));
+    const sc::TensorMap a =
+        sc::read_safetensors((dir / precision / "plain" / "final.safetensors").string()).tensors;
+    const sc::TensorMap b =
+        sc::read_safetensors((dir / precision / "graph" / "final.safetensors").string()).tensors;
+    REQUIRE(a.size() == b.size());
+    size_t differ = 0;
+    for (const auto& kv : a) {
+      INFO(kv.first);
+      REQUIRE(b.count(kv.first));
+      if (kv.second.to_vector() != b.at(kv.first).to_vector()) ++differ;
+    }
+    CHECK(differ == 0);
+  }
+  fs::remove_all(dir);
+}
