@@ -213,8 +213,17 @@ std::string detect_launcher() {
   }
   // Open MPI's mpirun / mpiexec; srun with PMIx or PMI-2 (Slurm's MPI plugins). SLURM_NTASKS
   // alone is not used: it is also set in the batch script itself, outside any srun step.
-  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE"})
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"})
     if (std::getenv(var)) return "mpi";
+  // srun without an MPI plugin (--mpi=none, or a cluster whose default is none) starts N tasks
+  // that see none of the above: each would train alone, on the same data, into the same
+  // output_dir. SLURM_STEP_NUM_TASKS is set inside an srun step only, not in the batch script.
+  if (const char* n = std::getenv("SLURM_STEP_NUM_TASKS"); n && std::atoi(n) > 1)
+    throw Error(str_cat("slotcon was started by srun as one of ", n,
+                        " tasks without an MPI plugin (no PMIX_RANK, PMI_RANK or PMI_SIZE), so "
+                        "each task would train alone: use srun --mpi=pmix "
+                        "(scripts/slurm_train.sbatch does), or set SLOTCON_DIST=single to run "
+                        "independent single-process trainings on purpose"));
   return "single";
 }
 

@@ -139,8 +139,10 @@ class Communicator {
 std::unique_ptr<Communicator> make_single_communicator();
 
 // How the process was started: "mpi" when an MPI launcher started it (mpirun / mpiexec of Open
-// MPI: OMPI_COMM_WORLD_SIZE; srun with PMIx or PMI-2: PMIX_RANK / PMI_SIZE), else "single".
-// SLOTCON_DIST=single forces world 1 under a launcher; SLOTCON_DIST=mpi requires MPI.
+// MPI: OMPI_COMM_WORLD_SIZE; srun with PMIx or PMI-2: PMIX_RANK / PMI_RANK / PMI_SIZE), else
+// "single". An sc::Error for one of several srun tasks without an MPI plugin
+// (SLURM_STEP_NUM_TASKS > 1 and none of those): each would train alone. SLOTCON_DIST=single
+// forces world 1 (also there); SLOTCON_DIST=mpi requires MPI.
 std::string detect_launcher();
 // The communicator for this process: MPI (MPI_Init_thread, funneled) when detect_launcher() says
 // "mpi" (an sc::Error when this build has no MPI), else the single one. Call once per process.

@@ -3,7 +3,10 @@
 // stops answering (or aborts) ends the others with an sc::Error within the timeout.
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdlib>
 #include <exception>
+#include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -306,4 +309,65 @@ TEST_CASE("comm: gradient buckets name a parameter that has no gradient", "[comm
   }
   REQUIRE_THROWS_WITH(buckets.finish(),
                       Catch::Contains("head.unused") && Catch::Contains("no gradient"));
+}
+
+namespace {
+// Sets (or, with nullptr, unsets) environment variables for its life, then restores them.
+struct EnvScope {
+  std::vector<std::pair<std::string, std::optional<std::string>>> saved;
+  explicit EnvScope(std::vector<std::pair<const char*, const char*>> vars) {
+    for (auto& [name, value] : vars) {
+      const char* old = std::getenv(name);
+      saved.emplace_back(name, old ? std::optional<std::string>(old) : std::nullopt);
+      value ? setenv(name, value, 1) : unsetenv(name);
+    }
+  }
+  ~EnvScope() {
+    for (auto& [name, value] : saved)
+      value ? setenv(name.c_str(), value->c_str(), 1) : unsetenv(name.c_str());
+  }
+};
+const char* const kLaunchVars[] = {"SLOTCON_DIST", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK",
+                                   "PMI_SIZE",     "SLURM_STEP_NUM_TASKS"};
+std::vector<std::pair<const char*, const char*>> launch_env(
+    std::vector<std::pair<const char*, const char*>> set) {
+  std::vector<std::pair<const char*, const char*>> all;
+  for (const char* v : kLaunchVars) all.emplace_back(v, nullptr);
+  for (auto& s : set)
+    for (auto& a : all)
+      if (std::string(a.first) == s.first) a.second = s.second;
+  return all;
+}
+}  // namespace
+
+// detect_launcher: which launcher started this process, from its environment (engine/comm.h).
+TEST_CASE("comm: the launcher is read from the environment, and srun without MPI is refused",
+          "[comm]") {
+  {
+    EnvScope e(launch_env({}));
+    CHECK(detect_launcher() == "single");
+  }
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"}) {
+    INFO(var);
+    EnvScope e(launch_env({{var, "2"}, {"SLURM_STEP_NUM_TASKS", "2"}}));
+    CHECK(detect_launcher() == "mpi");
+  }
+  {
+    // one srun task, or the batch script itself (no step variable): one process
+    EnvScope e(launch_env({{"SLURM_STEP_NUM_TASKS", "1"}}));
+    CHECK(detect_launcher() == "single");
+  }
+  {
+    EnvScope e(launch_env({{"SLURM_STEP_NUM_TASKS", "4"}}));
+    CHECK_THROWS_WITH(detect_launcher(), Catch::Contains("one of 4 tasks without an MPI plugin") &&
+                                             Catch::Contains("--mpi=pmix"));
+  }
+  {
+    EnvScope e(launch_env({{"SLURM_STEP_NUM_TASKS", "4"}, {"SLOTCON_DIST", "single"}}));
+    CHECK(detect_launcher() == "single");  // on purpose
+  }
+  {
+    EnvScope e(launch_env({{"SLOTCON_DIST", "nccl"}}));
+    CHECK_THROWS_WITH(detect_launcher(), Catch::Contains("SLOTCON_DIST must be"));
+  }
 }
