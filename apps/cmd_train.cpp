@@ -474,6 +474,11 @@ void Run::setup_data() {
     lc.synthetic_seed = cfg_.seed;
     lc.image_size = int(cfg_.image_size);
     lc.min_scale = cfg_.min_scale;
+    // color_aug scales the colour changes that can move a pixel across the synthetic scenes'
+    // colour classes (hue, saturation, grayscale); 1 keeps the authors' values exactly
+    lc.augment.hue *= cfg_.color_aug;
+    lc.augment.saturation *= cfg_.color_aug;
+    lc.augment.grayscale_p *= cfg_.color_aug;
     lc.batch_size = int(cfg_.batch_size);
     lc.num_workers = int(cfg_.num_workers);
     lc.seed = cfg_.seed;

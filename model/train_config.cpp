@@ -93,6 +93,9 @@ const std::map<std::string, Field>& fields() {
       {"synthetic_images", field(&TrainConfig::synthetic_images, "synthetic scene count")},
       {"image_size", field(&TrainConfig::image_size, "crop size S")},
       {"min_scale", field(&TrainConfig::min_scale, "random-resized-crop minimum scale")},
+      {"color_aug", field(&TrainConfig::color_aug,
+                          "hue/saturation jitter and grayscale probability, times the authors' "
+                          "(1: hue 0.1, saturation 0.2, grayscale p 0.2; 0: colours kept)")},
       {"num_workers", field(&TrainConfig::num_workers, "loader threads")},
       {"device", field(&TrainConfig::device, "auto | cpu | cuda")},
       {"seed", field(&TrainConfig::seed, "random seed")},
@@ -159,6 +162,8 @@ void TrainConfig::validate() const {
            "config key 'slot_images' must be in [0, 1024]");
   SC_CHECK(score_size == 0 || score_size >= 32, "config key 'score_size' must be 0 or at least 32");
   SC_CHECK(min_scale > 0 && min_scale <= 1, "config key 'min_scale' must be in (0, 1]");
+  SC_CHECK(color_aug >= 0 && color_aug <= 1, "config key 'color_aug' must be in [0, 1], got ",
+           color_aug);
   SC_CHECK(teacher_temp > 0 && student_temp > 0 && contrast_temp > 0,
            "config: temperatures must be positive");
   SC_CHECK(teacher_momentum >= 0 && teacher_momentum <= 1, "config key 'teacher_momentum' must be "

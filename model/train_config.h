@@ -50,6 +50,8 @@ struct TrainConfig {
   int64_t synthetic_images = 2048;  // size of the synthetic scene set
   int64_t image_size = 224;
   double min_scale = 0.08;
+  double color_aug = 1.0;  // hue and saturation jitter and grayscale probability, x the authors'
+                           // (1: hue 0.1, saturation 0.2, grayscale p 0.2; 0: colours kept)
   int64_t num_workers = 8;
   // run
   std::string device = "auto";      // auto | cpu | cuda

@@ -177,6 +177,36 @@ TEST_CASE("train: --save-batch records the batch trained on, in the --batch-file
   CHECK(rr.code() == 0);
 }
 
+TEST_CASE("train: color_aug reaches the loader's colour augmentation") {
+  // The batch trained on with --color_aug 0.5 is the loader's first batch with hue, saturation
+  // and grayscale probability halved (and not the authors' batch).
+  std::string d = dir("train_color_aug");
+  Run r = run(kTiny + "--steps 1 --no-auto-resume --color_aug 0.5 --output_dir " + d +
+              " --save-batch " + d + "/batch.safetensors");
+  INFO(r.out);
+  REQUIRE(r.code() == 0);
+  SafetensorsFile f = read_safetensors(d + "/batch.safetensors");
+  data::LoaderConfig lc;
+  lc.synthetic = true;
+  lc.synthetic_count = 8;
+  lc.image_size = 64;
+  lc.batch_size = 4;
+  lc.num_workers = 1;
+  lc.augment.hue *= 0.5;
+  lc.augment.saturation *= 0.5;
+  lc.augment.grayscale_p *= 0.5;
+  data::DataLoader loader(lc);
+  data::Batch half = loader.next_batch();
+  data::Batch full = first_batch(4, 1);
+  double differs = 0;
+  for (int v = 0; v < 2; ++v) {
+    const Tensor& got = f.tensors.at("crops." + std::to_string(v));
+    CHECK(compare(got, half.crops[v], 0, 0).max_abs == 0);
+    differs += compare(got, full.crops[v], 0, 0).max_abs;
+  }
+  CHECK(differs > 0);
+}
+
 TEST_CASE("train: the grouping score at the start and the end, --steps 0 only scores") {
   std::string d = dir("train_score");
   Run r = run(kTiny +

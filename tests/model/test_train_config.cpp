@@ -27,6 +27,7 @@ TEST_CASE("config: defaults follow the authors' settings") {
   CHECK(c.weight_decay == 1e-5);
   CHECK(c.warmup_epoch == 5);
   CHECK(c.min_scale == 0.08);
+  CHECK(c.color_aug == 1.0);
 }
 
 TEST_CASE("config: shipped configs parse and validate") {
@@ -66,6 +67,10 @@ TEST_CASE("config: errors name the key") {
   CHECK_THROWS_WITH(apply_overrides(c, {"--batch-size", "abc"}), Catch::Contains("integer"));
   CHECK_THROWS_WITH(apply_overrides(c, {"--epochs"}), Catch::Contains("needs a value"));
   TrainConfig bad;
+  bad.data_dir = "x";
+  bad.color_aug = 1.5;
+  CHECK_THROWS_WITH(bad.validate(), Catch::Contains("color_aug"));
+  bad = TrainConfig();
   bad.arch = "vgg";
   CHECK_THROWS_WITH(bad.validate(), Catch::Contains("arch"));
   bad = TrainConfig();
