@@ -145,6 +145,10 @@ StepResult TrainStep::run(const TwoViewBatch& batch, double lr, double teacher_m
                     "): it runs without a graph";
       graph_.reset();
       options_.cuda_graph = false;
+      // plain steps from now on take the learning rate and teacher momentum from the host again
+      // (run() no longer writes the device buffer the kernels would otherwise read, stale)
+      lars_ ? lars_->set_lr_source(Tensor()) : sgd_->set_lr_source(Tensor());
+      scalars_ = Tensor();
       return run_step(batch, lr, teacher_momentum);
     }
     // what each replay adds to the host-side BatchNorm counters (the capture added it once, for
