@@ -23,14 +23,19 @@ inline std::string find_script(const std::string& rel, const std::string& given 
   return "";
 }
 
-// Runs `python3 <script> <args>`, echoing its output; returns its images/s when it printed one.
+// Runs `$PYTHON <script> <args>` (PYTHON defaults to python3, as for
+// scripts/compare_torch_step.sh: e.g. PYTHON=/usr/bin/python3 for Debian's python3-torch when
+// another python3 comes first on the PATH), echoing its output; returns its images/s when it
+// printed one.
 inline std::optional<double> run_baseline(const std::string& script, const std::string& args) {
-  const std::string cmd = "python3 " + script + " " + args + " 2>&1";
+  const char* py = std::getenv("PYTHON");
+  const std::string cmd =
+      std::string(py && *py ? py : "python3") + " " + script + " " + args + " 2>&1";
   std::printf("baseline: %s\n", cmd.c_str());
   std::fflush(stdout);
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) {
-    std::printf("baseline: could not start python3\n");
+    std::printf("baseline: could not start %s\n", cmd.c_str());
     return std::nullopt;
   }
   std::optional<double> ips;

@@ -29,6 +29,8 @@
 // time on an H100 SXM by phase (engine/cost_model.h, docs/gpu.md "A predicted step time"). On
 // the CUDA emulator's build the steps run as a dry run (counted and checked, not computed), so
 // the authors' shape takes seconds; --execute runs them in full.
+#include "model/train_step.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -42,8 +44,8 @@
 #include "engine/cuda_runtime.h"
 #include "engine/nn_ops.h"
 #include "engine/ops.h"
+#include "kernels/parallel.h"
 #include "model/slotcon.h"
-#include "model/train_step.h"
 #if defined(SLOTCON_CUDA_EMU)
 #include "cuda_emu_control.h"
 #endif
@@ -235,13 +237,18 @@ int main(int argc, char** argv) {
     const double n = double(ms.size() + ms_masked.size()), k = 1000.0 / n;
     const double conv = t.conv_forward + t.conv_backward_data + t.conv_backward_weight;
     const double bn = t.batch_norm_forward + t.batch_norm_backward;
-    std::printf("profile (mean of %d steps, ms/step; CPU convolutions: %s): step %.1f = conv "
-                "%.1f (forward %.1f, backward-data %.1f, backward-weight %.1f) + batch norm %.1f "
-                "(forward %.1f, backward %.1f) + rest %.1f\n",
-                int(n), cpu_conv_impl() == CpuConvImpl::OneDnn ? "oneDNN" : "im2col + BLAS",
-                total / n, conv * k, t.conv_forward * k, t.conv_backward_data * k,
-                t.conv_backward_weight * k, bn * k, t.batch_norm_forward * k,
-                t.batch_norm_backward * k, total / n - (conv + bn) * k);
+    const CpuConvImpl ci = cpu_conv_impl();
+    std::printf(
+        "profile (mean of %d steps, ms/step; CPU convolutions: %s, batch norm: %s): step "
+        "%.1f = conv %.1f (forward %.1f, backward-data %.1f, backward-weight %.1f) + "
+        "batch norm %.1f (forward %.1f, backward %.1f) + rest %.1f\n",
+        int(n),
+        ci == CpuConvImpl::OneDnn         ? "oneDNN, Winograd where eligible"
+        : ci == CpuConvImpl::OneDnnDirect ? "oneDNN direct"
+                                          : "im2col + BLAS",
+        cpu_bn_impl() == CpuBnImpl::Fast ? "vectorised" : "reference", total / n, conv * k,
+        t.conv_forward * k, t.conv_backward_data * k, t.conv_backward_weight * k, bn * k,
+        t.batch_norm_forward * k, t.batch_norm_backward * k, total / n - (conv + bn) * k);
   }
   if (!train.graph_note().empty()) std::printf("%s\n", train.graph_note().c_str());
   std::sort(ms.begin(), ms.end());
@@ -276,10 +283,11 @@ int main(int argc, char** argv) {
       char args[512];
       std::snprintf(args, sizeof args,
                     "bench --device %s --arch %s --size %ld --batch %ld --K %ld --dim-hidden %ld "
-                    "--dim-out %ld --dtype %s --warmup %d --iters %d%s",
+                    "--dim-out %ld --dtype %s --warmup %d --iters %d%s --threads %d",
                     gpu ? "cuda" : "cpu", cfg.arch.c_str(), long(S), long(B),
                     long(cfg.num_prototypes), long(cfg.dim_hidden), long(cfg.dim_out),
-                    precision.c_str(), warmup, steps, nhwc ? "" : " --no-channels-last");
+                    precision.c_str(), warmup, steps, nhwc ? "" : " --no-channels-last",
+                    gpu ? 0 : cpu_threads());
       torch_ips = bench::run_baseline(path, args);
     }
   }

@@ -602,6 +602,8 @@ def cmd_checksum(a):
 
 def cmd_bench(a):
     dev = a.device
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
     if dev == "cuda" and not torch.cuda.is_available():
         print("train_step_torch: no CUDA device present, nothing to measure")
         return 0
@@ -640,7 +642,8 @@ def cmd_bench(a):
     med = statistics.median(times)
     name = torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"
     print(f"train_step_torch (PyTorch {torch.__version__}) on {name}: {a.arch}, {a.size}px, "
-          f"batch {a.batch}, K {a.K}, {a.dtype}{' channels_last' if a.channels_last else ''}: "
+          f"batch {a.batch}, K {a.K}, {a.dtype}{' channels_last' if a.channels_last else ''}"
+          f"{'' if dev == 'cuda' else f', {torch.get_num_threads()} threads'}: "
           f"{med * 1e3:.1f} ms/step (median of {a.iters}, min {min(times) * 1e3:.1f})")
     print(f"RESULT train_step_torch images_per_s={a.batch / med:.1f} ms_per_step={med * 1e3:.2f}")
     return 0
@@ -661,6 +664,9 @@ def main():
     b.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     b.add_argument("--warmup", type=int, default=5)
     b.add_argument("--iters", type=int, default=20)
+    b.add_argument("--threads", type=int, default=0,
+                   help="intra-op CPU threads (0: PyTorch's default; the engine's bench passes "
+                        "its own count, so that both run on the same cores)")
     i = sub.add_parser("init", help="write a fresh model state with the reference names")
     i.add_argument("--config-from", required=True, help="an engine checkpoint (its config)")
     i.add_argument("--seed", type=int, default=0)

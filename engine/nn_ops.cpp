@@ -75,10 +75,12 @@ constexpr bool kDnnlBuilt = true;
 constexpr bool kDnnlBuilt = false;
 #endif
 
-// SLOTCON_CPU_CONV=ref forces the reference; unset or anything else: oneDNN when built.
+// SLOTCON_CPU_CONV=ref forces the reference, =direct oneDNN without Winograd; unset or anything
+// else: oneDNN when built.
 CpuConvImpl initial_cpu_conv_impl() {
   const char* e = std::getenv("SLOTCON_CPU_CONV");
   if (!kDnnlBuilt || (e && std::strcmp(e, "ref") == 0)) return CpuConvImpl::Reference;
+  if (e && std::strcmp(e, "direct") == 0) return CpuConvImpl::OneDnnDirect;
   return CpuConvImpl::OneDnn;
 }
 std::atomic<CpuConvImpl> g_cpu_conv{initial_cpu_conv_impl()};
@@ -86,7 +88,20 @@ std::atomic<CpuConvImpl> g_cpu_conv{initial_cpu_conv_impl()};
 // Whether a CPU convolution in T takes the oneDNN path (float only).
 template <class T>
 bool use_dnnl() {
-  return kDnnlBuilt && std::is_same<T, float>::value && g_cpu_conv.load() == CpuConvImpl::OneDnn;
+  return kDnnlBuilt && std::is_same<T, float>::value && g_cpu_conv.load() != CpuConvImpl::Reference;
+}
+bool dnnl_winograd() { return g_cpu_conv.load() == CpuConvImpl::OneDnn; }
+
+// SLOTCON_CPU_BN=ref forces the batch-norm reference; otherwise the float32 fast path.
+CpuBnImpl initial_cpu_bn_impl() {
+  const char* e = std::getenv("SLOTCON_CPU_BN");
+  return e && std::strcmp(e, "ref") == 0 ? CpuBnImpl::Reference : CpuBnImpl::Fast;
+}
+std::atomic<CpuBnImpl> g_cpu_bn{initial_cpu_bn_impl()};
+
+template <class T>
+bool use_fast_bn() {
+  return std::is_same<T, float>::value && g_cpu_bn.load() == CpuBnImpl::Fast;
 }
 
 // ---------------------------------------------------------------- CPU timing (profiling)
@@ -179,8 +194,8 @@ void conv_forward_impl(const Conv2dGeom& g, Layout l, const Tensor& x, const Ten
 #if defined(SLOTCON_WITH_DNNL)
         if constexpr (std::is_same<T, float>::value)
           if (use_dnnl<T>())
-            return conv2d_forward_dnnl(g, l, x.data<T>(), w.data<T>(), data_or_null<T>(b),
-                                       y.data<T>());
+            return (void)conv2d_forward_dnnl(g, l, x.data<T>(), w.data<T>(), data_or_null<T>(b),
+                                             y.data<T>(), dnnl_winograd());
 #endif
         conv2d_forward_ref<T>(g, l, x.data<T>(), w.data<T>(), data_or_null<T>(b), y.data<T>());
       },
@@ -219,8 +234,9 @@ void conv_backward_data_impl(const Conv2dGeom& g, Layout l, const Tensor& dy, co
         PhaseTimer timer(kConvBwdData);
 #if defined(SLOTCON_WITH_DNNL)
         if constexpr (std::is_same<T, float>::value)
-          if (use_dnnl<T>()) return conv2d_backward_data_dnnl(g, l, dy.data<T>(), w.data<T>(),
-                                                              dx.data<T>());
+          if (use_dnnl<T>())
+            return (void)conv2d_backward_data_dnnl(g, l, dy.data<T>(), w.data<T>(), dx.data<T>(),
+                                                   dnnl_winograd());
 #endif
         conv2d_backward_data_ref<T>(g, l, dy.data<T>(), w.data<T>(), dx.data<T>());
       },
@@ -257,8 +273,9 @@ void conv_backward_weight_impl(const Conv2dGeom& g, Layout l, const Tensor& x, c
 #if defined(SLOTCON_WITH_DNNL)
         if constexpr (std::is_same<T, float>::value)
           if (use_dnnl<T>()) {  // oneDNN writes dw; the bias gradient as the reference's
-            if (dw.defined()) conv2d_backward_weight_dnnl(g, l, x.data<T>(), dy.data<T>(),
-                                                          dw.data<T>());
+            if (dw.defined())
+              conv2d_backward_weight_dnnl(g, l, x.data<T>(), dy.data<T>(), dw.data<T>(),
+                                          dnnl_winograd());
             if (db.defined())
               conv2d_backward_weight_ref<T>(g, l, x.data<T>(), dy.data<T>(), nullptr,
                                             db.data<T>());
@@ -339,6 +356,9 @@ void bn_stats_impl(const BnGeom& g, const Tensor& x, const Tensor& mask, const T
       [&](auto tv) {
         using T = decltype(tv);
         PhaseTimer timer(kBnFwd);
+        if constexpr (std::is_same<T, float>::value)
+          if (use_fast_bn<T>())
+            return batch_norm_stats_cpu(g, x.data<T>(), m, stats.data<double>());
         batch_norm_stats_ref<T>(g, x.data<T>(), m, stats.data<double>());
       },
       [&](auto st) {
@@ -405,6 +425,8 @@ void set_cpu_conv_impl(CpuConvImpl impl) {
   g_cpu_conv = kDnnlBuilt ? impl : CpuConvImpl::Reference;
 }
 CpuConvImpl cpu_conv_impl() { return g_cpu_conv.load(); }
+void set_cpu_bn_impl(CpuBnImpl impl) { g_cpu_bn = impl; }
+CpuBnImpl cpu_bn_impl() { return g_cpu_bn.load(); }
 
 CpuNnOpTimes cpu_nn_op_times() {
   auto s = [](Phase p) { return double(g_phase_ns[size_t(p)].load()) * 1e-9; };
@@ -520,6 +542,11 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
         batch_norm_finalize_ref<T>(C, training ? stats.data<double>() : nullptr,
                                    data_or_null<T>(running_mean), data_or_null<T>(running_var),
                                    training, opt.momentum, opt.eps, save.data<double>());
+        if constexpr (std::is_same<T, float>::value)
+          if (use_fast_bn<T>())
+            return batch_norm_apply_cpu(g, x.data<T>(), save.data<double>(), data_or_null<T>(gamma),
+                                        data_or_null<T>(beta), data_or_null<T>(res), opt.act,
+                                        y.data<T>());
         batch_norm_apply_ref<T>(g, x.data<T>(), save.data<double>(), data_or_null<T>(gamma),
                                 data_or_null<T>(beta), data_or_null<T>(res), opt.act, y.data<T>());
       },
@@ -560,6 +587,11 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
               [&](auto tv) {
                 using T = decltype(tv);
                 PhaseTimer timer(kBnBwd);
+                if constexpr (std::is_same<T, float>::value)
+                  if (use_fast_bn<T>())
+                    return batch_norm_grad_sums_cpu(
+                        g, dy.data<T>(), xs.data<T>(), save.data<double>(), data_or_null<T>(gs),
+                        data_or_null<T>(bs), data_or_null<T>(rs), act, m, gsum.data<double>());
                 batch_norm_grad_sums_ref<T>(g, dy.data<T>(), xs.data<T>(), save.data<double>(),
                                             data_or_null<T>(gs), data_or_null<T>(bs),
                                             data_or_null<T>(rs), act, m, gsum.data<double>());
@@ -582,10 +614,20 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias,
                 using T = decltype(tv);
                 PhaseTimer timer(kBnBwd);
                 const double count = training ? stats.data<double>()[2 * C] : 0.0;
-                batch_norm_grad_apply_ref<T>(g, dy.data<T>(), xs.data<T>(), save.data<double>(),
-                                             data_or_null<T>(gs), data_or_null<T>(bs),
-                                             data_or_null<T>(rs), act, m, gsum.data<double>(),
-                                             count, training, dx.data<T>(), data_or_null<T>(dres));
+                bool fast = false;
+                if constexpr (std::is_same<T, float>::value) {
+                  fast = use_fast_bn<T>();
+                  if (fast)
+                    batch_norm_grad_apply_cpu(g, dy.data<T>(), xs.data<T>(), save.data<double>(),
+                                              data_or_null<T>(gs), data_or_null<T>(bs),
+                                              data_or_null<T>(rs), act, m, gsum.data<double>(),
+                                              count, training, dx.data<T>(), data_or_null<T>(dres));
+                }
+                if (!fast)
+                  batch_norm_grad_apply_ref<T>(
+                      g, dy.data<T>(), xs.data<T>(), save.data<double>(), data_or_null<T>(gs),
+                      data_or_null<T>(bs), data_or_null<T>(rs), act, m, gsum.data<double>(), count,
+                      training, dx.data<T>(), data_or_null<T>(dres));
                 batch_norm_param_grads_ref<T>(C, local_sum.data<double>(), data_or_null<T>(dgamma),
                                               data_or_null<T>(dbeta));
               },

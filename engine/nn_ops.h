@@ -37,12 +37,20 @@ bool conv_allow_tf32();
 void clear_conv_plans();
 // CPU convolutions in F32: oneDNN (kernels/conv2d_dnnl.cpp) when the build has it, the default,
 // or the im2col + BLAS reference (always for F64, and the only one in a build without oneDNN).
-// The environment variable SLOTCON_CPU_CONV=ref makes the reference the initial choice.
-// Setting OneDnn in a build without oneDNN selects the reference.
-enum class CpuConvImpl { Reference, OneDnn };
+// OneDnn runs ResNet's 3x3 stride-1 convolutions on maps of 8x8 and more as Winograd where
+// oneDNN has it (kernels/conv2d.h); OneDnnDirect keeps every convolution direct.
+// The environment variable SLOTCON_CPU_CONV=ref (or =direct) makes the reference (or
+// OneDnnDirect) the initial choice. Setting a oneDNN choice in a build without oneDNN selects the
+// reference.
+enum class CpuConvImpl { Reference, OneDnn, OneDnnDirect };
 bool cpu_conv_onednn_built();
 void set_cpu_conv_impl(CpuConvImpl impl);
 CpuConvImpl cpu_conv_impl();
+// CPU batch norm in F32: the vectorised fast path (kernels/batch_norm_cpu.cpp), the default, or
+// the reference (always for F64). SLOTCON_CPU_BN=ref makes the reference the initial choice.
+enum class CpuBnImpl { Reference, Fast };
+void set_cpu_bn_impl(CpuBnImpl impl);
+CpuBnImpl cpu_bn_impl();
 
 // Wall seconds spent in the CPU kernels of the convolutions and batch norms since the process
 // started or the last reset, summed over calls (profiling: bench_train_step --profile). The

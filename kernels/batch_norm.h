@@ -87,6 +87,23 @@ void batch_norm_grad_apply_ref(const BnGeom& g, const T* dy, const T* x, const d
 template <class T>
 void batch_norm_param_grads_ref(int64_t C, const double* gsum, T* dgamma, T* dbeta);
 
+// ---- CPU fast path (float32; batch_norm_cpu.cpp) ----
+// The stats, apply and the two gradient passes with the reference's signatures and double
+// arithmetic, vectorised (per-ISA clones): the element-wise results equal the reference's up to a
+// fused multiply-add, the sums differ by double round-off (another order inside a row). The same
+// results for any thread count. A row mask or GELU falls back to the reference; finalize and
+// param_grads are the reference's. Checked against the reference in tests/kernels.
+void batch_norm_stats_cpu(const BnGeom& g, const float* x, const uint8_t* mask, double* stats);
+void batch_norm_apply_cpu(const BnGeom& g, const float* x, const double* save, const float* gamma,
+                          const float* beta, const float* residual, Act act, float* y);
+void batch_norm_grad_sums_cpu(const BnGeom& g, const float* dy, const float* x, const double* save,
+                              const float* gamma, const float* beta, const float* residual, Act act,
+                              const uint8_t* mask, double* gsum);
+void batch_norm_grad_apply_cpu(const BnGeom& g, const float* dy, const float* x, const double* save,
+                               const float* gamma, const float* beta, const float* residual,
+                               Act act, const uint8_t* mask, const double* gsum, double count,
+                               bool training, float* dx, float* dresidual);
+
 }  // namespace sc
 
 // CUDA launchers: declared in every build, defined only in builds with CUDA (reach them through

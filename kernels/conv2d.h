@@ -72,14 +72,22 @@ void channel_sum_ref(int64_t outer, int64_t C, int64_t inner, const T* v, T* out
 // cached; the dense operands are reordered in and out around each call (buffers and oneDNN's
 // scratchpads: a per-thread arena, reused). Accumulation: oneDNN's, in float, in an order that
 // differs from the reference's. Thread-safe.
-void conv2d_forward_dnnl(const Conv2dGeom& g, Layout layout, const float* x, const float* w,
-                         const float* bias, float* y);
-void conv2d_backward_data_dnnl(const Conv2dGeom& g, Layout layout, const float* dy, const float* w,
-                               float* dx);
+// Algorithm: direct, except that with allow_winograd the 3x3 stride-1 convolutions on maps of at
+// least 8x8 with channel counts that are multiples of 16 (ResNet's stages 1-3) take oneDNN's
+// Winograd F(4x4, 3x3) where this machine has it (AVX-512): about a third of the multiplies, and
+// a rounding error ~10x the direct sum's, still far inside the per-element bound the tests hold
+// both to (docs/cpu_profile.md). Each returns whether Winograd ran (false when oneDNN has no
+// Winograd implementation here and the direct one ran instead).
+bool conv2d_dnnl_winograd_eligible(const Conv2dGeom& g);
+bool conv2d_forward_dnnl(const Conv2dGeom& g, Layout layout, const float* x, const float* w,
+                         const float* bias, float* y, bool allow_winograd = false);
+bool conv2d_backward_data_dnnl(const Conv2dGeom& g, Layout layout, const float* dy, const float* w,
+                               float* dx, bool allow_winograd = false);
 // dw is written (=), not accumulated as the reference's is; the bias gradient is left to
 // channel_sum_ref.
-void conv2d_backward_weight_dnnl(const Conv2dGeom& g, Layout layout, const float* x,
-                                 const float* dy, float* dw);
+bool conv2d_backward_weight_dnnl(const Conv2dGeom& g, Layout layout, const float* x,
+                                 const float* dy, float* dw, bool allow_winograd = false);
+
 // Forget the cached primitives.
 void conv2d_dnnl_clear_plans();
 #endif

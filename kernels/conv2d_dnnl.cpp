@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -51,6 +52,7 @@ struct Plan {
   dnnl::memory::desc x_user, y_user, w_user, b_md;  // the caller's formats
   dnnl::memory::desc x_md, y_md, w_md;              // the primitive's
   dnnl::primitive prim;
+  bool winograd = false;        // the algorithm the primitive runs
   size_t scratchpad_bytes = 0;  // the primitive's scratchpad (user mode: from the arena)
 };
 
@@ -83,30 +85,29 @@ std::array<dnnl::memory::desc, 3> any_mds(const Conv2dGeom& g) {
           dnnl::memory::desc({g.K, g.C, g.R, g.S}, dt::f32, tag::any)};
 }
 
-dnnl::convolution_forward::primitive_desc forward_pd(const Conv2dGeom& g, bool bias,
-                                                     bool training) {
+dnnl::convolution_forward::primitive_desc forward_pd(const Conv2dGeom& g, bool bias, bool training,
+                                                     dnnl::algorithm algo) {
   const auto [x, y, w] = any_mds(g);
   const dims pad = {g.pad_h, g.pad_w};  // right/bottom = left/top: oneDNN checks OH, OW with floor
   const auto prop =
       training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
   if (bias) {
     const dnnl::memory::desc b({g.K}, dt::f32, tag::x);
-    return {{prop, dnnl::algorithm::convolution_direct, x, w, b, y, conv_dims(g), pad, pad},
-            user_scratchpad(), cpu_engine()};
+    return {{prop, algo, x, w, b, y, conv_dims(g), pad, pad}, user_scratchpad(), cpu_engine()};
   }
-  return {{prop, dnnl::algorithm::convolution_direct, x, w, y, conv_dims(g), pad, pad},
-          user_scratchpad(), cpu_engine()};
+  return {{prop, algo, x, w, y, conv_dims(g), pad, pad}, user_scratchpad(), cpu_engine()};
 }
 
-std::unique_ptr<Plan> make_plan(const Conv2dGeom& g, Layout layout, Pass pass, bool bias,
-                                int64_t y_channels) {
+std::unique_ptr<Plan> make_plan_with(const Conv2dGeom& g, Layout layout, Pass pass, bool bias,
+                                     int64_t y_channels, dnnl::algorithm algo) {
   auto p = std::make_unique<Plan>();
+  p->winograd = algo == dnnl::algorithm::convolution_winograd;
   const auto u = user_mds(g, layout, y_channels);
   p->x_user = u[0], p->y_user = u[1], p->w_user = u[2];
   if (bias) p->b_md = dnnl::memory::desc({g.K}, dt::f32, tag::x);
   const dims pad = {g.pad_h, g.pad_w};
   // forward_training: the backward passes are built against the formats training forward uses
-  const auto fwd = forward_pd(g, bias && pass == Pass::Forward, true);
+  const auto fwd = forward_pd(g, bias && pass == Pass::Forward, true, algo);
   const auto a = any_mds(g);
   if (pass == Pass::Forward) {
     p->x_md = fwd.src_desc(), p->y_md = fwd.dst_desc(), p->w_md = fwd.weights_desc();
@@ -114,15 +115,13 @@ std::unique_ptr<Plan> make_plan(const Conv2dGeom& g, Layout layout, Pass pass, b
     p->prim = dnnl::convolution_forward(fwd);
   } else if (pass == Pass::BackwardData) {
     const dnnl::convolution_backward_data::primitive_desc pd(
-        {dnnl::algorithm::convolution_direct, a[0], a[2], a[1], conv_dims(g), pad, pad},
-        user_scratchpad(), cpu_engine(), fwd);
+        {algo, a[0], a[2], a[1], conv_dims(g), pad, pad}, user_scratchpad(), cpu_engine(), fwd);
     p->x_md = pd.diff_src_desc(), p->y_md = pd.diff_dst_desc(), p->w_md = pd.weights_desc();
     p->scratchpad_bytes = pd.scratchpad_desc().get_size();
     p->prim = dnnl::convolution_backward_data(pd);
   } else {
     const dnnl::convolution_backward_weights::primitive_desc pd(
-        {dnnl::algorithm::convolution_direct, a[0], a[2], a[1], conv_dims(g), pad, pad},
-        user_scratchpad(), cpu_engine(), fwd);
+        {algo, a[0], a[2], a[1], conv_dims(g), pad, pad}, user_scratchpad(), cpu_engine(), fwd);
     p->x_md = pd.src_desc(), p->y_md = pd.diff_dst_desc(), p->w_md = pd.diff_weights_desc();
     p->scratchpad_bytes = pd.scratchpad_desc().get_size();
     p->prim = dnnl::convolution_backward_weights(pd);
@@ -130,7 +129,21 @@ std::unique_ptr<Plan> make_plan(const Conv2dGeom& g, Layout layout, Pass pass, b
   return p;
 }
 
-using Key = std::array<int64_t, 15>;
+// Winograd when asked for and eligible, if oneDNN has it for this pass on this machine (it
+// throws "unimplemented" otherwise); direct convolution else.
+std::unique_ptr<Plan> make_plan(const Conv2dGeom& g, Layout layout, Pass pass, bool bias,
+                                int64_t y_channels, bool allow_winograd) {
+  if (allow_winograd && conv2d_dnnl_winograd_eligible(g)) {
+    try {
+      return make_plan_with(g, layout, pass, bias, y_channels,
+                            dnnl::algorithm::convolution_winograd);
+    } catch (const dnnl::error&) {
+    }
+  }
+  return make_plan_with(g, layout, pass, bias, y_channels, dnnl::algorithm::convolution_direct);
+}
+
+using Key = std::array<int64_t, 16>;
 std::mutex g_mu;
 std::map<Key, std::unique_ptr<Plan>>& plans() {
   static auto* m = new std::map<Key, std::unique_ptr<Plan>>();  // outlives static destructors
@@ -138,15 +151,18 @@ std::map<Key, std::unique_ptr<Plan>>& plans() {
 }
 
 // y_channels: as user_mds's (default: y is whole).
-Plan& plan_for(const Conv2dGeom& g, Layout layout, Pass pass, bool bias, int64_t y_channels = 0) {
+Plan& plan_for(const Conv2dGeom& g, Layout layout, Pass pass, bool bias, bool allow_winograd,
+               int64_t y_channels = 0) {
   if (y_channels == 0) y_channels = g.K;
-  const Key key = {g.N,      g.C,     g.H,          g.W,           g.K,          g.R,
-                   g.S,      g.stride_h, g.stride_w, g.pad_h,       g.pad_w,      int64_t(layout),
-                   int64_t(pass), int64_t(bias), y_channels};
+  const Key key = {g.N,           g.C,           g.H,        g.W,
+                   g.K,           g.R,           g.S,        g.stride_h,
+                   g.stride_w,    g.pad_h,       g.pad_w,    int64_t(layout),
+                   int64_t(pass), int64_t(bias), y_channels, int64_t(allow_winograd)};
   std::lock_guard<std::mutex> lock(g_mu);
   auto& ps = plans();
   auto it = ps.find(key);
-  if (it == ps.end()) it = ps.emplace(key, make_plan(g, layout, pass, bias, y_channels)).first;
+  if (it == ps.end())
+    it = ps.emplace(key, make_plan(g, layout, pass, bias, y_channels, allow_winograd)).first;
   return *it->second;
 }
 
@@ -219,11 +235,18 @@ void for_chunks(const Conv2dGeom& g, const Chunks& ch, F&& f) {
 
 }  // namespace
 
-void conv2d_forward_dnnl(const Conv2dGeom& g, Layout layout, const float* x, const float* w,
-                         const float* bias, float* y) {
+bool conv2d_dnnl_winograd_eligible(const Conv2dGeom& g) {
+  return g.R == 3 && g.S == 3 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 1 &&
+         g.pad_w == 1 && g.OH() >= 8 && g.OW() >= 8 && g.C % 16 == 0 && g.K % 16 == 0;
+}
+
+bool conv2d_forward_dnnl(const Conv2dGeom& g, Layout layout, const float* x, const float* w,
+                         const float* bias, float* y, bool allow_winograd) {
+  std::atomic<bool> wino{false};
   const int64_t x_img = g.C * g.H * g.W, y_img = g.K * g.OH() * g.OW();
   for_chunks(g, chunks_of(g.N), [&](const Conv2dGeom& gc, int64_t n0, int64_t) {
-    Plan& p = plan_for(gc, layout, Pass::Forward, bias != nullptr);
+    Plan& p = plan_for(gc, layout, Pass::Forward, bias != nullptr, allow_winograd);
+    if (p.winograd) wino = true;
     dnnl::stream s(cpu_engine());
     const auto tmp = scratch({bytes_if_differ(p.x_md, p.x_user),
                               bytes_if_differ(p.w_md, p.w_user),
@@ -243,13 +266,16 @@ void conv2d_forward_dnnl(const Conv2dGeom& g, Layout layout, const float* x, con
     unbind(ym, p.y_user, yc, s);
     s.wait();
   });
+  return wino;
 }
 
-void conv2d_backward_data_dnnl(const Conv2dGeom& g, Layout layout, const float* dy, const float* w,
-                               float* dx) {
+bool conv2d_backward_data_dnnl(const Conv2dGeom& g, Layout layout, const float* dy, const float* w,
+                               float* dx, bool allow_winograd) {
+  std::atomic<bool> wino{false};
   const int64_t x_img = g.C * g.H * g.W, y_img = g.K * g.OH() * g.OW();
   for_chunks(g, chunks_of(g.N), [&](const Conv2dGeom& gc, int64_t n0, int64_t) {
-    Plan& p = plan_for(gc, layout, Pass::BackwardData, false);
+    Plan& p = plan_for(gc, layout, Pass::BackwardData, false, allow_winograd);
+    if (p.winograd) wino = true;
     dnnl::stream s(cpu_engine());
     const auto tmp = scratch({bytes_if_differ(p.y_md, p.y_user),
                               bytes_if_differ(p.w_md, p.w_user),
@@ -268,17 +294,24 @@ void conv2d_backward_data_dnnl(const Conv2dGeom& g, Layout layout, const float* 
     unbind(dxm, p.x_user, dxc, s);
     s.wait();
   });
+  return wino;
 }
 
 // Split over output channels, not images: every dw element is then one oneDNN sum over the whole
 // batch, the same for any thread count (a split over images adds partial sums, and those changed
 // the data-parallel test's results by ~100x more than the other summation orders did).
-void conv2d_backward_weight_dnnl(const Conv2dGeom& g, Layout layout, const float* x,
-                                 const float* dy, float* dw) {
+bool conv2d_backward_weight_dnnl(const Conv2dGeom& g, Layout layout, const float* x,
+                                 const float* dy, float* dw, bool allow_winograd) {
+  std::atomic<bool> wino{false};
   const int64_t L = g.OH() * g.OW(), w_out = g.C * g.R * g.S;
-  // chunks of whole 16-channel blocks (oneDNN's blocking on AVX-512), one per pool thread
+  // Direct: chunks of whole 16-channel blocks (oneDNN's blocking on AVX-512), one per pool
+  // thread; a direct dw element sums in the same order whatever the chunk. Winograd's sums depend
+  // on the chunk's channel count, so it takes fixed chunks of 32 (16) channels, as many as there
+  // are, whatever the thread count.
+  const bool wino_shape = allow_winograd && conv2d_dnnl_winograd_eligible(g);
   const int64_t blocks = (g.K + 15) / 16;
-  const int64_t n = std::max<int64_t>(1, std::min<int64_t>(blocks, cpu_threads()));
+  const int64_t n = wino_shape ? g.K / (g.K % 32 == 0 ? 32 : 16)
+                               : std::max<int64_t>(1, std::min<int64_t>(blocks, cpu_threads()));
   auto k_start = [&](int64_t i) { return std::min(g.K, 16 * (blocks * i / n)); };
   one_omp_thread();
   parallel_for(n, 1, [&](int64_t b, int64_t e) {
@@ -287,7 +320,8 @@ void conv2d_backward_weight_dnnl(const Conv2dGeom& g, Layout layout, const float
       const int64_t k0 = k_start(i), k1 = k_start(i + 1);
       Conv2dGeom gc = g;
       gc.K = k1 - k0;
-      Plan& p = plan_for(gc, layout, Pass::BackwardWeight, false, g.K);
+      Plan& p = plan_for(gc, layout, Pass::BackwardWeight, false, allow_winograd, g.K);
+      if (p.winograd) wino = true;
       dnnl::stream s(cpu_engine());
       const auto tmp = scratch({bytes_if_differ(p.x_md, p.x_user),
                                 bytes_if_differ(p.y_md, p.y_user),
@@ -307,6 +341,7 @@ void conv2d_backward_weight_dnnl(const Conv2dGeom& g, Layout layout, const float
       s.wait();
     }
   });
+  return wino;
 }
 
 void conv2d_dnnl_clear_plans() {

@@ -6,8 +6,9 @@
 #include <vector>
 
 #include "kernels/add_relu.h"
-#include "test_seed.h"
 #include "kernels/batch_norm.h"
+#include "kernels/parallel.h"
+#include "test_seed.h"
 
 namespace {
 
@@ -272,4 +273,108 @@ TEST_CASE("add_relu reference and its backward", "[batch_norm]") {
     REQUIRE(y[i] == std::max(a[i] + b[i], 0.0));
     REQUIRE(d[i] == (a[i] + b[i] > 0 ? dy[i] : 0.0));
   }
+}
+
+// The float32 fast path (batch_norm_cpu.cpp) against the reference: the same double arithmetic
+// arranged for the vectoriser, so the element-wise outputs may differ by one float rounding (a
+// fused multiply-add in double can move the result across a float rounding boundary) and the sums
+// by double round-off; and the same bits for any thread count.
+TEST_CASE("batch_norm float32 fast path matches the reference, for any thread count",
+          "[batch_norm]") {
+  std::mt19937_64 rng(sc::testing::next_seed());
+  // (outer, C, inner): channel-major maps with inner sizes off the 8 lanes (and under them),
+  // channel-contiguous (NHWC / BN1d) with C off the vector widths, one masked BN1d (reference).
+  std::vector<BnCase> cases = {{{3, 5, 37}, {}},
+                               {{2, 7, 64}, {}},
+                               {{4, 3, 5}, {}},
+                               {{1, 2, 1031}, {}},
+                               {{29, 13, 1}, {}},
+                               {{6, 67, 1}, {}},
+                               {{9, 3, 1}, {1, 0, 1, 1, 0, 0, 1, 1, 0}}};
+  auto fvec = [&](size_t n, double lo, double hi) {
+    auto d = random_vec(n, rng, lo, hi);
+    return std::vector<float>(d.begin(), d.end());
+  };
+  // |a - b| within one float rounding of b (plus a floor for results that cancel to ~0)
+  auto near = [](float a, float b, double floor) {
+    return std::fabs(double(a) - double(b)) <= std::ldexp(std::fabs(double(b)), -23) + floor;
+  };
+  const int saved = sc::cpu_threads();
+  for (const BnCase& bc : cases)
+    for (Act act : {Act::None, Act::Relu, Act::Gelu})
+      for (bool with_res : {false, true})
+        for (bool training : {true, false}) {
+          const BnGeom& g = bc.g;
+          const int64_t C = g.C;
+          const size_t n = size_t(g.numel());
+          INFO("outer " << g.outer << " C " << C << " inner " << g.inner << " act " << int(act)
+                        << " residual " << with_res << " training " << training);
+          auto x = fvec(n, -2, 3), dy = fvec(n, -1, 1), res = fvec(n, -1, 1);
+          auto gamma = fvec(size_t(C), 0.5, 1.5), beta = fvec(size_t(C), -1, 1);
+          auto rm = fvec(size_t(C), -1, 1), rv = fvec(size_t(C), 0.5, 2);
+          const float* r = with_res ? res.data() : nullptr;
+          const uint8_t* m = bc.mask_ptr();
+          std::vector<double> stats_ref(size_t(2 * C + 1)), save(size_t(2 * C));
+          sc::batch_norm_stats_ref<float>(g, x.data(), m, stats_ref.data());
+          if (training)
+            sc::batch_norm_finalize_ref<float>(C, stats_ref.data(), nullptr, nullptr, true, 0.1,
+                                               1e-5, save.data());
+          else
+            sc::batch_norm_finalize_ref<float>(C, nullptr, rm.data(), rv.data(), false, 0.1, 1e-5,
+                                               save.data());
+          std::vector<float> y_ref(n), dx_ref(n), dres_ref(n);
+          std::vector<double> gsum_ref(size_t(2 * C));
+          sc::batch_norm_apply_ref<float>(g, x.data(), save.data(), gamma.data(), beta.data(), r,
+                                          act, y_ref.data());
+          sc::batch_norm_grad_sums_ref<float>(g, dy.data(), x.data(), save.data(), gamma.data(),
+                                              beta.data(), r, act, m, gsum_ref.data());
+          const double count = stats_ref[size_t(2 * C)];
+          sc::batch_norm_grad_apply_ref<float>(g, dy.data(), x.data(), save.data(), gamma.data(),
+                                               beta.data(), r, act, m, gsum_ref.data(), count,
+                                               training, dx_ref.data(),
+                                               with_res ? dres_ref.data() : nullptr);
+          std::vector<float> y1, dx1, dres1;
+          std::vector<double> stats1, gsum1;
+          for (int threads : {1, 2, 3}) {
+            sc::set_cpu_threads(threads);
+            INFO("threads " << threads);
+            std::vector<double> stats(size_t(2 * C + 1), NAN), gsum(size_t(2 * C), NAN);
+            std::vector<float> y(n, NAN), dx(n, NAN), dres(n, NAN);
+            sc::batch_norm_stats_cpu(g, x.data(), m, stats.data());
+            sc::batch_norm_apply_cpu(g, x.data(), save.data(), gamma.data(), beta.data(), r, act,
+                                     y.data());
+            sc::batch_norm_grad_sums_cpu(g, dy.data(), x.data(), save.data(), gamma.data(),
+                                         beta.data(), r, act, m, gsum.data());
+            sc::batch_norm_grad_apply_cpu(g, dy.data(), x.data(), save.data(), gamma.data(),
+                                          beta.data(), r, act, m, gsum_ref.data(), count, training,
+                                          dx.data(), with_res ? dres.data() : nullptr);
+            REQUIRE(stats[size_t(2 * C)] == count);
+            for (int64_t c = 0; c < C; ++c) {
+              // sums of |values| bound the round-off of a reordered double sum
+              REQUIRE(std::fabs(stats[size_t(c)] - stats_ref[size_t(c)]) <= 1e-13 * count * 3);
+              REQUIRE(std::fabs(stats[size_t(C + c)] - stats_ref[size_t(C + c)]) <=
+                      1e-13 * count * 9);
+              REQUIRE(std::fabs(gsum[size_t(c)] - gsum_ref[size_t(c)]) <= 1e-13 * count);
+              REQUIRE(std::fabs(gsum[size_t(C + c)] - gsum_ref[size_t(C + c)]) <=
+                      1e-13 * count * 10);
+            }
+            for (size_t k = 0; k < n; ++k) {
+              REQUIRE(near(y[k], y_ref[k], 1e-12));
+              // dx = gamma invstd (dz - mean dz - xhat mean dzx): a float rounding of terms of
+              // size ~10 at most here
+              REQUIRE(near(dx[k], dx_ref[k], 1e-12 * 10));
+              if (with_res) REQUIRE(dres[k] == dres_ref[k]);
+            }
+            if (threads == 1) {
+              y1 = y, dx1 = dx, dres1 = dres, stats1 = stats, gsum1 = gsum;
+              continue;
+            }
+            REQUIRE(y == y1);
+            REQUIRE(dx == dx1);
+            if (with_res) REQUIRE(dres == dres1);
+            REQUIRE(stats == stats1);
+            REQUIRE(gsum == gsum1);
+          }
+        }
+  sc::set_cpu_threads(saved);
 }

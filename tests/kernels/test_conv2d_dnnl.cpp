@@ -65,7 +65,20 @@ std::vector<Conv2dGeom> awkward_geoms() {
       geom(4, 128, 8, 8, 128, 3, 3, 1, 1, 1, 1),
       geom(4, 256, 4, 4, 512, 3, 3, 2, 2, 1, 1),
       geom(4, 512, 2, 2, 512, 3, 3, 1, 1, 1, 1),
+      // Winograd-eligible (3x3/1 pad 1, maps >= 8x8, channels in 16s): odd and non-square maps
+      geom(3, 16, 13, 9, 32, 3, 3, 1, 1, 1, 1),
+      geom(2, 48, 8, 10, 16, 3, 3, 1, 1, 1, 1),
   };
+}
+
+// Whether oneDNN can run Winograd on this CPU (its F(4x4, 3x3) needs AVX-512 with BW, VL, DQ).
+bool cpu_has_winograd() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
 }
 
 std::vector<float> random_floats(size_t n, std::mt19937_64& rng) {
@@ -119,69 +132,85 @@ std::string describe(const Conv2dGeom& g, Layout l) {
 
 }  // namespace
 
-TEST_CASE("conv2d oneDNN path matches the im2col reference (float32, forward and both "
-          "backwards, NCHW and NHWC, awkward shapes)",
-          "[conv2d][dnnl]") {
+TEST_CASE(
+    "conv2d oneDNN path matches the im2col reference (float32, forward and both "
+    "backwards, NCHW and NHWC, awkward shapes, direct and Winograd)",
+    "[conv2d][dnnl]") {
   std::mt19937_64 rng(sc::testing::next_seed());
-  double worst_fwd = 0, worst_bd = 0, worst_bw = 0;
-  for (const Conv2dGeom& g : awkward_geoms()) {
-    REQUIRE(g.valid());
-    for (Layout l : {Layout::NCHW, Layout::NHWC}) {
-      const std::string what = describe(g, l);
-      INFO(what);
-      const size_t nx = size_t(g.N * g.C * g.H * g.W), nw = size_t(g.K * g.C * g.R * g.S);
-      const size_t ny = size_t(g.N * g.K * g.OH() * g.OW());
-      const auto x = random_floats(nx, rng), w = random_floats(nw, rng);
-      const auto b = random_floats(size_t(g.K), rng), dy = random_floats(ny, rng);
-      const auto ax = abs_double(x), aw = abs_double(w), ady = abs_double(dy);
+  for (bool wino : {false, true}) {
+    double worst_fwd = 0, worst_bd = 0, worst_bw = 0;
+    int eligible = 0, ran = 0;
+    for (const Conv2dGeom& g : awkward_geoms()) {
+      REQUIRE(g.valid());
+      for (Layout l : {Layout::NCHW, Layout::NHWC}) {
+        const std::string what = describe(g, l) + (wino ? " winograd allowed" : " direct");
+        INFO(what);
+        // each pass returns whether it ran Winograd: only when allowed and the shape qualifies,
+        // and then on every pass wherever oneDNN has it (AVX-512)
+        const bool want = wino && sc::conv2d_dnnl_winograd_eligible(g);
+        eligible += want ? 1 : 0;
+        auto ran_check = [&](bool r) {
+          CHECK(r == (want && cpu_has_winograd()));
+          ran += r ? 1 : 0;
+        };
+        const size_t nx = size_t(g.N * g.C * g.H * g.W), nw = size_t(g.K * g.C * g.R * g.S);
+        const size_t ny = size_t(g.N * g.K * g.OH() * g.OW());
+        const auto x = random_floats(nx, rng), w = random_floats(nw, rng);
+        const auto b = random_floats(size_t(g.K), rng), dy = random_floats(ny, rng);
+        const auto ax = abs_double(x), aw = abs_double(w), ady = abs_double(dy);
 
-      // forward, with and without bias (the bias adds one term: n = C R S + 1)
-      for (bool bias : {false, true}) {
-        std::vector<float> y_ref(ny, NAN), y_dnnl(ny, NAN);
-        sc::conv2d_forward_ref<float>(g, l, x.data(), w.data(), bias ? b.data() : nullptr,
-                                      y_ref.data());
-        sc::conv2d_forward_dnnl(g, l, x.data(), w.data(), bias ? b.data() : nullptr,
-                                y_dnnl.data());
-        std::vector<double> mag(ny);
-        const auto ab = abs_double(b);
-        sc::conv2d_forward_ref<double>(g, l, ax.data(), aw.data(), bias ? ab.data() : nullptr,
-                                       mag.data());
-        worst_fwd = std::max(worst_fwd, check_close(y_dnnl, y_ref, mag, g.C * g.R * g.S + 1,
-                                                    what + " forward"));
-        // a second call (cached primitive) gives the same bits
-        std::vector<float> y2(ny, NAN);
-        sc::conv2d_forward_dnnl(g, l, x.data(), w.data(), bias ? b.data() : nullptr, y2.data());
-        REQUIRE(y2 == y_dnnl);
-      }
+        // forward, with and without bias (the bias adds one term: n = C R S + 1)
+        for (bool bias : {false, true}) {
+          std::vector<float> y_ref(ny, NAN), y_dnnl(ny, NAN);
+          sc::conv2d_forward_ref<float>(g, l, x.data(), w.data(), bias ? b.data() : nullptr,
+                                        y_ref.data());
+          ran_check(sc::conv2d_forward_dnnl(g, l, x.data(), w.data(), bias ? b.data() : nullptr,
+                                            y_dnnl.data(), wino));
+          std::vector<double> mag(ny);
+          const auto ab = abs_double(b);
+          sc::conv2d_forward_ref<double>(g, l, ax.data(), aw.data(), bias ? ab.data() : nullptr,
+                                         mag.data());
+          worst_fwd = std::max(
+              worst_fwd, check_close(y_dnnl, y_ref, mag, g.C * g.R * g.S + 1, what + " forward"));
+          // a second call (cached primitive) gives the same bits
+          std::vector<float> y2(ny, NAN);
+          sc::conv2d_forward_dnnl(g, l, x.data(), w.data(), bias ? b.data() : nullptr, y2.data(),
+                                  wino);
+          REQUIRE(y2 == y_dnnl);
+        }
 
-      // backward-data
-      {
-        std::vector<float> dx_ref(nx, NAN), dx_dnnl(nx, NAN);
-        sc::conv2d_backward_data_ref<float>(g, l, dy.data(), w.data(), dx_ref.data());
-        sc::conv2d_backward_data_dnnl(g, l, dy.data(), w.data(), dx_dnnl.data());
-        std::vector<double> mag(nx);
-        sc::conv2d_backward_data_ref<double>(g, l, ady.data(), aw.data(), mag.data());
-        worst_bd = std::max(worst_bd, check_close(dx_dnnl, dx_ref, mag, g.K * g.R * g.S,
-                                                  what + " backward-data"));
-      }
+        // backward-data
+        {
+          std::vector<float> dx_ref(nx, NAN), dx_dnnl(nx, NAN);
+          sc::conv2d_backward_data_ref<float>(g, l, dy.data(), w.data(), dx_ref.data());
+          ran_check(sc::conv2d_backward_data_dnnl(g, l, dy.data(), w.data(), dx_dnnl.data(), wino));
+          std::vector<double> mag(nx);
+          sc::conv2d_backward_data_ref<double>(g, l, ady.data(), aw.data(), mag.data());
+          worst_bd = std::max(worst_bd, check_close(dx_dnnl, dx_ref, mag, g.K * g.R * g.S,
+                                                    what + " backward-data"));
+        }
 
-      // backward-weight: the reference accumulates into zeros, oneDNN writes over garbage
-      {
-        std::vector<float> dw_ref(nw, 0.0f), dw_dnnl(nw, NAN);
-        sc::conv2d_backward_weight_ref<float>(g, l, x.data(), dy.data(), dw_ref.data(), nullptr);
-        sc::conv2d_backward_weight_dnnl(g, l, x.data(), dy.data(), dw_dnnl.data());
-        std::vector<double> mag(nw, 0.0);
-        sc::conv2d_backward_weight_ref<double>(g, l, ax.data(), ady.data(), mag.data(), nullptr);
-        worst_bw = std::max(worst_bw, check_close(dw_dnnl, dw_ref, mag, g.N * g.OH() * g.OW(),
-                                                  what + " backward-weight"));
+        // backward-weight: the reference accumulates into zeros, oneDNN writes over garbage
+        {
+          std::vector<float> dw_ref(nw, 0.0f), dw_dnnl(nw, NAN);
+          sc::conv2d_backward_weight_ref<float>(g, l, x.data(), dy.data(), dw_ref.data(), nullptr);
+          ran_check(
+              sc::conv2d_backward_weight_dnnl(g, l, x.data(), dy.data(), dw_dnnl.data(), wino));
+          std::vector<double> mag(nw, 0.0);
+          sc::conv2d_backward_weight_ref<double>(g, l, ax.data(), ady.data(), mag.data(), nullptr);
+          worst_bw = std::max(worst_bw, check_close(dw_dnnl, dw_ref, mag, g.N * g.OH() * g.OW(),
+                                                    what + " backward-weight"));
+        }
       }
     }
+    // The worst difference as a fraction of the bound (typically ~1e-3: rounding errors mostly
+    // cancel, and the bound assumes they never do).
+    std::printf(
+        "conv2d oneDNN (%s) vs reference: worst |diff| / bound: forward %.2e, "
+        "backward-data %.2e, backward-weight %.2e; Winograd ran in %d of %d passes of "
+        "eligible shapes\n",
+        wino ? "Winograd allowed" : "direct", worst_fwd, worst_bd, worst_bw, ran, eligible * 4);
   }
-  // The worst difference as a fraction of the bound (typically ~1e-3: rounding errors mostly
-  // cancel, and the bound assumes they never do).
-  std::printf("conv2d oneDNN vs reference: worst |diff| / bound: forward %.2e, backward-data "
-              "%.2e, backward-weight %.2e\n",
-              worst_fwd, worst_bd, worst_bw);
 }
 
 TEST_CASE("conv2d oneDNN path: plans are per shape and layout, and survive clearing",
@@ -210,7 +239,7 @@ TEST_CASE("conv2d oneDNN path: plans are per shape and layout, and survive clear
 }
 TEST_CASE("conv2d oneDNN path: the same bits for any thread count", "[conv2d][dnnl]") {
   // the pool splits images (forward, backward-data) or 16-channel blocks of output channels
-  // (backward-weight); neither changes what one element sums, nor its order
+  // (backward-weight); neither changes what one element sums, nor its order, direct or Winograd
   std::mt19937_64 rng(sc::testing::next_seed());
   const int saved = sc::cpu_threads();
   for (const Conv2dGeom& g : awkward_geoms())
@@ -220,21 +249,25 @@ TEST_CASE("conv2d oneDNN path: the same bits for any thread count", "[conv2d][dn
       const size_t ny = size_t(g.N * g.K * g.OH() * g.OW());
       const auto x = random_floats(nx, rng), w = random_floats(nw, rng);
       const auto dy = random_floats(ny, rng);
-      std::vector<float> y1, dx1, dw1;
-      for (int threads : {1, 2, 3}) {
-        sc::set_cpu_threads(threads);
-        std::vector<float> y(ny, NAN), dx(nx, NAN), dw(nw, NAN);
-        sc::conv2d_forward_dnnl(g, l, x.data(), w.data(), nullptr, y.data());
-        sc::conv2d_backward_data_dnnl(g, l, dy.data(), w.data(), dx.data());
-        sc::conv2d_backward_weight_dnnl(g, l, x.data(), dy.data(), dw.data());
-        if (threads == 1) {
-          y1 = y, dx1 = dx, dw1 = dw;
-          continue;
+      for (bool wino : {false, true}) {
+        if (wino && !sc::conv2d_dnnl_winograd_eligible(g)) continue;
+        INFO((wino ? "Winograd" : "direct"));
+        std::vector<float> y1, dx1, dw1;
+        for (int threads : {1, 2, 3}) {
+          sc::set_cpu_threads(threads);
+          std::vector<float> y(ny, NAN), dx(nx, NAN), dw(nw, NAN);
+          sc::conv2d_forward_dnnl(g, l, x.data(), w.data(), nullptr, y.data(), wino);
+          sc::conv2d_backward_data_dnnl(g, l, dy.data(), w.data(), dx.data(), wino);
+          sc::conv2d_backward_weight_dnnl(g, l, x.data(), dy.data(), dw.data(), wino);
+          if (threads == 1) {
+            y1 = y, dx1 = dx, dw1 = dw;
+            continue;
+          }
+          INFO("threads " << threads);
+          CHECK(y == y1);
+          CHECK(dx == dx1);
+          CHECK(dw == dw1);
         }
-        INFO("threads " << threads);
-        CHECK(y == y1);
-        CHECK(dx == dx1);
-        CHECK(dw == dw1);
       }
     }
   sc::set_cpu_threads(saved);
