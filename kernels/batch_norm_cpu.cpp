@@ -15,16 +15,8 @@
 #include <vector>
 
 #include "kernels/batch_norm.h"
+#include "kernels/cpu_clones.h"
 #include "kernels/parallel.h"
-
-// GCC x86-64 only, and not under the sanitizers (their instrumentation breaks the ifunc
-// resolvers, which run before they start); elsewhere one baseline version.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
-#define SC_BN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SC_BN_CLONES
-#endif
 
 namespace sc {
 namespace {
@@ -34,7 +26,7 @@ constexpr int kLanes = 8;
 // ---- rows of one channel (channel-major maps: NCHW, inner > 1) ----
 
 // out[0] += sum x, out[1] += sum x^2 over p[0, n).
-SC_BN_CLONES void row_stats(const float* p, int64_t n, double* out) {
+SC_CPU_CLONES void row_stats(const float* p, int64_t n, double* out) {
   double s[kLanes] = {}, q[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
@@ -55,8 +47,8 @@ SC_BN_CLONES void row_stats(const float* p, int64_t n, double* out) {
 }
 
 template <bool kRelu, bool kRes>
-SC_BN_CLONES void row_apply(const float* x, const float* res, int64_t n, double scale, double shift,
-                            float* y) {
+SC_CPU_CLONES void row_apply(const float* x, const float* res, int64_t n, double scale,
+                             double shift, float* y) {
   for (int64_t i = 0; i < n; ++i) {
     double z = double(x[i]) * scale + shift;
     if (kRes) z += double(res[i]);
@@ -67,8 +59,8 @@ SC_BN_CLONES void row_apply(const float* x, const float* res, int64_t n, double 
 
 // out[0] += sum dz, out[1] += sum dz * xhat over one row.
 template <bool kRelu, bool kRes>
-SC_BN_CLONES void row_grad_sums(const float* dy, const float* x, const float* res, int64_t n,
-                                double mean, double invstd, double gm, double bt, double* out) {
+SC_CPU_CLONES void row_grad_sums(const float* dy, const float* x, const float* res, int64_t n,
+                                 double mean, double invstd, double gm, double bt, double* out) {
   double s[kLanes] = {}, q[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
@@ -102,9 +94,9 @@ SC_BN_CLONES void row_grad_sums(const float* dy, const float* x, const float* re
 
 // training: dx = k (dz - mean_dz - xhat mean_dzx), k = gamma invstd; eval: dx = k dz.
 template <bool kRelu, bool kRes>
-SC_BN_CLONES void row_grad_apply(const float* dy, const float* x, const float* res, int64_t n,
-                                 double mean, double invstd, double gm, double bt, double mean_dz,
-                                 double mean_dzx, bool training, float* dx, float* dres) {
+SC_CPU_CLONES void row_grad_apply(const float* dy, const float* x, const float* res, int64_t n,
+                                  double mean, double invstd, double gm, double bt, double mean_dz,
+                                  double mean_dzx, bool training, float* dx, float* dres) {
   const double k = gm * invstd;
   for (int64_t i = 0; i < n; ++i) {
     const double xhat = (double(x[i]) - mean) * invstd;
@@ -122,7 +114,7 @@ SC_BN_CLONES void row_grad_apply(const float* dy, const float* x, const float* r
 // ---- rows of channels (channel-contiguous: NHWC and BN1d, inner == 1), channels [0, n) of one
 // row; the per-channel arrays are offset to the first channel ----
 
-SC_BN_CLONES void chan_stats(const float* x, int64_t n, double* s, double* q) {
+SC_CPU_CLONES void chan_stats(const float* x, int64_t n, double* s, double* q) {
   for (int64_t c = 0; c < n; ++c) {
     const double v = double(x[c]);
     s[c] += v;
@@ -131,8 +123,8 @@ SC_BN_CLONES void chan_stats(const float* x, int64_t n, double* s, double* q) {
 }
 
 template <bool kRelu, bool kRes>
-SC_BN_CLONES void chan_apply(const float* x, const float* res, int64_t n, const double* scale,
-                             const double* shift, float* y) {
+SC_CPU_CLONES void chan_apply(const float* x, const float* res, int64_t n, const double* scale,
+                              const double* shift, float* y) {
   for (int64_t c = 0; c < n; ++c) {
     double z = double(x[c]) * scale[c] + shift[c];
     if (kRes) z += double(res[c]);
@@ -142,9 +134,9 @@ SC_BN_CLONES void chan_apply(const float* x, const float* res, int64_t n, const 
 }
 
 template <bool kRelu, bool kRes>
-SC_BN_CLONES void chan_grad_sums(const float* dy, const float* x, const float* res, int64_t n,
-                                 const double* mean, const double* invstd, const double* gm,
-                                 const double* bt, double* s, double* q) {
+SC_CPU_CLONES void chan_grad_sums(const float* dy, const float* x, const float* res, int64_t n,
+                                  const double* mean, const double* invstd, const double* gm,
+                                  const double* bt, double* s, double* q) {
   for (int64_t c = 0; c < n; ++c) {
     const double xhat = (double(x[c]) - mean[c]) * invstd[c];
     double dz = double(dy[c]);
@@ -159,10 +151,10 @@ SC_BN_CLONES void chan_grad_sums(const float* dy, const float* x, const float* r
 }
 
 template <bool kRelu, bool kRes>
-SC_BN_CLONES void chan_grad_apply(const float* dy, const float* x, const float* res, int64_t n,
-                                  const double* mean, const double* invstd, const double* gm,
-                                  const double* bt, const double* k, const double* mean_dz,
-                                  const double* mean_dzx, bool training, float* dx, float* dres) {
+SC_CPU_CLONES void chan_grad_apply(const float* dy, const float* x, const float* res, int64_t n,
+                                   const double* mean, const double* invstd, const double* gm,
+                                   const double* bt, const double* k, const double* mean_dz,
+                                   const double* mean_dzx, bool training, float* dx, float* dres) {
   for (int64_t c = 0; c < n; ++c) {
     const double xhat = (double(x[c]) - mean[c]) * invstd[c];
     double dz = double(dy[c]);

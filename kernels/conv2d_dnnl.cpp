@@ -233,6 +233,60 @@ void for_chunks(const Conv2dGeom& g, const Chunks& ch, F&& f) {
   });
 }
 
+// The weights in the primitive's format for every chunk of one call: reordered once (not once
+// per chunk), the reorder split over the pool's threads in 16-channel blocks of output channels
+// when oneDNN can describe such a block of both formats (else one reorder). Returns w itself when
+// the formats agree, and null when the chunks' primitives want different weight formats (then
+// each chunk reorders for itself). The buffer is this thread's, reused.
+const float* shared_weights(const Plan& first, const Plan& last, const float* w, int64_t K) {
+  if (first.w_md != last.w_md) return nullptr;
+  if (first.w_md == first.w_user) return w;
+  thread_local std::vector<float> buf;
+  const size_t n = first.w_md.get_size() / sizeof(float) + 16;
+  if (buf.size() < n) buf.resize(n);
+  float* out = buf.data();
+  const int64_t blocks = (K + 15) / 16;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(blocks, cpu_threads()));
+  std::vector<std::pair<dnnl::memory::desc, dnnl::memory::desc>> sub;
+  if (parts > 1) {
+    try {
+      dims d = first.w_user.dims();
+      for (int64_t i = 0; i < parts; ++i) {
+        const int64_t k0 = std::min(K, 16 * (blocks * i / parts));
+        const int64_t k1 = std::min(K, 16 * (blocks * (i + 1) / parts));
+        dims sd = d, off(d.size(), 0);
+        sd[0] = k1 - k0, off[0] = k0;
+        sub.emplace_back(first.w_user.submemory_desc(sd, off), first.w_md.submemory_desc(sd, off));
+      }
+    } catch (const dnnl::error&) {
+      sub.clear();
+    }
+  }
+  if (sub.empty()) sub.emplace_back(first.w_user, first.w_md);
+  one_omp_thread();
+  parallel_for(int64_t(sub.size()), 1, [&](int64_t b, int64_t e) {
+    one_omp_thread();
+    dnnl::stream s(cpu_engine());
+    for (int64_t i = b; i < e; ++i) {
+      dnnl::memory src(sub[size_t(i)].first, cpu_engine(), const_cast<float*>(w));
+      dnnl::memory dst(sub[size_t(i)].second, cpu_engine(), out);
+      dnnl::reorder(src, dst).execute(s, src, dst);
+    }
+    s.wait();
+  });
+  return out;
+}
+
+// The plans of a call's first and last chunk (they differ only in the batch).
+std::pair<Plan*, Plan*> chunk_plans(const Conv2dGeom& g, Layout layout, Pass pass, bool bias,
+                                    bool allow_winograd) {
+  const Chunks ch = chunks_of(g.N);
+  Plan* a = &plan_for(with_batch(g, ch.start(1) - ch.start(0)), layout, pass, bias, allow_winograd);
+  Plan* b = &plan_for(with_batch(g, ch.start(ch.n) - ch.start(ch.n - 1)), layout, pass, bias,
+                      allow_winograd);
+  return {a, b};
+}
+
 }  // namespace
 
 bool conv2d_dnnl_winograd_eligible(const Conv2dGeom& g) {
@@ -244,16 +298,19 @@ bool conv2d_forward_dnnl(const Conv2dGeom& g, Layout layout, const float* x, con
                          const float* bias, float* y, bool allow_winograd) {
   std::atomic<bool> wino{false};
   const int64_t x_img = g.C * g.H * g.W, y_img = g.K * g.OH() * g.OW();
+  const auto [first, last] = chunk_plans(g, layout, Pass::Forward, bias != nullptr, allow_winograd);
+  const float* ws = shared_weights(*first, *last, w, g.K);
   for_chunks(g, chunks_of(g.N), [&](const Conv2dGeom& gc, int64_t n0, int64_t) {
     Plan& p = plan_for(gc, layout, Pass::Forward, bias != nullptr, allow_winograd);
     if (p.winograd) wino = true;
     dnnl::stream s(cpu_engine());
-    const auto tmp = scratch({bytes_if_differ(p.x_md, p.x_user),
-                              bytes_if_differ(p.w_md, p.w_user),
-                              bytes_if_differ(p.y_md, p.y_user), p.scratchpad_bytes});
+    const auto tmp =
+        scratch({bytes_if_differ(p.x_md, p.x_user), ws ? 0 : bytes_if_differ(p.w_md, p.w_user),
+                 bytes_if_differ(p.y_md, p.y_user), p.scratchpad_bytes});
     float* yc = y + n0 * y_img;
     dnnl::memory xm = bind(p.x_md, p.x_user, const_cast<float*>(x + n0 * x_img), tmp[0], true, s);
-    dnnl::memory wm = bind(p.w_md, p.w_user, const_cast<float*>(w), tmp[1], true, s);
+    dnnl::memory wm = ws ? dnnl::memory(p.w_md, cpu_engine(), const_cast<float*>(ws))
+                         : bind(p.w_md, p.w_user, const_cast<float*>(w), tmp[1], true, s);
     dnnl::memory ym = bind(p.y_md, p.y_user, yc, tmp[2], false, s);
     std::unordered_map<int, dnnl::memory> args = {
         {DNNL_ARG_SRC, xm},
@@ -273,17 +330,20 @@ bool conv2d_backward_data_dnnl(const Conv2dGeom& g, Layout layout, const float* 
                                float* dx, bool allow_winograd) {
   std::atomic<bool> wino{false};
   const int64_t x_img = g.C * g.H * g.W, y_img = g.K * g.OH() * g.OW();
+  const auto [first, last] = chunk_plans(g, layout, Pass::BackwardData, false, allow_winograd);
+  const float* ws = shared_weights(*first, *last, w, g.K);
   for_chunks(g, chunks_of(g.N), [&](const Conv2dGeom& gc, int64_t n0, int64_t) {
     Plan& p = plan_for(gc, layout, Pass::BackwardData, false, allow_winograd);
     if (p.winograd) wino = true;
     dnnl::stream s(cpu_engine());
-    const auto tmp = scratch({bytes_if_differ(p.y_md, p.y_user),
-                              bytes_if_differ(p.w_md, p.w_user),
-                              bytes_if_differ(p.x_md, p.x_user), p.scratchpad_bytes});
+    const auto tmp =
+        scratch({bytes_if_differ(p.y_md, p.y_user), ws ? 0 : bytes_if_differ(p.w_md, p.w_user),
+                 bytes_if_differ(p.x_md, p.x_user), p.scratchpad_bytes});
     float* dxc = dx + n0 * x_img;
     dnnl::memory dym =
         bind(p.y_md, p.y_user, const_cast<float*>(dy + n0 * y_img), tmp[0], true, s);
-    dnnl::memory wm = bind(p.w_md, p.w_user, const_cast<float*>(w), tmp[1], true, s);
+    dnnl::memory wm = ws ? dnnl::memory(p.w_md, cpu_engine(), const_cast<float*>(ws))
+                         : bind(p.w_md, p.w_user, const_cast<float*>(w), tmp[1], true, s);
     dnnl::memory dxm = bind(p.x_md, p.x_user, dxc, tmp[2], false, s);
     p.prim.execute(s, {{DNNL_ARG_DIFF_DST, dym},
                        {DNNL_ARG_WEIGHTS, wm},

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu_clones.h"
 #include "kernels/max_pool.h"
 #include "kernels/parallel.h"
 
@@ -12,6 +13,25 @@ inline int64_t offset_of(Layout layout, int64_t n, int64_t c, int64_t h, int64_t
                          int64_t H, int64_t W) {
   return layout == Layout::NCHW ? ((n * C + c) * H + h) * W + w : ((n * H + h) * W + w) * C + c;
 }
+// n outputs of a 3x3 stride-2 pool, window i starting at p + 2 i (rows p, p + xh, p + 2 xh): the
+// first maximum in window order, a NaN winning (as below), written for the vectoriser.
+template <class T>
+SC_CPU_CLONES void pool3x3s2_row(const T* p, int64_t xh, int64_t n, T* y, uint8_t* idx) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T* w = p + 2 * i;
+    T best = w[0];
+    uint8_t best_i = 0;
+    for (int r = 0; r < 3; ++r)
+      for (int s = 0; s < 3; ++s) {
+        const T v = w[r * xh + s];
+        const bool take = v > best || (v != v && best == best);
+        best = take ? v : best;
+        best_i = take ? uint8_t(r * 3 + s) : best_i;
+      }
+    y[i] = best;
+    idx[i] = best_i;
+  }
+}
 }  // namespace
 
 template <class T>
@@ -20,22 +40,9 @@ void max_pool2d_forward_ref(const Pool2dGeom& g, Layout layout, const T* x, T* y
   const bool nchw = layout == Layout::NCHW;
   const int64_t xh = nchw ? g.W : g.W * g.C, xw = nchw ? 1 : g.C;  // element strides of h, w
   const int64_t yh = nchw ? OW : OW * g.C, yw = nchw ? 1 : g.C;
-  // ResNet's stem pool (3x3, NCHW) on windows inside the map: the same selection as the loop
-  // below, unrolled (the same bits; it was ~7 % of the CPU training step's time as a loop)
-  const bool stem3x3 = nchw && g.R == 3 && g.S == 3;
-  auto window3x3 = [](const T* p, int64_t xh, T* y, uint8_t* idx) {
-    T best = p[0];
-    int best_i = 0;
-    for (int r = 0; r < 3; ++r)
-      for (int s = 0; s < 3; ++s) {
-        const T v = p[r * xh + s];
-        const bool take = v > best || (v != v && best == best);
-        best = take ? v : best;
-        best_i = take ? r * 3 + s : best_i;
-      }
-    *y = best;
-    *idx = uint8_t(best_i);
-  };
+  // ResNet's stem pool (3x3 / 2, NCHW): each output row's windows inside the map go through
+  // pool3x3s2_row (the same selection, vectorised; the same bits), the rest through the loop.
+  const bool stem = nchw && g.R == 3 && g.S == 3 && g.stride_h == 2 && g.stride_w == 2;
   // split over the (image, channel) planes
   parallel_for(g.N * g.C, grain_for(OH * OW * g.R * g.S), [&](int64_t b, int64_t e) {
     for (int64_t nc = b; nc < e; ++nc) {
@@ -48,9 +55,13 @@ void max_pool2d_forward_ref(const Pool2dGeom& g, Layout layout, const T* x, T* y
         for (int64_t ow = 0; ow < OW; ++ow) {
           const int64_t iw0 = ow * g.stride_w - g.pad_w;
           const int64_t s_lo = std::max<int64_t>(0, -iw0), s_hi = std::min(g.S, g.W - iw0);
-          if (stem3x3 && r_lo == 0 && r_hi == 3 && s_lo == 0 && s_hi == 3) {
+          if (stem && r_lo == 0 && r_hi == 3 && s_lo == 0 && s_hi == 3) {
+            // the run of windows inside the map from here
+            int64_t ow1 = ow + 1;
+            while (ow1 < OW && ow1 * 2 - g.pad_w + 3 <= g.W) ++ow1;
             const int64_t o = y0 + oh * yh + ow;
-            window3x3(xp + ih0 * xh + iw0, xh, y + o, idx + o);
+            pool3x3s2_row(xp + ih0 * xh + iw0, xh, ow1 - ow, y + o, idx + o);
+            ow = ow1 - 1;
             continue;
           }
           // the first maximum in window order; a NaN wins over any number (as in PyTorch)

@@ -26,7 +26,9 @@ Pool2dGeom pool(int64_t N, int64_t C, int64_t H, int64_t W) {
 TEST_CASE("max_pool2d 3x3/2 pad 1 forward matches direct loops", "[max_pool]") {
   std::mt19937_64 rng(sc::testing::next_seed());
   std::uniform_real_distribution<double> u(-1, 1);
-  for (Pool2dGeom g : {pool(2, 3, 9, 8), pool(1, 4, 112, 112), pool(3, 2, 2, 1), pool(1, 1, 1, 1)})
+  // even and odd widths: with an odd one the last window hangs over the right edge
+  for (Pool2dGeom g : {pool(2, 3, 9, 8), pool(1, 4, 112, 112), pool(2, 3, 8, 9), pool(1, 2, 13, 11),
+                       pool(3, 2, 2, 1), pool(1, 1, 1, 1)})
     for (Layout l : {Layout::NCHW, Layout::NHWC}) {
       std::vector<double> x(size_t(g.N * g.C * g.H * g.W));
       for (double& v : x) v = u(rng);
