@@ -8,6 +8,7 @@
 #include <string>
 
 #include "apps/commands.h"
+#include "engine/blas_threads.h"
 #include "engine/cuda_runtime.h"
 #include "engine/error.h"
 
@@ -66,28 +67,10 @@ void usage(FILE* out) {
   std::fprintf(out, "\nRun `slotcon <command> --help` for the options of a command.\n");
 }
 
-// OpenBLAS's idle threads spin for 2^28 cycles after each matrix product (its default
-// THREAD_TIMEOUT), holding the cores that the CPU ops' thread pool needs next; at 2^4 they sleep
-// at once, and a CPU training step on 2 cores is ~20 % faster (docs/architecture.md). OpenBLAS
-// reads OPENBLAS_THREAD_TIMEOUT when it loads, before main, so slotcon sets it and starts itself
-// again, once. Setting the variable yourself (any value) skips this; so does running under a
-// tool (valgrind: /proc/self/exe is then not slotcon).
-void tune_blas_threads(char** argv) {
-  if (std::getenv("OPENBLAS_THREAD_TIMEOUT")) return;
-  char self[4096];
-  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n <= 0) return;
-  self[n] = '\0';
-  const char* base = std::strrchr(self, '/');
-  if (std::strcmp(base ? base + 1 : self, "slotcon") != 0) return;
-  if (setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1) != 0) return;
-  execv(self, argv);  // returns only on failure: go on with OpenBLAS's default
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  tune_blas_threads(argv);
+  sc::restart_with_blas_thread_timeout(argv, "slotcon");  // engine/blas_threads.h
   if (argc < 2) {
     usage(stderr);
     return 2;

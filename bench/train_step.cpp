@@ -40,6 +40,7 @@
 
 #include "bench_baseline.h"
 #include "engine/autograd.h"
+#include "engine/blas_threads.h"
 #include "engine/cost_model.h"
 #include "engine/cuda_runtime.h"
 #include "engine/nn_ops.h"
@@ -53,6 +54,7 @@
 using namespace sc;
 
 int main(int argc, char** argv) {
+  restart_with_blas_thread_timeout(argv, "bench_train_step");  // as slotcon does
   const bool gpu = cuda_available();
   TrainConfig cfg;
   cfg.arch = gpu ? "resnet50" : "resnet18";
