@@ -293,11 +293,14 @@ int main(int argc, char** argv) {
       torch_ips = bench::run_baseline(path, args);
     }
   }
-  if (torch_ips && *torch_ips > 0)
+  if (torch_ips && *torch_ips > 0) {
+    std::printf("the engine's step takes %.2fx PyTorch's time%s\n", *torch_ips / ips,
+                gpu ? "" : " (the CPU goal: at most 0.8x, docs/cpu_profile.md)");
     std::printf("RESULT train_step images_per_s=%.1f torch_images_per_s=%.1f ratio=%.2f (%s)%s\n",
                 ips, *torch_ips, ips / *torch_ips, where.c_str(), replayed ? " graph" : "");
-  else
+  } else {
     std::printf("RESULT train_step images_per_s=%.1f torch_images_per_s=n/a (%s)%s\n", ips,
                 where.c_str(), replayed ? " graph" : "");
+  }
   return 0;
 }

@@ -12,6 +12,7 @@
 // The split over threads is the reference's (whole channels for the sums), so the results are
 // the same for any number of threads. Row masks and GELU take the reference.
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/batch_norm.h"
