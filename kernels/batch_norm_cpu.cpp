@@ -26,6 +26,21 @@ constexpr int kLanes = 8;
 
 // ---- rows of one channel (channel-major maps: NCHW, inner > 1) ----
 
+// dL/dz at one element and its xhat: dy through the activation at z = xhat gamma + beta
+// (+ residual), as the reference's grad_z.
+template <bool kRelu, bool kRes>
+inline double grad_z(float dy, float x, const float* res, double mean, double invstd, double gm,
+                     double bt, double& xhat) {
+  xhat = (double(x) - mean) * invstd;
+  double dz = double(dy);
+  if (kRelu) {
+    double z = xhat * gm + bt;
+    if (kRes) z += double(*res);
+    dz = z > 0 ? dz : 0.0;
+  }
+  return dz;
+}
+
 // out[0] += sum x, out[1] += sum x^2 over p[0, n).
 SC_CPU_CLONES void row_stats(const float* p, int64_t n, double* out) {
   double s[kLanes] = {}, q[kLanes] = {};
@@ -66,26 +81,17 @@ SC_CPU_CLONES void row_grad_sums(const float* dy, const float* x, const float* r
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
     for (int l = 0; l < kLanes; ++l) {
-      const double xhat = (double(x[i + l]) - mean) * invstd;
-      double dz = double(dy[i + l]);
-      if (kRelu) {
-        double z = xhat * gm + bt;
-        if (kRes) z += double(res[i + l]);
-        dz = z > 0 ? dz : 0.0;
-      }
+      double xhat;
+      const double dz =
+          grad_z<kRelu, kRes>(dy[i + l], x[i + l], res + i + l, mean, invstd, gm, bt, xhat);
       s[l] += dz;
       q[l] += dz * xhat;
     }
   double ts = 0, tq = 0;
   for (int l = 0; l < kLanes; ++l) ts += s[l], tq += q[l];
   for (; i < n; ++i) {
-    const double xhat = (double(x[i]) - mean) * invstd;
-    double dz = double(dy[i]);
-    if (kRelu) {
-      double z = xhat * gm + bt;
-      if (kRes) z += double(res[i]);
-      dz = z > 0 ? dz : 0.0;
-    }
+    double xhat;
+    const double dz = grad_z<kRelu, kRes>(dy[i], x[i], res + i, mean, invstd, gm, bt, xhat);
     ts += dz;
     tq += dz * xhat;
   }
@@ -100,13 +106,8 @@ SC_CPU_CLONES void row_grad_apply(const float* dy, const float* x, const float* 
                                   double mean_dzx, bool training, float* dx, float* dres) {
   const double k = gm * invstd;
   for (int64_t i = 0; i < n; ++i) {
-    const double xhat = (double(x[i]) - mean) * invstd;
-    double dz = double(dy[i]);
-    if (kRelu) {
-      double z = xhat * gm + bt;
-      if (kRes) z += double(res[i]);
-      dz = z > 0 ? dz : 0.0;
-    }
+    double xhat;
+    const double dz = grad_z<kRelu, kRes>(dy[i], x[i], res + i, mean, invstd, gm, bt, xhat);
     if (dres) dres[i] = float(dz);
     dx[i] = float(training ? k * (dz - mean_dz - xhat * mean_dzx) : k * dz);
   }
@@ -139,13 +140,9 @@ SC_CPU_CLONES void chan_grad_sums(const float* dy, const float* x, const float* 
                                   const double* mean, const double* invstd, const double* gm,
                                   const double* bt, double* s, double* q) {
   for (int64_t c = 0; c < n; ++c) {
-    const double xhat = (double(x[c]) - mean[c]) * invstd[c];
-    double dz = double(dy[c]);
-    if (kRelu) {
-      double z = xhat * gm[c] + bt[c];
-      if (kRes) z += double(res[c]);
-      dz = z > 0 ? dz : 0.0;
-    }
+    double xhat;
+    const double dz =
+        grad_z<kRelu, kRes>(dy[c], x[c], res + c, mean[c], invstd[c], gm[c], bt[c], xhat);
     s[c] += dz;
     q[c] += dz * xhat;
   }
@@ -157,13 +154,9 @@ SC_CPU_CLONES void chan_grad_apply(const float* dy, const float* x, const float*
                                    const double* bt, const double* k, const double* mean_dz,
                                    const double* mean_dzx, bool training, float* dx, float* dres) {
   for (int64_t c = 0; c < n; ++c) {
-    const double xhat = (double(x[c]) - mean[c]) * invstd[c];
-    double dz = double(dy[c]);
-    if (kRelu) {
-      double z = xhat * gm[c] + bt[c];
-      if (kRes) z += double(res[c]);
-      dz = z > 0 ? dz : 0.0;
-    }
+    double xhat;
+    const double dz =
+        grad_z<kRelu, kRes>(dy[c], x[c], res + c, mean[c], invstd[c], gm[c], bt[c], xhat);
     if (dres) dres[c] = float(dz);
     dx[c] = float(training ? k[c] * (dz - mean_dz[c] - xhat * mean_dzx[c]) : k[c] * dz);
   }
