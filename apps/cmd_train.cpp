@@ -713,6 +713,10 @@ int Run::loop() {
     const double lr =
         lr_at(step_, epoch_steps_total_, warmup_steps_, lr_peak_, cfg_.warmup_multiplier);
     const double m = teacher_momentum_at(step_, epoch_steps_total_, cfg_.teacher_momentum);
+    if (cfg_.warmup_teacher_temp_epochs > 0)
+      train_->model().set_distill_teacher_temp(teacher_temp_at(
+          step_, int64_t(std::llround(cfg_.warmup_teacher_temp_epochs * double(steps_per_epoch_))),
+          cfg_.warmup_teacher_temp, cfg_.teacher_temp));
     pending.push_back(train_->run(batch, lr, m));
     if (train_->graph_note() != graph_note_) {  // the CUDA graph's fate, said once
       graph_note_ = train_->graph_note();

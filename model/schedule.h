@@ -24,4 +24,11 @@ inline double teacher_momentum_at(int64_t s, int64_t S, double m0) {
   return 1.0 - (1.0 - m0) * (std::cos(M_PI * double(s) / double(S)) + 1.0) / 2.0;
 }
 
+// The group loss's teacher temperature at step s with a warm-up of W steps: linear from t0 to t1,
+// then t1 (W = 0: t1 throughout).
+inline double teacher_temp_at(int64_t s, int64_t W, double t0, double t1) {
+  if (s >= W) return t1;
+  return t0 + (t1 - t0) * double(s) / double(W);
+}
+
 }  // namespace sc

@@ -155,6 +155,7 @@ StepLoss SlotConModel::forward(const TwoViewBatch& batch, DType compute_dtype, b
   DevicePhase phase("head");
   SlotConLossConfig lc;
   lc.teacher_temp = cfg_.teacher_temp;
+  lc.distill_teacher_temp = distill_teacher_temp_;
   lc.student_temp = cfg_.student_temp;
   lc.contrast_temp = cfg_.contrast_temp;
   lc.group_loss_weight = cfg_.group_loss_weight;

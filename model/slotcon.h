@@ -92,6 +92,9 @@ class SlotConModel : public Module {
   // The slot predictor on the compacted present rows (default) or on all B*K rows, masked
   // (SlotConLossConfig::compact_predictor); for the benchmark's before / after.
   void set_compact_predictor(bool on) { compact_predictor_ = on; }
+  // The teacher's temperature in the group loss for the next steps (the warm-up of
+  // TrainConfig::warmup_teacher_temp); 0: teacher_temp.
+  void set_distill_teacher_temp(double t) { distill_teacher_temp_ = t; }
   // Channels-last (NHWC) backbone and projector: every conv weight is converted in place (names,
   // values and autograd identity kept) and the crops enter as NHWC, so cuDNN runs its NHWC
   // tensor-core kernels without layout conversions (what PyTorch's channels_last does). The
@@ -112,6 +115,7 @@ class SlotConModel : public Module {
   TrainConfig cfg_;
   bool fused_ = true;
   bool compact_predictor_ = true;
+  double distill_teacher_temp_ = 0;
   bool channels_last_ = false;
   Communicator* comm_ = nullptr;
 };

@@ -59,6 +59,7 @@ SlotConLossParts slotcon_loss(const SlotConViews& views, const Tensor& protos_q,
   SC_CHECK(center.defined() && center.numel() == K, "slotcon_loss: center must have K = ", K,
            " elements");
   const double tt = cfg.teacher_temp, ts = cfg.student_temp, w = cfg.group_loss_weight;
+  const double td = cfg.distill_teacher_temp > 0 ? cfg.distill_teacher_temp : tt;
 
   // Semantic grouping and alignment, student (with gradients) and teacher (without).
   Tensor dots_q[2], slots_q[2], aligned_q[2], dots_k[2], slots_k[2], aligned_k[2];
@@ -81,9 +82,9 @@ SlotConLossParts slotcon_loss(const SlotConViews& views, const Tensor& protos_q,
   // Group loss against the center as it was before this step's update.
   const Tensor c_old = reshape(center.detach().clone(), {K});
   const SelfDistillResult l12 =
-      ops.self_distill(aligned_q[0], aligned_k[1], c_old, ts, tt, dots_k[1]);
+      ops.self_distill(aligned_q[0], aligned_k[1], c_old, ts, td, dots_k[1]);
   const SelfDistillResult l21 =
-      ops.self_distill(aligned_q[1], aligned_k[0], c_old, ts, tt, dots_k[0]);
+      ops.self_distill(aligned_q[1], aligned_k[0], c_old, ts, td, dots_k[0]);
   SlotConLossParts out;
   out.group_loss = mul_scalar(add(l12.loss, l21.loss), w);
 

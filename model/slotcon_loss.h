@@ -24,6 +24,7 @@
 namespace sc {
 
 struct SlotConLossConfig {
+  double distill_teacher_temp = 0;  // the teacher's sharpening in the group loss; 0: teacher_temp
   double teacher_temp = 0.07;      // tau_t: grouping softmax (student and teacher) and teacher
   double student_temp = 0.1;       // tau_s
   double contrast_temp = 0.2;      // tau_c

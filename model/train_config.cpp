@@ -61,6 +61,12 @@ const std::map<std::string, Field>& fields() {
       {"num_prototypes", field(&TrainConfig::num_prototypes, "prototypes K")},
       {"teacher_momentum", field(&TrainConfig::teacher_momentum, "EMA momentum m0 (cosine to 1)")},
       {"teacher_temp", field(&TrainConfig::teacher_temp, "teacher temperature")},
+      {"warmup_teacher_temp",
+       field(&TrainConfig::warmup_teacher_temp,
+             "group loss: the teacher's temperature at step 0 of its warm-up")},
+      {"warmup_teacher_temp_epochs",
+       field(&TrainConfig::warmup_teacher_temp_epochs,
+             "epochs of the teacher-temperature warm-up (0: off, the authors')")},
       {"student_temp", field(&TrainConfig::student_temp, "student temperature")},
       {"contrast_temp", field(&TrainConfig::contrast_temp, "slot contrast temperature")},
       {"center_momentum", field(&TrainConfig::center_momentum, "center EMA momentum")},
@@ -164,8 +170,12 @@ void TrainConfig::validate() const {
   SC_CHECK(min_scale > 0 && min_scale <= 1, "config key 'min_scale' must be in (0, 1]");
   SC_CHECK(color_aug >= 0 && color_aug <= 1, "config key 'color_aug' must be in [0, 1], got ",
            color_aug);
-  SC_CHECK(teacher_temp > 0 && student_temp > 0 && contrast_temp > 0,
+  SC_CHECK(teacher_temp > 0 && student_temp > 0 && contrast_temp > 0 && warmup_teacher_temp > 0,
            "config: temperatures must be positive");
+  SC_CHECK(warmup_teacher_temp_epochs >= 0, "config key 'warmup_teacher_temp_epochs' must be >= 0");
+  SC_CHECK(warmup_teacher_temp_epochs == 0 || cuda_graph == "off",
+           "config: a teacher-temperature warm-up needs cuda_graph off (the captured step keeps "
+           "its temperature)");
   SC_CHECK(teacher_momentum >= 0 && teacher_momentum <= 1, "config key 'teacher_momentum' must be "
            "in [0, 1]");
   SC_CHECK(center_momentum >= 0 && center_momentum <= 1, "config key 'center_momentum' must be "

@@ -22,6 +22,11 @@ struct TrainConfig {
   int64_t num_prototypes = 256;
   double teacher_momentum = 0.99;
   double teacher_temp = 0.07;
+  // DINO's remedy for an early collapse (not the authors'): the teacher's sharpening in the group
+  // loss goes linearly from warmup_teacher_temp to teacher_temp over the first
+  // warmup_teacher_temp_epochs epochs (0: off, the authors' constant teacher_temp).
+  double warmup_teacher_temp = 0.04;
+  double warmup_teacher_temp_epochs = 0;
   double student_temp = 0.1;
   double contrast_temp = 0.2;
   double center_momentum = 0.9;

@@ -225,6 +225,41 @@ TEST_CASE("slotcon loss: fused equals unfused (value, every gradient, center)", 
   }
 }
 
+TEST_CASE(
+    "slotcon loss: the group loss's own teacher temperature (the warm-up) changes only "
+    "the group loss, on both paths",
+    "[slotcon_loss]") {
+  const uint64_t seed = sc::testing::next_seed();
+  INFO("seed " << seed);
+  LossSetup st(seed);
+  // the views in the other order: the group loss sums both directions, so it must not change
+  SlotConViews swapped = st.views;
+  for (auto f : {&SlotConViews::x, &SlotConViews::y, &SlotConViews::boxes, &SlotConViews::flips})
+    std::swap((swapped.*f)[0], (swapped.*f)[1]);
+  auto run = [&](bool fused, double td, bool swap = false) {
+    SlotConLossConfig cfg;
+    cfg.fused = fused;
+    cfg.distill_teacher_temp = td;
+    Tensor center = st.center.clone();
+    const SlotConLossParts p = slotcon_loss(swap ? swapped : st.views, st.protos_q, st.protos_k,
+                                            center, st.predictor_fn(), cfg);
+    return std::make_pair(p.group_loss.item(), p.contrast_loss.item());
+  };
+  for (bool fused : {true, false}) {
+    INFO("fused " << fused);
+    const auto base = run(fused, 0);
+    const auto same = run(fused, SlotConLossConfig().teacher_temp);
+    CHECK(same.first == base.first);
+    CHECK(same.second == base.second);
+    const auto sharp = run(fused, 0.04);
+    CHECK(std::fabs(sharp.first - base.first) > 1e-6 * std::fabs(base.first));
+    CHECK(sharp.second == base.second);
+    const auto other = run(!fused, 0.04);
+    CHECK(sharp.first == Approx(other.first).epsilon(1e-11));
+    CHECK(run(fused, 0.04, true).first == Approx(sharp.first).epsilon(1e-12));
+  }
+}
+
 TEST_CASE("slotcon loss (fused) passes a float64 gradient check", "[slotcon_loss][grad]") {
   LossSetup st(20240611);
   SlotConLossConfig cfg;

@@ -71,6 +71,15 @@ TEST_CASE("config: errors name the key") {
   bad.color_aug = 1.5;
   CHECK_THROWS_WITH(bad.validate(), Catch::Contains("color_aug"));
   bad = TrainConfig();
+  bad.data_dir = "x";
+  bad.warmup_teacher_temp_epochs = -1;
+  CHECK_THROWS_WITH(bad.validate(), Catch::Contains("warmup_teacher_temp_epochs"));
+  bad = TrainConfig();
+  bad.data_dir = "x";
+  bad.warmup_teacher_temp_epochs = 1;
+  bad.cuda_graph = "on";
+  CHECK_THROWS_WITH(bad.validate(), Catch::Contains("cuda_graph off"));
+  bad = TrainConfig();
   bad.arch = "vgg";
   CHECK_THROWS_WITH(bad.validate(), Catch::Contains("arch"));
   bad = TrainConfig();
@@ -143,4 +152,9 @@ TEST_CASE("schedules: warm-up, cosine and teacher momentum") {
   CHECK(teacher_momentum_at(0, S, 0.99) == Approx(0.99));
   CHECK(teacher_momentum_at(S / 2, S, 0.99) == Approx(0.995));
   CHECK(teacher_momentum_at(S, S, 0.99) == Approx(1.0));
+  CHECK(teacher_temp_at(0, W, 0.04, 0.07) == Approx(0.04));
+  CHECK(teacher_temp_at(W / 2, W, 0.04, 0.07) == Approx(0.055));
+  CHECK(teacher_temp_at(W, W, 0.04, 0.07) == Approx(0.07));
+  CHECK(teacher_temp_at(S, W, 0.04, 0.07) == Approx(0.07));
+  CHECK(teacher_temp_at(0, 0, 0.04, 0.07) == Approx(0.07));
 }
