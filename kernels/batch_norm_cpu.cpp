@@ -27,15 +27,15 @@ constexpr int kLanes = 8;
 // ---- rows of one channel (channel-major maps: NCHW, inner > 1) ----
 
 // dL/dz at one element and its xhat: dy through the activation at z = xhat gamma + beta
-// (+ residual), as the reference's grad_z.
+// (+ residual res; pass 0 when kRes is false), as the reference's grad_z.
 template <bool kRelu, bool kRes>
-inline double grad_z(float dy, float x, const float* res, double mean, double invstd, double gm,
-                     double bt, double& xhat) {
+inline double grad_z(float dy, float x, float res, double mean, double invstd, double gm, double bt,
+                     double& xhat) {
   xhat = (double(x) - mean) * invstd;
   double dz = double(dy);
   if (kRelu) {
     double z = xhat * gm + bt;
-    if (kRes) z += double(*res);
+    if (kRes) z += double(res);
     dz = z > 0 ? dz : 0.0;
   }
   return dz;
@@ -82,8 +82,8 @@ SC_CPU_CLONES void row_grad_sums(const float* dy, const float* x, const float* r
   for (; i + kLanes <= n; i += kLanes)
     for (int l = 0; l < kLanes; ++l) {
       double xhat;
-      const double dz =
-          grad_z<kRelu, kRes>(dy[i + l], x[i + l], res + i + l, mean, invstd, gm, bt, xhat);
+      const double dz = grad_z<kRelu, kRes>(dy[i + l], x[i + l], kRes ? res[i + l] : 0.f, mean,
+                                            invstd, gm, bt, xhat);
       s[l] += dz;
       q[l] += dz * xhat;
     }
@@ -91,7 +91,8 @@ SC_CPU_CLONES void row_grad_sums(const float* dy, const float* x, const float* r
   for (int l = 0; l < kLanes; ++l) ts += s[l], tq += q[l];
   for (; i < n; ++i) {
     double xhat;
-    const double dz = grad_z<kRelu, kRes>(dy[i], x[i], res + i, mean, invstd, gm, bt, xhat);
+    const double dz =
+        grad_z<kRelu, kRes>(dy[i], x[i], kRes ? res[i] : 0.f, mean, invstd, gm, bt, xhat);
     ts += dz;
     tq += dz * xhat;
   }
@@ -107,7 +108,8 @@ SC_CPU_CLONES void row_grad_apply(const float* dy, const float* x, const float* 
   const double k = gm * invstd;
   for (int64_t i = 0; i < n; ++i) {
     double xhat;
-    const double dz = grad_z<kRelu, kRes>(dy[i], x[i], res + i, mean, invstd, gm, bt, xhat);
+    const double dz =
+        grad_z<kRelu, kRes>(dy[i], x[i], kRes ? res[i] : 0.f, mean, invstd, gm, bt, xhat);
     if (dres) dres[i] = float(dz);
     dx[i] = float(training ? k * (dz - mean_dz - xhat * mean_dzx) : k * dz);
   }
@@ -141,8 +143,8 @@ SC_CPU_CLONES void chan_grad_sums(const float* dy, const float* x, const float* 
                                   const double* bt, double* s, double* q) {
   for (int64_t c = 0; c < n; ++c) {
     double xhat;
-    const double dz =
-        grad_z<kRelu, kRes>(dy[c], x[c], res + c, mean[c], invstd[c], gm[c], bt[c], xhat);
+    const double dz = grad_z<kRelu, kRes>(dy[c], x[c], kRes ? res[c] : 0.f, mean[c], invstd[c],
+                                          gm[c], bt[c], xhat);
     s[c] += dz;
     q[c] += dz * xhat;
   }
@@ -155,8 +157,8 @@ SC_CPU_CLONES void chan_grad_apply(const float* dy, const float* x, const float*
                                    const double* mean_dzx, bool training, float* dx, float* dres) {
   for (int64_t c = 0; c < n; ++c) {
     double xhat;
-    const double dz =
-        grad_z<kRelu, kRes>(dy[c], x[c], res + c, mean[c], invstd[c], gm[c], bt[c], xhat);
+    const double dz = grad_z<kRelu, kRes>(dy[c], x[c], kRes ? res[c] : 0.f, mean[c], invstd[c],
+                                          gm[c], bt[c], xhat);
     if (dres) dres[c] = float(dz);
     dx[c] = float(training ? k[c] * (dz - mean_dz[c] - xhat * mean_dzx[c]) : k[c] * dz);
   }
