@@ -65,6 +65,37 @@ bool dht_ok(const uint8_t* p, size_t len) {
   return true;
 }
 
+// Marks the tables a DHT body (already checked by dht_ok) defines.
+void mark_huffman_tables(const uint8_t* p, size_t len, bool huff[2][4]) {
+  size_t i = 0;
+  while (i + 17 <= len) {
+    huff[p[i] >> 4][p[i] & 15] = true;
+    size_t codes = 0;
+    for (int k = 1; k <= 16; ++k) codes += p[i + size_t(k)];
+    i += 17 + codes;
+  }
+}
+
+// An SOS body: Ns components (1..4) of (id, DC table << 4 | AC table), then Ss, Se, Ah << 4 | Al.
+// Every Huffman table the scan decodes with must be defined: the DC table in a sequential scan
+// or a first DC scan of a progressive one (Ss == 0, Ah == 0), the AC table wherever AC
+// coefficients are coded (a sequential scan, or Se > 0).
+bool scan_tables_defined(const uint8_t* p, size_t len, bool progressive, const bool huff[2][4]) {
+  if (len < 1) return false;
+  const size_t ns = p[0];
+  if (ns < 1 || ns > 4 || len != 1 + 2 * ns + 3) return false;
+  const uint8_t ss = p[1 + 2 * ns], se = p[2 + 2 * ns], ah = p[3 + 2 * ns] >> 4;
+  const bool need_dc = !progressive || (ss == 0 && ah == 0);
+  const bool need_ac = !progressive || se > 0;
+  for (size_t c = 0; c < ns; ++c) {
+    const uint8_t t = p[2 + 2 * c];
+    const int dc = t >> 4, ac = t & 15;
+    if (need_dc && (dc > 3 || !huff[0][dc])) return false;
+    if (need_ac && (ac > 3 || !huff[1][ac])) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 bool check_jpeg_structure(const uint8_t* p, size_t n, std::string* why) {
@@ -73,6 +104,11 @@ bool check_jpeg_structure(const uint8_t* p, size_t n, std::string* why) {
     return false;
   };
   if (n < 4 || p[0] != 0xFF || p[1] != 0xD8) return fail("not a JPEG stream");
+  // Which Huffman tables (class 0 DC / 1 AC, id 0..3) have been defined so far: stb_image reads
+  // a table a scan names even when no DHT defined it (uninitialised memory, a crash found by
+  // fuzz_image on a progressive JPEG), so a scan that needs an undefined table is refused here.
+  bool huff[2][4] = {};
+  bool progressive = false;
   size_t i = 2;
   for (;;) {
     // Find the next marker; bytes that are not 0xFF between segments are tolerated (libjpeg warns
@@ -89,11 +125,18 @@ bool check_jpeg_structure(const uint8_t* p, size_t n, std::string* why) {
     if (i + len > n) return fail("truncated JPEG (no end-of-image marker)");
     const uint8_t* body = p + i + 2;
     const size_t body_len = len - 2;
-    if (m == 0xC4 && !dht_ok(body, body_len)) return fail("corrupt JPEG (bad Huffman table)");
+    if (m == 0xC4) {
+      if (!dht_ok(body, body_len)) return fail("corrupt JPEG (bad Huffman table)");
+      mark_huffman_tables(body, body_len, huff);
+    }
     const bool sof = m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC;
     if (sof &&
         (body_len < 6 || body[5] < 1 || body[5] > 4 || body_len != 6 + 3 * size_t(body[5]))) {
       return fail("corrupt JPEG (bad frame header)");
+    }
+    if (sof) progressive = (m == 0xC2 || m == 0xC6 || m == 0xCA || m == 0xCE);
+    if (m == 0xDA && !scan_tables_defined(body, body_len, progressive, huff)) {
+      return fail("corrupt JPEG (a scan uses a Huffman table that was never defined)");
     }
     i += len;
     if (m == 0xDA) {

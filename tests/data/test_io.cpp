@@ -283,6 +283,29 @@ TEST_CASE("decode: a genuine 4-component (CMYK) JPEG is converted or refused, ne
   }
 }
 
+TEST_CASE("decode: a scan that names an undefined Huffman table is refused; real JPEGs decode",
+          "[data][io]") {
+  // fuzz_image's finding (tests/fuzz/regressions/image): a progressive JPEG whose third scan
+  // decodes AC coefficients with table 1, which no DHT defined; stb_image read it from
+  // uninitialised memory and crashed. The JPEGs of the seed corpus (made by Pillow, the
+  // progressive one defines each scan's tables just before it) must still decode.
+  const std::string dir = std::string(SLOTCON_SOURCE_DIR) + "/tests/fuzz/";
+  ImageU8 out;
+  std::string why;
+  std::vector<uint8_t> bad, b;
+  REQUIRE(read_file(dir + "regressions/image/crash-f52c07512fdef8290be4303e535770e87ad915a6",
+                    &bad, &why));
+  CHECK(!decode_image(bad.data(), bad.size(), &out, &why));
+  CHECK(why.find("never defined") != std::string::npos);
+  for (const char* f : {"baseline.jpg", "progressive.jpg", "restart_markers.jpg", "gray.jpg",
+                        "subsampled_444.jpg"}) {
+    INFO(f);
+    REQUIRE(read_file(dir + "corpus/image/" + f, &b, &why));
+    CHECK(decode_image(b.data(), b.size(), &out, &why));
+    CHECK(out.width > 0);
+  }
+}
+
 TEST_CASE("folders: recursive, any-case extensions, sorted, several roots", "[data][io]") {
   TempDir tmp;
   const auto png = valid_png(16, 16);
