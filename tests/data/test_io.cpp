@@ -283,7 +283,7 @@ TEST_CASE("decode: a genuine 4-component (CMYK) JPEG is converted or refused, ne
   }
 }
 
-TEST_CASE("decode: a scan that names an undefined Huffman table is refused; real JPEGs decode",
+TEST_CASE("decode: a scan that names an undefined Huffman table is refused, real JPEGs decode",
           "[data][io]") {
   // fuzz_image's finding (tests/fuzz/regressions/image): a progressive JPEG whose third scan
   // decodes AC coefficients with table 1, which no DHT defined; stb_image read it from
