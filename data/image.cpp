@@ -48,8 +48,9 @@ void append_bytes(void* ctx, void* data, int size) {
 namespace {
 
 // A DHT segment body (after the length field): tables of 1 + 16 + n bytes, n = sum of the 16
-// code counts <= 256, class 0 or 1, id 0..3, filling the segment exactly.
-bool dht_ok(const uint8_t* p, size_t len) {
+// code counts <= 256, class 0 or 1, id 0..3, filling the segment exactly. Each table it walks
+// is marked defined in huff[class][id].
+bool dht_ok(const uint8_t* p, size_t len, bool huff[2][4]) {
   size_t i = 0;
   while (i < len) {
     if (len - i < 17) return false;
@@ -61,19 +62,9 @@ bool dht_ok(const uint8_t* p, size_t len) {
     i += 17;
     if (len - i < codes) return false;
     i += codes;
+    huff[q >> 4][q & 15] = true;
   }
   return true;
-}
-
-// Marks the tables a DHT body (already checked by dht_ok) defines.
-void mark_huffman_tables(const uint8_t* p, size_t len, bool huff[2][4]) {
-  size_t i = 0;
-  while (i + 17 <= len) {
-    huff[p[i] >> 4][p[i] & 15] = true;
-    size_t codes = 0;
-    for (int k = 1; k <= 16; ++k) codes += p[i + size_t(k)];
-    i += 17 + codes;
-  }
 }
 
 // An SOS body: Ns components (1..4) of (id, DC table << 4 | AC table), then Ss, Se, Ah << 4 | Al.
@@ -125,21 +116,18 @@ bool check_jpeg_structure(const uint8_t* p, size_t n, std::string* why) {
     if (i + len > n) return fail("truncated JPEG (no end-of-image marker)");
     const uint8_t* body = p + i + 2;
     const size_t body_len = len - 2;
-    if (m == 0xC4) {
-      if (!dht_ok(body, body_len)) return fail("corrupt JPEG (bad Huffman table)");
-      mark_huffman_tables(body, body_len, huff);
-    }
+    if (m == 0xC4 && !dht_ok(body, body_len, huff)) return fail("corrupt JPEG (bad Huffman table)");
     const bool sof = m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC;
     if (sof &&
         (body_len < 6 || body[5] < 1 || body[5] > 4 || body_len != 6 + 3 * size_t(body[5]))) {
       return fail("corrupt JPEG (bad frame header)");
     }
     if (sof) progressive = (m == 0xC2 || m == 0xC6 || m == 0xCA || m == 0xCE);
-    if (m == 0xDA && !scan_tables_defined(body, body_len, progressive, huff)) {
-      return fail("corrupt JPEG (a scan uses a Huffman table that was never defined)");
-    }
     i += len;
     if (m == 0xDA) {
+      if (!scan_tables_defined(body, body_len, progressive, huff)) {
+        return fail("corrupt JPEG (a scan uses a Huffman table that was never defined)");
+      }
       // Entropy-coded data: runs to the next 0xFF that is neither stuffing (FF 00) nor a restart
       // marker (FF D0..D7).
       for (;;) {
