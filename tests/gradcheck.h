@@ -15,6 +15,16 @@
 // and max pool picks one side). A smooth function has equal one-sided differences up to
 // eps * |L''|, so a wrong gradient away from kinks fails as before. Elements found at a kink are
 // counted in `kinks` when given.
+//
+// Rounding. Each evaluation of L carries rounding error of order |L| * 1e-16, amplified by what
+// the function divides by (a batch norm over a dozen samples with a small spread); the central
+// difference divides it by 2 eps, and at eps = 1e-6 that has been measured at up to 3e-7 on a
+// gradient that is exactly zero (the projector's pre-BN bias), above atol. Rounding falls as
+// 1/eps and the truncation error of a smooth function grows as eps^2, so an element that fails at
+// eps (and is not at a kink) is measured once more at 10 eps, and passes when the analytic
+// gradient matches that difference. A wrong gradient misses both; a kink within 10 eps of the
+// element is the one case this retry cannot help, and it fails as before. Elements that pass
+// only at 10 eps are counted in `rounded` when given.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -37,8 +47,9 @@ struct GradcheckOptions {
 
 inline std::string gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f,
                              std::vector<Tensor> inputs, GradcheckOptions opt = {},
-                             int64_t* kinks = nullptr) {
+                             int64_t* kinks = nullptr, int64_t* rounded = nullptr) {
   if (kinks) *kinks = 0;
+  if (rounded) *rounded = 0;
   for (Tensor& x : inputs) {
     SC_CHECK(x.dtype() == DType::F64 && x.device().is_cpu() && x.is_contiguous(),
              "gradcheck: inputs must be contiguous CPU F64 tensors");
@@ -81,6 +92,19 @@ inline std::string gradcheck(const std::function<Tensor(const std::vector<Tensor
             (std::fabs(a - right) <= tol_r || std::fabs(a - left) <= tol_l)) {
           err = 0;
           if (kinks) ++*kinks;
+        }
+      }
+      if (!(err <= tol)) {
+        const double wide = 10 * opt.eps;
+        p[i] = saved + wide;
+        const double wp = eval();
+        p[i] = saved - wide;
+        const double wm = eval();
+        p[i] = saved;
+        const double numeric_wide = (wp - wm) / (2 * wide);
+        if (std::fabs(a - numeric_wide) <= opt.atol + opt.rtol * std::fabs(numeric_wide)) {
+          err = 0;
+          if (rounded) ++*rounded;
         }
       }
       if (!(err <= tol) && (worst.empty() || err / tol > worst_excess)) {

@@ -223,3 +223,47 @@ TEST_CASE("gradcheck: a composed expression reuses inputs") {
   },
         {rand64({4, 3}, gen()), rand64({3, 3}, gen())});
 }
+
+// The checker itself: a wrong gradient fails at both steps; rounding noise above atol at eps
+// passes on the retry at 10 eps; a kink passes one-sided.
+TEST_CASE("gradcheck itself: a wrong gradient fails, rounding noise and a kink pass") {
+  Generator g(sc::testing::next_seed());
+  // x*x + c*(x - detach(x)): the value is x*x, the analytic gradient 2x + c, the true one 2x
+  // (times the cotangent). c = 1e-4 is 5 rtol of a gradient of 2, the largest here.
+  for (double c : {1e-4, -1e-4, 1e-2}) {
+    INFO("c " << c);
+    int64_t kinks = 0, rounded = 0;
+    const std::string worst = gradcheck(
+        [c](const V& x) { return add(mul(x[0], x[0]), mul_scalar(sub(x[0], x[0].detach()), c)); },
+        {rand64({6}, g)}, {}, &kinks, &rounded);
+    CHECK_FALSE(worst.empty());
+    CHECK(rounded == 0);
+  }
+  // ((x + 3000) - 3000) - x: zero, with a zero gradient, evaluated with the rounding of x to a
+  // multiple of 2^-41 (4.5e-13), which the central difference at eps = 1e-6 turns into up to
+  // 2.3e-7 times the cotangent (above atol = 1e-7), at 10 eps into ten times less: the case of a
+  // zero gradient behind a batch norm. Fixed values and the fixed cotangent seed, so that the
+  // count of retried elements is the same on every run.
+  {
+    std::vector<double> v(32);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = -0.9 + 1.8 * (double(i) + 0.37) / 32.0;
+    int64_t kinks = 0, rounded = 0;
+    const std::string worst = gradcheck(
+        [](const V& x) { return sub(add_scalar(add_scalar(x[0], 3000.0), -3000.0), x[0]); },
+        {from_vector(v, {32}, DType::F64)}, {}, &kinks, &rounded);
+    INFO(worst);
+    CHECK(worst.empty());
+    CHECK(rounded > 0);
+    CHECK(kinks == 0);
+  }
+  // relu at exactly 0: the backward picks a side, the central difference averages both.
+  {
+    int64_t kinks = 0, rounded = 0;
+    const std::string worst = gradcheck([](const V& x) { return relu(x[0]); },
+                                        {from_vector({0.0, 0.5, -0.5}, {3}, DType::F64)}, {},
+                                        &kinks, &rounded);
+    INFO(worst);
+    CHECK(worst.empty());
+    CHECK(kinks == 1);
+  }
+}
