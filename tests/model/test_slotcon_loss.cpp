@@ -295,21 +295,24 @@ TEST_CASE("slotcon loss: the predictor on the compacted present rows equals the 
                                               {2, 9, 4, 1, 1, 5, true}};
   for (const auto& c : cases) {
     for (DType dt : {DType::F64, DType::F32}) {
-      const uint64_t seed = sc::testing::next_seed();
+      uint64_t seed = 0;
+      const testing::LossRun compact = testing::run_compact_with_present(
+          c, [] { return sc::testing::next_seed(); }, dt, Device::cpu(), &seed);
       INFO("B " << c.B << " K " << c.K << " P " << c.H * c.W << " " << dtype_name(dt) << " seed "
                 << seed);
-      const testing::LossRun compact = testing::run_slotcon_loss(c, seed, dt, Device::cpu(), true);
       const testing::LossRun masked = testing::run_slotcon_loss(c, seed, dt, Device::cpu(), false);
       std::string worst;
       const double d = testing::max_rel_diff(compact, masked, &worst);
       INFO("largest relative difference " << d << " (" << worst << "), present rows "
-                                          << compact.present << " of " << c.B * c.K);
+                                          << compact.present << " and " << compact.present_back
+                                          << " of " << c.B * c.K);
       if (std::getenv("SLOTCON_TOL_REPORT"))
         std::printf("compact vs masked predictor, cpu %s, K %lld P %lld: %.3g (%s)\n",
                     dtype_name(dt), (long long)c.K, (long long)(c.H * c.W), d, worst.c_str());
       CHECK(compact.present <= c.B * c.H * c.W);
       if (c.opposite) {
         CHECK(compact.present == 0);
+        CHECK(compact.present_back == 0);
         CHECK(compact.contrast == 0);
       } else {
         CHECK(compact.present > 0);
