@@ -74,11 +74,13 @@ inline std::string gradcheck(const std::function<Tensor(const std::vector<Tensor
     double* p = inputs[k].data<double>();
     for (int64_t i = 0; i < inputs[k].numel(); ++i) {
       const double saved = p[i];
-      p[i] = saved + opt.eps;
-      const double lp = eval();
-      p[i] = saved - opt.eps;
-      const double lm = eval();
-      p[i] = saved;
+      auto eval_at = [&](double h) {  // L with element i moved by h
+        p[i] = saved + h;
+        const double l = eval();
+        p[i] = saved;
+        return l;
+      };
+      const double lp = eval_at(opt.eps), lm = eval_at(-opt.eps);
       const double numeric = (lp - lm) / (2 * opt.eps);
       const double a = analytic[size_t(i)];
       double err = std::fabs(a - numeric);
@@ -96,12 +98,7 @@ inline std::string gradcheck(const std::function<Tensor(const std::vector<Tensor
       }
       if (!(err <= tol)) {
         const double wide = 10 * opt.eps;
-        p[i] = saved + wide;
-        const double wp = eval();
-        p[i] = saved - wide;
-        const double wm = eval();
-        p[i] = saved;
-        const double numeric_wide = (wp - wm) / (2 * wide);
+        const double numeric_wide = (eval_at(wide) - eval_at(-wide)) / (2 * wide);
         if (std::fabs(a - numeric_wide) <= opt.atol + opt.rtol * std::fabs(numeric_wide)) {
           err = 0;
           if (rounded) ++*rounded;
