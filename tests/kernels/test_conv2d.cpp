@@ -194,8 +194,9 @@ TEST_CASE("conv2d NCHW refs work across image chunks (one GEMM per chunk of imag
     sc::conv2d_backward_data_ref<double>(g, Layout::NCHW, dy.data(), w.data(), dx.data());
     sc::conv2d_backward_weight_ref<double>(g, Layout::NCHW, x.data(), dy.data(), dw.data(), nullptr);
     // The inner products are sums of 10^5 to 10^6 products of random signs that cancel (one seed
-    // gave -0.031 from terms whose magnitudes sum to ~10^4), so their rounding is bounded relative
-    // to the sum of |terms|, not to the result: gamma_n(2^-53) < 7e-11 for n < 6.3e5; 1e-10 of it.
+    // gave -0.031 where the magnitudes of the terms sum to ~7e5 for the 3x3 case), so their
+    // rounding is bounded relative to the sum of |terms|, not to the result: gamma_n(2^-53) < 7e-11
+    // for n < 6.3e5; 1e-10 of it.
     // A wrong index or a dropped chunk moves them by far more (~1/sqrt(n) of that sum at least).
     double ydy = 0, xdx = 0, wdw = 0, ydy_abs = 0, xdx_abs = 0, wdw_abs = 0;
     for (size_t i = 0; i < ny; ++i) ydy += y[i] * dy[i], ydy_abs += std::fabs(y[i] * dy[i]);
