@@ -13,7 +13,6 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,6 +22,7 @@
 #include "model/heads.h"
 #include "model/slotcon_loss.h"
 #include "model/slotcon_loss_ops.h"
+#include "test_seed.h"
 
 namespace sc {
 namespace testing {
@@ -145,7 +145,7 @@ inline double max_rel_diff(const LossRun& a, const LossRun& b, std::string* wors
   return m;
 }
 
-// The compact path on a seed drawn from next_seed, drawn again (up to 8 times) while the draw
+// The compact path on a seed from next_seed (test_seed.h), drawn again (up to 8 times) while the draw
 // does not give the case what it is for: a small map against many prototypes (4 pixels, 64 or 70
 // prototypes) leaves no slot in both views about once in a hundred draws, and then the
 // compaction has nothing to do; an `opposite` case is for no row present in either direction,
@@ -153,9 +153,8 @@ inline double max_rel_diff(const LossRun& a, const LossRun& b, std::string* wors
 // (a few draws in a hundred). Presence is counted by proto_assign and slot_presence, apart from
 // the loss, so that the test's checks on the loss stay checks. The seed used is returned in
 // *seed, for the test's message and its other runs.
-inline LossRun run_compact_with_present(const PredictorPathCase& c,
-                                        const std::function<uint64_t()>& next_seed, DType dt,
-                                        Device dev, uint64_t* seed) {
+inline LossRun run_compact_with_present(const PredictorPathCase& c, DType dt, Device dev,
+                                        uint64_t* seed) {
   *seed = next_seed();
   LossRun r = run_slotcon_loss(c, *seed, dt, dev, true);
   auto fits = [&c](const LossRun& run) {

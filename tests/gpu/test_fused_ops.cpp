@@ -496,8 +496,7 @@ TEST_CASE("slotcon loss on CUDA: the predictor on the compacted present rows equ
   for (const auto& c : cases) {
     for (DType dt : {DType::F64, DType::F32}) {
       uint64_t seed = 0;
-      const auto compact = testing::run_compact_with_present(
-          c, [] { return fresh_seed(); }, dt, Device::cuda(0), &seed);
+      const auto compact = testing::run_compact_with_present(c, dt, Device::cuda(0), &seed);
       INFO("B " << c.B << " K " << c.K << " P " << c.H * c.W << " " << dtype_name(dt) << " seed "
                 << seed);
       const auto masked = testing::run_slotcon_loss(c, seed, dt, Device::cuda(0), false);

@@ -296,8 +296,7 @@ TEST_CASE("slotcon loss: the predictor on the compacted present rows equals the 
   for (const auto& c : cases) {
     for (DType dt : {DType::F64, DType::F32}) {
       uint64_t seed = 0;
-      const testing::LossRun compact = testing::run_compact_with_present(
-          c, [] { return sc::testing::next_seed(); }, dt, Device::cpu(), &seed);
+      const testing::LossRun compact = testing::run_compact_with_present(c, dt, Device::cpu(), &seed);
       INFO("B " << c.B << " K " << c.K << " P " << c.H * c.W << " " << dtype_name(dt) << " seed "
                 << seed);
       const testing::LossRun masked = testing::run_slotcon_loss(c, seed, dt, Device::cpu(), false);
