@@ -24,6 +24,13 @@ inline double dotv(const Vec& a, const Vec& b) {
   return s;
 }
 
+// Sum of |a_i b_i|: the scale of dotv's rounding when its terms cancel.
+inline double dotv_abs(const Vec& a, const Vec& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += std::fabs(a[i] * b[i]);
+  return s;
+}
+
 // Worst |analytic - numeric| / (atol + rtol |numeric|) over every element of x, where numeric is
 // the central difference of L at x.
 inline double fd_excess(Vec& x, const std::function<double()>& L, const Vec& analytic, double eps,

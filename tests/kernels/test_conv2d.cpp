@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kernel_test_util.h"
 #include "test_seed.h"
 #include "kernels/conv2d.h"
 
@@ -15,12 +16,9 @@ namespace {
 using sc::Conv2dGeom;
 using sc::Layout;
 
-std::vector<double> random_vec(size_t n, std::mt19937_64& rng, double lo = -1, double hi = 1) {
-  std::uniform_real_distribution<double> u(lo, hi);
-  std::vector<double> v(n);
-  for (double& x : v) x = u(rng);
-  return v;
-}
+using kernel_test::dotv;
+using kernel_test::dotv_abs;
+using kernel_test::random_vec;
 
 template <class T>
 std::vector<T> cast_vec(const std::vector<double>& v) {
@@ -198,10 +196,8 @@ TEST_CASE("conv2d NCHW refs work across image chunks (one GEMM per chunk of imag
     // rounding is bounded relative to the sum of |terms|, not to the result: gamma_n(2^-53) < 7e-11
     // for n < 6.3e5; 1e-10 of it.
     // A wrong index or a dropped chunk moves them by far more (~1/sqrt(n) of that sum at least).
-    double ydy = 0, xdx = 0, wdw = 0, ydy_abs = 0, xdx_abs = 0, wdw_abs = 0;
-    for (size_t i = 0; i < ny; ++i) ydy += y[i] * dy[i], ydy_abs += std::fabs(y[i] * dy[i]);
-    for (size_t i = 0; i < nx; ++i) xdx += x[i] * dx[i], xdx_abs += std::fabs(x[i] * dx[i]);
-    for (size_t i = 0; i < nw; ++i) wdw += w[i] * dw[i], wdw_abs += std::fabs(w[i] * dw[i]);
+    const double ydy = dotv(y, dy), xdx = dotv(x, dx), wdw = dotv(w, dw);
+    const double ydy_abs = dotv_abs(y, dy), xdx_abs = dotv_abs(x, dx), wdw_abs = dotv_abs(w, dw);
     INFO("<y, dy> " << ydy << " (sum of |terms| " << ydy_abs << "), <x, dx> " << xdx << " ("
                     << xdx_abs << "), <w, dw> " << wdw << " (" << wdw_abs << ")");
     CHECK(std::fabs(xdx - ydy) <= 1e-10 * (xdx_abs + ydy_abs));
