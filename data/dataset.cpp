@@ -81,8 +81,9 @@ std::string ImageFolderDataset::item_name(int64_t i) const {
   return files_[size_t(i)];
 }
 
-SyntheticSceneDataset::SyntheticSceneDataset(int64_t count, uint64_t seed, int width, int height)
-    : count_(count), seed_(seed), width_(width), height_(height) {
+SyntheticSceneDataset::SyntheticSceneDataset(int64_t count, uint64_t seed, int width, int height,
+                                             SceneObjects objects)
+    : count_(count), seed_(seed), width_(width), height_(height), objects_(objects) {
   SC_CHECK(count > 0, "synthetic scenes: count must be positive, got ", count);
   SC_CHECK(width >= 8 && height >= 8, "synthetic scenes: size must be at least 8x8, got ", width,
            "x", height);
@@ -91,7 +92,7 @@ SyntheticSceneDataset::SyntheticSceneDataset(int64_t count, uint64_t seed, int w
 bool SyntheticSceneDataset::load(int64_t i, ImageU8* out, std::string*) const {
   SC_CHECK(i >= 0 && i < count_, "synthetic scenes: index ", i, " out of range [0, ", count_, ")");
   thread_local Scene scene;
-  render_scene(seed_, i, width_, height_, &scene);
+  render_scene(seed_, i, width_, height_, &scene, objects_);
   std::swap(*out, scene.image);
   return true;
 }
@@ -103,7 +104,7 @@ std::string SyntheticSceneDataset::item_name(int64_t i) const {
 std::vector<uint8_t> SyntheticSceneDataset::class_map(int64_t i) const {
   SC_CHECK(i >= 0 && i < count_, "synthetic scenes: index ", i, " out of range");
   Scene scene;
-  render_scene(seed_, i, width_, height_, &scene);
+  render_scene(seed_, i, width_, height_, &scene, objects_);
   return std::move(scene.class_map);
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "data/image.h"
+#include "data/scenes.h"
 
 namespace sc {
 namespace data {
@@ -54,7 +55,8 @@ class ImageFolderDataset : public Dataset {
 // Scene i of scenes.h, rendered on the fly at width x height from (seed, i).
 class SyntheticSceneDataset : public Dataset {
  public:
-  SyntheticSceneDataset(int64_t count, uint64_t seed, int width, int height);
+  SyntheticSceneDataset(int64_t count, uint64_t seed, int width, int height,
+                        SceneObjects objects = SceneObjects::Standard);
   int64_t size() const override { return count_; }
   bool load(int64_t i, ImageU8* out, std::string* why) const override;
   std::string item_name(int64_t i) const override;
@@ -62,6 +64,7 @@ class SyntheticSceneDataset : public Dataset {
   uint64_t seed() const { return seed_; }
   int width() const { return width_; }
   int height() const { return height_; }
+  SceneObjects objects() const { return objects_; }
   // The class map of scene i at the dataset's size (width * height, row-major).
   std::vector<uint8_t> class_map(int64_t i) const;
 
@@ -69,6 +72,7 @@ class SyntheticSceneDataset : public Dataset {
   int64_t count_;
   uint64_t seed_;
   int width_, height_;
+  SceneObjects objects_;
 };
 
 }  // namespace data

@@ -49,7 +49,8 @@ Rng sample_rng(uint64_t seed, int64_t epoch, int64_t index) {
 std::shared_ptr<const Dataset> make_dataset(const LoaderConfig& cfg) {
   if (cfg.synthetic) {
     return std::make_shared<SyntheticSceneDataset>(cfg.synthetic_count, cfg.synthetic_seed,
-                                                   cfg.synthetic_width, cfg.synthetic_height);
+                                                   cfg.synthetic_width, cfg.synthetic_height,
+                                                   cfg.synthetic_objects);
   }
   SC_CHECK(!cfg.data_dir.empty(), "data loader: no data_dir given and synthetic is off");
   return std::make_shared<ImageFolderDataset>(split_paths(cfg.data_dir), cfg.limits);
@@ -347,7 +348,8 @@ std::vector<int64_t> DataLoader::epoch_indices(int64_t epoch) const {
   return out;
 }
 
-SceneBatch render_scene_batch(uint64_t seed, int64_t first, int64_t count, int size) {
+SceneBatch render_scene_batch(uint64_t seed, int64_t first, int64_t count, int size,
+                              SceneObjects objects) {
   SC_CHECK(count >= 1 && first >= 0, "render_scene_batch: bad range ", first, " + ", count);
   SceneBatch out;
   out.images = host_tensor({count, 3, size, size}, DType::F32, false);
@@ -355,7 +357,7 @@ SceneBatch render_scene_batch(uint64_t seed, int64_t first, int64_t count, int s
   Scene scene;
   const int64_t plane = int64_t(size) * size;
   for (int64_t i = 0; i < count; ++i) {
-    render_scene(seed, first + i, size, size, &scene);
+    render_scene(seed, first + i, size, size, &scene, objects);
     normalize_to_chw(scene.image, out.images.data<float>() + i * 3 * plane);
     std::memcpy(out.class_maps.data<uint8_t>() + i * plane, scene.class_map.data(), size_t(plane));
   }

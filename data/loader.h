@@ -49,6 +49,7 @@ struct LoaderConfig {
   int synthetic_width = 256;
   int synthetic_height = 256;
   uint64_t synthetic_seed = 0;  // the scenes' layout, independent of `seed`
+  SceneObjects synthetic_objects = SceneObjects::Standard;  // data/scenes.h
 
   // Augmentation: image_size and min_scale override augment.size and augment.min_scale.
   int image_size = 224;
@@ -136,7 +137,8 @@ struct SceneBatch {
   Tensor images;
   Tensor class_maps;
 };
-SceneBatch render_scene_batch(uint64_t seed, int64_t first, int64_t count, int size);
+SceneBatch render_scene_batch(uint64_t seed, int64_t first, int64_t count, int size,
+                              SceneObjects objects = SceneObjects::Standard);
 
 // The class maps seen by view v (0 or 1) of each sample of a synthetic batch, resampled
 // (nearest) to out_size x out_size: U8 (B, out_size, out_size). The dataset must be the

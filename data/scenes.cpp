@@ -107,7 +107,18 @@ std::string scene_class_name(int cls) {
   return std::string(colors[(cls - 1) % kSceneColors]) + " " + shapes[(cls - 1) / kSceneColors];
 }
 
-SceneLayout make_scene_layout(uint64_t seed, int64_t index) {
+SceneObjects parse_scene_objects(const std::string& name) {
+  if (name == "standard") return SceneObjects::Standard;
+  if (name == "large") return SceneObjects::Large;
+  throw Error(str_cat("synthetic scene objects must be 'standard' or 'large', got '", name, "'"));
+}
+
+const char* scene_objects_name(SceneObjects objects) {
+  return objects == SceneObjects::Large ? "large" : "standard";
+}
+
+SceneLayout make_scene_layout(uint64_t seed, int64_t index, SceneObjects objects) {
+  const bool large = objects == SceneObjects::Large;
   Rng rng(seed, uint64_t(index), 0x7363656e65ull);
   SceneLayout L;
   L.bg_hue = rng.uniform();
@@ -118,7 +129,7 @@ SceneLayout make_scene_layout(uint64_t seed, int64_t index) {
   L.bg_angle = rng.uniform(0.0, kPi);
   L.bg_amp = rng.uniform(0.08, 0.25);
   L.bg_noise_seed = rng.next_u64();
-  const int n = int(rng.randint(2, 5));
+  const int n = large ? int(rng.randint(1, 3)) : int(rng.randint(2, 5));
   for (int i = 0; i < n; ++i) {
     SceneObject o;
     const int shape = int(rng.randint(0, kSceneShapes - 1));
@@ -126,7 +137,7 @@ SceneLayout make_scene_layout(uint64_t seed, int64_t index) {
     o.cls = 1 + shape * kSceneColors + color;
     o.cx = rng.uniform(0.08, 0.92);
     o.cy = rng.uniform(0.08, 0.92);
-    o.radius = rng.uniform(0.08, 0.22);
+    o.radius = large ? rng.uniform(0.18, 0.32) : rng.uniform(0.08, 0.22);
     o.angle = rng.uniform(0.0, 2 * kPi);
     o.hue = color / 3.0 + rng.uniform(-12.0, 12.0) / 360.0;
     o.sat = rng.uniform(0.65, 1.0);
@@ -237,9 +248,10 @@ void render_layout(const SceneLayout& L, uint64_t noise_seed, int W, int H, Scen
   }
 }
 
-void render_scene(uint64_t seed, int64_t index, int width, int height, Scene* out) {
-  render_layout(make_scene_layout(seed, index), hash_combine(seed, uint64_t(index)), width, height,
-                out);
+void render_scene(uint64_t seed, int64_t index, int width, int height, Scene* out,
+                  SceneObjects objects) {
+  render_layout(make_scene_layout(seed, index, objects), hash_combine(seed, uint64_t(index)), width,
+                height, out);
 }
 
 void write_scenes(const std::string& dir, int64_t count, uint64_t seed, int width, int height,

@@ -2,7 +2,8 @@
 //
 // A scene is a textured background with a few objects drawn over it in painter's order (so later
 // objects occlude earlier ones). Every object belongs to one of 9 classes, shape x colour:
-//   shapes  disc, square, triangle (randomly rotated, radius 8%..22% of the shorter side)
+//   shapes  disc, square, triangle (randomly rotated, radius 8%..22% of the shorter side; in the
+//           large-object set 18%..32%)
 //   colours red, green, blue families (hue +-12 degrees around 0, 120, 240; saturation 0.65..1,
 //           value 0.55..1)
 // Class id = 1 + 3 * shape + colour; class 0 is the background. The texture of an object (plain
@@ -47,8 +48,19 @@ struct SceneLayout {
   std::vector<SceneObject> objects;  // drawn in order
 };
 
-// The layout of scene `index` of the set with this seed (2..5 objects).
-SceneLayout make_scene_layout(uint64_t seed, int64_t index);
+// Which objects a scene set draws. Standard: 2..5 objects of radius 8%..22% of the shorter side
+// (at 224 px and stride 32 an object spans about 1 to 3 cells; 82 % of the cells are
+// background). Large: 1..3 objects of radius 18%..32% (about 2.5 to 4.5 cells across), for short
+// runs in which the slots are to be seen (docs/training.md). Everything else is drawn alike.
+enum class SceneObjects { Standard, Large };
+
+// "standard" | "large"; throws sc::Error on anything else.
+SceneObjects parse_scene_objects(const std::string& name);
+const char* scene_objects_name(SceneObjects objects);
+
+// The layout of scene `index` of the set with this seed.
+SceneLayout make_scene_layout(uint64_t seed, int64_t index,
+                              SceneObjects objects = SceneObjects::Standard);
 
 struct Scene {
   ImageU8 image;
@@ -56,7 +68,8 @@ struct Scene {
 };
 
 // Renders scene `index` at width x height pixels (both >= 8).
-void render_scene(uint64_t seed, int64_t index, int width, int height, Scene* out);
+void render_scene(uint64_t seed, int64_t index, int width, int height, Scene* out,
+                  SceneObjects objects = SceneObjects::Standard);
 void render_layout(const SceneLayout& layout, uint64_t noise_seed, int width, int height,
                    Scene* out);
 

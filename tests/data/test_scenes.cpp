@@ -209,3 +209,70 @@ TEST_CASE("scenes: dataset, evaluation batches and class maps of training views"
     }
   }
 }
+
+TEST_CASE("scenes: the large-object set draws 1-3 objects of radius 18-32 %, through every path",
+          "[data][scenes]") {
+  CHECK(parse_scene_objects("standard") == SceneObjects::Standard);
+  CHECK(parse_scene_objects("large") == SceneObjects::Large);
+  CHECK(std::string(scene_objects_name(SceneObjects::Large)) == "large");
+  CHECK_THROWS_AS(parse_scene_objects("huge"), sc::Error);
+  CHECK_THROWS_AS(parse_scene_objects(""), sc::Error);
+
+  std::set<size_t> counts[2];
+  double rmin[2] = {1, 1}, rmax[2] = {0, 0}, bg[2] = {0, 0};
+  for (int i = 0; i < 200; ++i) {
+    for (int k = 0; k < 2; ++k) {
+      const SceneObjects o = k ? SceneObjects::Large : SceneObjects::Standard;
+      const SceneLayout L = make_scene_layout(5, i, o);
+      counts[k].insert(L.objects.size());
+      for (const SceneObject& ob : L.objects) {
+        rmin[k] = std::min(rmin[k], ob.radius);
+        rmax[k] = std::max(rmax[k], ob.radius);
+      }
+      Scene s;
+      render_scene(5, i, 64, 64, &s, o);
+      bg[k] += double(std::count(s.class_map.begin(), s.class_map.end(), 0)) / (64 * 64) / 200;
+    }
+    // the default is the standard set, drawn as before the large one existed
+    CHECK(make_scene_layout(5, i).objects.size() ==
+          make_scene_layout(5, i, SceneObjects::Standard).objects.size());
+  }
+  CHECK(counts[0] == std::set<size_t>{2, 3, 4, 5});
+  CHECK(counts[1] == std::set<size_t>{1, 2, 3});
+  CHECK(rmin[0] >= 0.08);
+  CHECK(rmax[0] <= 0.22);
+  CHECK(rmin[1] >= 0.18);
+  CHECK(rmin[1] < 0.19);
+  CHECK(rmax[1] <= 0.32);
+  CHECK(rmax[1] > 0.31);
+  CHECK(bg[1] < bg[0] - 0.05);  // fewer background pixels
+
+  // the dataset, the evaluation batch and the loader's dataset all draw the large set
+  SyntheticSceneDataset ds(20, 9, 48, 40, SceneObjects::Large);
+  CHECK(ds.objects() == SceneObjects::Large);
+  Scene large, standard;
+  render_scene(9, 3, 48, 40, &large, SceneObjects::Large);
+  render_scene(9, 3, 48, 40, &standard);
+  REQUIRE(large.class_map != standard.class_map);
+  CHECK(ds.class_map(3) == large.class_map);
+  ImageU8 img;
+  std::string why;
+  REQUIRE(ds.load(3, &img, &why));
+  CHECK(img.rgb == large.image.rgb);
+  const SceneBatch eb = render_scene_batch(9, 3, 1, 48, SceneObjects::Large);
+  render_scene(9, 3, 48, 48, &large, SceneObjects::Large);
+  CHECK(std::memcmp(eb.class_maps.data<uint8_t>(), large.class_map.data(), 48 * 48) == 0);
+  LoaderConfig cfg;
+  cfg.synthetic = true;
+  cfg.synthetic_count = 20;
+  cfg.synthetic_seed = 9;
+  cfg.synthetic_width = 48;
+  cfg.synthetic_height = 40;
+  cfg.synthetic_objects = SceneObjects::Large;
+  cfg.image_size = 16;
+  cfg.batch_size = 4;
+  cfg.num_workers = 0;
+  DataLoader loader(cfg);
+  CHECK(dynamic_cast<const SyntheticSceneDataset&>(loader.dataset()).objects() ==
+        SceneObjects::Large);
+}
