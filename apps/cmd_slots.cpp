@@ -105,7 +105,8 @@ int cmd_slots(const Args& args) {
 
   PictureImages pics;
   if (images.empty()) {
-    pics = picture_scenes(cfg.seed, cfg.synthetic_images, count, int(size));
+    pics = picture_scenes(cfg.seed, cfg.synthetic_images, count, int(size),
+                          data::parse_scene_objects(cfg.synthetic_objects));
   } else {
     std::vector<std::string> skipped;
     pics = picture_folder_images(data::split_paths(images), count, int(size), &skipped);

@@ -68,7 +68,7 @@ void train_usage() {
       "  --config FILE       JSON config (keys below); command-line keys override it\n"
       "  --resume FILE       resume from this checkpoint (refused when it was written with\n"
       "                      another arch, dim_hidden, dim_out, num_prototypes, optimizer,\n"
-      "                      batch_size, dataset or synthetic_images)\n"
+      "                      batch_size, dataset, synthetic_images or synthetic_objects)\n"
       "  --no-auto-resume    do not resume from the newest good checkpoint in output_dir\n"
       "  --init FILE         initialise the model from a state file with the reference names\n"
       "  --batch-file FILE   replay this recorded batch (crops.0/1, coords.0/1, flags.0/1) every\n"
@@ -472,6 +472,7 @@ void Run::setup_data() {
     lc.data_dir = cfg_.data_dir;
     lc.synthetic_count = cfg_.synthetic_images;
     lc.synthetic_seed = cfg_.seed;
+    lc.synthetic_objects = data::parse_scene_objects(cfg_.synthetic_objects);
     lc.image_size = int(cfg_.image_size);
     lc.min_scale = cfg_.min_scale;
     // color_aug scales the colour changes that can move a pixel across the synthetic scenes'
@@ -532,7 +533,8 @@ void Run::setup_eval() {
     s.count = cfg_.score_images;
     // scenes after the training set: never trained on
     s.scenes =
-        data::render_scene_batch(cfg_.seed, cfg_.synthetic_images, cfg_.score_images, s.size);
+        data::render_scene_batch(cfg_.seed, cfg_.synthetic_images, cfg_.score_images, s.size,
+                                 data::parse_scene_objects(cfg_.synthetic_objects));
     scorer_ = std::move(s);
     std::printf("grouping score: the teacher's arg-max prototype per pixel vs the scene classes "
                 "on %lld held-out scenes at %d px (one-to-one matching, mean IoU over %d classes)\n",
@@ -543,7 +545,8 @@ void Run::setup_eval() {
     const int size = int(cfg_.score_size > 0 ? cfg_.score_size : cfg_.image_size);
     try {
       if (cfg_.dataset == "synthetic")
-        pictures_ = picture_scenes(cfg_.seed, cfg_.synthetic_images, cfg_.slot_images, size);
+        pictures_ = picture_scenes(cfg_.seed, cfg_.synthetic_images, cfg_.slot_images, size,
+                                   data::parse_scene_objects(cfg_.synthetic_objects));
       else
         pictures_ = picture_folder_images(data::split_paths(cfg_.data_dir), cfg_.slot_images,
                                           size, nullptr);

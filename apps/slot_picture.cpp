@@ -16,13 +16,14 @@
 namespace sc {
 namespace app {
 
-PictureImages picture_scenes(uint64_t seed, int64_t first, int64_t count, int size) {
+PictureImages picture_scenes(uint64_t seed, int64_t first, int64_t count, int size,
+                             data::SceneObjects objects) {
   SC_CHECK(count >= 1 && size >= 1, "slot picture: bad scene count ", count, " or size ", size);
   PictureImages out;
   out.size = size;
   data::Scene scene;
   for (int64_t i = 0; i < count; ++i) {
-    data::render_scene(seed, first + i, size, size, &scene);
+    data::render_scene(seed, first + i, size, size, &scene, objects);
     out.rgb.insert(out.rgb.end(), scene.image.rgb.begin(), scene.image.rgb.end());
     out.names.push_back("synthetic scene " + std::to_string(first + i));
   }

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "data/scenes.h"
 #include "engine/tensor.h"
 
 namespace sc {
@@ -21,7 +22,8 @@ struct PictureImages {
 
 // Synthetic scenes first .. first + count - 1 of `seed` (the held-out ones start at the training
 // set's size, as the grouping score's do).
-PictureImages picture_scenes(uint64_t seed, int64_t first, int64_t count, int size);
+PictureImages picture_scenes(uint64_t seed, int64_t first, int64_t count, int size,
+                             data::SceneObjects objects = data::SceneObjects::Standard);
 // `count` images of the folders spread evenly over scan_image_folders' sorted list (all of them
 // when there are no more), each the centre square of its shorter side resized to size x size
 // (bicubic); a file that cannot be read is named in *skipped and the next one is tried. Throws

@@ -97,6 +97,9 @@ const std::map<std::string, Field>& fields() {
       {"dataset", field(&TrainConfig::dataset, "folder | synthetic")},
       {"data_dir", field(&TrainConfig::data_dir, "image folder(s), ':'-separated")},
       {"synthetic_images", field(&TrainConfig::synthetic_images, "synthetic scene count")},
+      {"synthetic_objects", field(&TrainConfig::synthetic_objects,
+                                  "synthetic scenes' objects: standard (2-5, radius 8-22 % of the "
+                                  "side) | large (1-3, 18-32 %)")},
       {"image_size", field(&TrainConfig::image_size, "crop size S")},
       {"min_scale", field(&TrainConfig::min_scale, "random-resized-crop minimum scale")},
       {"color_aug", field(&TrainConfig::color_aug,
@@ -184,6 +187,9 @@ void TrainConfig::validate() const {
            "be in [0, 1]");
   SC_CHECK(base_lr > 0 && warmup_epoch >= 0 && warmup_multiplier >= 1, "config: base_lr > 0, "
            "warmup_epoch >= 0 and warmup_multiplier >= 1 are required");
+  SC_CHECK(synthetic_objects == "standard" || synthetic_objects == "large",
+           "config key 'synthetic_objects' must be 'standard' or 'large', got '", synthetic_objects,
+           "'");
   SC_CHECK(num_workers >= 0 && synthetic_images > 0, "config: num_workers >= 0 and "
            "synthetic_images > 0 are required");
   SC_CHECK(save_freq > 0 && print_freq > 0, "config: save_freq and print_freq must be positive");
@@ -248,7 +254,8 @@ std::vector<std::string> check_resume_config(const std::string& saved_json, cons
                                              const std::string& what) {
   static const std::set<std::string> must_match = {"arch",      "dim_hidden", "dim_out",
                                                    "num_prototypes", "optimizer",  "batch_size",
-                                                   "dataset",   "synthetic_images"};
+                                                   "dataset",   "synthetic_images",
+                                                   "synthetic_objects"};
   json saved = json::parse(saved_json, nullptr, /*allow_exceptions=*/false);
   if (!saved.is_object())
     return {str_cat("the config saved in ", what, " could not be read; it is not compared")};

@@ -207,6 +207,34 @@ TEST_CASE("train: color_aug reaches the loader's colour augmentation") {
   CHECK(differs > 0);
 }
 
+TEST_CASE("train: synthetic_objects large reaches the loader") {
+  // The batch trained on with --synthetic_objects large is the loader's first batch of the
+  // large-object scenes (and not of the standard ones).
+  std::string d = dir("train_large_objects");
+  Run r = run(kTiny + "--steps 1 --no-auto-resume --synthetic_objects large --output_dir " + d +
+              " --save-batch " + d + "/batch.safetensors");
+  INFO(r.out);
+  REQUIRE(r.code() == 0);
+  SafetensorsFile f = read_safetensors(d + "/batch.safetensors");
+  data::LoaderConfig lc;
+  lc.synthetic = true;
+  lc.synthetic_count = 8;
+  lc.synthetic_objects = data::SceneObjects::Large;
+  lc.image_size = 64;
+  lc.batch_size = 4;
+  lc.num_workers = 1;
+  data::DataLoader loader(lc);
+  data::Batch large = loader.next_batch();
+  data::Batch standard = first_batch(4, 1);
+  double differs = 0;
+  for (int v = 0; v < 2; ++v) {
+    const Tensor& got = f.tensors.at("crops." + std::to_string(v));
+    CHECK(compare(got, large.crops[v], 0, 0).max_abs == 0);
+    differs += compare(got, standard.crops[v], 0, 0).max_abs;
+  }
+  CHECK(differs > 0);
+}
+
 TEST_CASE("train: the grouping score at the start and the end, --steps 0 only scores") {
   std::string d = dir("train_score");
   Run r = run(kTiny +

@@ -28,10 +28,12 @@ TEST_CASE("config: defaults follow the authors' settings") {
   CHECK(c.warmup_epoch == 5);
   CHECK(c.min_scale == 0.08);
   CHECK(c.color_aug == 1.0);
+  CHECK(c.synthetic_objects == "standard");
 }
 
 TEST_CASE("config: shipped configs parse and validate") {
-  for (const char* f : {"coco_r50_800ep.json", "imagenet_r50_100ep.json", "demo.json"}) {
+  for (const char* f :
+       {"coco_r50_800ep.json", "imagenet_r50_100ep.json", "demo.json", "slots_30min.json"}) {
     INFO(f);
     TrainConfig c = load_config_file(std::string(SLOTCON_SOURCE_DIR) + "/configs/" + f);
     CHECK_NOTHROW(c.validate());
@@ -40,6 +42,10 @@ TEST_CASE("config: shipped configs parse and validate") {
                                     "/configs/imagenet_r50_100ep.json");
   CHECK(in.num_prototypes == 2048);
   CHECK(in.epochs == 100);
+  TrainConfig slots = load_config_file(std::string(SLOTCON_SOURCE_DIR) +
+                                       "/configs/slots_30min.json");
+  CHECK(slots.synthetic_objects == "large");
+  CHECK(slots.num_prototypes == 10);
 }
 
 TEST_CASE("config: overrides, round trip through JSON") {
@@ -70,6 +76,12 @@ TEST_CASE("config: errors name the key") {
   bad.data_dir = "x";
   bad.color_aug = 1.5;
   CHECK_THROWS_WITH(bad.validate(), Catch::Contains("color_aug"));
+  bad = TrainConfig();
+  bad.data_dir = "x";
+  bad.synthetic_objects = "huge";
+  CHECK_THROWS_WITH(bad.validate(), Catch::Contains("synthetic_objects"));
+  bad.synthetic_objects = "large";
+  CHECK_NOTHROW(bad.validate());
   bad = TrainConfig();
   bad.data_dir = "x";
   bad.warmup_teacher_temp_epochs = -1;
@@ -130,7 +142,8 @@ TEST_CASE("config: written as checkpoints store it, read back the same, compared
            [](TrainConfig& t) { t.dim_out = 8; },
            [](TrainConfig& t) { t.batch_size = 3; },
            [](TrainConfig& t) { t.optimizer = "sgd"; },
-           [](TrainConfig& t) { t.synthetic_images = 9; }}) {
+           [](TrainConfig& t) { t.synthetic_images = 9; },
+           [](TrainConfig& t) { t.synthetic_objects = "large"; }}) {
     TrainConfig other = back;
     change(other);
     CHECK_THROWS_WITH(check_resume_config(text, other, "ck"),
