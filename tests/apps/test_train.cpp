@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -177,11 +178,15 @@ TEST_CASE("train: --save-batch records the batch trained on, in the --batch-file
   CHECK(rr.code() == 0);
 }
 
-TEST_CASE("train: color_aug reaches the loader's colour augmentation") {
-  // The batch trained on with --color_aug 0.5 is the loader's first batch with hue, saturation
-  // and grayscale probability halved (and not the authors' batch).
-  std::string d = dir("train_color_aug");
-  Run r = run(kTiny + "--steps 1 --no-auto-resume --color_aug 0.5 --output_dir " + d +
+namespace {
+
+// Trains one step of kTiny with `flags` into a fresh folder `name` and checks that the batch it
+// trained on is the first batch of the loader that `change` makes from kTiny's loader settings,
+// and not kTiny's own first batch.
+void check_first_batch_follows(const std::string& name, const std::string& flags,
+                               const std::function<void(data::LoaderConfig&)>& change) {
+  std::string d = dir(name);
+  Run r = run(kTiny + "--steps 1 --no-auto-resume " + flags + " --output_dir " + d +
               " --save-batch " + d + "/batch.safetensors");
   INFO(r.out);
   REQUIRE(r.code() == 0);
@@ -192,47 +197,37 @@ TEST_CASE("train: color_aug reaches the loader's colour augmentation") {
   lc.image_size = 64;
   lc.batch_size = 4;
   lc.num_workers = 1;
-  lc.augment.hue *= 0.5;
-  lc.augment.saturation *= 0.5;
-  lc.augment.grayscale_p *= 0.5;
+  change(lc);
   data::DataLoader loader(lc);
-  data::Batch half = loader.next_batch();
-  data::Batch full = first_batch(4, 1);
+  data::Batch changed = loader.next_batch();
+  data::Batch plain = first_batch(4, 1);
   double differs = 0;
   for (int v = 0; v < 2; ++v) {
     const Tensor& got = f.tensors.at("crops." + std::to_string(v));
-    CHECK(compare(got, half.crops[v], 0, 0).max_abs == 0);
-    differs += compare(got, full.crops[v], 0, 0).max_abs;
+    CHECK(compare(got, changed.crops[v], 0, 0).max_abs == 0);
+    differs += compare(got, plain.crops[v], 0, 0).max_abs;
   }
   CHECK(differs > 0);
+}
+
+}  // namespace
+
+TEST_CASE("train: color_aug reaches the loader's colour augmentation") {
+  // The batch trained on with --color_aug 0.5 is the loader's first batch with hue, saturation
+  // and grayscale probability halved (and not the authors' batch).
+  check_first_batch_follows("train_color_aug", "--color_aug 0.5", [](data::LoaderConfig& lc) {
+    lc.augment.hue *= 0.5;
+    lc.augment.saturation *= 0.5;
+    lc.augment.grayscale_p *= 0.5;
+  });
 }
 
 TEST_CASE("train: synthetic_objects large reaches the loader") {
   // The batch trained on with --synthetic_objects large is the loader's first batch of the
   // large-object scenes (and not of the standard ones).
-  std::string d = dir("train_large_objects");
-  Run r = run(kTiny + "--steps 1 --no-auto-resume --synthetic_objects large --output_dir " + d +
-              " --save-batch " + d + "/batch.safetensors");
-  INFO(r.out);
-  REQUIRE(r.code() == 0);
-  SafetensorsFile f = read_safetensors(d + "/batch.safetensors");
-  data::LoaderConfig lc;
-  lc.synthetic = true;
-  lc.synthetic_count = 8;
-  lc.synthetic_objects = data::SceneObjects::Large;
-  lc.image_size = 64;
-  lc.batch_size = 4;
-  lc.num_workers = 1;
-  data::DataLoader loader(lc);
-  data::Batch large = loader.next_batch();
-  data::Batch standard = first_batch(4, 1);
-  double differs = 0;
-  for (int v = 0; v < 2; ++v) {
-    const Tensor& got = f.tensors.at("crops." + std::to_string(v));
-    CHECK(compare(got, large.crops[v], 0, 0).max_abs == 0);
-    differs += compare(got, standard.crops[v], 0, 0).max_abs;
-  }
-  CHECK(differs > 0);
+  check_first_batch_follows(
+      "train_large_objects", "--synthetic_objects large",
+      [](data::LoaderConfig& lc) { lc.synthetic_objects = data::SceneObjects::Large; });
 }
 
 TEST_CASE("train: the grouping score at the start and the end, --steps 0 only scores") {

@@ -32,6 +32,21 @@ double hue_of(double r, double g, double b) {
   return h < 0 ? h + 1 : h;
 }
 
+// A loader of 20 scenes of seed 9 at 48 x 40, batches of 4 views of 16 px.
+LoaderConfig scene_loader_config(SceneObjects objects) {
+  LoaderConfig cfg;
+  cfg.synthetic = true;
+  cfg.synthetic_count = 20;
+  cfg.synthetic_seed = 9;
+  cfg.synthetic_width = 48;
+  cfg.synthetic_height = 40;
+  cfg.synthetic_objects = objects;
+  cfg.image_size = 16;
+  cfg.batch_size = 4;
+  cfg.num_workers = 1;
+  return cfg;
+}
+
 }  // namespace
 
 TEST_CASE("scenes: deterministic by (seed, index), different otherwise", "[data][scenes]") {
@@ -185,16 +200,7 @@ TEST_CASE("scenes: dataset, evaluation batches and class maps of training views"
   CHECK(std::memcmp(eb.class_maps.data<uint8_t>() + 2 * 32 * 32, s.class_map.data(), 32 * 32) == 0);
   CHECK(eb.images.data<float>()[2 * 3 * 32 * 32] == (s.image.rgb[0] / 255.f - 0.485f) / 0.229f);
 
-  LoaderConfig cfg;
-  cfg.synthetic = true;
-  cfg.synthetic_count = 20;
-  cfg.synthetic_seed = 9;
-  cfg.synthetic_width = 48;
-  cfg.synthetic_height = 40;
-  cfg.image_size = 16;
-  cfg.batch_size = 4;
-  cfg.num_workers = 1;
-  DataLoader loader(cfg);
+  DataLoader loader(scene_loader_config(SceneObjects::Standard));
   const Batch b = loader.next_batch();
   const auto& sds = dynamic_cast<const SyntheticSceneDataset&>(loader.dataset());
   for (int v = 0; v < 2; ++v) {
@@ -262,17 +268,7 @@ TEST_CASE("scenes: the large-object set draws 1-3 objects of radius 18-32 %, thr
   const SceneBatch eb = render_scene_batch(9, 3, 1, 48, SceneObjects::Large);
   render_scene(9, 3, 48, 48, &large, SceneObjects::Large);
   CHECK(std::memcmp(eb.class_maps.data<uint8_t>(), large.class_map.data(), 48 * 48) == 0);
-  LoaderConfig cfg;
-  cfg.synthetic = true;
-  cfg.synthetic_count = 20;
-  cfg.synthetic_seed = 9;
-  cfg.synthetic_width = 48;
-  cfg.synthetic_height = 40;
-  cfg.synthetic_objects = SceneObjects::Large;
-  cfg.image_size = 16;
-  cfg.batch_size = 4;
-  cfg.num_workers = 0;
-  DataLoader loader(cfg);
+  DataLoader loader(scene_loader_config(SceneObjects::Large));
   CHECK(dynamic_cast<const SyntheticSceneDataset&>(loader.dataset()).objects() ==
         SceneObjects::Large);
 }
