@@ -239,9 +239,6 @@ TEST_CASE("scenes: the large-object set draws 1-3 objects of radius 18-32 %, thr
       render_scene(5, i, 64, 64, &s, o);
       bg[k] += double(std::count(s.class_map.begin(), s.class_map.end(), 0)) / (64 * 64) / 200;
     }
-    // the default is the standard set, drawn as before the large one existed
-    CHECK(make_scene_layout(5, i).objects.size() ==
-          make_scene_layout(5, i, SceneObjects::Standard).objects.size());
   }
   CHECK(counts[0] == std::set<size_t>{2, 3, 4, 5});
   CHECK(counts[1] == std::set<size_t>{1, 2, 3});
