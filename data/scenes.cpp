@@ -110,15 +110,31 @@ std::string scene_class_name(int cls) {
 SceneObjects parse_scene_objects(const std::string& name) {
   if (name == "standard") return SceneObjects::Standard;
   if (name == "large") return SceneObjects::Large;
-  throw Error(str_cat("synthetic scene objects must be 'standard' or 'large', got '", name, "'"));
+  if (name == "large_hues") return SceneObjects::LargeHues;
+  throw Error(str_cat("synthetic scene objects must be 'standard', 'large' or 'large_hues', got '",
+                      name, "'"));
 }
 
 const char* scene_objects_name(SceneObjects objects) {
-  return objects == SceneObjects::Large ? "large" : "standard";
+  switch (objects) {
+    case SceneObjects::Large:
+      return "large";
+    case SceneObjects::LargeHues:
+      return "large_hues";
+    default:
+      return "standard";
+  }
+}
+
+double scene_class_hue(int cls, SceneObjects objects) {
+  SC_CHECK(cls >= 1 && cls < kSceneClasses, "scene_class_hue: no class ", cls);
+  return objects == SceneObjects::LargeHues ? double(cls - 1) / double(kSceneClasses - 1)
+                                            : double((cls - 1) % kSceneColors) / kSceneColors;
 }
 
 SceneLayout make_scene_layout(uint64_t seed, int64_t index, SceneObjects objects) {
-  const bool large = objects == SceneObjects::Large;
+  const bool large = objects != SceneObjects::Standard;
+  const double hue_jitter = objects == SceneObjects::LargeHues ? 8.0 : 12.0;  // degrees
   Rng rng(seed, uint64_t(index), 0x7363656e65ull);
   SceneLayout L;
   L.bg_hue = rng.uniform();
@@ -139,7 +155,7 @@ SceneLayout make_scene_layout(uint64_t seed, int64_t index, SceneObjects objects
     o.cy = rng.uniform(0.08, 0.92);
     o.radius = large ? rng.uniform(0.18, 0.32) : rng.uniform(0.08, 0.22);
     o.angle = rng.uniform(0.0, 2 * kPi);
-    o.hue = color / 3.0 + rng.uniform(-12.0, 12.0) / 360.0;
+    o.hue = scene_class_hue(o.cls, objects) + rng.uniform(-hue_jitter, hue_jitter) / 360.0;
     o.sat = rng.uniform(0.65, 1.0);
     o.val = rng.uniform(0.55, 1.0);
     o.texture = int(rng.randint(0, 3));

@@ -51,12 +51,19 @@ struct SceneLayout {
 // Which objects a scene set draws. Standard: 2..5 objects of radius 8%..22% of the shorter side
 // (at 224 px and stride 32 an object spans about 1 to 3 cells; 82 % of the cells are
 // background). Large: 1..3 objects of radius 18%..32% (about 2.5 to 4.5 cells across), for short
-// runs in which the slots are to be seen (docs/training.md). Everything else is drawn alike.
-enum class SceneObjects { Standard, Large };
+// runs in which the slots are to be seen (docs/training.md). Large hues: the large set's objects,
+// but every class has a hue of its own, 40 degrees apart (class c at 40 * (c - 1) degrees, +-8),
+// instead of the three colour families: colour alone tells the nine classes apart, which a short
+// run can learn where shape is not learnt (docs/training.md). The class ids, shapes and everything
+// else are drawn alike; in this set the names "red disc" etc. name the ids, not the colours.
+enum class SceneObjects { Standard, Large, LargeHues };
 
-// "standard" | "large"; throws sc::Error on anything else.
+// "standard" | "large" | "large_hues"; throws sc::Error on anything else.
 SceneObjects parse_scene_objects(const std::string& name);
 const char* scene_objects_name(SceneObjects objects);
+
+// The centre hue of class `cls` (1..9) in this set, as a fraction of the colour wheel.
+double scene_class_hue(int cls, SceneObjects objects);
 
 // The layout of scene `index` of the set with this seed.
 SceneLayout make_scene_layout(uint64_t seed, int64_t index,

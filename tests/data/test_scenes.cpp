@@ -269,3 +269,71 @@ TEST_CASE("scenes: the large-object set draws 1-3 objects of radius 18-32 %, thr
   CHECK(dynamic_cast<const SyntheticSceneDataset&>(loader.dataset()).objects() ==
         SceneObjects::Large);
 }
+
+TEST_CASE("scenes: the large-hues set is the large set with a hue of its own for every class",
+          "[data][scenes]") {
+  CHECK(parse_scene_objects("large_hues") == SceneObjects::LargeHues);
+  CHECK(std::string(scene_objects_name(SceneObjects::LargeHues)) == "large_hues");
+  CHECK(scene_class_hue(4, SceneObjects::Standard) == 0.0);  // red square: the red family
+  CHECK(scene_class_hue(4, SceneObjects::LargeHues) == Approx(1.0 / 3));
+  CHECK_THROWS_AS(scene_class_hue(0, SceneObjects::LargeHues), sc::Error);
+
+  auto circular = [](double a, double b) {
+    const double d = std::fabs(a - b) - std::floor(std::fabs(a - b));
+    return std::min(d, 1 - d);
+  };
+  int regions = 0, nearest_right = 0;
+  std::set<int> classes_seen;
+  for (int i = 0; i < 120; ++i) {
+    const SceneLayout H = make_scene_layout(5, i, SceneObjects::LargeHues);
+    const SceneLayout L = make_scene_layout(5, i, SceneObjects::Large);
+    REQUIRE(H.objects.size() == L.objects.size());
+    for (size_t j = 0; j < H.objects.size(); ++j) {
+      const SceneObject &h = H.objects[j], &l = L.objects[j];
+      // the same objects where they were; only the hue differs
+      CHECK(h.cls == l.cls);
+      CHECK(h.cx == l.cx);
+      CHECK(h.radius == l.radius);
+      CHECK(h.texture == l.texture);
+      CHECK(circular(h.hue, (h.cls - 1) / 9.0) <= 8.0 / 360 + 1e-12);
+      classes_seen.insert(h.cls);
+    }
+    // Rendered: each class region's mean colour is nearest to its own class's hue, which is
+    // what tells the nine classes apart by colour alone.
+    Scene s;
+    render_scene(5, i, 96, 96, &s, SceneObjects::LargeHues);
+    std::vector<double> sum[3] = {std::vector<double>(kSceneClasses),
+                                  std::vector<double>(kSceneClasses),
+                                  std::vector<double>(kSceneClasses)};
+    std::vector<int> count(kSceneClasses);
+    for (size_t p = 0; p < s.class_map.size(); ++p) {
+      const int c = s.class_map[p];
+      ++count[size_t(c)];
+      for (int ch = 0; ch < 3; ++ch) sum[ch][size_t(c)] += s.image.rgb[3 * p + size_t(ch)];
+    }
+    for (int c = 1; c < kSceneClasses; ++c) {
+      if (count[size_t(c)] < 30) continue;
+      const double hue = hue_of(sum[0][size_t(c)], sum[1][size_t(c)], sum[2][size_t(c)]);
+      int best = 1;
+      for (int k = 2; k < kSceneClasses; ++k)
+        if (circular(hue, (k - 1) / 9.0) < circular(hue, (best - 1) / 9.0)) best = k;
+      ++regions;
+      nearest_right += best == c;
+    }
+  }
+  CHECK(classes_seen.size() == 9);
+  CHECK(regions > 100);
+  CHECK(nearest_right == regions);
+
+  // the dataset draws this set when asked
+  SyntheticSceneDataset ds(20, 9, 48, 40, SceneObjects::LargeHues);
+  Scene hues, large;
+  render_scene(9, 3, 48, 40, &hues, SceneObjects::LargeHues);
+  render_scene(9, 3, 48, 40, &large, SceneObjects::Large);
+  REQUIRE(hues.image.rgb != large.image.rgb);
+  CHECK(hues.class_map == large.class_map);
+  ImageU8 img;
+  std::string why;
+  REQUIRE(ds.load(3, &img, &why));
+  CHECK(img.rgb == hues.image.rgb);
+}

@@ -82,6 +82,8 @@ TEST_CASE("config: errors name the key") {
   CHECK_THROWS_WITH(bad.validate(), Catch::Contains("synthetic_objects"));
   bad.synthetic_objects = "large";
   CHECK_NOTHROW(bad.validate());
+  bad.synthetic_objects = "large_hues";
+  CHECK_NOTHROW(bad.validate());
   bad = TrainConfig();
   bad.data_dir = "x";
   bad.warmup_teacher_temp_epochs = -1;
