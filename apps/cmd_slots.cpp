@@ -5,9 +5,9 @@
 #include <vector>
 
 #include "apps/commands.h"
+#include "apps/run_model.h"
 #include "apps/slot_picture.h"
 #include "data/dataset.h"
-#include "engine/safetensors.h"
 #include "model/slotcon.h"
 #include "model/train_config.h"
 
@@ -79,29 +79,9 @@ int cmd_slots(const Args& args) {
   SC_CHECK(cols >= 1, "--cols must be at least 1");
   const Device dev = choose_device(device, "--device");
 
-  SafetensorsFile f = read_safetensors(in);
-  TrainConfig cfg;
-  if (!config_file.empty()) {
-    cfg = load_config_file(config_file);
-  } else {
-    auto it = f.metadata.find("config");
-    SC_CHECK(it != f.metadata.end(), in,
-             " has no run config in its metadata (not written by `slotcon train`); give the "
-             "run's config with --config FILE");
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(it->second);
-    } catch (const std::exception& e) {
-      throw Error(
-          str_cat(in, ": the run config in its metadata is not valid JSON (", e.what(), ")"));
-    }
-    cfg = config_from_json(j, in + " metadata config");
-  }
-  TensorMap state;
-  for (auto& kv : f.tensors)
-    if (kv.first.rfind("optimizer.", 0) != 0) state.emplace(kv.first, kv.second);
-  SlotConModel model(cfg, dev, cfg.seed);
-  model.load_state_dict(state, /*strict=*/true, {"num_batches_tracked"});
+  RunModel run = load_run_model(in, config_file, dev);
+  const TrainConfig& cfg = run.cfg;
+  SlotConModel& model = *run.model;
 
   PictureImages pics;
   if (images.empty()) {

@@ -27,6 +27,7 @@ int cmd_demo(const Args& args);     // the smallest end-to-end run of the engine
 int cmd_train(const Args& args);    // SlotCon pre-training on one device
 int cmd_export(const Args& args);   // the teacher backbone for torchvision / detectron2
 int cmd_slots(const Args& args);    // a picture of a checkpoint's slots
+int cmd_probe(const Args& args);    // what a checkpoint's teacher tells apart on the scenes
 
 }  // namespace app
 }  // namespace sc

@@ -56,6 +56,9 @@ const Command kCommands[] = {
      "write the teacher backbone as torchvision- and detectron2-named safetensors"},
     {"slots", sc::app::cmd_slots,
      "draw a checkpoint's slots: images beside their arg-max prototype maps, as a PNG"},
+    {"probe", sc::app::cmd_probe,
+     "what a checkpoint's teacher tells apart on the synthetic scenes: its prototypes against "
+     "nearest-class-mean probes of its maps"},
     {"inspect", sc::app::cmd_inspect, "list the tensors of a safetensors file, or say why not"},
 };
 

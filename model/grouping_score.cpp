@@ -1,6 +1,7 @@
 #include "model/grouping_score.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "engine/error.h"
@@ -99,6 +100,73 @@ GroupingScore grouping_score(const std::vector<int64_t>& prototype, const std::v
   s.miou = present ? sum / present : 0.0;
   s.pixel_accuracy = cls.empty() ? 0.0 : double(correct) / double(cls.size());
   return s;
+}
+
+namespace {
+// Row i of feats (dim values) scaled to unit length (zero rows stay zero).
+void normalised_row(const std::vector<double>& feats, int64_t dim, size_t i, double* out) {
+  double n2 = 0;
+  for (int64_t d = 0; d < dim; ++d) {
+    out[d] = feats[i * size_t(dim) + size_t(d)];
+    n2 += out[d] * out[d];
+  }
+  const double inv = n2 > 0 ? 1.0 / std::sqrt(n2) : 0.0;
+  for (int64_t d = 0; d < dim; ++d) out[d] *= inv;
+}
+}  // namespace
+
+ClassMeans fit_class_means(const std::vector<double>& feats, int64_t dim,
+                           const std::vector<int>& cls, int num_classes) {
+  SC_CHECK(dim > 0 && num_classes > 0, "fit_class_means: needs dim > 0 and classes > 0");
+  SC_CHECK(feats.size() == cls.size() * size_t(dim), "fit_class_means: ", feats.size(),
+           " feature values for ", cls.size(), " cells of ", dim);
+  ClassMeans m;
+  m.dim = dim;
+  m.num_classes = num_classes;
+  m.mean.assign(size_t(num_classes) * size_t(dim), 0.0);
+  m.count.assign(size_t(num_classes), 0);
+  std::vector<double> row(static_cast<size_t>(dim));
+  for (size_t i = 0; i < cls.size(); ++i) {
+    SC_CHECK(cls[i] >= 0 && cls[i] < num_classes, "fit_class_means: label out of range at cell ",
+             i);
+    normalised_row(feats, dim, i, row.data());
+    double* mu = m.mean.data() + size_t(cls[i]) * size_t(dim);
+    for (int64_t d = 0; d < dim; ++d) mu[d] += row[size_t(d)];
+    m.count[size_t(cls[i])]++;
+  }
+  for (int c = 0; c < num_classes; ++c) {
+    double* mu = m.mean.data() + size_t(c) * size_t(dim);
+    double n2 = 0;
+    for (int64_t d = 0; d < dim; ++d) n2 += mu[d] * mu[d];
+    const double inv = n2 > 0 ? 1.0 / std::sqrt(n2) : 0.0;
+    for (int64_t d = 0; d < dim; ++d) mu[d] *= inv;
+  }
+  return m;
+}
+
+std::vector<int64_t> nearest_class_mean(const ClassMeans& m, const std::vector<double>& feats) {
+  SC_CHECK(m.dim > 0 && feats.size() % size_t(m.dim) == 0, "nearest_class_mean: ", feats.size(),
+           " values are not rows of ", m.dim);
+  SC_CHECK(std::any_of(m.count.begin(), m.count.end(), [](int64_t c) { return c > 0; }),
+           "nearest_class_mean: no class has a fit cell");
+  const size_t n = feats.size() / size_t(m.dim);
+  std::vector<int64_t> out(n, 0);
+  std::vector<double> row(static_cast<size_t>(m.dim));
+  for (size_t i = 0; i < n; ++i) {
+    normalised_row(feats, m.dim, i, row.data());
+    double best = -std::numeric_limits<double>::infinity();
+    for (int c = 0; c < m.num_classes; ++c) {
+      if (m.count[size_t(c)] == 0) continue;
+      const double* mu = m.mean.data() + size_t(c) * size_t(m.dim);
+      double dot = 0;
+      for (int64_t d = 0; d < m.dim; ++d) dot += mu[d] * row[size_t(d)];
+      if (dot > best) {
+        best = dot;
+        out[i] = c;
+      }
+    }
+  }
+  return out;
 }
 
 std::vector<int> downsample_mode(const uint8_t* cls, int W, int H, int w, int h, int C) {

@@ -26,6 +26,21 @@ GroupingScore grouping_score(const std::vector<int64_t>& prototype, const std::v
 // matrix; returns, for each row, its column or -1. O(n^3) with n = max(R, C).
 std::vector<int> max_weight_matching(const std::vector<double>& w, int R, int C);
 
+// A nearest-class-mean probe of per-cell features (what a representation tells apart without
+// any trained head): fit_class_means averages the L2-normalised rows of each class over N cells
+// (feats: N x dim, row-major; cls: N labels in 0..num_classes-1); nearest_class_mean gives each
+// row the class whose mean has the largest cosine with it (ties to the smaller id). A class
+// with no fit cell is never predicted.
+struct ClassMeans {
+  int64_t dim = 0;
+  int num_classes = 0;
+  std::vector<double> mean;    // num_classes x dim, L2-normalised
+  std::vector<int64_t> count;  // fit cells per class
+};
+ClassMeans fit_class_means(const std::vector<double>& feats, int64_t dim,
+                           const std::vector<int>& cls, int num_classes);
+std::vector<int64_t> nearest_class_mean(const ClassMeans& means, const std::vector<double>& feats);
+
 // The mode of `cls` (W x H, row-major) over each cell of an h x w grid: the class map at feature
 // resolution. Ties go to the smaller class id.
 std::vector<int> downsample_mode(const uint8_t* cls, int W, int H, int w, int h, int num_classes);

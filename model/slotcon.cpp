@@ -195,17 +195,24 @@ StepLoss& StepLoss::read() {
   return *this;
 }
 
-Tensor SlotConModel::assign_prototypes(const Tensor& images) {
+Tensor SlotConModel::teacher_maps(const Tensor& images, Tensor* backbone) {
   NoGradGuard ng;
   const bool was_training = encoder_k->is_training();
   encoder_k->eval();
   projector_k->eval();
   // in the parameters' dtype (F32, or F64 after an fp64 step)
   const DType param_dtype = grouping_k->slot_embed->weight.dtype();
-  Tensor x = projector_k->forward(
-      encoder_k->forward(backbone_input(images, param_dtype, channels_last_)));  // (B, D, h, w)
+  Tensor f = encoder_k->forward(backbone_input(images, param_dtype, channels_last_));
+  Tensor x = projector_k->forward(f);  // (B, D, h, w)
   encoder_k->train(was_training);
   projector_k->train(was_training);
+  if (backbone) *backbone = f;
+  return x;
+}
+
+Tensor SlotConModel::assign_prototypes(const Tensor& images) {
+  NoGradGuard ng;
+  Tensor x = teacher_maps(images);  // (B, D, h, w)
   const int64_t B = x.size(0), D = x.size(1), h = x.size(2), w = x.size(3);
   Tensor xp = l2_normalize(reshape(permute(x, {0, 2, 3, 1}), {B * h * w, D}), 1);
   Tensor p = l2_normalize(grouping_k->slot_embed->weight, 1);

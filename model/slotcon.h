@@ -76,6 +76,10 @@ class SlotConModel : public Module {
   // Arg-max prototype of every pixel of the teacher's projected map: (B, h, w) I64, for
   // grouping scores. Runs the teacher in eval mode (running statistics), no grad.
   Tensor assign_prototypes(const Tensor& images);
+  // The teacher's maps of `images` (B, 3, H, W), in eval mode (running statistics), no grad, in
+  // the parameters' dtype: the projected map (B, D, h, w) is returned, and the backbone's map
+  // (B, C, h, w) (C = 512 for ResNet-18) is stored into *backbone when it is given.
+  Tensor teacher_maps(const Tensor& images, Tensor* backbone = nullptr);
 
   // Data-parallel training over comm's ranks (null or world 1: one process). Every BatchNorm of
   // the model (student, teacher, slot predictor) is synchronised: its batch statistics [sum x,

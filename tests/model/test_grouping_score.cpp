@@ -123,3 +123,51 @@ TEST_CASE("grouping score: colour-only and shape-only groupings of the held-out 
     CHECK(ms < 0.3);
   }
 }
+
+TEST_CASE("grouping score: the nearest-class-mean probe") {
+  // four classes along four axes of a 6-d space, rows of different lengths and a little noise
+  const int C = 4;
+  const int64_t D = 6;
+  std::vector<double> fit, test;
+  std::vector<int> fit_cls, test_cls;
+  uint64_t s = 12345;
+  auto noise = [&s]() {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    return (double((s >> 11) & 0xfffff) / double(0xfffff) - 0.5) * 0.2;
+  };
+  for (int i = 0; i < 200; ++i) {
+    const int c = i % C;
+    const double len = 0.5 + (i % 7);
+    for (auto* rows : {&fit, &test}) {
+      for (int64_t d = 0; d < D; ++d) rows->push_back(len * ((d == c ? 1.0 : 0.0) + noise()));
+    }
+    fit_cls.push_back(c);
+    test_cls.push_back(c);
+  }
+  const ClassMeans m = fit_class_means(fit, D, fit_cls, C);
+  CHECK(m.count == std::vector<int64_t>{50, 50, 50, 50});
+  for (int c = 0; c < C; ++c) {
+    double n2 = 0;
+    for (int64_t d = 0; d < D; ++d) n2 += m.mean[size_t(c * D + d)] * m.mean[size_t(c * D + d)];
+    CHECK(n2 == Approx(1.0));
+  }
+  const std::vector<int64_t> pred = nearest_class_mean(m, test);
+  const GroupingScore g = grouping_score(pred, test_cls, C, C);
+  CHECK(g.miou == Approx(1.0));
+
+  // every row counts alike, whatever its length: the mean of (1, 0) and (0, 100) lies at 45
+  // degrees, not near (0, 1)
+  const ClassMeans two = fit_class_means({1, 0, 0, 100, 0, 1}, 2, {0, 0, 1}, 3);
+  CHECK(two.mean[0] == Approx(std::sqrt(0.5)));
+  CHECK(two.mean[1] == Approx(std::sqrt(0.5)));
+  // a row's length does not change its class; a class without fit cells (2) is never predicted
+  CHECK(nearest_class_mean(two, {1, 0.3, 50, 15, -1, -1})[0] == 0);
+  CHECK(nearest_class_mean(two, {1, 0.3, 50, 15, -1, -1})[1] == 0);
+  CHECK(nearest_class_mean(two, {1, 0.3, 50, 15, -1, -1})[2] != 2);
+  CHECK(nearest_class_mean(two, {0.1, 1})[0] == 1);
+
+  CHECK_THROWS_AS(fit_class_means({1, 2, 3}, 2, {0, 1}, 2), Error);  // 3 values for 2 rows
+  CHECK_THROWS_AS(fit_class_means({1, 2}, 2, {5}, 2), Error);        // label out of range
+  CHECK_THROWS_AS(nearest_class_mean(two, {1, 2, 3}), Error);        // not rows of 2
+  CHECK_THROWS_AS(nearest_class_mean(ClassMeans{2, 2, {0, 0, 0, 0}, {0, 0}}, {1, 2}), Error);
+}

@@ -1,0 +1,192 @@
+// slotcon probe: what a checkpoint's teacher tells apart on the synthetic scenes, read three
+// ways: its prototypes (the grouping score), and a nearest-class-mean probe of its projected
+// map and of its backbone's map, fit on training scenes and scored on the held-out ones.
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "apps/commands.h"
+#include "apps/run_model.h"
+#include "data/loader.h"
+#include "data/scenes.h"
+#include "engine/error.h"
+#include "model/grouping_score.h"
+#include "model/slotcon.h"
+#include "model/train_config.h"
+
+namespace sc {
+namespace app {
+namespace {
+
+void probe_usage(FILE* out) {
+  std::fprintf(
+      out,
+      "usage: slotcon probe CHECKPOINT [--fit N] [--count N] [--size S] [--config FILE]\n"
+      "                     [--device auto|cpu|cuda]\n"
+      "       slotcon probe --init --config FILE [options]\n\n"
+      "What the teacher tells apart on the synthetic scenes of the run's seed and scene set\n"
+      "(config keys seed, synthetic_objects), cell by cell at the stride of its map, read three\n"
+      "ways and scored as the grouping score is (mIoU over the classes, one-to-one matching):\n"
+      "  prototypes       each cell's arg-max prototype: the grouping score `slotcon train`\n"
+      "                   logs (grouping.jsonl)\n"
+      "  projector, mean  nearest class mean of the projected map (D values per cell)\n"
+      "  backbone, mean   nearest class mean of the backbone's map (512 per cell for a\n"
+      "                   ResNet-18, 2048 for a ResNet-50): what the network carried into\n"
+      "                   detection or segmentation tells apart without any trained head\n"
+      "The class means are averaged (features scaled to unit length) over the cells of training\n"
+      "scenes 0..N-1 with their true classes, then every cell of the held-out scenes (those the\n"
+      "grouping score uses) takes the class of the nearest mean. A readout far above the\n"
+      "prototypes' says the backbone knows more than the slots show.\n\n"
+      "  --init         the run's initial state (the config's seed) instead of a checkpoint:\n"
+      "                 what a randomly initialised network already tells apart\n"
+      "  --fit N        training scenes the class means are fit on (default 256)\n"
+      "  --count N      held-out scenes scored (default: the config's score_images)\n"
+      "  --size S       pixels per scene side (default: the config's score_size, else\n"
+      "                 image_size)\n"
+      "  --config FILE  the run's JSON config (needed with --init, and for a state file without\n"
+      "                 one in its metadata)\n"
+      "  --device D     auto (the GPU when present), cpu or cuda (default auto)\n");
+}
+
+// The per-cell rows of a (B, C, h, w) map: B*h*w rows of C values, in (b, y, x) order.
+void append_cells(const Tensor& map, std::vector<double>* rows) {
+  const Tensor m = map.to(Device::cpu()).contiguous();
+  const int64_t B = m.size(0), C = m.size(1), hw = m.size(2) * m.size(3);
+  const std::vector<double> v = m.to_vector();
+  const size_t base = rows->size();
+  rows->resize(base + size_t(B * hw * C));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t p = 0; p < hw; ++p)
+        (*rows)[base + size_t((b * hw + p) * C + c)] = v[size_t((b * C + c) * hw + p)];
+}
+
+struct Cells {
+  std::vector<double> projected, backbone;  // rows of D and of the backbone's channels
+  std::vector<int64_t> prototype;           // arg-max prototype per cell
+  std::vector<int> cls;                     // true (majority) class per cell
+  int64_t dim_projected = 0, dim_backbone = 0, h = 0, w = 0;
+};
+
+// The teacher's cells on scenes first..first+count-1, in chunks of 16 scenes.
+Cells teacher_cells(SlotConModel& model, const TrainConfig& cfg, data::SceneObjects objects,
+                    int64_t first, int64_t count, int size, Device dev) {
+  Cells out;
+  for (int64_t i0 = 0; i0 < count; i0 += 16) {
+    const int64_t n = std::min<int64_t>(16, count - i0);
+    const data::SceneBatch sb = data::render_scene_batch(cfg.seed, first + i0, n, size, objects);
+    const Tensor images = sb.images.to(dev);
+    Tensor backbone;
+    const Tensor projected = model.teacher_maps(images, &backbone);
+    out.dim_projected = projected.size(1);
+    out.dim_backbone = backbone.size(1);
+    out.h = projected.size(2);
+    out.w = projected.size(3);
+    append_cells(projected, &out.projected);
+    append_cells(backbone, &out.backbone);
+    const std::vector<double> pv = model.assign_prototypes(images).to(Device::cpu()).to_vector();
+    out.prototype.insert(out.prototype.end(), pv.begin(), pv.end());
+    const uint8_t* cm = sb.class_maps.data<uint8_t>();
+    for (int64_t b = 0; b < n; ++b) {
+      const std::vector<int> d = downsample_mode(cm + b * int64_t(size) * size, size, size,
+                                                 int(out.w), int(out.h), data::kSceneClasses);
+      out.cls.insert(out.cls.end(), d.begin(), d.end());
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+int cmd_probe(const Args& args) {
+  std::string in, config_file, device = "auto";
+  bool init = false;
+  int64_t fit = 256, count = -1, size = -1;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&]() -> std::string { return option_value(args, &i); };
+    if (a == "--help" || a == "-h") {
+      probe_usage(stdout);
+      return 0;
+    } else if (a == "--init") {
+      init = true;
+    } else if (a == "--fit") {
+      fit = parse_count(a, value());
+    } else if (a == "--count") {
+      count = parse_count(a, value());
+    } else if (a == "--size") {
+      size = parse_count(a, value());
+    } else if (a == "--config") {
+      config_file = value();
+    } else if (a == "--device") {
+      device = value();
+    } else if (!a.empty() && a[0] == '-') {
+      std::fprintf(stderr, "slotcon probe: unknown option '%s' (see --help)\n", a.c_str());
+      return 2;
+    } else {
+      SC_CHECK(in.empty(), "one checkpoint only (got '", in, "' and '", a, "')");
+      in = a;
+    }
+  }
+  if (in.empty() == !init) {
+    std::fprintf(stderr, "usage: slotcon probe CHECKPOINT | --init --config FILE (see --help)\n");
+    return 2;
+  }
+  SC_CHECK(!init || !config_file.empty(), "slotcon probe --init needs the run's --config FILE");
+  const Device dev = choose_device(device, "--device");
+
+  RunModel run;
+  if (init) {
+    run.cfg = load_config_file(config_file);
+    run.model = std::make_unique<SlotConModel>(run.cfg, dev, run.cfg.seed);
+  } else {
+    run = load_run_model(in, config_file, dev);
+  }
+  const TrainConfig& cfg = run.cfg;
+  if (count < 0) count = cfg.score_images > 0 ? cfg.score_images : 64;
+  if (size < 0) size = cfg.score_size > 0 ? cfg.score_size : cfg.image_size;
+  SC_CHECK(fit >= 1 && fit <= cfg.synthetic_images,
+           "--fit must be in [1, synthetic_images = ", cfg.synthetic_images,
+           "] (the held-out scenes start after the training set), got ", fit);
+  SC_CHECK(count >= 1 && count <= 4096, "--count must be in [1, 4096], got ", count);
+  SC_CHECK(size >= 32 && size <= 1024, "--size must be in [32, 1024], got ", size);
+  const data::SceneObjects objects = data::parse_scene_objects(cfg.synthetic_objects);
+
+  const Cells train = teacher_cells(*run.model, cfg, objects, 0, fit, int(size), dev);
+  const Cells held =
+      teacher_cells(*run.model, cfg, objects, cfg.synthetic_images, count, int(size), dev);
+  const int C = data::kSceneClasses, K = int(cfg.num_prototypes);
+  const GroupingScore by_prototype = grouping_score(held.prototype, held.cls, K, C);
+  const GroupingScore by_projected = grouping_score(
+      nearest_class_mean(fit_class_means(train.projected, train.dim_projected, train.cls, C),
+                         held.projected),
+      held.cls, C, C);
+  const GroupingScore by_backbone = grouping_score(
+      nearest_class_mean(fit_class_means(train.backbone, train.dim_backbone, train.cls, C),
+                         held.backbone),
+      held.cls, C, C);
+
+  std::printf(
+      "probe of %s (%s teacher), synthetic scenes of seed %llu (%s objects) at %lld px, "
+      "%lldx%lld cells\n",
+      init ? "the initial state" : in.c_str(), cfg.arch.c_str(), (unsigned long long)cfg.seed,
+      cfg.synthetic_objects.c_str(), (long long)size, (long long)held.h, (long long)held.w);
+  std::printf(
+      "class means fit on scenes 0..%lld (%zu cells); scored on held-out scenes "
+      "%lld..%lld (%zu cells)\n",
+      (long long)(fit - 1), train.cls.size(), (long long)cfg.synthetic_images,
+      (long long)(cfg.synthetic_images + count - 1), held.cls.size());
+  std::printf("  %-40s %7s %15s\n", "readout", "mIoU", "pixel accuracy");
+  auto row = [](const std::string& name, const GroupingScore& g) {
+    std::printf("  %-40s %7.4f %15.3f\n", name.c_str(), g.miou, g.pixel_accuracy);
+  };
+  row("prototypes, arg-max (the grouping score)", by_prototype);
+  row("projector, nearest class mean (" + std::to_string(held.dim_projected) + ")", by_projected);
+  row("backbone, nearest class mean (" + std::to_string(held.dim_backbone) + ")", by_backbone);
+  return 0;
+}
+
+}  // namespace app
+}  // namespace sc
