@@ -25,10 +25,12 @@ if [ "${SLOTCON_SKIP_SAN:-0}" != 1 ]; then
   cmake --build "$san" -j "$jobs" --target slotcon test_engine test_kernels test_data test_model \
     test_apps fuzz_safetensors fuzz_image fuzz_config
   # every CPU test but the longer `slotcon train` / `slotcon slots` app tests (minutes each under
-  # the sanitizers); one of them, the bitwise resume, covers the loader, step and checkpoints. The
+  # the sanitizers); one of them, the bitwise resume, covers the loader, step and checkpoints, and
+  # the probe's test (a two-step run, then `slotcon probe` three times: about a minute) reads a
+  # checkpoint back through the code `slotcon slots` shares with it. The
   # two-rank training steps on the loopback communicator are left out too (their threads and
   # collectives are covered by the engine's comm tests and the two-rank loss test)
-  san_tests='^(engine|kernels|data|model|fuzz|apps:apps|apps:threads|apps:train: a few CPU steps)'
+  san_tests='^(engine|kernels|data|model|fuzz|apps:apps|apps:threads|apps:train: a few CPU steps|apps:probe)'
   (cd "$san" && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --output-on-failure -j "$jobs" --timeout 1200 -R "$san_tests" \
     -E '^model:data parallel step')
