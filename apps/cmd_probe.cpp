@@ -50,6 +50,9 @@ void probe_usage(FILE* out) {
       "  --device D     auto (the GPU when present), cpu or cuda (default auto)\n");
 }
 
+// At most this many feature values are held per readout (2 GiB of doubles).
+constexpr int64_t kMaxProbeValues = int64_t(1) << 28;
+
 // The per-cell rows of a (B, C, h, w) map: B*h*w rows of C values, in (b, y, x) order.
 void append_cells(const Tensor& map, std::vector<double>* rows) {
   const Tensor m = map.to(Device::cpu()).contiguous();
@@ -84,6 +87,10 @@ Cells teacher_cells(SlotConModel& model, const TrainConfig& cfg, data::SceneObje
     out.dim_backbone = backbone.size(1);
     out.h = projected.size(2);
     out.w = projected.size(3);
+    // known from the first chunk: the values all of these scenes' cells will hold
+    SC_CHECK(count * out.h * out.w * out.dim_backbone <= kMaxProbeValues, count, " scenes of ",
+             out.h, "x", out.w, " cells of ", out.dim_backbone, " backbone values pass ",
+             kMaxProbeValues, " values; lower --fit, --count or --size");
     append_cells(projected, &out.projected);
     append_cells(backbone, &out.backbone);
     const std::vector<double> pv = model.assign_prototypes(images).to(Device::cpu()).to_vector();

@@ -74,6 +74,9 @@ TEST_CASE("probe: slotcon probe's prototype row is the grouping score train logg
   Run overlap = run("probe " + d + "/final.safetensors --fit 9");
   CHECK(overlap.code() == 1);
   CHECK(overlap.out.find("--fit must be in [1, synthetic_images = 8]") != std::string::npos);
+  Run big = run("probe " + d + "/final.safetensors --fit 8 --count 4096 --size 512");
+  CHECK(big.code() == 1);
+  CHECK(big.out.find("lower --fit, --count or --size") != std::string::npos);
   Run help = run("probe --help");
   CHECK(help.code() == 0);
   CHECK(help.out.find("nearest class mean") != std::string::npos);
