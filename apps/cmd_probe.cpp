@@ -93,7 +93,7 @@ Cells teacher_cells(SlotConModel& model, const TrainConfig& cfg, data::SceneObje
              kMaxProbeValues, " values; lower --fit, --count or --size");
     append_cells(projected, &out.projected);
     append_cells(backbone, &out.backbone);
-    const std::vector<double> pv = model.assign_prototypes(images).to(Device::cpu()).to_vector();
+    const std::vector<double> pv = model.prototypes_of_map(projected).to(Device::cpu()).to_vector();
     out.prototype.insert(out.prototype.end(), pv.begin(), pv.end());
     const uint8_t* cm = sb.class_maps.data<uint8_t>();
     for (int64_t b = 0; b < n; ++b) {

@@ -211,8 +211,11 @@ Tensor SlotConModel::teacher_maps(const Tensor& images, Tensor* backbone) {
 }
 
 Tensor SlotConModel::assign_prototypes(const Tensor& images) {
+  return prototypes_of_map(teacher_maps(images));
+}
+
+Tensor SlotConModel::prototypes_of_map(const Tensor& x) {
   NoGradGuard ng;
-  Tensor x = teacher_maps(images);  // (B, D, h, w)
   const int64_t B = x.size(0), D = x.size(1), h = x.size(2), w = x.size(3);
   Tensor xp = l2_normalize(reshape(permute(x, {0, 2, 3, 1}), {B * h * w, D}), 1);
   Tensor p = l2_normalize(grouping_k->slot_embed->weight, 1);

@@ -80,6 +80,9 @@ class SlotConModel : public Module {
   // the parameters' dtype: the projected map (B, D, h, w) is returned, and the backbone's map
   // (B, C, h, w) (C = 512 for ResNet-18) is stored into *backbone when it is given.
   Tensor teacher_maps(const Tensor& images, Tensor* backbone = nullptr);
+  // The arg-max prototype of every cell of a projected map (B, D, h, w) that teacher_maps
+  // returned: (B, h, w) I64, what assign_prototypes gives for the same images.
+  Tensor prototypes_of_map(const Tensor& projected);
 
   // Data-parallel training over comm's ranks (null or world 1: one process). Every BatchNorm of
   // the model (student, teacher, slot predictor) is synchronised: its batch statistics [sum x,
