@@ -44,8 +44,32 @@ struct ViewAlignShape {
   int64_t B = 0, K = 0, H = 0, W = 0;
 };
 
+// A product the CUDA compiler may not fuse with a following add into one FMA. nvcc contracts
+// a * b + c by default and the CPU build does not, so a sampling position computed as
+// box * W - 0.5 would differ by an ulp between the two, and a bilinear weight with it (at W = 90
+// an ulp of the position is ~8e-6 of a pixel: seen on the first H200 run, 2026-12-04).
+#if defined(__CUDACC__)
+__host__ __device__ inline float mul_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+__host__ __device__ inline double mul_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+#else
+inline float mul_rn(float a, float b) { return a * b; }
+inline double mul_rn(double a, double b) { return a * b; }
+#endif
+
 // The sampling geometry of one image (shared by the CPU reference and the CUDA kernels so both
-// sample exactly the same points).
+// sample exactly the same points: every product that meets an add goes through mul_rn).
 template <class T>
 struct RoiGeom {
   T start_h, start_w, bin_h, bin_w;
@@ -57,10 +81,10 @@ template <class T>
 SC_HOST_DEVICE inline RoiGeom<T> roi_geom(const T* box, int64_t H, int64_t W) {
   RoiGeom<T> g;
   const T off = T(0.5);
-  g.start_w = box[0] * T(W) - off;
-  g.start_h = box[1] * T(H) - off;
-  const T end_w = box[2] * T(W) - off;
-  const T end_h = box[3] * T(H) - off;
+  g.start_w = mul_rn(box[0], T(W)) - off;
+  g.start_h = mul_rn(box[1], T(H)) - off;
+  const T end_w = mul_rn(box[2], T(W)) - off;
+  const T end_h = mul_rn(box[3], T(H)) - off;
   const T roi_w = end_w - g.start_w, roi_h = end_h - g.start_h;  // aligned: no clamp to 1
   g.bin_h = roi_h / T(H);
   g.bin_w = roi_w / T(W);
@@ -108,7 +132,7 @@ SC_HOST_DEVICE inline bool bilinear_taps(T y, T x, int64_t H, int64_t W, int64_t
 // Sample coordinate iy of output row ph (torchvision's arithmetic order).
 template <class T>
 SC_HOST_DEVICE inline T roi_sample(T start, int64_t ph, T bin, int iy, int grid) {
-  return start + T(ph) * bin + T(T(iy) + T(0.5)) * bin / T(grid);
+  return start + mul_rn(T(ph), bin) + mul_rn(T(T(iy) + T(0.5)), bin) / T(grid);
 }
 
 // ---- CPU reference ----
