@@ -15,7 +15,7 @@
 //                         [--dim-out D] [--warmup N] [--steps N] [--precision fp32|bf16]
 //                         [--channels-last on|off] [--no-baseline] [--script PATH]
 //                         [--compact-predictor on|off|both] [--predict h100] [--profile]
-//                         [--cuda-graph on|off]
+//                         [--cuda-graph on|off] [--fused on|off]
 // (channels-last: NHWC backbone, on by default on the GPU as `slotcon train`'s auto setting;
 // compact-predictor: the slot predictor on the compacted present rows (on, the default) or on all
 // B*K rows with BatchNorm masks (off); `both` alternates the two step by step in one run, in ABBA
@@ -23,7 +23,9 @@
 // their ratio; profile: on the CPU, the timed steps' mean milliseconds in the convolution and
 // batch-norm kernels, per pass, and the rest of the step: nn_ops.h's cpu_nn_op_times;
 // cuda-graph on: the step captured as a CUDA graph after its warm-up and replayed, as
-// `slotcon train --cuda_graph on`; the timed steps are replays: at least 3 warm-up steps then)
+// `slotcon train --cuda_graph on`; the timed steps are replays: at least 3 warm-up steps then;
+// fused off: the head's losses composed from plain engine ops, the fused kernels' baseline, which
+// reads the valid query count back to the host and so cannot be captured)
 //
 // --predict h100: instead of timing, trace one step (after the warm-up) and print its predicted
 // time on an H100 SXM by phase (engine/cost_model.h, docs/gpu.md "A predicted step time"). On
@@ -66,7 +68,7 @@ int main(int argc, char** argv) {
   int warmup = gpu ? 5 : 1, steps = gpu ? 20 : 3;
   std::string precision = gpu ? "bf16" : "fp32", script;
   bool baseline = true, nhwc = gpu, profile = false;
-  std::string compact = "on", predict;
+  std::string compact = "on", predict, fused = "on";
   bool execute = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -92,6 +94,7 @@ int main(int argc, char** argv) {
     else if (a == "--compact-predictor") compact = next();
     else if (a == "--predict") predict = next();
     else if (a == "--execute") execute = true;
+    else if (a == "--fused") fused = next();
     else if (a == "--profile") profile = true;
     else if (a == "--cuda-graph")
       cfg.cuda_graph = next();
@@ -128,6 +131,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_train_step: --cuda-graph takes on or off\n");
     return 2;
   }
+  if (fused != "on" && fused != "off") {
+    std::fprintf(stderr, "bench_train_step: --fused takes on or off\n");
+    return 2;
+  }
   if (cfg.cuda_graph == "on") warmup = std::max(warmup, int(TrainStep::kGraphWarmupSteps) + 1);
   const Device dev = gpu ? Device::cuda(0) : Device::cpu();
   const std::string where = gpu ? cuda_device_name(0) : std::string("the CPU");
@@ -137,6 +144,7 @@ int main(int argc, char** argv) {
 
   SlotConModel model(cfg, dev, 0);
   model.train();
+  model.set_fused(fused == "on");
   TrainStep train(model, resolve_train_options(cfg, dev), cfg);
   const DType compute = train.options().compute_dtype();
   const double lr = cfg.base_lr * double(cfg.batch_size) / 256.0;
@@ -255,11 +263,12 @@ int main(int argc, char** argv) {
   if (!train.graph_note().empty()) std::printf("%s\n", train.graph_note().c_str());
   std::sort(ms.begin(), ms.end());
   const double med = ms[ms.size() / 2], ips = 1000.0 * double(B) / med;
-  std::printf("bench_train_step (engine) on %s: %s, %ldpx, batch %ld, K %ld, D %ld, H %ld, %s%s: "
+  std::printf("bench_train_step (engine) on %s: %s, %ldpx, batch %ld, K %ld, D %ld, H %ld, %s%s%s: "
               "%.1f ms/step, %.1f images/s (median of %d, min %.1f ms)\n",
               where.c_str(), cfg.arch.c_str(), long(S), long(B), long(cfg.num_prototypes),
               long(cfg.dim_out), long(cfg.dim_hidden), precision.c_str(),
-              nhwc ? " channels_last" : "", med, ips, steps, ms.front());
+              nhwc ? " channels_last" : "", fused == "on" ? "" : ", unfused head", med, ips,
+              steps, ms.front());
   const bool replayed = train.graph() != nullptr;
   if (replayed)
     std::printf(
@@ -275,6 +284,33 @@ int main(int argc, char** argv) {
                 (unsigned long long)last.host_syncs, (unsigned long long)last.device_mallocs,
                 (unsigned long long)last.h2d_bytes, (unsigned long long)last.h2d_copies,
                 (unsigned long long)last.d2h_bytes, (unsigned long long)last.d2h_copies);
+
+  // Where the device time goes, measured: one more plain step with CUDA events at every phase
+  // change (engine/cuda_runtime.h, start_phase_timing), printed beside the cost model's phases
+  // (docs/gpu.md, "The prediction now") so that a disagreement names its phase.
+  if (gpu && !replayed) {
+    cuda_synchronize(0);
+    start_phase_timing();
+    train.run(batch, lr, 0.99);
+    const std::vector<PhaseTime> phases = stop_phase_timing();
+    double total = 0;
+    for (const PhaseTime& p : phases) total += p.ms;
+    std::printf("device time by phase (one plain step, CUDA events at each phase change): %.2f ms\n",
+                total);
+    std::string line;
+    for (const PhaseTime& p : phases) {
+      const std::string name = p.phase.empty() ? "(outside)" : p.phase;
+      std::printf("  %-18s %8.3f ms  %5.1f %%  (%d interval%s)\n", name.c_str(), p.ms,
+                  total > 0 ? 100.0 * p.ms / total : 0.0, p.intervals, p.intervals == 1 ? "" : "s");
+      std::string key = name;
+      for (char& c : key)
+        if (c == ' ' || c == '(' || c == ')') c = '_';
+      char buf[96];
+      std::snprintf(buf, sizeof buf, " %s=%.3f", key.c_str(), p.ms);
+      line += buf;
+    }
+    std::printf("RESULT phases_ms total=%.3f%s\n", total, line.c_str());
+  }
 
   std::optional<double> torch_ips;
   if (baseline) {

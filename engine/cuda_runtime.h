@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace sc {
 
@@ -35,6 +36,21 @@ DeviceCounters operator-(const DeviceCounters& a, const DeviceCounters& b);
 void note_host_to_device(uint64_t bytes);
 void note_device_to_host(uint64_t bytes);
 void note_host_sync();
+
+// Measured device time per phase, a card's reading of the cost model's phases: while a timing
+// runs, every change of the DevicePhase label records a CUDA event on device 0's engine stream,
+// and stop_phase_timing() waits for the last one and returns, per label, the summed time between
+// each of its events and the next (the label "" is the time outside any phase), in the order the
+// labels first appeared. Like the model's phase time, it is what the phase adds to the device's
+// clock: its kernels plus the device's idle waits for the host inside it. Only for steps run
+// plainly on one device (a CUDA graph's replay changes no label); empty in a build without CUDA.
+struct PhaseTime {
+  std::string phase;
+  double ms = 0;
+  int intervals = 0;  // how many times the phase was entered
+};
+void start_phase_timing();
+std::vector<PhaseTime> stop_phase_timing();
 
 // A phase label for the device trace (kernels/check.h's start_trace; engine/cost_model.h): every
 // stream operation issued while the marker lives is recorded under `name` (a string with static

@@ -109,8 +109,15 @@ void set_trace_present_slots(double per_image) {
 }
 double trace_present_slots() { return g_present_slots.load(std::memory_order_relaxed); }
 
+namespace {
+std::atomic<PhaseHook> g_phase_hook{nullptr};
+}
+void set_phase_hook(PhaseHook hook) { g_phase_hook.store(hook, std::memory_order_relaxed); }
 const char* set_phase(const char* phase) {
-  return g_phase.exchange(phase ? phase : "", std::memory_order_relaxed);
+  const char* now = phase ? phase : "";
+  const char* previous = g_phase.exchange(now, std::memory_order_relaxed);
+  if (PhaseHook h = g_phase_hook.load(std::memory_order_relaxed)) h(now);
+  return previous;
 }
 const char* current_phase() { return g_phase.load(std::memory_order_relaxed); }
 

@@ -82,6 +82,10 @@ double trace_present_slots();
 // The current phase label (process-wide; a string with static storage); returns the previous.
 const char* set_phase(const char* phase);
 const char* current_phase();
+// Called with the new label at every set_phase while installed (nullptr removes it): the engine's
+// measured phase timing (engine/cuda_runtime.h, start_phase_timing) records an event there.
+using PhaseHook = void (*)(const char* phase);
+void set_phase_hook(PhaseHook hook);
 
 }  // namespace kernels
 }  // namespace sc

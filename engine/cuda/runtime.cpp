@@ -1,4 +1,5 @@
 // The CUDA runtime glue: device queries, the engine's stream and cuBLAS handle per device.
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <string>
@@ -6,6 +7,7 @@
 #include "engine/cuda/context.h"
 #include "engine/cuda_runtime.h"
 #include "engine/dispatch.h"
+#include "kernels/check.h"
 
 namespace sc {
 
@@ -46,6 +48,74 @@ void cuda_synchronize(int i) {
   note_host_sync();
   SC_CUDA_CHECK(cudaStreamSynchronize(cuda::stream(i)));
   cuda::check_deferred_errors(i);
+}
+
+namespace {
+// The phase timing's events: (event, label) in the order recorded, on device 0's engine stream.
+struct PhaseTiming {
+  std::mutex mu;
+  std::vector<std::pair<cudaEvent_t, const char*>> marks;
+  std::vector<cudaEvent_t> spare;  // events of an earlier timing, reused
+};
+PhaseTiming& phase_timing() {
+  static PhaseTiming* t = new PhaseTiming();  // never freed: used until exit
+  return *t;
+}
+// Called from DevicePhase's destructor too, so it never throws: an event it cannot make or
+// record is left out (stop_phase_timing then merges that interval into the one before).
+void mark_phase(const char* phase) noexcept {
+  PhaseTiming& t = phase_timing();
+  std::lock_guard<std::mutex> lock(t.mu);
+  cudaEvent_t e = nullptr;
+  if (!t.spare.empty()) {
+    e = t.spare.back();
+    t.spare.pop_back();
+  } else if (cudaEventCreate(&e) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return;
+  }
+  if (cudaSetDevice(0) != cudaSuccess || cudaEventRecord(e, cuda::stream(0)) != cudaSuccess) {
+    (void)cudaGetLastError();
+    t.spare.push_back(e);
+    return;
+  }
+  t.marks.emplace_back(e, phase);
+}
+}  // namespace
+
+void start_phase_timing() {
+  SC_CHECK(cuda_device_count() > 0, "start_phase_timing: no CUDA device");
+  {
+    PhaseTiming& t = phase_timing();
+    std::lock_guard<std::mutex> lock(t.mu);
+    for (auto& m : t.marks) t.spare.push_back(m.first);
+    t.marks.clear();
+  }
+  mark_phase(kernels::current_phase());
+  kernels::set_phase_hook(&mark_phase);
+}
+
+std::vector<PhaseTime> stop_phase_timing() {
+  if (cuda_device_count() == 0) return {};
+  kernels::set_phase_hook(nullptr);
+  mark_phase(kernels::current_phase());
+  PhaseTiming& t = phase_timing();
+  std::lock_guard<std::mutex> lock(t.mu);
+  if (t.marks.empty()) return {};
+  note_host_sync();
+  SC_CUDA_CHECK(cudaEventSynchronize(t.marks.back().first));
+  std::vector<PhaseTime> out;
+  for (size_t i = 0; i + 1 < t.marks.size(); ++i) {
+    float ms = 0;
+    SC_CUDA_CHECK(cudaEventElapsedTime(&ms, t.marks[i].first, t.marks[i + 1].first));
+    const std::string name = t.marks[i].second;
+    auto it =
+        std::find_if(out.begin(), out.end(), [&](const PhaseTime& p) { return p.phase == name; });
+    if (it == out.end()) it = out.insert(out.end(), PhaseTime{name, 0.0, 0});
+    it->ms += double(ms);
+    ++it->intervals;
+  }
+  return out;
 }
 
 namespace cuda {

@@ -12,6 +12,8 @@ bool cuda_built() { return false; }
 int cuda_device_count() { return 0; }
 std::string cuda_device_name(int) { return ""; }
 void cuda_synchronize(int) {}
+void start_phase_timing() {}
+std::vector<PhaseTime> stop_phase_timing() { return {}; }
 cudaStream_t stream_of(const Tensor&) { no_cuda("stream_of"); }
 
 namespace cuda {

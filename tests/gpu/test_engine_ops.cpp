@@ -684,3 +684,48 @@ TEST_CASE("gpu ops: matmul under a MatmulTF32Scope runs F32 products in TF32, no
   CHECK(tf32 > 1e-5);
   CHECK(tf32 < 4e-3);
 }
+
+// The measured phase timing (engine/cuda_runtime.h) that bench_train_step prints beside the cost
+// model's phases: one entry per label in first-seen order, one interval per entry into it, "" for
+// the time outside any label, and the time where the work is (on the card the device's; on the
+// emulator, which runs each launch as it is issued, the host's).
+TEST_CASE("gpu phase timing: one entry per label, its intervals, the time where the work is",
+          "[gpu]") {
+  const uint64_t seed = fresh_seed();
+  INFO("seed " << seed);
+  Generator gen(seed);
+  Tensor a = randn({384, 384}, gen, DType::F32).to(Device::cuda(0));
+  Tensor s = randn({8}, gen, DType::F32).to(Device::cuda(0));
+  cuda_synchronize(0);
+  start_phase_timing();
+  Tensor b;
+  {
+    DevicePhase p("heavy");
+    b = a;
+    for (int i = 0; i < 6; ++i) b = matmul(b, a);
+  }
+  {
+    DevicePhase p("light");
+    Tensor t = add(s, s);
+    {
+      DevicePhase q("heavy");
+      b = matmul(b, a);
+    }
+  }
+  const std::vector<PhaseTime> t = stop_phase_timing();
+  REQUIRE(t.size() == 3);
+  CHECK(t[0].phase == "");
+  CHECK(t[1].phase == "heavy");
+  CHECK(t[2].phase == "light");
+  CHECK(t[0].intervals == 3);  // to heavy, from heavy to light, from light to the stop
+  CHECK(t[1].intervals == 2);
+  CHECK(t[2].intervals == 2);
+  for (const PhaseTime& p : t) CHECK((std::isfinite(p.ms) && p.ms >= 0));
+  CHECK(t[1].ms > t[2].ms);  // seven 384^3 products against one 8-element add
+  // stopped: labels no longer record; a new timing starts empty
+  { DevicePhase p("after"); }
+  start_phase_timing();
+  const std::vector<PhaseTime> u = stop_phase_timing();
+  REQUIRE(u.size() == 1);
+  CHECK(u[0].intervals == 1);
+}
