@@ -117,7 +117,8 @@ std::string mpirun(int np, const std::string& command) {
 }  // namespace
 
 TEST_CASE(
-    "gpu comm: NCCL collectives of 2 ranks under mpirun on CUDA tensors equal MPI's on the CPU") {
+    "gpu comm: NCCL collectives of 2 ranks under mpirun on CUDA tensors equal MPI's on the CPU",
+    "[gpu][nccl]") {
   if (!comm_has_nccl()) {
     std::printf(
         "SKIP: NCCL test: this build has no NCCL backend (no nccl.h + libnccl, or no "
@@ -144,7 +145,8 @@ TEST_CASE(
   CHECK(passed == 2);
 }
 
-TEST_CASE("gpu comm: NCCL: a rank that stops answering ends the other through the watchdog") {
+TEST_CASE("gpu comm: NCCL: a rank that stops answering ends the other through the watchdog",
+          "[gpu][nccl]") {
   if (!comm_has_nccl() || app_test::run_command("command -v mpirun").code() != 0) {
     std::printf("SKIP: NCCL test: no NCCL backend or no mpirun\n");
     std::exit(77);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstdio>
 #include <memory>
 
 #include "engine/autograd.h"
@@ -416,12 +417,20 @@ TEST_CASE("gpu train step: a dry-run step issues exactly what an executed step i
 #endif
 
 // cuda_graph: after its warm-up steps the step is captured once as a CUDA graph and replayed
-// (model/train_step.h). The same kernels on the same values in the same order: every step's loss
-// parts and the whole state after it (parameters, momentum buffers, BatchNorm statistics and
-// their host-side counters, the center) equal the plain step's bit for bit, over steps whose
+// (model/train_step.h). The same kernels on the same values in the same order, over steps whose
 // learning rate, teacher momentum and batch (a new tensor each time) all change: a value baked
 // into the graph at its capture, an input not copied in, or a counter not advanced shows here.
-TEST_CASE("gpu train step: captured as a CUDA graph and replayed, bit for bit the plain step",
+// On the emulator, which runs every kernel in one order, every step's loss parts and the whole
+// state after it (parameters, momentum buffers, BatchNorm statistics and their host-side
+// counters, the center) equal the plain step's bit for bit. On a card, the order of the atomic
+// adds in BatchNorm's statistics and some head kernels' gradients is the hardware's, so the plain
+// step need not repeat itself bit for bit: there it runs twice, and the graph may differ from the
+// first plain run by at most 10x what the second one does (floors: 1e-5 of a loss, 1e-5 of a
+// tensor's move at the median, 1e-3 at the worst). A 0.1 % change of the learning rate in the
+// graph run is 1.8e-2 at the median (seen on the emulator with the card's rule). On the H200
+// (2026-12-04): with cuDNN's fastest algorithms two plain runs differed by ~1e-7 of the loss; with
+// deterministic ones (kernels/conv2d.cu) the three runs were equal bit for bit, both dtypes.
+TEST_CASE("gpu train step: captured as a CUDA graph and replayed, the plain step's results",
           "[gpu][train][graph]") {
   const uint64_t seed = fresh_seed();
   INFO("seed " << seed);
@@ -429,14 +438,23 @@ TEST_CASE("gpu train step: captured as a CUDA graph and replayed, bit for bit th
   const int steps = 6;
   const double lrs[steps] = {0.05, 0.1, 0.2, 0.3, 0.15, 0.07};
   const double moms[steps] = {0.99, 0.98, 0.97, 0.995, 0.9, 0.96};
+#if defined(SLOTCON_CUDA_EMU)
+  const bool exact = true;
+#else
+  const bool exact = false;
+#endif
   for (bool bf16 : {false, true}) {
     const DType dt = bf16 ? DType::BF16 : DType::F32;
     INFO(dtype_name(dt) << (bf16 ? ", channels-last" : ", NCHW"));
+    // runs: the plain step, (on a card) the plain step again, the graph
+    std::vector<bool> graphs = {false, true};
+    if (!exact) graphs = {false, false, true};
     std::vector<TensorMap> states;
-    std::vector<std::vector<std::vector<double>>> records(2);
+    std::vector<std::vector<std::vector<double>>> records(graphs.size());
     std::string note;
     int64_t replays = -1;
-    for (bool graph : {false, true}) {
+    for (size_t run = 0; run < graphs.size(); ++run) {
+      const bool graph = graphs[run];
       SlotConModel model(tiny(), Device::cuda(0), 0);
       model.load_state_dict(s0, true);
       model.train();
@@ -446,7 +464,7 @@ TEST_CASE("gpu train step: captured as a CUDA graph and replayed, bit for bit th
       for (int s = 0; s < steps; ++s) {
         StepResult r = train.run(
             batch_on(random_batch(seed + 1 + uint64_t(s)), Device::cuda(0), dt), lrs[s], moms[s]);
-        records[graph].push_back(r.record.to(Device::cpu()).to_vector());
+        records[run].push_back(r.record.to(Device::cpu()).to_vector());
       }
       TensorMap st = state_of(model);
       for (size_t i = 0; i < train.parameters().size(); ++i)
@@ -461,21 +479,58 @@ TEST_CASE("gpu train step: captured as a CUDA graph and replayed, bit for bit th
     INFO(note);
     CHECK_THAT(note, Catch::Contains("captured as a CUDA graph"));
     CHECK(replays == steps - TrainStep::kGraphWarmupSteps);
-    for (int s = 0; s < steps; ++s) {
-      INFO("step " << s);
-      CHECK(records[1][size_t(s)] == records[0][size_t(s)]);
-    }
-    size_t differ = 0;
-    for (auto& kv : states[0]) {
+    const TensorMap &plain = states.front(), &graphed = states.back();
+    // the host-side counters: exactly, on every machine
+    for (auto& kv : plain) {
+      if (state_moves::compared(kv.first)) continue;
       INFO(kv.first);
-      REQUIRE(states[1].count(kv.first));
-      const bool same = kv.second.to_vector() == states[1].at(kv.first).to_vector();
-      differ += !same;
-      if (!same) CHECK(kv.first == "(equal)");  // names the first tensors that differ
-      if (differ > 5) break;
+      REQUIRE(graphed.count(kv.first));
+      CHECK(kv.second.to_vector() == graphed.at(kv.first).to_vector());
     }
-    CHECK(differ == 0);
-    // the host-side counters moved in both (so that their equality above means something)
-    CHECK(states[1].at("encoder_q.bn1.num_batches_tracked").to_vector()[0] >= double(steps));
+    // and they moved in both (so that their equality means something)
+    CHECK(graphed.at("encoder_q.bn1.num_batches_tracked").to_vector()[0] >= double(steps));
+    if (exact) {
+      for (int s = 0; s < steps; ++s) {
+        INFO("step " << s);
+        CHECK(records.back()[size_t(s)] == records.front()[size_t(s)]);
+      }
+      size_t differ = 0;
+      for (auto& kv : plain) {
+        INFO(kv.first);
+        REQUIRE(graphed.count(kv.first));
+        const bool same = kv.second.to_vector() == graphed.at(kv.first).to_vector();
+        differ += !same;
+        if (!same) CHECK(kv.first == "(equal)");  // names the first tensors that differ
+        if (differ > 5) break;
+      }
+      CHECK(differ == 0);
+      continue;
+    }
+    // on a card: against the plain step's own spread
+    double loss_spread = 0, loss_err = 0;
+    for (int s = 0; s < steps; ++s)
+      for (size_t i = 0; i < records[0][size_t(s)].size(); ++i) {
+        const double a = records[0][size_t(s)][i], scale = std::max(std::fabs(a), 1e-30);
+        loss_spread = std::max(loss_spread, std::fabs(records[1][size_t(s)][i] - a) / scale);
+        loss_err = std::max(loss_err, std::fabs(records[2][size_t(s)][i] - a) / scale);
+      }
+    state_moves::Errors eb = state_moves::errors(states[1], s0, plain),
+                        eg = state_moves::errors(graphed, s0, plain);
+    CHECK(eg.missing.empty());
+    state_moves::drop_zero_gradient_biases(eb, states[1], plain);
+    state_moves::drop_zero_gradient_biases(eg, graphed, plain);
+    const state_moves::Stats sb = state_moves::stats(eb.moved), sg = state_moves::stats(eg.moved);
+    std::printf(
+        "graph vs plain on %s: loss %.2e (plain vs plain %.2e); moves median %.2e (%.2e), "
+        "worst %.2e (%.2e, %s)\n",
+        dtype_name(dt), loss_err, loss_spread, sg.median, sb.median, sg.worst, sb.worst,
+        sg.worst_name.c_str());
+    INFO("loss: graph vs plain " << loss_err << ", plain vs plain " << loss_spread);
+    INFO("moves: graph vs plain median " << sg.median << " worst " << sg.worst << " ("
+                                         << sg.worst_name << "); plain vs plain median "
+                                         << sb.median << " worst " << sb.worst);
+    CHECK(loss_err <= std::max(10 * loss_spread, 1e-5));
+    CHECK(sg.median <= std::max(10 * sb.median, 1e-5));
+    CHECK(sg.worst <= std::max(10 * sb.worst, 1e-3));
   }
 }
