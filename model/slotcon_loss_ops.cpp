@@ -439,17 +439,25 @@ Tensor slot_contrast(const Tensor& z, const Tensor& keys, const Tensor& query_ma
                      const Tensor& key_mask, int64_t rank, double tau) {
   const int64_t N = z.size(0), NK = keys.size(0);
   const DType dt = z.dtype();
-  const Device dev = z.device();
   const Tensor zn = l2_normalize(z, 1, 1e-12), kn = l2_normalize(keys, 1, 1e-12);
   const Tensor logits = mul_scalar(matmul(zn, transpose(kn, 0, 1)), 1.0 / tau);  // (N, NK)
   // Invalid keys: a bias of -1e4 (exp underflows to exactly 0 next to logits <= 1/tau).
   const Tensor km = cast(reshape(key_mask, {1, NK}), dt);
-  const Tensor lsm = log_softmax(add(logits, mul_scalar(add_scalar(km, -1.0), 1e4)), 1);
-  std::vector<double> onehot(size_t(N * NK), 0.0);
-  for (int64_t i = 0; i < N; ++i) onehot[size_t(i * NK + rank * N + i)] = 1.0;
-  const Tensor picked = sum(mul(lsm, from_vector(onehot, {N, NK}, dt, dev)), {1});  // (N)
-  const Tensor valid = mul(cast(query_mask, dt),
-                           cast(slice(reshape(key_mask, {NK}), 0, rank * N, rank * N + N), dt));
+  const Tensor masked = add(logits, mul_scalar(add_scalar(km, -1.0), 1e4));
+  // The positive of query i is key rank * N + i: its log-probability is its logit less the row's
+  // log-sum-exp. Logits lie in [-1/tau, 1/tau], so exp(masked - 1/tau) cannot overflow, and a
+  // row's sum is at least exp(-2/tau) when it has a valid key; 1e-30 keeps a row without one
+  // finite (its query is not valid: it counts 0). (Picking the positive out of the (N, NK)
+  // log_softmax with a one-hot built on the host copied N x NK values to the device each call:
+  // 2.1 GB at the authors' shape on the H200, 3.7 s of a 3.8 s step.)
+  const Tensor lse = add_scalar(
+      log(add_scalar(sum(exp(add_scalar(masked, -1.0 / tau)), {1}), 1e-30)), 1.0 / tau);  // (N)
+  const Tensor kpos = slice(reshape(key_mask, {NK}), 0, rank * N, rank * N + N);          // (N)
+  const Tensor pos =
+      add(mul_scalar(sum(mul(zn, slice(kn, 0, rank * N, rank * N + N)), {1}), 1.0 / tau),
+          mul_scalar(add_scalar(cast(kpos, dt), -1.0), 1e4));  // (N)
+  const Tensor picked = sub(pos, lse);                         // (N)
+  const Tensor valid = mul(cast(query_mask, dt), cast(kpos, dt));
   const double n = sum(valid).item();  // host synchronisation (the unfused path may)
   const Tensor total = sum(mul(picked, valid));
   return mul_scalar(total, n > 0 ? -2.0 * tau / n : 0.0);
