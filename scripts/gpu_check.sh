@@ -6,6 +6,8 @@
 #                a build for the card (sm_$ARCH) with the kit's headers and libraries as a prefix
 #   tests        every GPU test (test_gpu: each CUDA op and kernel against its CPU reference, the
 #                whole training step); here they must pass, not skip
+#   app          slotcon train on the card, plain and --cuda_graph on (bf16, 5 steps, 3 epochs):
+#                the final states equal byte for byte
 #   bench_kernels  bench_slotcon_kernels: the five fused head kernels vs their unfused paths
 #   bench_train  bench_train_step: the full step vs the PyTorch step (bench/train_step_torch.py)
 #   bench_graph  bench_train_step --cuda-graph on --no-baseline: the same step replayed as a CUDA
@@ -23,8 +25,8 @@
 # output, appended as it ends).
 #
 # Usage: scripts/gpu_check.sh [build-dir]
-# env:   BUDGET=540  STAGES="tests bench_kernels bench_train bench_graph bench_unfused compare memcheck
-#                               racecheck benches"
+# env:   BUDGET=540  STAGES="tests app bench_kernels bench_train bench_graph bench_unfused compare
+#                               memcheck racecheck benches"
 #        SANITIZE=1 (0: leave out memcheck/racecheck)  ARCH=90  KIT=.devkit/slotcon-devkit.tar.xz
 #        PREBUILT=auto (0: always build)  BIN=<dir> (use the binaries there, e.g. an emulator build)
 #        REQUIRE_GPU=1 (0: go on without nvidia-smi, to try the script itself on the emulator)
@@ -34,7 +36,7 @@ cd "$root"
 build="${1:-$root/build-gpu}"
 arch="${ARCH:-90}"
 budget="${BUDGET:-540}"
-stages="${STAGES:-tests bench_kernels bench_train bench_graph bench_unfused compare memcheck racecheck benches}"
+stages="${STAGES:-tests app bench_kernels bench_train bench_graph bench_unfused compare memcheck racecheck benches}"
 [ "${SANITIZE:-1}" = "0" ] && stages="$(echo " $stages " | sed 's/ memcheck / /; s/ racecheck / /')"
 kit_tar="${KIT:-$root/.devkit/slotcon-devkit.tar.xz}"
 out="${OUT:-$build/gpu_check}"
@@ -214,6 +216,41 @@ for s in $stages; do
       stage bench_unfused 120 "$bin/bench/bench_train_step" --fused off --no-baseline; rc=$?
       [ "$rc" -eq 99 ] && continue
       row bench_unfused "$(result $rc)" "$STAGE_SECONDS" "$(results_of "$work/bench_unfused.log")" ;;
+    app)
+      # slotcon train itself on the card, plain and with --cuda_graph on, bf16, 5 steps over 3
+      # epochs with checkpoints, scores and slot pictures between the replays (the emulator's
+      # tests/cuda_emu/test_app_emu.cpp, here on the driver): the two final states must be equal
+      # byte for byte (deterministic cuDNN algorithms, kernels/conv2d.cu)
+      d="$work/app"; rm -rf "$d"; mkdir -p "$d"
+      { printf 'set -e\n'
+        printf 'run() { %q train --config %q --device cuda --image_size 64 --batch_size 4' \
+          "$bin/apps/slotcon" "$root/configs/demo.json"
+        printf ' --max_steps 5 --print_freq 1 --synthetic_images 8 --score_images 4 --score_size 64'
+        printf ' --num_workers 1 --slot_images 2 --precision bf16 --epochs 3 --no-auto-resume'
+        printf ' --output_dir "$@"; }\n'
+        printf 'run %q\n' "$d/plain"
+        printf 'run %q --cuda_graph on\n' "$d/graph"
+        printf 'python3 - %q %q <<"PY"\n' "$d/plain/final.safetensors" "$d/graph/final.safetensors"
+        cat <<"PY"
+import json, struct, sys
+def tensors(path):  # name -> raw bytes (safetensors: u64 header length, JSON header, data)
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]]
+            for k, v in h.items() if k != "__metadata__"}
+a, g = tensors(sys.argv[1]), tensors(sys.argv[2])
+differ = sorted(k for k in a if a[k] != g.get(k))
+print(f"app: plain vs --cuda_graph on: {len(differ)} of {len(a)} tensors differ"
+      + (f" (first: {differ[0]})" if differ else ", byte for byte equal"))
+sys.exit(1 if differ or set(a) != set(g) else 0)
+PY
+        printf 'PY\n'
+      } >"$work/app.sh"
+      stage app 150 bash "$work/app.sh"; rc=$?
+      [ "$rc" -eq 99 ] && continue
+      row app "$(result $rc)" "$STAGE_SECONDS" \
+        "$(grep -E '^app: |cuda_graph: ' "$work/app.log" | tail -2 | paste -sd' ' -)" ;;
     compare)
       stage compare 180 env DEVICE=cuda STEPS=3 "$root/scripts/compare_torch_step.sh" "$bin"; rc=$?
       [ "$rc" -eq 99 ] && continue
