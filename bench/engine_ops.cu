@@ -105,7 +105,7 @@ int main(int argc, char** argv) {
       report_bw("sum over columns (transpose copy + rows)", ms, bytes);
       Tensor flat = reshape(x, {1, R * C});
       ms = b.time_ms([&] { Tensor s = sum(flat); });
-      report_bw("sum of everything (one row: one block)", ms, bytes);
+      report_bw("sum of everything (one row, split over blocks)", ms, bytes);
       Tensor out = empty({R, C}, DType::F32, dev);
       ms = b.time_ms([&] {
         SC_CUDA_CHECK(cudaMemcpyAsync(out.data_ptr(), x.data_ptr(), size_t(bytes),

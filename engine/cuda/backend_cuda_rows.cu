@@ -11,6 +11,7 @@
 #include <cmath>
 #include <limits>
 
+#include "engine/cuda/device_memory.h"
 #include "engine/cuda/device_utils.cuh"
 
 namespace sc {
@@ -51,6 +52,40 @@ __global__ void sum_rows_kernel(T* __restrict__ out, const T* __restrict__ in, i
   for (int64_t c = rm.lane; c < cols; c += rm.threads) s += load_acc(x[c]);
   s = row_allreduce<kBlock>(s, SumOp<A>(), smem);
   if (rm.lane == 0) out[rm.row] = store_acc<T>(s);
+}
+
+// Few long rows (a whole-tensor sum is one row): a block per row would leave most of the card
+// idle, and one block streams only a few GB/s (5.6 GB/s measured on the H200, 2026-12-04, for a
+// one-row sum: docs/gpu.md). So each row is cut into `splits` equal chunks, a block per chunk
+// writes its partial sum (in the accumulator type) to a workspace, and a second launch adds each
+// row's partials in chunk order: the same fixed tree every time, so deterministic.
+template <class T>
+__global__ void sum_rows_partial_kernel(Acc<T>* __restrict__ part, const T* __restrict__ in,
+                                        int64_t cols, int64_t chunk, int splits) {
+  using A = Acc<T>;
+  __shared__ A smem[32];
+  const int64_t row = blockIdx.y;
+  const int split = int(blockIdx.x);
+  const int64_t c0 = int64_t(split) * chunk;
+  const int64_t c1 = c0 + chunk < cols ? c0 + chunk : cols;
+  const T* x = in + row * cols;
+  A s = A(0);
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) s += load_acc(x[c]);
+  s = block_allreduce(s, SumOp<A>(), smem);
+  if (threadIdx.x == 0) part[row * splits + split] = s;
+}
+
+// One warp per row: lane l adds partials l, l + 32, ... in order, then the warp's fixed tree.
+template <class T>
+__global__ void sum_partials_kernel(T* __restrict__ out, const Acc<T>* __restrict__ part,
+                                    int64_t rows, int splits) {
+  using A = Acc<T>;
+  const int64_t row = blockIdx.x;
+  if (row >= rows) return;
+  A s = A(0);
+  for (int i = int(threadIdx.x); i < splits; i += 32) s += part[row * splits + i];
+  s = warp_allreduce(s, SumOp<A>());
+  if (threadIdx.x == 0) out[row] = store_acc<T>(s);
 }
 
 // Candidate for the first maximum; NaN wins over any number (the CPU backend's rule), ties and
@@ -438,11 +473,45 @@ void check_deferred_errors(int device) {
                       ") (found by the device, reported at the next synchronisation)"));
 }
 
+// The split is worth it when a block per row leaves the card mostly idle and every chunk still
+// has a block's worth of work: rows < the multiprocessors, chunks of >= kSplitMinChunk elements,
+// about two blocks per multiprocessor in all.
+constexpr int64_t kSplitMinChunk = 8192;
+int sum_splits(int64_t rows, int64_t cols, int dev) {
+  const int64_t sms = sm_count(dev);
+  if (rows >= sms || cols < 2 * kSplitMinChunk) return 1;
+  const int64_t want = (2 * sms + rows - 1) / rows, most = cols / kSplitMinChunk;
+  return int(want < most ? want : most);
+}
+
 void sum_rows(const Tensor& out, const Tensor& in, int64_t rows, int64_t cols) {
   const int dev = device_of(in);
   check_rows("sum", in, rows, cols, dev);
   check_rows("sum", out, rows, 1, dev);
   if (rows == 0) return;
+  const int splits = sum_splits(rows, cols, dev);
+  if (splits > 1) {
+    dispatch_float(in.dtype(), "sum", [&](auto t) {
+      using T = decltype(t);
+      using A = Acc<T>;
+      const int64_t chunk = (cols + splits - 1) / splits;
+      A* part = static_cast<A*>(device_alloc(sizeof(A) * size_t(rows * splits), dev));
+      sum_rows_partial_kernel<T><<<dim3(unsigned(splits), unsigned(rows)), kRowBlockThreads, 0,
+                                   stream(dev)>>>(part, in.data<T>(), cols, chunk, splits);
+      SC_TRACE_WORK_AS(double(rows) * double(cols) * double(dtype_size(in.dtype())) +
+                           double(rows * splits) * double(sizeof(A)),
+                       rows * cols, simt_unit(in.dtype()));
+      check_launch("sum_rows (split)");
+      sum_partials_kernel<T><<<unsigned(rows), 32, 0, stream(dev)>>>(out.data<T>(), part, rows,
+                                                                        splits);
+      SC_TRACE_WORK_AS(double(rows * splits) * double(sizeof(A)) +
+                           double(rows) * double(dtype_size(in.dtype())),
+                       rows * splits, simt_unit(in.dtype()));
+      check_launch("sum_rows (partials)");
+      device_free(part, dev);  // stream-ordered: reused only by later work on this stream
+    });
+    return;
+  }
   dispatch_float(in.dtype(), "sum", [&](auto t) {
     using T = decltype(t);
     SC_LAUNCH_ROWS(sum_rows_kernel, T, rows, cols, dev, out.data<T>(), in.data<T>(), rows, cols);

@@ -238,6 +238,13 @@ TEST_CASE("gpu ops: sum and mean over axes") {
                   {reduction_scale(5000)});
   check_all_types("sum of a long column", {{{3001, 2}}}, [](const V& x) { return sum(x[0], {0}); },
                   {reduction_scale(3001)});
+  // Few rows of >= 16384 take the split kernels (partial sums per chunk, then per row), whatever
+  // the length's remainder: 3 rows of 40,003 (4 chunks of 10,001) and the whole of 100,003
+  // elements as one row (12 chunks, the last one short).
+  check_all_types("sum of few very long rows (split)", {{{3, 40003}}},
+                  [](const V& x) { return sum(x[0], {1}); }, {reduction_scale(40003)});
+  check_all_types("sum of everything (split)", {{{100003}}}, [](const V& x) { return sum(x[0]); },
+                  {reduction_scale(100003)});
   check_all_types("sum of a transposed view", {{{33, 40}}},
                   [](const V& x) { return sum(transpose(x[0], 0, 1), {1}); });
   check_all_types("sum one element", {{{1}}}, [](const V& x) { return sum(x[0]); });
