@@ -74,7 +74,10 @@ void mark_phase(const char* phase) noexcept {
     (void)cudaGetLastError();
     return;
   }
-  if (cudaSetDevice(0) != cudaSuccess || cudaEventRecord(e, cuda::stream(0)) != cudaSuccess) {
+  int previous = 0;  // the caller's current device, restored
+  const bool ok = cudaGetDevice(&previous) == cudaSuccess && cudaSetDevice(0) == cudaSuccess &&
+                  cudaEventRecord(e, cuda::stream(0)) == cudaSuccess;
+  if (cudaSetDevice(previous) != cudaSuccess || !ok) {
     (void)cudaGetLastError();
     t.spare.push_back(e);
     return;
