@@ -288,11 +288,15 @@ int main(int argc, char** argv) {
   // Where the device time goes, measured: one more plain step with CUDA events at every phase
   // change (engine/cuda_runtime.h, start_phase_timing), printed beside the cost model's phases
   // (docs/gpu.md, "The prediction now") so that a disagreement names its phase.
+  // The same step is the one a profiler started with "--profile-from-start off" records
+  // (scripts/gpu_check.sh's profile stage: ncu's time of every kernel of one steady step).
   if (gpu && !replayed) {
     cuda_synchronize(0);
+    cuda_profiler_start();
     start_phase_timing();
     train.run(batch, lr, 0.99);
     const std::vector<PhaseTime> phases = stop_phase_timing();
+    cuda_profiler_stop();
     double total = 0;
     for (const PhaseTime& p : phases) total += p.ms;
     std::printf("device time by phase (one plain step, CUDA events at each phase change): %.2f ms\n",

@@ -52,6 +52,12 @@ struct PhaseTime {
 void start_phase_timing();
 std::vector<PhaseTime> stop_phase_timing();
 
+// The range a profiler started with "--profile-from-start off" (ncu, nsys) records: between
+// cuda_profiler_start() and cuda_profiler_stop() (cudaProfilerStart / Stop). Without a profiler
+// attached, and in a build without CUDA, they do nothing.
+void cuda_profiler_start();
+void cuda_profiler_stop();
+
 // A phase label for the device trace (kernels/check.h's start_trace; engine/cost_model.h): every
 // stream operation issued while the marker lives is recorded under `name` (a string with static
 // storage), the enclosing label restored after. Process-wide; costs one atomic exchange.

@@ -14,6 +14,7 @@
 #                graph (model/train_step.h; compare its ms/step with bench_train's)
 #   bench_unfused  bench_train_step --fused off --no-baseline: the step with the head's losses
 #                composed from plain engine ops (what the fused kernels gain or lose in the step)
+#   profile      ncu's time of every kernel of one steady step (scripts/ncu_summary.py: top 40)
 #   compare      scripts/compare_torch_step.sh on the GPU: 3 fp32 steps vs float64 PyTorch, 3 seeds
 #   memcheck, racecheck   compute-sanitizer over test_gpu (without the whole-model [train] cases)
 #   benches      the other bench_* binaries (resnet50 with its PyTorch baseline, conv, engine_ops,
@@ -25,8 +26,8 @@
 # output, appended as it ends).
 #
 # Usage: scripts/gpu_check.sh [build-dir]
-# env:   BUDGET=540  STAGES="tests app bench_kernels bench_train bench_graph bench_unfused compare
-#                               memcheck racecheck benches"
+# env:   BUDGET=540  STAGES="tests app bench_kernels bench_train bench_graph bench_unfused profile
+#                               compare memcheck racecheck benches"
 #        SANITIZE=1 (0: leave out memcheck/racecheck)  ARCH=90  KIT=.devkit/slotcon-devkit.tar.xz
 #        PREBUILT=auto (0: always build)  BIN=<dir> (use the binaries there, e.g. an emulator build)
 #        REQUIRE_GPU=1 (0: go on without nvidia-smi, to try the script itself on the emulator)
@@ -36,7 +37,7 @@ cd "$root"
 build="${1:-$root/build-gpu}"
 arch="${ARCH:-90}"
 budget="${BUDGET:-540}"
-stages="${STAGES:-tests app bench_kernels bench_train bench_graph bench_unfused compare memcheck racecheck benches}"
+stages="${STAGES:-tests app bench_kernels bench_train bench_graph bench_unfused profile compare memcheck racecheck benches}"
 [ "${SANITIZE:-1}" = "0" ] && stages="$(echo " $stages " | sed 's/ memcheck / /; s/ racecheck / /')"
 kit_tar="${KIT:-$root/.devkit/slotcon-devkit.tar.xz}"
 out="${OUT:-$build/gpu_check}"
@@ -251,6 +252,26 @@ PY
       [ "$rc" -eq 99 ] && continue
       row app "$(result $rc)" "$STAGE_SECONDS" \
         "$(grep -E '^app: |cuda_graph: ' "$work/app.log" | tail -2 | paste -sd' ' -)" ;;
+    profile)
+      # ncu's device time of every kernel of one steady plain step (bench_train_step's phase step,
+      # between cudaProfilerStart and Stop; --profile-from-start off skips the warm-up, the cuDNN
+      # searches and the timed steps): where the step's device time goes, kernel by kernel, the
+      # cost model's rules to check (docs/gpu.md). Kernels run one at a time under ncu, so the
+      # sum is device time without overlap. Works on the Firecracker machines (KINDS.md).
+      ncu="$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
+      if [ -z "$ncu" ]; then row profile "not run" 0 "no ncu"; continue; fi
+      keep="$linebuf"; linebuf=""
+      stage profile 240 "$ncu" --profile-from-start off --clock-control none \
+        --metrics gpu__time_duration.sum --csv \
+        "$bin/bench/bench_train_step" --no-baseline --warmup 3 --steps 2
+      rc=$?
+      linebuf="$keep"
+      [ "$rc" -eq 99 ] && continue
+      python3 "$root/scripts/ncu_summary.py" "$work/profile.log" 40 >"$work/profile_summary.log" 2>&1
+      src=$?
+      cat "$work/profile_summary.log"; keep_log profile_summary "$work/profile_summary.log"
+      [ "$rc" -eq 0 ] && [ "$src" -ne 0 ] && rc=1
+      row profile "$(result $rc)" "$STAGE_SECONDS" "$(results_of "$work/profile_summary.log")" ;;
     compare)
       stage compare 180 env DEVICE=cuda STEPS=3 "$root/scripts/compare_torch_step.sh" "$bin"; rc=$?
       [ "$rc" -eq 99 ] && continue

@@ -1,4 +1,6 @@
 // The CUDA runtime glue: device queries, the engine's stream and cuBLAS handle per device.
+#include <cuda_profiler_api.h>
+
 #include <algorithm>
 #include <atomic>
 #include <mutex>
@@ -119,6 +121,15 @@ std::vector<PhaseTime> stop_phase_timing() {
     ++it->intervals;
   }
   return out;
+}
+
+void cuda_profiler_start() {
+  if (cuda_device_count() == 0) return;
+  if (cudaProfilerStart() != cudaSuccess) (void)cudaGetLastError();
+}
+void cuda_profiler_stop() {
+  if (cuda_device_count() == 0) return;
+  if (cudaProfilerStop() != cudaSuccess) (void)cudaGetLastError();
 }
 
 namespace cuda {
