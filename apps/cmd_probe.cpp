@@ -1,6 +1,7 @@
-// slotcon probe: what a checkpoint's teacher tells apart on the synthetic scenes, read three
-// ways: its prototypes (the grouping score), and a nearest-class-mean probe of its projected
-// map and of its backbone's map, fit on training scenes and scored on the held-out ones.
+// slotcon probe: what a checkpoint's teacher tells apart on the synthetic scenes, read four
+// ways: its prototypes (the grouping score, and each read as its majority class), and a
+// nearest-class-mean probe of its projected map and of its backbone's map, fit on training
+// scenes and scored on the held-out ones.
 #include <algorithm>
 #include <cstdio>
 #include <memory>
@@ -27,10 +28,14 @@ void probe_usage(FILE* out) {
       "                     [--device auto|cpu|cuda]\n"
       "       slotcon probe --init --config FILE [options]\n\n"
       "What the teacher tells apart on the synthetic scenes of the run's seed and scene set\n"
-      "(config keys seed, synthetic_objects), cell by cell at the stride of its map, read three\n"
+      "(config keys seed, synthetic_objects), cell by cell at the stride of its map, read four\n"
       "ways and scored as the grouping score is (mIoU over the classes, one-to-one matching):\n"
       "  prototypes       each cell's arg-max prototype: the grouping score `slotcon train`\n"
       "                   logs (grouping.jsonl)\n"
+      "  prototypes, majority\n"
+      "                   each prototype read as the class it shares most cells with on the\n"
+      "                   fit scenes (many to one): how class-pure the prototypes are, however\n"
+      "                   many of them share a class, which the one-to-one score counts wrong\n"
       "  projector, mean  nearest class mean of the projected map (D values per cell)\n"
       "  backbone, mean   nearest class mean of the backbone's map (512 per cell for a\n"
       "                   ResNet-18, 2048 for a ResNet-50): what the network carried into\n"
@@ -167,6 +172,9 @@ int cmd_probe(const Args& args) {
       teacher_cells(*run.model, cfg, objects, cfg.synthetic_images, count, int(size), dev);
   const int C = data::kSceneClasses, K = int(cfg.num_prototypes);
   const GroupingScore by_prototype = grouping_score(held.prototype, held.cls, K, C);
+  const GroupingScore by_majority = grouping_score(
+      map_prototypes(majority_class_map(train.prototype, train.cls, K, C), held.prototype),
+      held.cls, C, C);
   const GroupingScore by_projected = grouping_score(
       nearest_class_mean(fit_class_means(train.projected, train.dim_projected, train.cls, C),
                          held.projected),
@@ -191,6 +199,7 @@ int cmd_probe(const Args& args) {
     std::printf("  %-40s %7.4f %15.3f\n", name.c_str(), g.miou, g.pixel_accuracy);
   };
   row("prototypes, arg-max (the grouping score)", by_prototype);
+  row("prototypes, each to its majority class", by_majority);
   row("projector, nearest class mean (" + std::to_string(held.dim_projected) + ")", by_projected);
   row("backbone, nearest class mean (" + std::to_string(held.dim_backbone) + ")", by_backbone);
   return 0;

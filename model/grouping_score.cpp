@@ -169,6 +169,37 @@ std::vector<int64_t> nearest_class_mean(const ClassMeans& m, const std::vector<d
   return out;
 }
 
+std::vector<int> majority_class_map(const std::vector<int64_t>& prototype,
+                                    const std::vector<int>& cls, int K, int C) {
+  SC_CHECK(prototype.size() == cls.size(), "majority_class_map: ", prototype.size(),
+           " prototypes for ", cls.size(), " classes");
+  SC_CHECK(K >= 1 && C >= 1, "majority_class_map: K and C must be positive");
+  std::vector<int64_t> n(size_t(K) * size_t(C), 0);
+  for (size_t i = 0; i < cls.size(); ++i) {
+    SC_CHECK(prototype[i] >= 0 && prototype[i] < K && cls[i] >= 0 && cls[i] < C,
+             "majority_class_map: cell ", i, " has prototype ", prototype[i], " and class ", cls[i],
+             " (K ", K, ", C ", C, ")");
+    ++n[size_t(prototype[i]) * size_t(C) + size_t(cls[i])];
+  }
+  std::vector<int> map(size_t(K), 0);
+  for (int k = 0; k < K; ++k)
+    for (int c = 1; c < C; ++c)
+      if (n[size_t(k) * size_t(C) + size_t(c)] > n[size_t(k) * size_t(C) + size_t(map[size_t(k)])])
+        map[size_t(k)] = c;
+  return map;
+}
+
+std::vector<int64_t> map_prototypes(const std::vector<int>& map,
+                                    const std::vector<int64_t>& prototype) {
+  std::vector<int64_t> out(prototype.size());
+  for (size_t i = 0; i < prototype.size(); ++i) {
+    SC_CHECK(prototype[i] >= 0 && size_t(prototype[i]) < map.size(), "map_prototypes: cell ", i,
+             " has prototype ", prototype[i], " of ", map.size());
+    out[i] = map[size_t(prototype[i])];
+  }
+  return out;
+}
+
 std::vector<int> downsample_mode(const uint8_t* cls, int W, int H, int w, int h, int C) {
   std::vector<int> out(size_t(w) * size_t(h));
   std::vector<int64_t> hist(static_cast<size_t>(C));

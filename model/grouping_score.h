@@ -41,6 +41,17 @@ ClassMeans fit_class_means(const std::vector<double>& feats, int64_t dim,
                            const std::vector<int>& cls, int num_classes);
 std::vector<int64_t> nearest_class_mean(const ClassMeans& means, const std::vector<double>& feats);
 
+// A many-to-one readout of the prototypes (how class-pure each prototype is, whatever how many
+// share a class, which the one-to-one score counts as wrong): majority_class_map gives each of
+// the K prototypes the class it shares most cells with on a fit set (ties to the smaller class;
+// a prototype with no fit cell gets class 0, the background); map_prototypes turns per-cell
+// prototypes into per-cell classes through it.
+std::vector<int> majority_class_map(const std::vector<int64_t>& prototype,
+                                    const std::vector<int>& cls, int num_prototypes,
+                                    int num_classes);
+std::vector<int64_t> map_prototypes(const std::vector<int>& map,
+                                    const std::vector<int64_t>& prototype);
+
 // The mode of `cls` (W x H, row-major) over each cell of an h x w grid: the class map at feature
 // resolution. Ties go to the smaller class id.
 std::vector<int> downsample_mode(const uint8_t* cls, int W, int H, int w, int h, int num_classes);

@@ -1,4 +1,4 @@
-// `slotcon probe`: a checkpoint read three ways; its prototype row is the grouping score that
+// `slotcon probe`: a checkpoint read four ways; its prototype row is the grouping score that
 // `slotcon train` logged for the same state, at the start (--init) and at the end; usage errors.
 #include <catch2/catch.hpp>
 #include <fstream>
@@ -49,7 +49,8 @@ TEST_CASE("probe: slotcon probe's prototype row is the grouping score train logg
   const double end = row_miou(p.out, "prototypes, arg-max");
   CHECK(end == Approx(g.back()["miou"].get<double>()).margin(6e-5));
   for (const char* label :
-       {"projector, nearest class mean \\(16\\)", "backbone, nearest class mean \\(512\\)"}) {
+       {"prototypes, each to its majority class", "projector, nearest class mean \\(16\\)",
+        "backbone, nearest class mean \\(512\\)"}) {
     const double v = row_miou(p.out, label);
     INFO(label);
     CHECK(v >= 0);

@@ -171,3 +171,26 @@ TEST_CASE("grouping score: the nearest-class-mean probe") {
   CHECK_THROWS_AS(nearest_class_mean(two, {1, 2, 3}), Error);        // not rows of 2
   CHECK_THROWS_AS(nearest_class_mean(ClassMeans{2, 2, {0, 0, 0, 0}, {0, 0}}, {1, 2}), Error);
 }
+
+// The many-to-one readout of `slotcon probe`: a class split over several prototypes loses
+// nothing there (it does under the one-to-one score), a mixed prototype counts as its majority.
+TEST_CASE("grouping score: prototypes read as their majority class") {
+  // 3 classes; class 0 over prototypes 0, 1 and 2, class 1 on prototype 3, class 2 on 4; 5
+  // prototypes of 7, and prototype 4 also holds one cell of class 1
+  const std::vector<int64_t> proto = {0, 1, 2, 0, 1, 2, 3, 3, 4, 4, 4};
+  const std::vector<int> cls = {0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 1};
+  const std::vector<int> map = majority_class_map(proto, cls, 7, 3);
+  CHECK(map == std::vector<int>{0, 0, 0, 1, 2, 0, 0});  // 5, 6: no cell, background
+  const std::vector<int64_t> pred = map_prototypes(map, proto);
+  CHECK(pred == std::vector<int64_t>{0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 2});
+  const GroupingScore many = grouping_score(pred, cls, 3, 3);
+  const GroupingScore one = grouping_score(proto, cls, 7, 3);
+  CHECK(many.pixel_accuracy == Approx(10.0 / 11.0));
+  CHECK(many.miou > one.miou);  // the one-to-one score keeps one of class 0's three prototypes
+  CHECK(one.pixel_accuracy == Approx(6.0 / 11.0));
+  // ties go to the smaller class
+  CHECK(majority_class_map({0, 0}, {2, 1}, 1, 3) == std::vector<int>{1});
+  CHECK_THROWS_AS(majority_class_map({0, 7}, {0, 1}, 7, 3), Error);  // prototype out of range
+  CHECK_THROWS_AS(majority_class_map({0}, {0, 1}, 7, 3), Error);     // lengths differ
+  CHECK_THROWS_AS(map_prototypes({0, 1}, {2}), Error);
+}
