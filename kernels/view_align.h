@@ -48,25 +48,20 @@ struct ViewAlignShape {
 // a * b + c by default and the CPU build does not, so a sampling position computed as
 // box * W - 0.5 would differ by an ulp between the two, and a bilinear weight with it (at W = 90
 // an ulp of the position is ~8e-6 of a pixel: seen on the first H200 run, 2026-12-04).
-#if defined(__CUDACC__)
-__host__ __device__ inline float mul_rn(float a, float b) {
+SC_HOST_DEVICE inline float mul_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
   return __fmul_rn(a, b);
 #else
   return a * b;
 #endif
 }
-__host__ __device__ inline double mul_rn(double a, double b) {
+SC_HOST_DEVICE inline double mul_rn(double a, double b) {
 #ifdef __CUDA_ARCH__
   return __dmul_rn(a, b);
 #else
   return a * b;
 #endif
 }
-#else
-inline float mul_rn(float a, float b) { return a * b; }
-inline double mul_rn(double a, double b) { return a * b; }
-#endif
 
 // The sampling geometry of one image (shared by the CPU reference and the CUDA kernels so both
 // sample exactly the same points: every product that meets an add goes through mul_rn).
