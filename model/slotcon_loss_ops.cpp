@@ -451,13 +451,13 @@ Tensor slot_contrast(const Tensor& z, const Tensor& keys, const Tensor& query_ma
   // log_softmax with a one-hot built on the host copied N x NK values to the device each call:
   // 2.1 GB at the authors' shape on the H200, 3.7 s of a 3.8 s step.)
   const Tensor lse = add_scalar(
-      log(add_scalar(sum(exp(add_scalar(masked, -1.0 / tau)), {1}), 1e-30)), 1.0 / tau);  // (N)
-  const Tensor kpos = slice(reshape(key_mask, {NK}), 0, rank * N, rank * N + N);          // (N)
+      log(add_scalar(sum(exp(add_scalar(masked, -1.0 / tau)), {1}), 1e-30)), 1.0 / tau);    // (N)
+  const Tensor kpos = cast(slice(reshape(key_mask, {NK}), 0, rank * N, rank * N + N), dt);  // (N)
   const Tensor pos =
       add(mul_scalar(sum(mul(zn, slice(kn, 0, rank * N, rank * N + N)), {1}), 1.0 / tau),
-          mul_scalar(add_scalar(cast(kpos, dt), -1.0), 1e4));  // (N)
-  const Tensor picked = sub(pos, lse);                         // (N)
-  const Tensor valid = mul(cast(query_mask, dt), cast(kpos, dt));
+          mul_scalar(add_scalar(kpos, -1.0), 1e4));  // (N)
+  const Tensor picked = sub(pos, lse);               // (N)
+  const Tensor valid = mul(cast(query_mask, dt), kpos);
   const double n = sum(valid).item();  // host synchronisation (the unfused path may)
   const Tensor total = sum(mul(picked, valid));
   return mul_scalar(total, n > 0 ? -2.0 * tau / n : 0.0);
