@@ -1,8 +1,10 @@
-// slotcon probe: what a checkpoint's teacher tells apart on the synthetic scenes, read four
-// ways: its prototypes (the grouping score, and each read as its majority class), and a
-// nearest-class-mean probe of its projected map and of its backbone's map, fit on training
-// scenes and scored on the held-out ones.
+// slotcon probe: what a checkpoint's teacher tells apart on the synthetic scenes: its prototypes
+// (the grouping score, and each read as its majority class), a nearest-class-mean probe of its
+// projected map and of its backbone's map (fit on training scenes with their classes), the same
+// maps grouped without labels by k-means into as many groups as there are prototypes, and how
+// the projected cells spread about the prototypes; all scored on the held-out scenes.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -28,8 +30,8 @@ void probe_usage(FILE* out) {
       "                     [--device auto|cpu|cuda]\n"
       "       slotcon probe --init --config FILE [options]\n\n"
       "What the teacher tells apart on the synthetic scenes of the run's seed and scene set\n"
-      "(config keys seed, synthetic_objects), cell by cell at the stride of its map, read four\n"
-      "ways and scored as the grouping score is (mIoU over the classes, one-to-one matching):\n"
+      "(config keys seed, synthetic_objects), cell by cell at the stride of its map, read\n"
+      "these ways and scored as the grouping score is (mIoU over the classes, one-to-one):\n"
       "  prototypes       each cell's arg-max prototype: the grouping score `slotcon train`\n"
       "                   logs (grouping.jsonl)\n"
       "  prototypes, majority\n"
@@ -40,6 +42,14 @@ void probe_usage(FILE* out) {
       "  backbone, mean   nearest class mean of the backbone's map (512 per cell for a\n"
       "                   ResNet-18, 2048 for a ResNet-50): what the network carried into\n"
       "                   detection or segmentation tells apart without any trained head\n"
+      "  projector, k-means / backbone, k-means\n"
+      "                   the same maps grouped without labels: spherical k-means into K\n"
+      "                   groups (K = the run's prototypes) on the fit scenes' cells, each\n"
+      "                   held-out cell to its nearest centroid: what a grouping learnt without\n"
+      "                   labels could find in these features; \"scene mean removed\" first\n"
+      "                   subtracts each scene's mean cell\n"
+      "and a last line: how tightly the projected cells crowd round one direction (mean\n"
+      "resultant length) and that direction's cosines with the prototypes.\n"
       "The class means are averaged (features scaled to unit length) over the cells of training\n"
       "scenes 0..N-1 with their true classes, then every cell of the held-out scenes (those the\n"
       "grouping score uses) takes the class of the nearest mean. A readout far above the\n"
@@ -184,6 +194,28 @@ int cmd_probe(const Args& args) {
                          held.backbone),
       held.cls, C, C);
 
+  // Unsupervised: K groups (K = the run's prototypes) by spherical k-means on the fit scenes'
+  // cells, then each held-out cell to its nearest centroid; also with each scene's mean cell
+  // removed, so that what all cells of a scene share (its background, its tone) cannot decide.
+  const int64_t cells_per_scene = held.h * held.w;
+  auto kmeans_score = [&](const std::vector<double>& fit_rows, const std::vector<double>& rows,
+                          int64_t dim, bool scene_mean_removed) {
+    const std::vector<double> f =
+        scene_mean_removed ? remove_group_means(fit_rows, dim, cells_per_scene) : fit_rows;
+    const std::vector<double> r =
+        scene_mean_removed ? remove_group_means(rows, dim, cells_per_scene) : rows;
+    return grouping_score(nearest_class_mean(fit_cosine_kmeans(f, dim, K, cfg.seed), r), held.cls,
+                          K, C);
+  };
+  const GroupingScore km_projected =
+      kmeans_score(train.projected, held.projected, held.dim_projected, false);
+  const GroupingScore km_projected_centred =
+      kmeans_score(train.projected, held.projected, held.dim_projected, true);
+  const GroupingScore km_backbone =
+      kmeans_score(train.backbone, held.backbone, held.dim_backbone, false);
+  const GroupingScore km_backbone_centred =
+      kmeans_score(train.backbone, held.backbone, held.dim_backbone, true);
+
   std::printf(
       "probe of %s (%s teacher), synthetic scenes of seed %llu (%s objects) at %lld px, "
       "%lldx%lld cells\n",
@@ -194,14 +226,28 @@ int cmd_probe(const Args& args) {
       "%lld..%lld (%zu cells)\n",
       (long long)(fit - 1), train.cls.size(), (long long)cfg.synthetic_images,
       (long long)(cfg.synthetic_images + count - 1), held.cls.size());
-  std::printf("  %-40s %7s %15s\n", "readout", "mIoU", "pixel accuracy");
+  std::printf("  %-42s %7s %15s\n", "readout", "mIoU", "pixel accuracy");
   auto row = [](const std::string& name, const GroupingScore& g) {
-    std::printf("  %-40s %7.4f %15.3f\n", name.c_str(), g.miou, g.pixel_accuracy);
+    std::printf("  %-42s %7.4f %15.3f\n", name.c_str(), g.miou, g.pixel_accuracy);
   };
   row("prototypes, arg-max (the grouping score)", by_prototype);
   row("prototypes, each to its majority class", by_majority);
   row("projector, nearest class mean (" + std::to_string(held.dim_projected) + ")", by_projected);
   row("backbone, nearest class mean (" + std::to_string(held.dim_backbone) + ")", by_backbone);
+  const std::string k = std::to_string(K);
+  row("projector, k-means (" + k + " groups)", km_projected);
+  row("projector, k-means, scene mean removed", km_projected_centred);
+  row("backbone, k-means (" + k + " groups)", km_backbone);
+  row("backbone, k-means, scene mean removed", km_backbone_centred);
+  const CellSpread spread =
+      cell_spread(held.projected, held.dim_projected,
+                  run.model->grouping_k->slot_embed->weight.to(Device::cpu()).to_vector());
+  const auto [lo, hi] = std::minmax_element(spread.cos_to.begin(), spread.cos_to.end());
+  std::printf(
+      "projected cells: mean resultant length %.3f (1: all one direction); cosine of their mean\n"
+      "direction with the %d prototypes %.3f .. %.3f (a length near 1 with a narrow range is\n"
+      "the group loss's uniform collapse: every cell scores about alike against every prototype)\n",
+      spread.resultant_length, K, *lo, *hi);
   return 0;
 }
 

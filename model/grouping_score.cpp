@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <random>
 
 #include "engine/error.h"
 
@@ -113,6 +114,11 @@ void normalised_row(const std::vector<double>& feats, int64_t dim, size_t i, dou
   const double inv = n2 > 0 ? 1.0 / std::sqrt(n2) : 0.0;
   for (int64_t d = 0; d < dim; ++d) out[d] *= inv;
 }
+double dot_rows(const double* a, const double* b, size_t n) {
+  double s = 0;
+  for (size_t d = 0; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
 }  // namespace
 
 ClassMeans fit_class_means(const std::vector<double>& feats, int64_t dim,
@@ -167,6 +173,148 @@ std::vector<int64_t> nearest_class_mean(const ClassMeans& m, const std::vector<d
     }
   }
   return out;
+}
+
+ClassMeans fit_cosine_kmeans(const std::vector<double>& feats, int64_t dim, int k, uint64_t seed,
+                             int restarts, int max_iters) {
+  SC_CHECK(dim > 0 && feats.size() % size_t(dim) == 0, "fit_cosine_kmeans: ", feats.size(),
+           " values are not rows of ", dim);
+  const size_t n = feats.size() / size_t(dim), D = size_t(dim);
+  SC_CHECK(k >= 1 && size_t(k) <= n, "fit_cosine_kmeans: k must be in [1, ", n, "], got ", k);
+  SC_CHECK(restarts >= 1 && max_iters >= 1, "fit_cosine_kmeans: needs restarts and iterations");
+  std::vector<double> x(feats.size());
+  for (size_t i = 0; i < n; ++i) normalised_row(feats, dim, i, x.data() + i * D);
+  auto dot = [&](const double* a, const double* b) { return dot_rows(a, b, D); };
+  auto normalise = [&](double* v) {
+    double n2 = 0;
+    for (size_t d = 0; d < D; ++d) n2 += v[d] * v[d];
+    const double inv = n2 > 0 ? 1.0 / std::sqrt(n2) : 0.0;
+    for (size_t d = 0; d < D; ++d) v[d] *= inv;
+  };
+  ClassMeans best;
+  double best_objective = -std::numeric_limits<double>::infinity();
+  std::vector<int> assign(n);
+  std::vector<double> cos_to(n);
+  for (int r = 0; r < restarts; ++r) {
+    std::mt19937_64 gen(seed * 0x9e3779b97f4a7c15ull + uint64_t(r));
+    auto uniform = [&] { return double(gen() >> 11) * 0x1.0p-53; };
+    // k-means++: each next centroid drawn with probability proportional to 1 - (largest cosine
+    // to the centroids so far), the squared distance between unit vectors over 2.
+    std::vector<double> c(size_t(k) * D);
+    std::vector<double> far(n);
+    size_t pick = std::min(n - 1, size_t(uniform() * double(n)));
+    for (int j = 0; j < k; ++j) {
+      std::copy(x.begin() + std::ptrdiff_t(pick * D), x.begin() + std::ptrdiff_t((pick + 1) * D),
+                c.begin() + std::ptrdiff_t(size_t(j) * D));
+      if (j + 1 == k) break;
+      double total = 0;
+      for (size_t i = 0; i < n; ++i) {
+        const double d = 1.0 - dot(x.data() + i * D, c.data() + size_t(j) * D);
+        far[i] = j == 0 ? d : std::min(far[i], d);
+        far[i] = std::max(far[i], 0.0);
+        total += far[i];
+      }
+      if (total <= 0) {  // every row on a centroid already: take the next row
+        pick = (pick + 1) % n;
+        continue;
+      }
+      double t = uniform() * total;
+      pick = n - 1;
+      for (size_t i = 0; i < n; ++i) {
+        t -= far[i];
+        if (t < 0) {
+          pick = i;
+          break;
+        }
+      }
+    }
+    std::fill(assign.begin(), assign.end(), -1);
+    std::vector<int64_t> count(static_cast<size_t>(k));
+    for (int it = 0; it < max_iters; ++it) {
+      bool moved = false;
+      for (size_t i = 0; i < n; ++i) {
+        int arg = 0;
+        double top = -std::numeric_limits<double>::infinity();
+        for (int j = 0; j < k; ++j) {
+          const double v = dot(x.data() + i * D, c.data() + size_t(j) * D);
+          if (v > top) top = v, arg = j;
+        }
+        moved |= assign[i] != arg;
+        assign[i] = arg;
+        cos_to[i] = top;
+      }
+      if (!moved) break;
+      std::fill(c.begin(), c.end(), 0.0);
+      std::fill(count.begin(), count.end(), 0);
+      for (size_t i = 0; i < n; ++i) {
+        double* cj = c.data() + size_t(assign[i]) * D;
+        for (size_t d = 0; d < D; ++d) cj[d] += x[i * D + d];
+        ++count[size_t(assign[i])];
+      }
+      for (int j = 0; j < k; ++j) {
+        double* cj = c.data() + size_t(j) * D;
+        if (count[size_t(j)] == 0) {  // re-seed with the row farthest from its centroid
+          const size_t i = size_t(std::min_element(cos_to.begin(), cos_to.end()) - cos_to.begin());
+          std::copy(x.begin() + std::ptrdiff_t(i * D), x.begin() + std::ptrdiff_t((i + 1) * D), cj);
+          cos_to[i] = 1.0;
+        }
+        normalise(cj);
+      }
+    }
+    double objective = 0;
+    std::fill(count.begin(), count.end(), 0);
+    for (size_t i = 0; i < n; ++i) objective += cos_to[i], ++count[size_t(assign[i])];
+    if (objective > best_objective) {
+      best_objective = objective;
+      best.dim = dim;
+      best.num_classes = k;
+      best.mean = c;
+      best.count = count;
+    }
+  }
+  return best;
+}
+
+std::vector<double> remove_group_means(const std::vector<double>& feats, int64_t dim,
+                                       int64_t rows_per_group) {
+  SC_CHECK(
+      dim > 0 && rows_per_group > 0 && feats.size() % (size_t(dim) * size_t(rows_per_group)) == 0,
+      "remove_group_means: ", feats.size(), " values are not groups of ", rows_per_group,
+      " rows of ", dim);
+  std::vector<double> out(feats);
+  const size_t D = size_t(dim), G = size_t(rows_per_group), group = D * G;
+  std::vector<double> mean(D);
+  for (size_t g0 = 0; g0 < out.size(); g0 += group) {
+    std::fill(mean.begin(), mean.end(), 0.0);
+    for (size_t r = 0; r < G; ++r)
+      for (size_t d = 0; d < D; ++d) mean[d] += out[g0 + r * D + d];
+    for (size_t r = 0; r < G; ++r)
+      for (size_t d = 0; d < D; ++d) out[g0 + r * D + d] -= mean[d] / double(G);
+  }
+  return out;
+}
+
+CellSpread cell_spread(const std::vector<double>& feats, int64_t dim,
+                       const std::vector<double>& prototypes) {
+  SC_CHECK(dim > 0 && !feats.empty() && feats.size() % size_t(dim) == 0 &&
+               prototypes.size() % size_t(dim) == 0,
+           "cell_spread: ", feats.size(), " values and ", prototypes.size(),
+           " prototype values are not rows of ", dim);
+  const size_t n = feats.size() / size_t(dim), D = size_t(dim);
+  CellSpread s;
+  s.direction.assign(D, 0.0);
+  std::vector<double> row(D);
+  for (size_t i = 0; i < n; ++i) {
+    normalised_row(feats, dim, i, row.data());
+    for (size_t d = 0; d < D; ++d) s.direction[d] += row[d] / double(n);
+  }
+  s.resultant_length = std::sqrt(dot_rows(s.direction.data(), s.direction.data(), D));
+  for (double& v : s.direction) v = s.resultant_length > 0 ? v / s.resultant_length : 0.0;
+  for (size_t k = 0; k < prototypes.size() / D; ++k) {
+    normalised_row(prototypes, dim, k, row.data());
+    s.cos_to.push_back(dot_rows(row.data(), s.direction.data(), D));
+  }
+  return s;
 }
 
 std::vector<int> majority_class_map(const std::vector<int64_t>& prototype,

@@ -41,6 +41,35 @@ ClassMeans fit_class_means(const std::vector<double>& feats, int64_t dim,
                            const std::vector<int>& cls, int num_classes);
 std::vector<int64_t> nearest_class_mean(const ClassMeans& means, const std::vector<double>& feats);
 
+// An unsupervised readout (what any grouping learnt without labels could find in the features):
+// fit_cosine_kmeans groups the L2-normalised rows of feats (N x dim) into k clusters by spherical
+// k-means (k-means++ seeding from `seed`, then Lloyd steps that give each row the centroid of
+// largest cosine, ties to the smaller id, until no row moves or max_iters; an emptied cluster is
+// re-seeded with the row farthest from its centroid), keeps the best of `restarts` by the summed
+// cosine, and returns the centroids as ClassMeans (count = rows per cluster), so that
+// nearest_class_mean assigns new rows to them. Deterministic for a seed on every platform.
+ClassMeans fit_cosine_kmeans(const std::vector<double>& feats, int64_t dim, int k, uint64_t seed,
+                             int restarts = 4, int max_iters = 100);
+
+// Subtracts from every row the mean of its group of rows_per_group consecutive rows (e.g. each
+// scene's mean cell, so that what is shared by all cells of a scene no longer counts).
+std::vector<double> remove_group_means(const std::vector<double>& feats, int64_t dim,
+                                       int64_t rows_per_group);
+
+// How the cells spread on the unit sphere: the mean of the L2-normalised rows of feats (N x dim)
+// has length `resultant_length` (1 when every row points the same way, near 0 when they spread
+// evenly) and direction `direction` (unit; zero when the length is 0). `cos_to` holds the cosine
+// of that direction with each of the K rows of `prototypes` (K x dim). When the cells crowd
+// round a direction at the same angle to every prototype, every cell scores about alike against
+// all of them: the uniform collapse of the group loss (docs/training.md).
+struct CellSpread {
+  double resultant_length = 0;
+  std::vector<double> direction;
+  std::vector<double> cos_to;
+};
+CellSpread cell_spread(const std::vector<double>& feats, int64_t dim,
+                       const std::vector<double>& prototypes);
+
 // A many-to-one readout of the prototypes (how class-pure each prototype is, whatever how many
 // share a class, which the one-to-one score counts as wrong): majority_class_map gives each of
 // the K prototypes the class it shares most cells with on a fit set (ties to the smaller class;

@@ -50,12 +50,21 @@ TEST_CASE("probe: slotcon probe's prototype row is the grouping score train logg
   CHECK(end == Approx(g.back()["miou"].get<double>()).margin(6e-5));
   for (const char* label :
        {"prototypes, each to its majority class", "projector, nearest class mean \\(16\\)",
-        "backbone, nearest class mean \\(512\\)"}) {
+        "backbone, nearest class mean \\(512\\)", "projector, k-means \\(8 groups\\)",
+        "projector, k-means, scene mean removed", "backbone, k-means \\(8 groups\\)",
+        "backbone, k-means, scene mean removed"}) {
     const double v = row_miou(p.out, label);
     INFO(label);
     CHECK(v >= 0);
     CHECK(v <= 1);
   }
+
+  const size_t at = p.out.find("mean resultant length ");
+  REQUIRE(at != std::string::npos);
+  const double length = std::stod(p.out.substr(at + 22));
+  CHECK(length > 0);
+  CHECK(length <= 1.0 + 1e-12);
+  CHECK(p.out.find("with the 8 prototypes") != std::string::npos);
 
   // the start: --init with the run's config is the state the first score was taken of
   Run p0 = run("probe --init --config " + config + " --fit 8");

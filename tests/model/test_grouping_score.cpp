@@ -1,7 +1,7 @@
 // The grouping score: perfect, permuted, over-clustered and degenerate groupings, and what
 // groupings that know only part of the class score on the held-out synthetic scenes.
+#include <algorithm>
 #include <catch2/catch.hpp>
-
 #include <cmath>
 
 #include "data/scenes.h"
@@ -66,10 +66,7 @@ TEST_CASE("grouping score: the matching maximises the shared pixels") {
 
 TEST_CASE("grouping score: class maps at feature resolution take the mode of each cell") {
   // 4x4 map, 2x2 grid
-  const uint8_t cls[16] = {1, 1, 2, 2,
-                           1, 0, 2, 2,
-                           0, 0, 3, 1,
-                           0, 0, 1, 3};
+  const uint8_t cls[16] = {1, 1, 2, 2, 1, 0, 2, 2, 0, 0, 3, 1, 0, 0, 1, 3};
   std::vector<int> d = downsample_mode(cls, 4, 4, 2, 2, 4);
   CHECK(d == std::vector<int>{1, 2, 0, 1});  // last cell: 1 and 3 tie -> 1
 }
@@ -82,7 +79,8 @@ TEST_CASE("grouping score: class maps at feature resolution take the mode of eac
 // and shape. The large-object scenes (fewer, larger objects, 71 % background cells at 224 px
 // against 82 %) do not change that: 0.21 for colour or shape alone. The standard rows also hold
 // the standard scenes' draws to what they were before the large set existed.
-TEST_CASE("grouping score: colour-only and shape-only groupings of the held-out scenes stay below 0.3") {
+TEST_CASE(
+    "grouping score: colour-only and shape-only groupings of the held-out scenes stay below 0.3") {
   struct Grid {
     data::SceneObjects objects;
     int first, size;
@@ -101,8 +99,8 @@ TEST_CASE("grouping score: colour-only and shape-only groupings of the held-out 
     data::Scene scene;
     for (int i = 0; i < 64; ++i) {
       data::render_scene(0, g.first + i, g.size, g.size, &scene, g.objects);
-      for (int c : downsample_mode(scene.class_map.data(), g.size, g.size, n, n,
-                                   data::kSceneClasses)) {
+      for (int c :
+           downsample_mode(scene.class_map.data(), g.size, g.size, n, n, data::kSceneClasses)) {
         cls.push_back(c);
         truth.push_back(c);
         colour.push_back(c == 0 ? 0 : 1 + (c - 1) % data::kSceneColors);
@@ -193,4 +191,81 @@ TEST_CASE("grouping score: prototypes read as their majority class") {
   CHECK_THROWS_AS(majority_class_map({0, 7}, {0, 1}, 7, 3), Error);  // prototype out of range
   CHECK_THROWS_AS(majority_class_map({0}, {0, 1}, 7, 3), Error);     // lengths differ
   CHECK_THROWS_AS(map_prototypes({0, 1}, {2}), Error);
+}
+
+// The unsupervised readout of `slotcon probe`: spherical k-means finds planted groups of
+// directions whatever the rows' lengths, and its centroids assign new rows as class means do.
+TEST_CASE("grouping score: cosine k-means finds planted groups") {
+  const int G = 5;
+  const int64_t D = 7;
+  uint64_t s = 777;
+  auto noise = [&s]() {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    return (double((s >> 11) & 0xfffff) / double(0xfffff) - 0.5) * 0.3;
+  };
+  // group g points along axis g plus half of axis g + 1: directions 0.6 to 0.9 apart in cosine
+  // from their neighbours' groups' nearest rows once noise is added; sizes 10, 20, ..., 50
+  std::vector<double> fit, test;
+  std::vector<int> fit_cls, test_cls;
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < 10 * (g + 1); ++i)
+      for (auto* rows : {&fit, &test}) {
+        const double len = 0.2 + (i % 5);
+        for (int64_t d = 0; d < D; ++d)
+          rows->push_back(len * ((d == g ? 1.0 : d == g + 1 ? 0.5 : 0.0) + noise()));
+        (rows == &fit ? fit_cls : test_cls).push_back(g);
+      }
+  const ClassMeans km = fit_cosine_kmeans(fit, D, G, 42);
+  REQUIRE(km.num_classes == G);
+  std::vector<int64_t> sizes = km.count;
+  std::sort(sizes.begin(), sizes.end());
+  CHECK(sizes == std::vector<int64_t>{10, 20, 30, 40, 50});
+  for (int g = 0; g < G; ++g) {
+    double n2 = 0;
+    for (int64_t d = 0; d < D; ++d) n2 += km.mean[size_t(g * D + d)] * km.mean[size_t(g * D + d)];
+    CHECK(n2 == Approx(1.0));
+  }
+  const GroupingScore got = grouping_score(nearest_class_mean(km, test), test_cls, G, G);
+  CHECK(got.miou == Approx(1.0));
+  // deterministic for a seed, and too few groups cannot recover the planted ones
+  CHECK(fit_cosine_kmeans(fit, D, G, 42).mean == km.mean);
+  const ClassMeans three = fit_cosine_kmeans(fit, D, 3, 42);
+  CHECK(grouping_score(nearest_class_mean(three, test), test_cls, 3, G).miou < 0.75);
+  // one group: every row to it
+  const ClassMeans one = fit_cosine_kmeans(fit, D, 1, 1, 1, 5);
+  CHECK(one.count == std::vector<int64_t>{int64_t(fit_cls.size())});
+
+  CHECK_THROWS_AS(fit_cosine_kmeans({1, 2, 3}, 2, 1, 0), Error);     // not rows of 2
+  CHECK_THROWS_AS(fit_cosine_kmeans({1, 2, 3, 4}, 2, 3, 0), Error);  // more groups than rows
+  CHECK_THROWS_AS(fit_cosine_kmeans({1, 2}, 2, 0, 0), Error);
+}
+
+TEST_CASE("grouping score: removing each group's mean row, and the cells' spread") {
+  // two groups of two rows of 2
+  const std::vector<double> rows = {1, 2, 3, 6, 10, 0, 20, 4};
+  const std::vector<double> out = remove_group_means(rows, 2, 2);
+  CHECK(out == std::vector<double>{-1, -2, 1, 2, -5, -2, 5, 2});
+  CHECK(remove_group_means(rows, 2, 4) == std::vector<double>{-7.5, -1, -5.5, 3, 1.5, -3, 11.5, 1});
+  CHECK_THROWS_AS(remove_group_means(rows, 2, 3), Error);  // 4 rows are not groups of 3
+
+  // all rows one way (whatever their lengths): length 1, that direction; the cosines with the
+  // prototypes (1, 0), (0, 2), (-1, -1)
+  const std::vector<double> protos = {1, 0, 0, 2, -1, -1};
+  const CellSpread one = cell_spread({3, 4, 0.3, 0.4, 30, 40}, 2, protos);
+  CHECK(one.resultant_length == Approx(1.0));
+  CHECK(one.direction[0] == Approx(0.6));
+  CHECK(one.direction[1] == Approx(0.8));
+  REQUIRE(one.cos_to.size() == 3);
+  CHECK(one.cos_to[0] == Approx(0.6));
+  CHECK(one.cos_to[1] == Approx(0.8));
+  CHECK(one.cos_to[2] == Approx(-1.4 / std::sqrt(2.0)));
+  // rows at right angles: length 1/sqrt(2) along the diagonal; opposite rows: length 0
+  const CellSpread two = cell_spread({5, 0, 0, 1}, 2, protos);
+  CHECK(two.resultant_length == Approx(std::sqrt(0.5)));
+  CHECK(two.cos_to[0] == Approx(std::sqrt(0.5)));
+  const CellSpread none = cell_spread({1, 1, -2, -2}, 2, protos);
+  CHECK(none.resultant_length == Approx(0.0).margin(1e-12));
+  CHECK(none.cos_to[0] == Approx(0.0).margin(1e-12));
+  CHECK_THROWS_AS(cell_spread({1, 2, 3}, 2, protos), Error);
+  CHECK_THROWS_AS(cell_spread({}, 2, protos), Error);
 }
