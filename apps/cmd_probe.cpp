@@ -199,22 +199,20 @@ int cmd_probe(const Args& args) {
   // removed, so that what all cells of a scene share (its background, its tone) cannot decide.
   const int64_t cells_per_scene = held.h * held.w;
   auto kmeans_score = [&](const std::vector<double>& fit_rows, const std::vector<double>& rows,
-                          int64_t dim, bool scene_mean_removed) {
-    const std::vector<double> f =
-        scene_mean_removed ? remove_group_means(fit_rows, dim, cells_per_scene) : fit_rows;
-    const std::vector<double> r =
-        scene_mean_removed ? remove_group_means(rows, dim, cells_per_scene) : rows;
-    return grouping_score(nearest_class_mean(fit_cosine_kmeans(f, dim, K, cfg.seed), r), held.cls,
-                          K, C);
+                          int64_t dim) {
+    return grouping_score(nearest_class_mean(fit_cosine_kmeans(fit_rows, dim, K, cfg.seed), rows),
+                          held.cls, K, C);
   };
-  const GroupingScore km_projected =
-      kmeans_score(train.projected, held.projected, held.dim_projected, false);
+  auto centred = [&](const std::vector<double>& rows, int64_t dim) {
+    return remove_group_means(rows, dim, cells_per_scene);
+  };
+  const int64_t Dp = held.dim_projected, Db = held.dim_backbone;
+  const GroupingScore km_projected = kmeans_score(train.projected, held.projected, Dp);
   const GroupingScore km_projected_centred =
-      kmeans_score(train.projected, held.projected, held.dim_projected, true);
-  const GroupingScore km_backbone =
-      kmeans_score(train.backbone, held.backbone, held.dim_backbone, false);
+      kmeans_score(centred(train.projected, Dp), centred(held.projected, Dp), Dp);
+  const GroupingScore km_backbone = kmeans_score(train.backbone, held.backbone, Db);
   const GroupingScore km_backbone_centred =
-      kmeans_score(train.backbone, held.backbone, held.dim_backbone, true);
+      kmeans_score(centred(train.backbone, Db), centred(held.backbone, Db), Db);
 
   std::printf(
       "probe of %s (%s teacher), synthetic scenes of seed %llu (%s objects) at %lld px, "

@@ -104,20 +104,21 @@ GroupingScore grouping_score(const std::vector<int64_t>& prototype, const std::v
 }
 
 namespace {
-// Row i of feats (dim values) scaled to unit length (zero rows stay zero).
-void normalised_row(const std::vector<double>& feats, int64_t dim, size_t i, double* out) {
-  double n2 = 0;
-  for (int64_t d = 0; d < dim; ++d) {
-    out[d] = feats[i * size_t(dim) + size_t(d)];
-    n2 += out[d] * out[d];
-  }
-  const double inv = n2 > 0 ? 1.0 / std::sqrt(n2) : 0.0;
-  for (int64_t d = 0; d < dim; ++d) out[d] *= inv;
-}
 double dot_rows(const double* a, const double* b, size_t n) {
   double s = 0;
   for (size_t d = 0; d < n; ++d) s += a[d] * b[d];
   return s;
+}
+// v (n values) scaled to unit length in place (a zero vector stays zero).
+void normalise(double* v, size_t n) {
+  const double n2 = dot_rows(v, v, n);
+  const double inv = n2 > 0 ? 1.0 / std::sqrt(n2) : 0.0;
+  for (size_t d = 0; d < n; ++d) v[d] *= inv;
+}
+// Row i of feats (dim values) scaled to unit length.
+void normalised_row(const std::vector<double>& feats, int64_t dim, size_t i, double* out) {
+  std::copy_n(feats.begin() + std::ptrdiff_t(i * size_t(dim)), dim, out);
+  normalise(out, size_t(dim));
 }
 }  // namespace
 
@@ -141,11 +142,7 @@ ClassMeans fit_class_means(const std::vector<double>& feats, int64_t dim,
     m.count[size_t(cls[i])]++;
   }
   for (int c = 0; c < num_classes; ++c) {
-    double* mu = m.mean.data() + size_t(c) * size_t(dim);
-    double n2 = 0;
-    for (int64_t d = 0; d < dim; ++d) n2 += mu[d] * mu[d];
-    const double inv = n2 > 0 ? 1.0 / std::sqrt(n2) : 0.0;
-    for (int64_t d = 0; d < dim; ++d) mu[d] *= inv;
+    normalise(m.mean.data() + size_t(c) * size_t(dim), size_t(dim));
   }
   return m;
 }
@@ -163,9 +160,8 @@ std::vector<int64_t> nearest_class_mean(const ClassMeans& m, const std::vector<d
     double best = -std::numeric_limits<double>::infinity();
     for (int c = 0; c < m.num_classes; ++c) {
       if (m.count[size_t(c)] == 0) continue;
-      const double* mu = m.mean.data() + size_t(c) * size_t(m.dim);
-      double dot = 0;
-      for (int64_t d = 0; d < m.dim; ++d) dot += mu[d] * row[size_t(d)];
+      const double dot =
+          dot_rows(m.mean.data() + size_t(c) * size_t(m.dim), row.data(), size_t(m.dim));
       if (dot > best) {
         best = dot;
         out[i] = c;
@@ -185,12 +181,6 @@ ClassMeans fit_cosine_kmeans(const std::vector<double>& feats, int64_t dim, int 
   std::vector<double> x(feats.size());
   for (size_t i = 0; i < n; ++i) normalised_row(feats, dim, i, x.data() + i * D);
   auto dot = [&](const double* a, const double* b) { return dot_rows(a, b, D); };
-  auto normalise = [&](double* v) {
-    double n2 = 0;
-    for (size_t d = 0; d < D; ++d) n2 += v[d] * v[d];
-    const double inv = n2 > 0 ? 1.0 / std::sqrt(n2) : 0.0;
-    for (size_t d = 0; d < D; ++d) v[d] *= inv;
-  };
   ClassMeans best;
   double best_objective = -std::numeric_limits<double>::infinity();
   std::vector<int> assign(n);
@@ -258,7 +248,7 @@ ClassMeans fit_cosine_kmeans(const std::vector<double>& feats, int64_t dim, int 
           std::copy(x.begin() + std::ptrdiff_t(i * D), x.begin() + std::ptrdiff_t((i + 1) * D), cj);
           cos_to[i] = 1.0;
         }
-        normalise(cj);
+        normalise(cj, D);
       }
     }
     double objective = 0;
