@@ -31,6 +31,7 @@
 #        SANITIZE=1 (0: leave out memcheck/racecheck)  ARCH=90  KIT=.devkit/slotcon-devkit.tar.xz
 #        PREBUILT=auto (0: always build)  BIN=<dir> (use the binaries there, e.g. an emulator build)
 #        REQUIRE_GPU=1 (0: go on without nvidia-smi, to try the script itself on the emulator)
+#        BENCHES="bench_engine_ops ..." (the benches stage runs only those; default: every one)
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -325,6 +326,8 @@ PY
       for b in "$bin"/bench/bench_*; do
         name="$(basename "$b")"
         case "$name" in bench_slotcon_kernels|bench_train_step) continue ;; esac
+        # BENCHES="bench_engine_ops ...": only those (a short call that needs one reading)
+        [ -n "${BENCHES:-}" ] && case " $BENCHES " in *" $name "*) ;; *) continue ;; esac
         stage "$name" 90 "$b"; rc=$?
         [ "$rc" -eq 99 ] && continue
         row "$name" "$(result $rc)" "$STAGE_SECONDS" "$(results_of "$work/$name.log")"
