@@ -9,6 +9,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <map>
+#include <mutex>
 #include <string>
 #include <type_traits>
 
@@ -239,9 +242,112 @@ CudnnConvPlan::~CudnnConvPlan() {
 bool CudnnConvPlan::forward_ready() const { return impl_->fwd_ok; }
 bool CudnnConvPlan::backward_data_ready() const { return impl_->bwd_data_ok; }
 bool CudnnConvPlan::backward_weight_ready() const { return impl_->bwd_w_ok; }
+int CudnnConvPlan::forward_algorithm() const { return int(impl_->fwd_algo); }
+int CudnnConvPlan::backward_data_algorithm() const { return int(impl_->bwd_data_algo); }
+int CudnnConvPlan::backward_weight_algorithm() const { return int(impl_->bwd_w_algo); }
 size_t CudnnConvPlan::forward_workspace() const { return impl_->fwd_ws; }
 size_t CudnnConvPlan::backward_data_workspace() const { return impl_->bwd_data_ws; }
 size_t CudnnConvPlan::backward_weight_workspace() const { return impl_->bwd_w_ws; }
+
+// ---- algorithm choices kept in a file (set_cudnn_algo_file)
+namespace {
+struct AlgoChoice {
+  int algo = 0, math = 0;
+  size_t ws = 0;
+};
+struct AlgoFile {
+  std::mutex mu;
+  bool configured = false;  // path taken (from set_cudnn_algo_file or the environment)
+  std::string path;         // "" = off
+  std::map<std::string, AlgoChoice> choices;
+};
+AlgoFile& algo_file() {
+  static AlgoFile f;
+  return f;
+}
+
+// Reads f.path into f.choices ("<key> -> algo A math M ws W" per line; '#' lines and blank lines
+// skipped; a missing file is empty). Requires f.mu held.
+void load_algo_file(AlgoFile& f) {
+  f.choices.clear();
+  if (f.path.empty()) return;
+  std::ifstream in(f.path);
+  if (!in) return;  // created by the first choice appended
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t arrow = line.find(" -> ");
+    AlgoChoice c;
+    unsigned long long ws = 0;
+    char tail = 0;
+    if (arrow == std::string::npos || arrow == 0 ||
+        std::sscanf(line.c_str() + arrow + 4, "algo %d math %d ws %llu %c", &c.algo, &c.math, &ws,
+                    &tail) != 3 ||
+        c.algo < 0 || c.math < 0)
+      kernels::fail("SLOTCON_CUDNN_ALGOS",
+                    f.path + ":" + std::to_string(n) +
+                        ": expected '<pass and shape> -> algo A math M ws BYTES', got '" + line +
+                        "'");
+    c.ws = size_t(ws);
+    f.choices[line.substr(0, arrow)] = c;
+  }
+}
+
+void configure_locked(AlgoFile& f) {
+  if (f.configured) return;
+  f.configured = true;
+  const char* e = std::getenv("SLOTCON_CUDNN_ALGOS");
+  f.path = e ? e : "";
+  load_algo_file(f);
+}
+
+std::string algo_key(const char* pass, const Conv2dGeom& g, Layout l, DType dt,
+                     cudnnMathType_t request) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "%s %s %s N%lld C%lld %lldx%lld K%lld R%lldxS%lld stride %lldx%lld pad %lldx%lld "
+                "request %d",
+                pass, dtype_name(dt), l == Layout::NCHW ? "NCHW" : "NHWC", (long long)g.N,
+                (long long)g.C, (long long)g.H, (long long)g.W, (long long)g.K, (long long)g.R,
+                (long long)g.S, (long long)g.stride_h, (long long)g.stride_w, (long long)g.pad_h,
+                (long long)g.pad_w, int(request));
+  return buf;
+}
+
+// The stored choice for key, if the file has one.
+bool stored_choice(const std::string& key, AlgoChoice* out) {
+  AlgoFile& f = algo_file();
+  std::lock_guard<std::mutex> lock(f.mu);
+  configure_locked(f);
+  auto it = f.choices.find(key);
+  if (it == f.choices.end()) return false;
+  *out = it->second;
+  return true;
+}
+
+// Appends a search's choice (one write of one line, so that processes sharing the file do not
+// interleave within a line).
+void store_choice(const std::string& key, const AlgoChoice& c) {
+  AlgoFile& f = algo_file();
+  std::lock_guard<std::mutex> lock(f.mu);
+  configure_locked(f);
+  if (f.path.empty()) return;
+  f.choices[key] = c;
+  const std::string line = key + " -> algo " + std::to_string(c.algo) + " math " +
+                           std::to_string(c.math) + " ws " + std::to_string(c.ws) + "\n";
+  std::FILE* out = std::fopen(f.path.c_str(), "a");
+  if (!out || std::fwrite(line.data(), 1, line.size(), out) != line.size() || std::fclose(out) != 0)
+    kernels::fail("SLOTCON_CUDNN_ALGOS", "cannot append to " + f.path);
+}
+}  // namespace
+
+void set_cudnn_algo_file(const std::string& path) {
+  AlgoFile& f = algo_file();
+  std::lock_guard<std::mutex> lock(f.mu);
+  f.configured = true;
+  f.path = path;
+  load_algo_file(f);
+}
 
 // Pick the fastest successful result that is allowed by the requested maths and deterministic
 // (Find returns them sorted by time). Deterministic, for two reasons seen on the first H200 runs
@@ -290,6 +396,26 @@ static void log_pick(const char* pass, const Conv2dGeom& g, DType dt, const Perf
                fastest && fastest->determinism == CUDNN_DETERMINISTIC ? "deterministic"
                                                                       : "non-deterministic",
                fastest ? double(fastest->time) : 0.0, count);
+  // every candidate: algorithm/math:ms (n: non-deterministic, x: failed)
+  std::string all;
+  char buf[64];
+  for (int i = 0; i < count; ++i) {
+    if (perf[i].status != CUDNN_STATUS_SUCCESS)
+      std::snprintf(buf, sizeof buf, " %d:x", int(perf[i].algo));
+    else
+      std::snprintf(buf, sizeof buf, " %d/m%d:%.3f%s", int(perf[i].algo), int(perf[i].mathType),
+                    double(perf[i].time), perf[i].determinism == CUDNN_DETERMINISTIC ? "" : "n");
+    all += buf;
+  }
+  std::fprintf(stderr, "  candidates%s\n", all.c_str());
+}
+
+// SLOTCON_CUDNN_LOG set: a choice taken from the algorithm file says so.
+static void log_stored(const std::string& key, const AlgoChoice& c) {
+  static const bool on = std::getenv("SLOTCON_CUDNN_LOG") != nullptr;
+  if (on)
+    std::fprintf(stderr, "cudnn %s: algo %d (math %d, %zu B ws) from the algorithm file\n",
+                 key.c_str(), c.algo, c.math, c.ws);
 }
 
 // The trace's work of one convolution pass (kernels/check.h): its three tensors once each, the
@@ -314,6 +440,16 @@ static void trace_conv_work(const Conv2dGeom& g, DType dtype, cudnnMathType_t ma
 void CudnnConvPlan::select_forward(cudnnHandle_t h, const void* x, const void* w, void* y, void* ws,
                                    size_t ws_bytes) {
   Impl& p = *impl_;
+  const std::string key = algo_key("forward", p.g, p.layout, p.dtype, p.request_math);
+  AlgoChoice stored;
+  if (stored_choice(key, &stored)) {
+    p.fwd_algo = cudnnConvolutionFwdAlgo_t(stored.algo);
+    p.fwd_math = cudnnMathType_t(stored.math);
+    p.fwd_ws = stored.ws;
+    p.fwd_ok = true;
+    log_stored(key, stored);
+    return;
+  }
   cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   int count = 0;
   SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.request_math));
@@ -328,11 +464,22 @@ void CudnnConvPlan::select_forward(cudnnHandle_t h, const void* x, const void* w
   p.fwd_math = best->mathType;
   p.fwd_ws = best->memory;
   p.fwd_ok = true;
+  store_choice(key, {int(best->algo), int(best->mathType), best->memory});
 }
 
 void CudnnConvPlan::select_backward_data(cudnnHandle_t h, const void* dy, const void* w, void* dx,
                                          void* ws, size_t ws_bytes) {
   Impl& p = *impl_;
+  const std::string key = algo_key("backward-data", p.g, p.layout, p.dtype, p.request_math);
+  AlgoChoice stored;
+  if (stored_choice(key, &stored)) {
+    p.bwd_data_algo = cudnnConvolutionBwdDataAlgo_t(stored.algo);
+    p.bwd_data_math = cudnnMathType_t(stored.math);
+    p.bwd_data_ws = stored.ws;
+    p.bwd_data_ok = true;
+    log_stored(key, stored);
+    return;
+  }
   cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
   int count = 0;
   SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.request_math));
@@ -347,11 +494,22 @@ void CudnnConvPlan::select_backward_data(cudnnHandle_t h, const void* dy, const 
   p.bwd_data_math = best->mathType;
   p.bwd_data_ws = best->memory;
   p.bwd_data_ok = true;
+  store_choice(key, {int(best->algo), int(best->mathType), best->memory});
 }
 
 void CudnnConvPlan::select_backward_weight(cudnnHandle_t h, const void* x, const void* dy, void* dw,
                                            void* ws, size_t ws_bytes) {
   Impl& p = *impl_;
+  const std::string key = algo_key("backward-weight", p.g, p.layout, p.dtype, p.request_math);
+  AlgoChoice stored;
+  if (stored_choice(key, &stored)) {
+    p.bwd_w_algo = cudnnConvolutionBwdFilterAlgo_t(stored.algo);
+    p.bwd_w_math = cudnnMathType_t(stored.math);
+    p.bwd_w_ws = stored.ws;
+    p.bwd_w_ok = true;
+    log_stored(key, stored);
+    return;
+  }
   cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
   int count = 0;
   SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.request_math));
@@ -366,6 +524,7 @@ void CudnnConvPlan::select_backward_weight(cudnnHandle_t h, const void* x, const
   p.bwd_w_math = best->mathType;
   p.bwd_w_ws = best->memory;
   p.bwd_w_ok = true;
+  store_choice(key, {int(best->algo), int(best->mathType), best->memory});
 }
 
 void CudnnConvPlan::forward(cudnnHandle_t h, const void* x, const void* w, void* y, void* ws,
@@ -422,6 +581,10 @@ CudnnConvPlan::~CudnnConvPlan() = default;
 bool CudnnConvPlan::forward_ready() const { return false; }
 bool CudnnConvPlan::backward_data_ready() const { return false; }
 bool CudnnConvPlan::backward_weight_ready() const { return false; }
+int CudnnConvPlan::forward_algorithm() const { return -1; }
+int CudnnConvPlan::backward_data_algorithm() const { return -1; }
+int CudnnConvPlan::backward_weight_algorithm() const { return -1; }
+void set_cudnn_algo_file(const std::string&) {}
 size_t CudnnConvPlan::forward_workspace() const { return 0; }
 size_t CudnnConvPlan::backward_data_workspace() const { return 0; }
 size_t CudnnConvPlan::backward_weight_workspace() const { return 0; }

@@ -96,6 +96,7 @@ void conv2d_dnnl_clear_plans();
 
 #if defined(SLOTCON_WITH_CUDA)
 #include <memory>
+#include <string>
 
 #include "kernels/dtype.h"
 
@@ -129,6 +130,10 @@ class CudnnConvPlan {
                             size_t ws_bytes);
   void select_backward_weight(cudnnHandle_t h, const void* x, const void* dy, void* dw, void* ws,
                               size_t ws_bytes);
+  // The chosen algorithm of each pass, as cuDNN numbers it (requires the pass to be selected).
+  int forward_algorithm() const;
+  int backward_data_algorithm() const;
+  int backward_weight_algorithm() const;
   // Workspace the chosen algorithm needs (requires the pass to be selected).
   size_t forward_workspace() const;
   size_t backward_data_workspace() const;
@@ -146,6 +151,15 @@ class CudnnConvPlan {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Algorithm choices kept in a text file, one line per pass and shape: a pass whose shape has a
+// line there takes that algorithm without a search, and every search's choice is appended (a
+// line of its own, written at once). So a second process runs the algorithms the first chose:
+// a profiler's, whose interception of every launch changes what a search times (2026-12-04 on
+// the H200: under ncu the ResNet-50 step's 3x3 convolutions ran another algorithm). The path
+// comes from SLOTCON_CUDNN_ALGOS at the first search unless set here first; "" turns it off. A
+// malformed line is an error naming the file and line. Thread-safe.
+void set_cudnn_algo_file(const std::string& path);
 
 // Bias epilogue and bias gradient on a dense activation viewed as (outer, C, inner) (NCHW:
 // (N, K, OH*OW); NHWC: (N*OH*OW, K, 1)). dtype: F32, F64, BF16, F16; bias / dbias have the

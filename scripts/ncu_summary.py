@@ -15,7 +15,9 @@ import csv
 import re
 import sys
 
-UNITS = {"nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "second": 1e3}
+# ncu names its time units either way (2026-12-04 on the H200, ncu 2025.3: "ns")
+UNITS = {"nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "second": 1e3,
+         "ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def short(name):
@@ -54,7 +56,9 @@ def main():
     for r in rows[1:]:
         if len(r) <= max(k, mn, mu, mv) or r[mn] != "gpu__time_duration.sum":
             continue
-        ms = float(r[mv].replace(",", "")) * UNITS.get(r[mu], float("nan"))
+        if r[mu] not in UNITS:  # a total of nan would read as a result
+            sys.exit(f"ncu_summary: unknown time unit {r[mu]!r} in {sys.argv[1]}")
+        ms = float(r[mv].replace(",", "")) * UNITS[r[mu]]
         name = short(r[k])
         t, n = by.get(name, (0.0, 0))
         by[name] = (t + ms, n + 1)

@@ -29,12 +29,17 @@
 // 3e-2 sqrt(n) + 3e-2 |ref|, let errors up to ~6 % through.
 // SLOTCON_TOL_REPORT=1 prints, for every 16-bit comparison, the worst error / bound and how much
 // tighter the bound is than the former flat tolerance (median, 1st percentile and smallest ratio).
+#include <unistd.h>
+
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "engine/allocator.h"
@@ -43,6 +48,13 @@
 #include "engine/nn_ops.h"
 #include "engine/ops.h"
 #include "kernels/batch_norm.h"  // act_forward, act_derivative (the model of bn_bounds)
+#include "kernels/check.h"
+#include "kernels/conv2d.h"
+#if defined(SLOTCON_WITH_CUDNN)
+#include <cudnn.h>
+
+#include "engine/cuda/context.h"
+#endif
 #include "test_seed.h"
 
 using namespace sc;
@@ -365,6 +377,116 @@ TEST_CASE("gpu conv2d matches the CPU: forward, dx, dw, dbias", "[gpu][conv2d]")
           }
         }
 }
+
+#if defined(SLOTCON_WITH_CUDNN)
+// The algorithm file (kernels/conv2d.h): what a search chose is written there, and a plan of the
+// same shape in a later process takes it without searching; so a profiler's process runs the
+// algorithms that a plain run chose (its own searches would time launches it intercepts).
+TEST_CASE("gpu conv2d algorithm file: choices appended, reused without a search, bad lines refused",
+          "[gpu][conv2d]") {
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("slotcon_algos_" + std::to_string(::getpid()) + ".txt"))
+                               .string();
+  std::remove(path.c_str());
+  struct Off {
+    std::string path;
+    ~Off() {
+      sc::set_cudnn_algo_file("");
+      std::remove(path.c_str());
+    }
+  } off{path};
+  sc::set_cudnn_algo_file(path);
+  Generator gen(sc::testing::next_seed());
+  Conv2dGeom g;
+  g.N = 2, g.C = 8, g.H = 9, g.W = 7, g.K = 16, g.R = g.S = 3, g.pad_h = g.pad_w = 1;
+  Tensor x = on_gpu(rand_uniform({g.N, g.C, g.H, g.W}, gen, -1, 1), DType::F32, false);
+  Tensor w = on_gpu(rand_uniform({g.K, g.C, g.R, g.S}, gen, -1, 1), DType::F32, false);
+  Tensor dy = on_gpu(rand_uniform({g.N, g.K, g.OH(), g.OW()}, gen, -1, 1), DType::F32, false);
+  Tensor ya = empty({g.N, g.K, g.OH(), g.OW()}, DType::F32, Device::cuda(0));
+  Tensor yb = empty_like(ya), dx = empty_like(x), dw = empty_like(w);
+  const size_t ws_bytes = size_t(64) << 20;
+  Tensor ws = empty({int64_t(ws_bytes / 4)}, DType::F32, Device::cuda(0));
+  cudnnHandle_t h = nullptr;
+  REQUIRE(cudnnCreate(&h) == CUDNN_STATUS_SUCCESS);
+  struct Handle {
+    cudnnHandle_t h;
+    ~Handle() { cudnnDestroy(h); }
+  } handle{h};
+  REQUIRE(cudnnSetStream(h, cuda::stream(0)) == CUDNN_STATUS_SUCCESS);
+  auto select_all = [&](CudnnConvPlan& p) {
+    p.select_forward(h, x.data_ptr(), w.data_ptr(), ya.data_ptr(), ws.data_ptr(), ws_bytes);
+    p.select_backward_data(h, dy.data_ptr(), w.data_ptr(), dx.data_ptr(), ws.data_ptr(), ws_bytes);
+    p.select_backward_weight(h, x.data_ptr(), dy.data_ptr(), dw.data_ptr(), ws.data_ptr(),
+                             ws_bytes);
+  };
+  auto read_lines = [&] {
+    std::ifstream in(path);
+    std::vector<std::string> lines;
+    for (std::string l; std::getline(in, l);) lines.push_back(l);
+    return lines;
+  };
+
+  // A search per pass, each choice appended.
+  CudnnConvPlan a(g, Layout::NCHW, DType::F32, false);
+  const uint64_t calls0 = kernels::issue_counts().library_calls;
+  select_all(a);
+  CHECK(kernels::issue_counts().library_calls - calls0 == 3);
+  std::vector<std::string> lines = read_lines();
+  REQUIRE(lines.size() == 3);
+  CHECK(lines[0].rfind("forward F32 NCHW N2 C8 9x7 K16 R3xS3 stride 1x1 pad 1x1", 0) == 0);
+  CHECK(lines[1].rfind("backward-data F32 NCHW", 0) == 0);
+  CHECK(lines[2].rfind("backward-weight F32 NCHW", 0) == 0);
+  for (const std::string& l : lines) CHECK(l.find(" -> algo ") != std::string::npos);
+
+  // The same shape again: no search, the same algorithms, the same result; nothing appended.
+  // Another shape searches.
+  CudnnConvPlan b(g, Layout::NCHW, DType::F32, false);
+  const uint64_t calls1 = kernels::issue_counts().library_calls;
+  select_all(b);
+  CHECK(kernels::issue_counts().library_calls == calls1);
+  CHECK(b.forward_algorithm() == a.forward_algorithm());
+  CHECK(b.backward_data_algorithm() == a.backward_data_algorithm());
+  CHECK(b.backward_weight_algorithm() == a.backward_weight_algorithm());
+  CHECK(b.forward_workspace() == a.forward_workspace());
+  CHECK(read_lines().size() == 3);
+  a.forward(h, x.data_ptr(), w.data_ptr(), ya.data_ptr(), ws.data_ptr(), ws_bytes);
+  b.forward(h, x.data_ptr(), w.data_ptr(), yb.data_ptr(), ws.data_ptr(), ws_bytes);
+  CHECK(ya.to_vector() == yb.to_vector());
+  Conv2dGeom g2 = g;
+  g2.K = 24;
+  CudnnConvPlan c(g2, Layout::NCHW, DType::F32, false);
+  Tensor y2 = empty({g2.N, g2.K, g2.OH(), g2.OW()}, DType::F32, Device::cuda(0));
+  const uint64_t calls2 = kernels::issue_counts().library_calls;
+  c.select_forward(h, x.data_ptr(), w.data_ptr(), y2.data_ptr(), ws.data_ptr(), ws_bytes);
+  CHECK(kernels::issue_counts().library_calls - calls2 == 1);
+  CHECK(read_lines().size() == 4);
+
+  // What the file says is what a plan takes (here another forward algorithm than the search's).
+  const int other = a.forward_algorithm() == 1 ? 0 : 1;
+  {
+    std::ofstream out(path);
+    out << "# edited\n\n"
+        << lines[0].substr(0, lines[0].find(" -> ")) << " -> algo " << other << " math 0 ws 0\n";
+  }
+  sc::set_cudnn_algo_file(path);
+  CudnnConvPlan d(g, Layout::NCHW, DType::F32, false);
+  const uint64_t calls3 = kernels::issue_counts().library_calls;
+  d.select_forward(h, x.data_ptr(), w.data_ptr(), ya.data_ptr(), ws.data_ptr(), ws_bytes);
+  CHECK(kernels::issue_counts().library_calls == calls3);
+  CHECK(d.forward_algorithm() == other);
+
+  // A malformed line: an error naming the file and the line.
+  for (const char* bad : {"forward F32 NCHW -> algo one math 0 ws 0", "no arrow here",
+                          "forward F32 NCHW -> algo 1 math 0 ws 0 extra"}) {
+    INFO(bad);
+    {
+      std::ofstream out(path);
+      out << lines[1] << "\n" << bad << "\n";
+    }
+    CHECK_THROWS_WITH(sc::set_cudnn_algo_file(path), Catch::Contains(path + ":2:"));
+  }
+}
+#endif
 
 TEST_CASE(
     "gpu batch_norm matches the CPU (2-D NCHW / NHWC, 1-D with mask, train / eval, every "
