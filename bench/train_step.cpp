@@ -65,6 +65,7 @@ int main(int argc, char** argv) {
   cfg.num_prototypes = gpu ? 256 : 16;
   cfg.dim_hidden = gpu ? 4096 : 256;
   cfg.dim_out = gpu ? 256 : 64;
+  cfg.cuda_graph = "off";  // the plain step unless --cuda-graph on (slotcon train's is auto)
   int warmup = gpu ? 5 : 1, steps = gpu ? 20 : 3;
   std::string precision = gpu ? "bf16" : "fp32", script;
   bool baseline = true, nhwc = gpu, profile = false;

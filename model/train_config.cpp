@@ -89,8 +89,9 @@ const std::map<std::string, Field>& fields() {
                      "auto (on in bf16/fp16) | on | off")},
       {"nonfinite", field(&TrainConfig::nonfinite, "stop | skip on a non-finite loss")},
       {"cuda_graph", field(&TrainConfig::cuda_graph,
-                           "off | on: capture the GPU step once as a CUDA graph and replay it "
-                           "(one process; falls back to the plain step, saying why)")},
+                           "auto | on | off: capture the GPU step once as a CUDA graph and "
+                           "replay it (auto: on for one process on a GPU without a teacher-"
+                           "temperature warm-up; on falls back to the plain step, saying why)")},
       {"bucket_mb", field(&TrainConfig::bucket_mb,
                           "several processes: MB of gradients per "
                           "all-reduce bucket, started during backward")},
@@ -150,8 +151,8 @@ void TrainConfig::validate() const {
            "' (auto, on or off)");
   SC_CHECK(one_of(nonfinite, {"stop", "skip"}), "config key 'nonfinite': unknown '", nonfinite,
            "' (stop or skip)");
-  SC_CHECK(one_of(cuda_graph, {"off", "on"}), "config key 'cuda_graph': unknown '", cuda_graph,
-           "' (off or on)");
+  SC_CHECK(one_of(cuda_graph, {"auto", "on", "off"}), "config key 'cuda_graph': unknown '",
+           cuda_graph, "' (auto, on or off)");
   SC_CHECK(bucket_mb > 0 && bucket_mb <= 1e6, "config key 'bucket_mb' must be in (0, 1e6], got ",
            bucket_mb);
   SC_CHECK(one_of(dataset, {"folder", "synthetic"}), "config key 'dataset': unknown '", dataset,
@@ -177,9 +178,9 @@ void TrainConfig::validate() const {
   SC_CHECK(teacher_temp > 0 && student_temp > 0 && contrast_temp > 0 && warmup_teacher_temp > 0,
            "config: temperatures must be positive");
   SC_CHECK(warmup_teacher_temp_epochs >= 0, "config key 'warmup_teacher_temp_epochs' must be >= 0");
-  SC_CHECK(warmup_teacher_temp_epochs == 0 || cuda_graph == "off",
-           "config: a teacher-temperature warm-up needs cuda_graph off (the captured step keeps "
-           "its temperature)");
+  SC_CHECK(warmup_teacher_temp_epochs == 0 || cuda_graph != "on",
+           "config: a teacher-temperature warm-up needs cuda_graph off or auto (the captured step "
+           "keeps its temperature)");
   SC_CHECK(teacher_momentum >= 0 && teacher_momentum <= 1, "config key 'teacher_momentum' must be "
            "in [0, 1]");
   SC_CHECK(center_momentum >= 0 && center_momentum <= 1, "config key 'center_momentum' must be "

@@ -47,8 +47,9 @@ struct TrainConfig {
                               // the GPU trains in bf16/fp16) | on | off
   std::string nonfinite = "stop";   // stop | skip: what a non-finite loss does
   double bucket_mb = 25;            // data-parallel: MB of gradients per all-reduce bucket
-  std::string cuda_graph = "off";   // off | on: the GPU step captured once as a CUDA graph
                                     // (engine/grad_buckets.h; DDP's default)
+  std::string cuda_graph = "auto";  // auto | on | off: the GPU step captured once as a CUDA
+                                    // graph (auto: on unless a teacher-temperature warm-up)
   // data
   std::string dataset = "folder";   // folder | synthetic
   std::string data_dir = "";        // image folder(s), ':'-separated for COCO+

@@ -46,7 +46,9 @@ TrainOptions resolve_train_options(const TrainConfig& cfg, Device device) {
   o.optimizer = cfg.optimizer == "sgd" ? OptimizerKind::SGD : OptimizerKind::LARS;
   o.nonfinite = cfg.nonfinite == "skip" ? NonFinitePolicy::Skip : NonFinitePolicy::Stop;
   o.bucket_bytes = std::max<int64_t>(1, int64_t(cfg.bucket_mb * double(1 << 20)));
-  o.cuda_graph = cfg.cuda_graph == "on" && device.is_cuda();
+  o.cuda_graph = device.is_cuda() && (cfg.cuda_graph == "on" ||
+                                      (cfg.cuda_graph == "auto" &&
+                                       cfg.warmup_teacher_temp_epochs == 0));
   return o;
 }
 

@@ -68,14 +68,17 @@ struct TrainOptions {
   OptimizerKind optimizer = OptimizerKind::LARS;
   NonFinitePolicy nonfinite = NonFinitePolicy::Stop;
   int64_t bucket_bytes = int64_t(25) << 20;  // data-parallel gradient buckets (cfg.bucket_mb)
-  bool cuda_graph = false;                   // cfg.cuda_graph "on" on a CUDA device
+  bool cuda_graph = false;  // cfg.cuda_graph on, or auto without a teacher-temperature warm-up,
+                            // on a CUDA device
 
   DType compute_dtype() const;
   const char* precision_name() const;  // "fp32", "bf16", "fp16", "fp64"
 };
 
 // The `auto` rules: precision bf16 on CUDA, fp32 on the CPU; channels_last on for CUDA; tf32 on
-// when the precision is not fp32 or fp64. A reduced precision on the CPU is an sc::Error.
+// when the precision is not fp32 or fp64; cuda_graph on for CUDA unless a teacher-temperature
+// warm-up changes the step (TrainStep turns it off for several processes, and falls back to the
+// plain step when the capture fails, saying why). A reduced precision on the CPU is an sc::Error.
 TrainOptions resolve_train_options(const TrainConfig& cfg, Device device);
 
 struct StepResult {

@@ -230,7 +230,7 @@ for s in $stages; do
         printf ' --max_steps 5 --print_freq 1 --synthetic_images 8 --score_images 4 --score_size 64'
         printf ' --num_workers 1 --slot_images 2 --precision bf16 --epochs 3 --no-auto-resume'
         printf ' --output_dir "$@"; }\n'
-        printf 'run %q\n' "$d/plain"
+        printf 'run %q --cuda_graph off\n' "$d/plain"
         printf 'run %q --cuda_graph on\n' "$d/graph"
         printf 'python3 - %q %q <<"PY"\n' "$d/plain/final.safetensors" "$d/graph/final.safetensors"
         cat <<"PY"

@@ -7,6 +7,7 @@
 #include "engine/error.h"
 #include "model/schedule.h"
 #include "model/train_config.h"
+#include "model/train_step.h"
 
 using namespace sc;
 using nlohmann::json;
@@ -116,6 +117,28 @@ TEST_CASE("config: errors name the key") {
 
 // Findings of the config fuzz target (tests/fuzz/regressions/config), each once a crash: only
 // sc::Error may leave the readers, naming the file or the option.
+// cuda_graph auto (the default since `slotcon train --cuda_graph on` ran on a card): the step is
+// captured on a GPU unless a teacher-temperature warm-up changes it from epoch to epoch; never on
+// the CPU; `on` with a warm-up is refused by validate (above), `auto` with one is simply off.
+TEST_CASE("config: cuda_graph auto captures the GPU step unless a teacher-temperature warm-up") {
+  TrainConfig c;
+  CHECK(c.cuda_graph == "auto");
+  CHECK(resolve_train_options(c, Device::cuda(0)).cuda_graph);
+  CHECK_FALSE(resolve_train_options(c, Device::cpu()).cuda_graph);
+  c.warmup_teacher_temp_epochs = 2;
+  c.data_dir = "x";
+  CHECK_NOTHROW(c.validate());
+  CHECK_FALSE(resolve_train_options(c, Device::cuda(0)).cuda_graph);
+  c.warmup_teacher_temp_epochs = 0;
+  c.cuda_graph = "off";
+  CHECK_FALSE(resolve_train_options(c, Device::cuda(0)).cuda_graph);
+  c.cuda_graph = "on";
+  CHECK(resolve_train_options(c, Device::cuda(0)).cuda_graph);
+  CHECK_FALSE(resolve_train_options(c, Device::cpu()).cuda_graph);
+  c.cuda_graph = "yes";
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("cuda_graph") && Catch::Contains("auto"));
+}
+
 TEST_CASE("config: numbers beyond double's range are errors, not crashes (fuzz findings)") {
   // nlohmann::json raises out_of_range, not parse_error, for them; it escaped the readers
   CHECK_THROWS_AS(parse_config_text("{\"base_lr\": 2.7E600}", "f.json"), Error);
