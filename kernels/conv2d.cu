@@ -437,94 +437,75 @@ static void trace_conv_work(const Conv2dGeom& g, DType dtype, cudnnMathType_t ma
   kernels::note_work(es * (x + w + y + (accumulate ? y : 0.0)), flops, unit);
 }
 
-void CudnnConvPlan::select_forward(cudnnHandle_t h, const void* x, const void* w, void* y, void* ws,
-                                   size_t ws_bytes) {
-  Impl& p = *impl_;
-  const std::string key = algo_key("forward", p.g, p.layout, p.dtype, p.request_math);
+// One pass's algorithm: the algorithm file's line for its shape, else cuDNN's search (`find`
+// fills up to N results and their count), the pick among them, logged and appended to the file.
+template <class Perf, int N, class Algo, class Find>
+static void select_pass(const char* pass, const char* what, const char* find_name,
+                        const Conv2dGeom& g, Layout layout, DType dtype, cudnnMathType_t request,
+                        cudnnConvolutionDescriptor_t cd, Find&& find, Algo* algo,
+                        cudnnMathType_t* math, size_t* ws, bool* ok) {
+  const std::string key = algo_key(pass, g, layout, dtype, request);
   AlgoChoice stored;
   if (stored_choice(key, &stored)) {
-    p.fwd_algo = cudnnConvolutionFwdAlgo_t(stored.algo);
-    p.fwd_math = cudnnMathType_t(stored.math);
-    p.fwd_ws = stored.ws;
-    p.fwd_ok = true;
+    *algo = Algo(stored.algo);
+    *math = cudnnMathType_t(stored.math);
+    *ws = stored.ws;
+    *ok = true;
     log_stored(key, stored);
     return;
   }
-  cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+  Perf perf[N];
   int count = 0;
-  SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.request_math));
-  trace_conv_work(p.g, p.dtype, p.request_math, false);
-  kernels::note_library_call("cudnnFindConvolutionForwardAlgorithmEx");
-  SC_CUDNN(cudnnFindConvolutionForwardAlgorithmEx(h, p.xd, x, p.wd, w, p.cd, p.yd, y,
-                                                  CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf,
-                                                  ws, ws_bytes));
-  const auto* best = pick(perf, count, p.request_math, "conv2d forward");
-  log_pick("forward", p.g, p.dtype, perf, count, best);
-  p.fwd_algo = best->algo;
-  p.fwd_math = best->mathType;
-  p.fwd_ws = best->memory;
-  p.fwd_ok = true;
+  SC_CUDNN(cudnnSetConvolutionMathType(cd, request));
+  trace_conv_work(g, dtype, request, false);
+  kernels::note_library_call(find_name);
+  find(N, &count, perf);
+  const Perf* best = pick(perf, count, request, what);
+  log_pick(pass, g, dtype, perf, count, best);
+  *algo = best->algo;
+  *math = best->mathType;
+  *ws = best->memory;
+  *ok = true;
   store_choice(key, {int(best->algo), int(best->mathType), best->memory});
+}
+
+void CudnnConvPlan::select_forward(cudnnHandle_t h, const void* x, const void* w, void* y, void* ws,
+                                   size_t ws_bytes) {
+  Impl& p = *impl_;
+  select_pass<cudnnConvolutionFwdAlgoPerf_t, CUDNN_CONVOLUTION_FWD_ALGO_COUNT>(
+      "forward", "conv2d forward", "cudnnFindConvolutionForwardAlgorithmEx", p.g, p.layout,
+      p.dtype, p.request_math, p.cd,
+      [&](int n, int* count, cudnnConvolutionFwdAlgoPerf_t* perf) {
+        SC_CUDNN(cudnnFindConvolutionForwardAlgorithmEx(h, p.xd, x, p.wd, w, p.cd, p.yd, y, n,
+                                                        count, perf, ws, ws_bytes));
+      },
+      &p.fwd_algo, &p.fwd_math, &p.fwd_ws, &p.fwd_ok);
 }
 
 void CudnnConvPlan::select_backward_data(cudnnHandle_t h, const void* dy, const void* w, void* dx,
                                          void* ws, size_t ws_bytes) {
   Impl& p = *impl_;
-  const std::string key = algo_key("backward-data", p.g, p.layout, p.dtype, p.request_math);
-  AlgoChoice stored;
-  if (stored_choice(key, &stored)) {
-    p.bwd_data_algo = cudnnConvolutionBwdDataAlgo_t(stored.algo);
-    p.bwd_data_math = cudnnMathType_t(stored.math);
-    p.bwd_data_ws = stored.ws;
-    p.bwd_data_ok = true;
-    log_stored(key, stored);
-    return;
-  }
-  cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-  int count = 0;
-  SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.request_math));
-  trace_conv_work(p.g, p.dtype, p.request_math, false);
-  kernels::note_library_call("cudnnFindConvolutionBackwardDataAlgorithmEx");
-  SC_CUDNN(cudnnFindConvolutionBackwardDataAlgorithmEx(h, p.wd, w, p.yd, dy, p.cd, p.xd, dx,
-                                                       CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
-                                                       &count, perf, ws, ws_bytes));
-  const auto* best = pick(perf, count, p.request_math, "conv2d backward data");
-  log_pick("backward-data", p.g, p.dtype, perf, count, best);
-  p.bwd_data_algo = best->algo;
-  p.bwd_data_math = best->mathType;
-  p.bwd_data_ws = best->memory;
-  p.bwd_data_ok = true;
-  store_choice(key, {int(best->algo), int(best->mathType), best->memory});
+  select_pass<cudnnConvolutionBwdDataAlgoPerf_t, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT>(
+      "backward-data", "conv2d backward data", "cudnnFindConvolutionBackwardDataAlgorithmEx", p.g,
+      p.layout, p.dtype, p.request_math, p.cd,
+      [&](int n, int* count, cudnnConvolutionBwdDataAlgoPerf_t* perf) {
+        SC_CUDNN(cudnnFindConvolutionBackwardDataAlgorithmEx(h, p.wd, w, p.yd, dy, p.cd, p.xd, dx,
+                                                             n, count, perf, ws, ws_bytes));
+      },
+      &p.bwd_data_algo, &p.bwd_data_math, &p.bwd_data_ws, &p.bwd_data_ok);
 }
 
 void CudnnConvPlan::select_backward_weight(cudnnHandle_t h, const void* x, const void* dy, void* dw,
                                            void* ws, size_t ws_bytes) {
   Impl& p = *impl_;
-  const std::string key = algo_key("backward-weight", p.g, p.layout, p.dtype, p.request_math);
-  AlgoChoice stored;
-  if (stored_choice(key, &stored)) {
-    p.bwd_w_algo = cudnnConvolutionBwdFilterAlgo_t(stored.algo);
-    p.bwd_w_math = cudnnMathType_t(stored.math);
-    p.bwd_w_ws = stored.ws;
-    p.bwd_w_ok = true;
-    log_stored(key, stored);
-    return;
-  }
-  cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-  int count = 0;
-  SC_CUDNN(cudnnSetConvolutionMathType(p.cd, p.request_math));
-  trace_conv_work(p.g, p.dtype, p.request_math, false);
-  kernels::note_library_call("cudnnFindConvolutionBackwardFilterAlgorithmEx");
-  SC_CUDNN(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, p.xd, x, p.yd, dy, p.cd, p.wd, dw,
-                                                         CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
-                                                         &count, perf, ws, ws_bytes));
-  const auto* best = pick(perf, count, p.request_math, "conv2d backward weight");
-  log_pick("backward-weight", p.g, p.dtype, perf, count, best);
-  p.bwd_w_algo = best->algo;
-  p.bwd_w_math = best->mathType;
-  p.bwd_w_ws = best->memory;
-  p.bwd_w_ok = true;
-  store_choice(key, {int(best->algo), int(best->mathType), best->memory});
+  select_pass<cudnnConvolutionBwdFilterAlgoPerf_t, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT>(
+      "backward-weight", "conv2d backward weight", "cudnnFindConvolutionBackwardFilterAlgorithmEx",
+      p.g, p.layout, p.dtype, p.request_math, p.cd,
+      [&](int n, int* count, cudnnConvolutionBwdFilterAlgoPerf_t* perf) {
+        SC_CUDNN(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, p.xd, x, p.yd, dy, p.cd, p.wd,
+                                                               dw, n, count, perf, ws, ws_bytes));
+      },
+      &p.bwd_w_algo, &p.bwd_w_math, &p.bwd_w_ws, &p.bwd_w_ok);
 }
 
 void CudnnConvPlan::forward(cudnnHandle_t h, const void* x, const void* w, void* y, void* ws,
