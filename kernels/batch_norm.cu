@@ -11,6 +11,10 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <initializer_list>
+#include <string>
 
 #include "kernels/batch_norm.h"
 #include "kernels/check.h"
@@ -250,6 +254,159 @@ __global__ void grad_apply_kernel(int64_t n, int64_t C, int64_t inner, const T* 
   }
 }
 
+// ---- the element passes on rows (inner == 1: NHWC, BN1d), 16 bytes at a time
+// The H200's profile of the ResNet-50 step (docs/gpu.md, "The third card session") found the
+// element kernels above at ~0.85 TB/s: a 64-bit division by C for every element, 2-byte loads,
+// and the per-channel constants (mean and 1/std as doubles, gamma, beta) read again for every
+// element. Here a block owns a tile of channels: its constants are read once into shared memory,
+// the tile's threads step along a row 16 bytes (VEC elements) at a time and down the rows, and
+// no index is divided. The arithmetic is the element kernels' own, term for term, so the results
+// are theirs. Taken when C is a multiple of VEC and every pointer is 16-byte aligned.
+template <class T>
+struct alignas(16) Vec16 {
+  static constexpr int N = 16 / int(sizeof(T));
+  T v[N];
+};
+
+template <class T>
+__device__ __forceinline__ Vec16<T> load16(const T* p) {
+  return *reinterpret_cast<const Vec16<T>*>(p);
+}
+template <class T>
+__device__ __forceinline__ void store16(T* p, const Vec16<T>& v) {
+  *reinterpret_cast<Vec16<T>*>(p) = v;
+}
+
+constexpr int kRowTileVecs = 32;   // 16-byte vectors of one row a block's tile spans at most
+constexpr int kRowThreads = 256;   // threads per block: tile width x rows in flight
+
+// The launch shape of a row pass: tile width tx (vectors), ty rows in flight, the grid.
+struct RowLaunch {
+  int tx, ty;
+  dim3 grid;
+};
+inline RowLaunch row_launch(int64_t rows, int64_t cvecs) {
+  RowLaunch l;
+  l.tx = int(std::min<int64_t>(cvecs, kRowTileVecs));
+  l.ty = kRowThreads / l.tx;
+  const int64_t gx = (cvecs + l.tx - 1) / l.tx;
+  // about 16 blocks per multiprocessor of a large card in all, at least one row per thread
+  const int64_t gy = std::max<int64_t>(
+      1, std::min<int64_t>((rows + l.ty - 1) / l.ty, std::max<int64_t>(1, 2048 / gx)));
+  l.grid = dim3(unsigned(gx), unsigned(gy));
+  return l;
+}
+
+template <class T, class P>
+__global__ void apply_rows_kernel(int64_t rows, int64_t C, const T* x,
+                                  ChannelParams<typename AccOf<T>::type, P> cp, const T* residual,
+                                  Act act, T* y) {
+  using A = typename AccOf<T>::type;
+  constexpr int V = Vec16<T>::N;
+  __shared__ A s_mean[kRowTileVecs * V], s_scale[kRowTileVecs * V], s_beta[kRowTileVecs * V];
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+  const int64_t c0 = int64_t(blockIdx.x) * blockDim.x * V;  // the tile's first channel
+  const int width = int(std::min<int64_t>(int64_t(blockDim.x) * V, C - c0));
+  for (int k = tid; k < width; k += blockDim.x * blockDim.y) {
+    const int64_t c = c0 + k;
+    s_mean[k] = cp.mean(c);
+    s_scale[k] = cp.g(c) * cp.invstd(c);
+    s_beta[k] = cp.b(c);
+  }
+  __syncthreads();
+  const int k0 = threadIdx.x * V;
+  if (k0 >= width) return;
+  for (int64_t r = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; r < rows;
+       r += int64_t(gridDim.y) * blockDim.y) {
+    const int64_t at = r * C + c0 + k0;
+    const Vec16<T> xv = load16(x + at);
+    Vec16<T> rv;
+    if (residual) rv = load16(residual + at);
+    Vec16<T> yv;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      A z = (load_acc(&xv.v[j]) - s_mean[k0 + j]) * s_scale[k0 + j] + s_beta[k0 + j];
+      if (residual) z += load_acc(&rv.v[j]);
+      store(&yv.v[j], act_fwd(act, z));
+    }
+    store16(y + at, yv);
+  }
+}
+
+template <class T, class P>
+__global__ void grad_apply_rows_kernel(int64_t rows, int64_t C, const T* dy, const T* x,
+                                       ChannelParams<typename AccOf<T>::type, P> cp,
+                                       const T* residual, Act act, const uint8_t* mask,
+                                       const double* gsum, const double* count, bool training,
+                                       T* dx, T* dresidual) {
+  using A = typename AccOf<T>::type;
+  constexpr int V = Vec16<T>::N;
+  constexpr int W = kRowTileVecs * V;
+  __shared__ A s_mean[W], s_invstd[W], s_g[W], s_b[W], s_k[W], s_gs0n[W], s_gs1[W];
+  const double cnt = training ? *count : 0.0;
+  const A inv_n = cnt > 0 ? A(1.0 / cnt) : A(0);
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+  const int64_t c0 = int64_t(blockIdx.x) * blockDim.x * V;
+  const int width = int(std::min<int64_t>(int64_t(blockDim.x) * V, C - c0));
+  for (int k = tid; k < width; k += blockDim.x * blockDim.y) {
+    const int64_t c = c0 + k;
+    s_mean[k] = cp.mean(c);
+    s_invstd[k] = cp.invstd(c);
+    s_g[k] = cp.g(c);
+    s_b[k] = cp.b(c);
+    s_k[k] = s_g[k] * s_invstd[k];
+    s_gs0n[k] = training ? A(gsum[c]) * inv_n : A(0);
+    s_gs1[k] = training ? A(gsum[C + c]) : A(0);
+  }
+  __syncthreads();
+  const int k0 = threadIdx.x * V;
+  if (k0 >= width) return;
+  for (int64_t r = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; r < rows;
+       r += int64_t(gridDim.y) * blockDim.y) {
+    const int64_t at = r * C + c0 + k0;
+    const bool sel = mask == nullptr || mask[r];
+    const Vec16<T> xv = load16(x + at), dyv = load16(dy + at);
+    Vec16<T> rv, dxv, drv;
+    if (residual) rv = load16(residual + at);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const int k = k0 + j;
+      const A xhat = (load_acc(&xv.v[j]) - s_mean[k]) * s_invstd[k];
+      A dz = load_acc(&dyv.v[j]);
+      if (act != Act::None) {
+        A z = xhat * s_g[k] + s_b[k];
+        if (residual) z += load_acc(&rv.v[j]);
+        dz *= act_grad(act, z);
+      }
+      if (dresidual) store(&drv.v[j], sel ? dz : A(0));
+      A d = 0;
+      if (sel) {
+        if (training)
+          d = s_k[k] * (dz - s_gs0n[k] - xhat * s_gs1[k] * inv_n);
+        else
+          d = s_k[k] * dz;
+      }
+      store(&dxv.v[j], d);
+    }
+    store16(dx + at, dxv);
+    if (dresidual) store16(dresidual + at, drv);
+  }
+}
+
+// Whether the row kernels can take a pass: rows (inner == 1), C a multiple of the vector, every
+// pointer on a 16-byte boundary (SLOTCON_BN_ROWS=0 keeps the element kernels, for comparison).
+template <class T>
+bool rows_path(const BnGeom& g, std::initializer_list<const void*> ptrs) {
+  static const bool off = [] {
+    const char* e = std::getenv("SLOTCON_BN_ROWS");
+    return e != nullptr && std::string(e) == "0";
+  }();
+  if (off || g.inner != 1 || g.C % Vec16<T>::N != 0) return false;
+  for (const void* p : ptrs)
+    if (p != nullptr && reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
+}
+
 template <class P>
 __global__ void param_grads_kernel(int64_t C, const double* gsum, P* dgamma, P* dbeta) {
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -308,6 +465,14 @@ void batch_norm_apply_cuda(DType x_dtype, DType p_dtype, const BnGeom& g, const 
     using A = typename AccOf<T>::type;
     ChannelParams<A, P> cp{save, (const P*)gamma, (const P*)beta, g.C};
     const int64_t n = g.numel();
+    if (rows_path<T>(g, {x, residual, y})) {
+      const RowLaunch l = row_launch(g.outer, g.C / Vec16<T>::N);
+      apply_rows_kernel<T, P><<<l.grid, dim3(l.tx, l.ty), 0, stream>>>(
+          g.outer, g.C, (const T*)x, cp, (const T*)residual, act, (T*)y);
+      SC_TRACE_WORK(double(n) * sizeof(T) * (residual ? 3.0 : 2.0), 4 * n, FP32);
+      SC_KERNEL_LAUNCHED("apply_rows_kernel");
+      return;
+    }
     apply_kernel<T, P><<<grid_for(n, 256), 256, 0, stream>>>(n, g.C, g.inner, (const T*)x, cp,
                                                              (const T*)residual, act, (T*)y);
     SC_TRACE_WORK(double(n) * sizeof(T) * (residual ? 3.0 : 2.0), 4 * n, FP32);
@@ -346,11 +511,21 @@ void batch_norm_grad_apply_cuda(DType x_dtype, DType p_dtype, const BnGeom& g, c
     using A = typename AccOf<T>::type;
     ChannelParams<A, P> cp{save, (const P*)gamma, (const P*)beta, g.C};
     const int64_t n = g.numel();
+    const double bytes =
+        double(n) * sizeof(T) * (3.0 + (residual ? 1.0 : 0.0) + (dresidual ? 1.0 : 0.0));
+    if (rows_path<T>(g, {dy, x, residual, dx, dresidual})) {
+      const RowLaunch l = row_launch(g.outer, g.C / Vec16<T>::N);
+      grad_apply_rows_kernel<T, P><<<l.grid, dim3(l.tx, l.ty), 0, stream>>>(
+          g.outer, g.C, (const T*)dy, (const T*)x, cp, (const T*)residual, act, mask, gsum,
+          count_dev, training, (T*)dx, (T*)dresidual);
+      SC_TRACE_WORK(bytes, 12 * n, FP32);
+      SC_KERNEL_LAUNCHED("grad_apply_rows_kernel");
+      return;
+    }
     grad_apply_kernel<T, P><<<grid_for(n, 256), 256, 0, stream>>>(
         n, g.C, g.inner, (const T*)dy, (const T*)x, cp, (const T*)residual, act, mask, gsum,
         count_dev, training, (T*)dx, (T*)dresidual);
-    SC_TRACE_WORK(double(n) * sizeof(T) * (3.0 + (residual ? 1.0 : 0.0) + (dresidual ? 1.0 : 0.0)),
-                  12 * n, FP32);
+    SC_TRACE_WORK(bytes, 12 * n, FP32);
     SC_KERNEL_LAUNCHED("grad_apply_kernel");
   });
   SC_KERNEL_LAUNCH_CHECK("batch_norm_grad_apply_cuda");

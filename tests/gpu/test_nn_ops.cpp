@@ -500,7 +500,10 @@ TEST_CASE(
   };
   for (Cfg cfg :
        {Cfg{{4, 24, 7, 9}, false, false}, Cfg{{4, 40, 7, 9}, true, false},
-        Cfg{{3, 8, 28, 28}, false, false}, Cfg{{37, 70}, false, false}, Cfg{{53, 33}, false, true}})
+        Cfg{{3, 8, 28, 28}, false, false}, Cfg{{37, 70}, false, false}, Cfg{{53, 33}, false, true},
+        // the row kernels' cases (C a multiple of 16 bytes' elements): several channel tiles,
+        // the last one partial (264 channels: 33 bf16 vectors, 66 float ones), and a row mask
+        Cfg{{2, 264, 3, 5}, true, false}, Cfg{{29, 48}, false, true}})
     for (DType dt : {DType::F32, DType::F64, DType::BF16, DType::F16})
       for (bool training : {true, false})
         for (Act act : {Act::None, Act::Relu, Act::Gelu})
@@ -567,6 +570,42 @@ TEST_CASE(
             expect_within(bgp.grad(), bc.grad(), bb.dbeta, "bn dbeta", tol_for(dt, std::sqrt(n)));
             if (with_res) expect_within(rg.grad(), rc.grad(), bb.dres, "bn dresidual", tol_for(dt));
           }
+}
+
+// Which kernels a channels-last BatchNorm runs: the row kernels where C is a multiple of 16
+// bytes' elements (the case the test above compares with the CPU), the element kernels elsewhere.
+TEST_CASE("gpu batch_norm takes the row kernels on rows of whole 16-byte vectors",
+          "[gpu][batch_norm]") {
+  Generator gen(sc::testing::next_seed());
+  auto launched = [&](int64_t C, DType dt) {
+    Tensor x = on_gpu(rand_uniform({2, C, 3, 3}, gen, -1, 1), dt, true).set_requires_grad(true);
+    Tensor g = rand_uniform({C}, gen, 0.5, 1.5).to(Device::cuda()).set_requires_grad(true);
+    Tensor b = rand_uniform({C}, gen, -1, 1).to(Device::cuda()).set_requires_grad(true);
+    Tensor rm = zeros({C}, DType::F32, Device::cuda()), rv = ones({C}, DType::F32, Device::cuda());
+    BatchNormOptions o;
+    o.training = true;
+    o.act = Act::Relu;
+    kernels::start_trace();
+    Tensor y = batch_norm(x, g, b, rm, rv, o);
+    y.backward(on_gpu(rand_uniform({2, C, 3, 3}, gen, -1, 1), dt, true));
+    std::vector<std::string> names;
+    for (const kernels::IssueRecord& r : kernels::stop_trace())
+      if (r.kind == kernels::IssueKind::Kernel) names.push_back(r.name);
+    return names;
+  };
+  auto has = [](const std::vector<std::string>& v, const char* n) {
+    return std::find(v.begin(), v.end(), n) != v.end();
+  };
+  for (DType dt : {DType::BF16, DType::F32}) {
+    INFO(dtype_name(dt));
+    const std::vector<std::string> rows = launched(16, dt), elems = launched(10, dt);
+    CHECK(has(rows, "apply_rows_kernel"));
+    CHECK(has(rows, "grad_apply_rows_kernel"));
+    CHECK_FALSE(has(rows, "apply_kernel"));
+    CHECK(has(elems, "apply_kernel"));
+    CHECK(has(elems, "grad_apply_kernel"));
+    CHECK_FALSE(has(elems, "apply_rows_kernel"));
+  }
 }
 
 TEST_CASE("gpu max_pool2d and add_relu match the CPU", "[gpu][max_pool]") {
