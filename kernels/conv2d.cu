@@ -326,7 +326,8 @@ bool stored_choice(const std::string& key, AlgoChoice* out) {
 }
 
 // Appends a search's choice (one write of one line, so that processes sharing the file do not
-// interleave within a line).
+// interleave within a line). A file that cannot be written (a full disk, a missing folder) is
+// said once on stderr and no longer used: the choices are a cache, and the run goes on.
 void store_choice(const std::string& key, const AlgoChoice& c) {
   AlgoFile& f = algo_file();
   std::lock_guard<std::mutex> lock(f.mu);
@@ -336,8 +337,15 @@ void store_choice(const std::string& key, const AlgoChoice& c) {
   const std::string line = key + " -> algo " + std::to_string(c.algo) + " math " +
                            std::to_string(c.math) + " ws " + std::to_string(c.ws) + "\n";
   std::FILE* out = std::fopen(f.path.c_str(), "a");
-  if (!out || std::fwrite(line.data(), 1, line.size(), out) != line.size() || std::fclose(out) != 0)
-    kernels::fail("SLOTCON_CUDNN_ALGOS", "cannot append to " + f.path);
+  bool ok = out != nullptr && std::fwrite(line.data(), 1, line.size(), out) == line.size();
+  if (out != nullptr && std::fclose(out) != 0) ok = false;
+  if (!ok) {
+    std::fprintf(stderr,
+                 "SLOTCON_CUDNN_ALGOS: cannot append to %s: cuDNN's choices are not kept there "
+                 "from now on\n",
+                 f.path.c_str());
+    f.path.clear();
+  }
 }
 }  // namespace
 

@@ -158,7 +158,8 @@ class CudnnConvPlan {
 // a profiler's, whose interception of every launch changes what a search times (2026-12-04 on
 // the H200: under ncu the ResNet-50 step's 3x3 convolutions ran another algorithm). The path
 // comes from SLOTCON_CUDNN_ALGOS at the first search unless set here first; "" turns it off. A
-// malformed line is an error naming the file and line. Thread-safe.
+// malformed line is an error naming the file and line; a file that cannot be appended to is said
+// once on stderr and dropped (the run goes on). Thread-safe.
 void set_cudnn_algo_file(const std::string& path);
 
 // Bias epilogue and bias gradient on a dense activation viewed as (outer, C, inner) (NCHW:

@@ -475,6 +475,16 @@ TEST_CASE("gpu conv2d algorithm file: choices appended, reused without a search,
   CHECK(kernels::issue_counts().library_calls == calls3);
   CHECK(d.forward_algorithm() == other);
 
+  // A file that cannot be written (here: its folder does not exist) loses nothing but the file:
+  // the search runs and its choice is taken.
+  sc::set_cudnn_algo_file(path + ".missing/algos.txt");
+  CudnnConvPlan e(g, Layout::NCHW, DType::F32, false);
+  const uint64_t calls4 = kernels::issue_counts().library_calls;
+  CHECK_NOTHROW(
+      e.select_forward(h, x.data_ptr(), w.data_ptr(), ya.data_ptr(), ws.data_ptr(), ws_bytes));
+  CHECK(kernels::issue_counts().library_calls - calls4 == 1);
+  CHECK(e.forward_algorithm() == a.forward_algorithm());
+
   // A malformed line: an error naming the file and the line.
   for (const char* bad : {"forward F32 NCHW -> algo one math 0 ws 0", "no arrow here",
                           "forward F32 NCHW -> algo 1 math 0 ws 0 extra"}) {
