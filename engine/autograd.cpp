@@ -84,8 +84,11 @@ void check_grad(const Node& node, size_t i, const Tensor& g) {
 
 void accumulate_leaf(TensorImpl& leaf, const Tensor& g) {
   if (!leaf.grad.defined()) {
-    // Own a fresh copy so that later in-place accumulation never writes into another tensor.
-    Tensor c = empty(g.shape(), g.dtype(), g.device());
+    // Own a fresh copy so that later in-place accumulation never writes into another tensor, in
+    // the gradient's own memory format: a channels-last convolution weight's gradient stays
+    // channels-last, as its weight is (a contiguous copy transposed it, and the optimizer then
+    // transposed it back: docs/gpu.md, "The third card session").
+    Tensor c = empty_like(g);
     copy_(c, g);
     leaf.grad = c;
   } else {

@@ -21,6 +21,27 @@ TEST_CASE("autograd: gradients accumulate into leaves across backward calls") {
   CHECK_FALSE(w.grad().defined());
 }
 
+// A leaf's first gradient is copied in its own memory format: a channels-last gradient (a
+// channels-last convolution weight's) stays channels-last, so that neither the copy nor the
+// optimizer, which works in the weight's layout, transposes it. The values are the same.
+TEST_CASE("autograd: a leaf's first gradient keeps the gradient's memory format") {
+  Tensor x0 = from_vector({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, {1, 3, 2, 2}, DType::F32);
+  Tensor w = x0.contiguous(MemoryFormat::ChannelsLast).detach().set_requires_grad(true);
+  Tensor y = mul_scalar(w, 3.0);
+  REQUIRE(y.is_channels_last());
+  y.backward(mul(y, y).detach());  // a channels-last gradient: 9 w^2 * 3
+  REQUIRE(w.grad().defined());
+  CHECK(w.grad().is_channels_last());
+  CHECK_FALSE(w.grad().is_contiguous());
+  std::vector<double> want;
+  for (double v : x0.to_vector()) want.push_back(27 * v * v);
+  CHECK(w.grad().to_vector() == want);
+  // a contiguous gradient stays contiguous
+  Tensor v = x0.clone().set_requires_grad(true);
+  sum(mul(v, v)).backward();
+  CHECK(v.grad().is_contiguous());
+}
+
 TEST_CASE("autograd: no-grad scope records nothing") {
   Tensor w = ones({2}, DType::F64);
   w.set_requires_grad(true);
