@@ -385,11 +385,14 @@ static const Perf* pick(const Perf* perf, int count, cudnnMathType_t request, co
 // SLOTCON_CUDNN_LOG set: one line per algorithm search on stderr (the pass, the shape, the
 // algorithm taken, its maths, determinism, time and workspace, and the fastest candidate), so a
 // card's run says which algorithm produced a result.
+static bool cudnn_log_on() {
+  static const bool on = std::getenv("SLOTCON_CUDNN_LOG") != nullptr;
+  return on;
+}
 template <class Perf>
 static void log_pick(const char* pass, const Conv2dGeom& g, DType dt, const Perf* perf, int count,
                      const Perf* best) {
-  static const bool on = std::getenv("SLOTCON_CUDNN_LOG") != nullptr;
-  if (!on) return;
+  if (!cudnn_log_on()) return;
   const Perf* fastest = nullptr;
   for (int i = 0; i < count && !fastest; ++i)
     if (perf[i].status == CUDNN_STATUS_SUCCESS) fastest = &perf[i];
@@ -420,8 +423,7 @@ static void log_pick(const char* pass, const Conv2dGeom& g, DType dt, const Perf
 
 // SLOTCON_CUDNN_LOG set: a choice taken from the algorithm file says so.
 static void log_stored(const std::string& key, const AlgoChoice& c) {
-  static const bool on = std::getenv("SLOTCON_CUDNN_LOG") != nullptr;
-  if (on)
+  if (cudnn_log_on())
     std::fprintf(stderr, "cudnn %s: algo %d (math %d, %zu B ws) from the algorithm file\n",
                  key.c_str(), c.algo, c.math, c.ws);
 }
