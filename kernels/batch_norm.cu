@@ -297,6 +297,29 @@ inline RowLaunch row_launch(int64_t rows, int64_t cvecs) {
   return l;
 }
 
+// A row kernel's block and thread: the block's channel tile [c0, c0 + width) (its constants are
+// written by fill(k, c) for every tile channel k = c - c0, across the block, before any thread
+// goes on), the thread's first channel k0 in the tile (it has work when k0 < width), and its
+// rows: first_row, first_row + row_step, ...
+template <int V>
+struct RowTile {
+  int64_t c0;
+  int width, k0;
+  int64_t first_row, row_step;
+  template <class Fill>
+  __device__ RowTile(int64_t C, Fill&& fill)
+      : c0(int64_t(blockIdx.x) * blockDim.x * V),
+        width(int(std::min<int64_t>(int64_t(blockDim.x) * V, C - c0))),
+        k0(int(threadIdx.x) * V),
+        first_row(int64_t(blockIdx.y) * blockDim.y + threadIdx.y),
+        row_step(int64_t(gridDim.y) * blockDim.y) {
+    for (int k = int(threadIdx.y * blockDim.x + threadIdx.x); k < width;
+         k += int(blockDim.x * blockDim.y))
+      fill(k, c0 + k);
+    __syncthreads();
+  }
+};
+
 template <class T, class P>
 __global__ void apply_rows_kernel(int64_t rows, int64_t C, const T* x,
                                   ChannelParams<typename AccOf<T>::type, P> cp, const T* residual,
@@ -304,21 +327,15 @@ __global__ void apply_rows_kernel(int64_t rows, int64_t C, const T* x,
   using A = typename AccOf<T>::type;
   constexpr int V = Vec16<T>::N;
   __shared__ A s_mean[kRowTileVecs * V], s_scale[kRowTileVecs * V], s_beta[kRowTileVecs * V];
-  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
-  const int64_t c0 = int64_t(blockIdx.x) * blockDim.x * V;  // the tile's first channel
-  const int width = int(std::min<int64_t>(int64_t(blockDim.x) * V, C - c0));
-  for (int k = tid; k < width; k += blockDim.x * blockDim.y) {
-    const int64_t c = c0 + k;
+  const RowTile<V> t(C, [&](int k, int64_t c) {
     s_mean[k] = cp.mean(c);
     s_scale[k] = cp.g(c) * cp.invstd(c);
     s_beta[k] = cp.b(c);
-  }
-  __syncthreads();
-  const int k0 = threadIdx.x * V;
-  if (k0 >= width) return;
-  for (int64_t r = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; r < rows;
-       r += int64_t(gridDim.y) * blockDim.y) {
-    const int64_t at = r * C + c0 + k0;
+  });
+  const int k0 = t.k0;
+  if (k0 >= t.width) return;
+  for (int64_t r = t.first_row; r < rows; r += t.row_step) {
+    const int64_t at = r * C + t.c0 + k0;
     const Vec16<T> xv = load16(x + at);
     Vec16<T> rv;
     if (residual) rv = load16(residual + at);
@@ -345,11 +362,7 @@ __global__ void grad_apply_rows_kernel(int64_t rows, int64_t C, const T* dy, con
   __shared__ A s_mean[W], s_invstd[W], s_g[W], s_b[W], s_k[W], s_gs0n[W], s_gs1[W];
   const double cnt = training ? *count : 0.0;
   const A inv_n = cnt > 0 ? A(1.0 / cnt) : A(0);
-  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
-  const int64_t c0 = int64_t(blockIdx.x) * blockDim.x * V;
-  const int width = int(std::min<int64_t>(int64_t(blockDim.x) * V, C - c0));
-  for (int k = tid; k < width; k += blockDim.x * blockDim.y) {
-    const int64_t c = c0 + k;
+  const RowTile<V> t(C, [&](int k, int64_t c) {
     s_mean[k] = cp.mean(c);
     s_invstd[k] = cp.invstd(c);
     s_g[k] = cp.g(c);
@@ -357,13 +370,11 @@ __global__ void grad_apply_rows_kernel(int64_t rows, int64_t C, const T* dy, con
     s_k[k] = s_g[k] * s_invstd[k];
     s_gs0n[k] = training ? A(gsum[c]) * inv_n : A(0);
     s_gs1[k] = training ? A(gsum[C + c]) : A(0);
-  }
-  __syncthreads();
-  const int k0 = threadIdx.x * V;
-  if (k0 >= width) return;
-  for (int64_t r = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; r < rows;
-       r += int64_t(gridDim.y) * blockDim.y) {
-    const int64_t at = r * C + c0 + k0;
+  });
+  const int k0 = t.k0;
+  if (k0 >= t.width) return;
+  for (int64_t r = t.first_row; r < rows; r += t.row_step) {
+    const int64_t at = r * C + t.c0 + k0;
     const bool sel = mask == nullptr || mask[r];
     const Vec16<T> xv = load16(x + at), dyv = load16(dy + at);
     Vec16<T> rv, dxv, drv;
