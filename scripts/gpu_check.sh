@@ -266,11 +266,13 @@ PY
       # searches time, and on 2026-12-04 the profiled step's 3x3 convolutions ran another
       # algorithm (implicit_convolve_sgemm, 0.3 ms each) than the plain step's.
       algos="$work/cudnn_algos.txt"; rm -f "$algos"
-      SLOTCON_CUDNN_ALGOS="$algos" timeout 120 "$bin/bench/bench_train_step" --no-baseline \
-        --warmup 3 --steps 2 >"$work/profile_algos.log" 2>&1
+      # (a stage of its own, so that it runs under what is left of the budget)
+      stage profile_algos 120 env SLOTCON_CUDNN_ALGOS="$algos" "$bin/bench/bench_train_step" \
+        --no-baseline --warmup 3 --steps 2
+      [ "$?" -eq 99 ] && { row profile "not run (budget)" 0 ""; continue; }
       n="$(grep -sc ' -> algo ' "$algos")"
-      echo "profile: ${n:-0} convolution algorithms chosen without ncu (see profile_algos in the log)"
-      keep_log profile_algos "$algos"
+      echo "profile: ${n:-0} convolution algorithms chosen without ncu (see profile_algos_file in the log)"
+      keep_log profile_algos_file "$algos"
       keep="$linebuf"; linebuf=""
       stage profile 240 env SLOTCON_CUDNN_ALGOS="$algos" SLOTCON_CUDNN_LOG=1 \
         "$ncu" --profile-from-start off --clock-control none \
@@ -278,11 +280,11 @@ PY
         "$bin/bench/bench_train_step" --no-baseline --warmup 3 --steps 2
       rc=$?
       linebuf="$keep"
+      [ "$rc" -eq 99 ] && continue
       # every convolution must have taken a stored algorithm: a search under ncu is what this avoids
       searched="$(grep -c '^cudnn .*fastest algo' "$work/profile.log")"
       echo "profile: convolution searches under ncu: $searched (0 expected)"
       [ "$rc" -eq 0 ] && [ "$searched" -ne 0 ] && rc=1
-      [ "$rc" -eq 99 ] && continue
       python3 "$root/scripts/ncu_summary.py" "$work/profile.log" 40 >"$work/profile_summary.log" 2>&1
       src=$?
       cat "$work/profile_summary.log"; keep_log profile_summary "$work/profile_summary.log"
