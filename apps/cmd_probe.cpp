@@ -1,8 +1,9 @@
 // slotcon probe: what a checkpoint's teacher tells apart on the synthetic scenes: its prototypes
-// (the grouping score, and each read as its majority class), a nearest-class-mean probe of its
-// projected map and of its backbone's map (fit on training scenes with their classes), the same
-// maps grouped without labels by k-means into as many groups as there are prototypes, and how
-// the projected cells spread about the prototypes; all scored on the held-out scenes.
+// (the grouping score, and each read as its majority class), a nearest-class-mean probe and a
+// linear probe of its projected map and of its backbone's map (fit on training scenes with their
+// classes), the same maps grouped without labels by k-means into as many groups as there are
+// prototypes, and how the projected cells spread about the prototypes; all scored on the
+// held-out scenes.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -26,7 +27,7 @@ namespace {
 void probe_usage(FILE* out) {
   std::fprintf(
       out,
-      "usage: slotcon probe CHECKPOINT [--fit N] [--count N] [--size S] [--config FILE]\n"
+      "usage: slotcon probe CHECKPOINT [--fit N] [--l2 X] [--count N] [--size S] [--config FILE]\n"
       "                     [--device auto|cpu|cuda]\n"
       "       slotcon probe --init --config FILE [options]\n\n"
       "What the teacher tells apart on the synthetic scenes of the run's seed and scene set\n"
@@ -42,6 +43,11 @@ void probe_usage(FILE* out) {
       "  backbone, mean   nearest class mean of the backbone's map (512 per cell for a\n"
       "                   ResNet-18, 2048 for a ResNet-50): what the network carried into\n"
       "                   detection or segmentation tells apart without any trained head\n"
+      "  projector, linear probe / backbone, linear probe\n"
+      "                   a linear classifier of each map fit with the true classes (class-\n"
+      "                   balanced logistic regression): the standard linear probe. The\n"
+      "                   prototypes' arg-max is a linear classifier of the projected map, so\n"
+      "                   the projector's row bounds what any prototypes could score there\n"
       "  projector, k-means / backbone, k-means\n"
       "                   the same maps grouped without labels: spherical k-means into K\n"
       "                   groups (K = the run's prototypes) on the fit scenes' cells, each\n"
@@ -50,13 +56,18 @@ void probe_usage(FILE* out) {
       "                   subtracts each scene's mean cell\n"
       "and a last line: how tightly the projected cells crowd round one direction (mean\n"
       "resultant length) and that direction's cosines with the prototypes.\n"
+      "The linear probes also print their mIoU on the scenes they were fit on, with their\n"
+      "final loss and iterations, to show how far the fit went.\n"
       "The class means are averaged (features scaled to unit length) over the cells of training\n"
       "scenes 0..N-1 with their true classes, then every cell of the held-out scenes (those the\n"
       "grouping score uses) takes the class of the nearest mean. A readout far above the\n"
       "prototypes' says the backbone knows more than the slots show.\n\n"
       "  --init         the run's initial state (the config's seed) instead of a checkpoint:\n"
       "                 what a randomly initialised network already tells apart\n"
-      "  --fit N        training scenes the class means are fit on (default 256)\n"
+      "  --fit N        training scenes the class means and linear probes are fit on\n"
+      "                 (default 256)\n"
+      "  --l2 X         the linear probes' penalty on their weights (default 0.01; the\n"
+      "                 features are standardised, so it does not depend on their scale)\n"
       "  --count N      held-out scenes scored (default: the config's score_images, 64 when\n"
       "                 that is 0)\n"
       "  --size S       pixels per scene side (default: the config's score_size, else\n"
@@ -127,6 +138,7 @@ int cmd_probe(const Args& args) {
   std::string in, config_file, device = "auto";
   bool init = false;
   int64_t fit = 256, count = -1, size = -1;
+  double l2 = 1e-2;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     auto value = [&]() -> std::string { return option_value(args, &i); };
@@ -137,6 +149,8 @@ int cmd_probe(const Args& args) {
       init = true;
     } else if (a == "--fit") {
       fit = parse_count(a, value());
+    } else if (a == "--l2") {
+      l2 = parse_number(a, value());
     } else if (a == "--count") {
       count = parse_count(a, value());
     } else if (a == "--size") {
@@ -194,6 +208,21 @@ int cmd_probe(const Args& args) {
                          held.backbone),
       held.cls, C, C);
 
+  // Supervised and linear: a class-balanced logistic regression per map, fit on the fit
+  // scenes' cells with their classes (on the projected map, a bound on what any prototypes can
+  // score there; model/grouping_score.h)
+  const LinearProbe lp_projected =
+      fit_linear_probe(train.projected, train.dim_projected, train.cls, C, l2);
+  const LinearProbe lp_backbone = fit_linear_probe(train.backbone, train.dim_backbone, train.cls, C, l2);
+  const GroupingScore by_linear_projected =
+      grouping_score(linear_probe_predict(lp_projected, held.projected), held.cls, C, C);
+  const GroupingScore by_linear_backbone =
+      grouping_score(linear_probe_predict(lp_backbone, held.backbone), held.cls, C, C);
+  const double fit_linear_projected =
+      grouping_score(linear_probe_predict(lp_projected, train.projected), train.cls, C, C).miou;
+  const double fit_linear_backbone =
+      grouping_score(linear_probe_predict(lp_backbone, train.backbone), train.cls, C, C).miou;
+
   // Unsupervised: K groups (K = the run's prototypes) by spherical k-means on the fit scenes'
   // cells, then each held-out cell to its nearest centroid; also with each scene's mean cell
   // removed, so that what all cells of a scene share (its background, its tone) cannot decide.
@@ -232,11 +261,18 @@ int cmd_probe(const Args& args) {
   row("prototypes, each to its majority class", by_majority);
   row("projector, nearest class mean (" + std::to_string(held.dim_projected) + ")", by_projected);
   row("backbone, nearest class mean (" + std::to_string(held.dim_backbone) + ")", by_backbone);
+  row("projector, linear probe (" + std::to_string(held.dim_projected) + ")", by_linear_projected);
+  row("backbone, linear probe (" + std::to_string(held.dim_backbone) + ")", by_linear_backbone);
   const std::string k = std::to_string(K);
   row("projector, k-means (" + k + " groups)", km_projected);
   row("projector, k-means, scene mean removed", km_projected_centred);
   row("backbone, k-means (" + k + " groups)", km_backbone);
   row("backbone, k-means, scene mean removed", km_backbone_centred);
+  std::printf(
+      "linear probes on their own fit scenes: projector mIoU %.4f (loss %.4f, %d iterations), "
+      "backbone %.4f (loss %.4f, %d iterations)\n",
+      fit_linear_projected, lp_projected.loss, lp_projected.iterations, fit_linear_backbone,
+      lp_backbone.loss, lp_backbone.iterations);
   const CellSpread spread =
       cell_spread(held.projected, held.dim_projected,
                   run.model->grouping_k->slot_embed->weight.to(Device::cpu()).to_vector());

@@ -14,6 +14,9 @@ using Args = std::vector<std::string>;
 
 // The value of option `name` as a non-negative integer; sc::Error naming the option otherwise.
 int64_t parse_count(const std::string& name, const std::string& value);
+// The value of option `name` as a finite non-negative number; sc::Error naming the option
+// otherwise.
+double parse_number(const std::string& name, const std::string& value);
 // The argument after option args[*i] (advancing *i past it); sc::Error "option X needs a value"
 // when there is none.
 const std::string& option_value(const Args& args, size_t* i);

@@ -1,6 +1,7 @@
 // slotcon: the command-line front end. `slotcon <command> [args]`, `slotcon --help`.
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -24,6 +25,18 @@ int64_t parse_count(const std::string& name, const std::string& value) {
   }
   if (used != value.size() || value.empty() || v < 0)
     throw Error(str_cat("option ", name, " needs a non-negative integer, got '", value, "'"));
+  return v;
+}
+double parse_number(const std::string& name, const std::string& value) {
+  size_t used = 0;
+  double v = -1;
+  try {
+    v = std::stod(value, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != value.size() || value.empty() || !std::isfinite(v) || v < 0)
+    throw Error(str_cat("option ", name, " needs a finite non-negative number, got '", value, "'"));
   return v;
 }
 const std::string& option_value(const Args& args, size_t* i) {

@@ -6,6 +6,8 @@
 #include <random>
 
 #include "engine/error.h"
+#include "engine/ops.h"
+#include "engine/tensor.h"
 
 namespace sc {
 
@@ -263,6 +265,166 @@ ClassMeans fit_cosine_kmeans(const std::vector<double>& feats, int64_t dim, int 
     }
   }
   return best;
+}
+
+namespace {
+// The balanced cross-entropy of a linear probe's parameters theta = [W (D x C), b (C)] on the
+// standardised rows Z (n x D, F64; Zt its transpose), and its gradient when grad is not null.
+// The two products with Z run as BLAS matrix products (engine/ops.h).
+double probe_loss(const Tensor& Z, const Tensor& Zt, int C, const std::vector<int>& cls,
+                  const std::vector<double>& row_weight, const std::vector<bool>& present,
+                  double l2, const std::vector<double>& theta, std::vector<double>* grad) {
+  const size_t n = size_t(Z.size(0)), D = size_t(Z.size(1)), Cs = size_t(C);
+  const std::vector<double> W(theta.begin(), theta.begin() + std::ptrdiff_t(D * Cs));
+  const double* b = theta.data() + D * Cs;
+  std::vector<double> r =
+      matmul(Z, from_vector(W, {int64_t(D), int64_t(C)}, DType::F64)).to_vector();
+  double loss = 0;
+  for (size_t i = 0; i < n; ++i) {
+    double* ri = r.data() + i * Cs;  // logits, then the gradient of the loss in them
+    double top = -std::numeric_limits<double>::infinity();
+    for (size_t c = 0; c < Cs; ++c)
+      if (present[c]) top = std::max(top, ri[c] += b[c]);
+    double sum = 0;
+    for (size_t c = 0; c < Cs; ++c) {
+      ri[c] = present[c] ? std::exp(ri[c] - top) : 0.0;
+      sum += ri[c];
+    }
+    const size_t y = size_t(cls[i]);
+    const double wi = row_weight[i];
+    loss += wi * (std::log(sum) - std::log(ri[y]));  // -log p_y
+    for (size_t c = 0; c < Cs; ++c) ri[c] = wi * (ri[c] / sum - (c == y ? 1.0 : 0.0));
+  }
+  for (size_t j = 0; j < D * Cs; ++j) loss += 0.5 * l2 * W[j] * W[j];
+  if (!grad) return loss;
+  const std::vector<double> gW =
+      matmul(Zt, from_vector(r, {int64_t(n), int64_t(C)}, DType::F64)).to_vector();
+  for (size_t j = 0; j < D * Cs; ++j) (*grad)[j] = gW[j] + l2 * W[j];
+  for (size_t c = 0; c < Cs; ++c) {
+    double gb = 0;
+    for (size_t i = 0; i < n; ++i) gb += r[i * Cs + c];
+    (*grad)[D * Cs + c] = gb;
+  }
+  return loss;
+}
+
+// The standardised unit rows of feats under a probe's shift and scale.
+std::vector<double> probe_rows(const LinearProbe& p, const std::vector<double>& feats) {
+  const size_t D = size_t(p.dim), n = feats.size() / D;
+  std::vector<double> z(feats.size());
+  for (size_t i = 0; i < n; ++i) {
+    double* zi = z.data() + i * D;
+    normalised_row(feats, p.dim, i, zi);
+    for (size_t d = 0; d < D; ++d) zi[d] = (zi[d] - p.shift[d]) * p.scale[d];
+  }
+  return z;
+}
+}  // namespace
+
+LinearProbe fit_linear_probe(const std::vector<double>& feats, int64_t dim,
+                             const std::vector<int>& cls, int num_classes, double l2,
+                             int max_iters) {
+  SC_CHECK(dim > 0 && num_classes > 0, "fit_linear_probe: needs dim > 0 and classes > 0");
+  SC_CHECK(!cls.empty() && feats.size() == cls.size() * size_t(dim), "fit_linear_probe: ",
+           feats.size(), " feature values for ", cls.size(), " cells of ", dim);
+  SC_CHECK(l2 >= 0 && std::isfinite(l2) && max_iters >= 1,
+           "fit_linear_probe: needs a finite l2 >= 0 and max_iters >= 1");
+  const size_t n = cls.size(), D = size_t(dim), Cs = size_t(num_classes);
+  LinearProbe p;
+  p.dim = dim;
+  p.num_classes = num_classes;
+  p.count.assign(Cs, 0);
+  for (size_t i = 0; i < n; ++i) {
+    SC_CHECK(cls[i] >= 0 && cls[i] < num_classes, "fit_linear_probe: label out of range at cell ",
+             i);
+    ++p.count[size_t(cls[i])];
+  }
+  // standardise each feature of the unit rows over the fit rows (a constant feature keeps scale 1)
+  p.shift.assign(D, 0.0);
+  p.scale.assign(D, 1.0);
+  std::vector<double> row(D), sq(D, 0.0);
+  for (size_t i = 0; i < n; ++i) {
+    normalised_row(feats, dim, i, row.data());
+    for (size_t d = 0; d < D; ++d) p.shift[d] += row[d] / double(n), sq[d] += row[d] * row[d];
+  }
+  for (size_t d = 0; d < D; ++d) {
+    const double var = sq[d] / double(n) - p.shift[d] * p.shift[d];
+    if (var > 1e-24) p.scale[d] = 1.0 / std::sqrt(var);
+  }
+  const std::vector<double> z = probe_rows(p, feats);
+  std::vector<bool> present(Cs);
+  int classes_present = 0;
+  for (size_t c = 0; c < Cs; ++c) present[c] = p.count[c] > 0, classes_present += present[c];
+  std::vector<double> w(n);
+  for (size_t i = 0; i < n; ++i)
+    w[i] = 1.0 / (double(classes_present) * double(p.count[size_t(cls[i])]));
+
+  // L: half the largest eigenvalue of sum_i w_i [z_i 1][z_i 1]^T (Boehning's bound on the
+  // softmax's curvature) plus l2, the eigenvalue by power iteration, with a margin for its error
+  const Tensor Z = from_vector(z, {int64_t(n), dim}, DType::F64);
+  const Tensor Zt = transpose(Z, 0, 1);
+  std::vector<double> v(D + 1);
+  for (size_t d = 0; d <= D; ++d) v[d] = 1.0 + 0.01 * double(d % 7);
+  double lambda = 0;
+  for (int it = 0; it < 100; ++it) {
+    std::vector<double> t =
+        matmul(Z, from_vector(std::vector<double>(v.begin(), v.end() - 1), {dim, 1}, DType::F64))
+            .to_vector();
+    double last = 0;
+    for (size_t i = 0; i < n; ++i) last += t[i] = w[i] * (t[i] + v[D]);
+    std::vector<double> mv = matmul(Zt, from_vector(t, {int64_t(n), 1}, DType::F64)).to_vector();
+    mv.push_back(last);
+    lambda = std::sqrt(dot_rows(mv.data(), mv.data(), D + 1));
+    if (lambda <= 0) break;
+    for (size_t d = 0; d <= D; ++d) v[d] = mv[d] / lambda;
+  }
+  const double L = 1.2 * 0.5 * lambda + l2;
+  SC_CHECK(L > 0, "fit_linear_probe: the rows carry no signal");
+
+  // Nesterov's accelerated gradient, restarted when the gradient opposes the last move
+  const size_t P = (D + 1) * Cs;
+  std::vector<double> theta(P, 0.0), y(P, 0.0), next(P), g(P);
+  double t = 1;
+  int it = 0;
+  for (; it < max_iters; ++it) {
+    probe_loss(Z, Zt, num_classes, cls, w, present, l2, y, &g);
+    if (dot_rows(g.data(), g.data(), P) < 1e-20) break;
+    double along = 0;
+    for (size_t j = 0; j < P; ++j) {
+      next[j] = y[j] - g[j] / L;
+      along += g[j] * (next[j] - theta[j]);
+    }
+    const double t_next = 0.5 * (1.0 + std::sqrt(1.0 + 4.0 * t * t));
+    const double beta = along > 0 ? 0.0 : (t - 1.0) / t_next;
+    for (size_t j = 0; j < P; ++j) y[j] = next[j] + beta * (next[j] - theta[j]);
+    theta.swap(next);
+    t = along > 0 ? 1.0 : t_next;
+  }
+  p.iterations = it;
+  p.loss = probe_loss(Z, Zt, num_classes, cls, w, present, l2, theta, nullptr);
+  p.weight.assign(theta.begin(), theta.begin() + std::ptrdiff_t(D * Cs));
+  p.bias.assign(theta.begin() + std::ptrdiff_t(D * Cs), theta.end());
+  return p;
+}
+
+std::vector<int64_t> linear_probe_predict(const LinearProbe& p, const std::vector<double>& feats) {
+  SC_CHECK(p.dim > 0 && feats.size() % size_t(p.dim) == 0, "linear_probe_predict: ",
+           feats.size(), " values are not rows of ", p.dim);
+  SC_CHECK(std::any_of(p.count.begin(), p.count.end(), [](int64_t c) { return c > 0; }),
+           "linear_probe_predict: no class has a fit cell");
+  const size_t D = size_t(p.dim), Cs = size_t(p.num_classes), n = feats.size() / D;
+  const std::vector<double> z = probe_rows(p, feats);
+  std::vector<int64_t> out(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    double best = -std::numeric_limits<double>::infinity();
+    for (size_t c = 0; c < Cs; ++c) {
+      if (p.count[c] == 0) continue;
+      double logit = p.bias[c];
+      for (size_t d = 0; d < D; ++d) logit += z[i * D + d] * p.weight[d * Cs + c];
+      if (logit > best) best = logit, out[i] = int64_t(c);
+    }
+  }
+  return out;
 }
 
 std::vector<double> remove_group_means(const std::vector<double>& feats, int64_t dim,

@@ -1,4 +1,4 @@
-// `slotcon probe`: a checkpoint read four ways; its prototype row is the grouping score that
+// `slotcon probe`: a checkpoint read several ways; its prototype row is the grouping score that
 // `slotcon train` logged for the same state, at the start (--init) and at the end; usage errors.
 #include <catch2/catch.hpp>
 #include <fstream>
@@ -50,7 +50,8 @@ TEST_CASE("probe: slotcon probe's prototype row is the grouping score train logg
   CHECK(end == Approx(g.back()["miou"].get<double>()).margin(6e-5));
   for (const char* label :
        {"prototypes, each to its majority class", "projector, nearest class mean \\(16\\)",
-        "backbone, nearest class mean \\(512\\)", "projector, k-means \\(8 groups\\)",
+        "backbone, nearest class mean \\(512\\)", "projector, linear probe \\(16\\)",
+        "backbone, linear probe \\(512\\)", "projector, k-means \\(8 groups\\)",
         "projector, k-means, scene mean removed", "backbone, k-means \\(8 groups\\)",
         "backbone, k-means, scene mean removed"}) {
     const double v = row_miou(p.out, label);
@@ -59,6 +60,7 @@ TEST_CASE("probe: slotcon probe's prototype row is the grouping score train logg
     CHECK(v <= 1);
   }
 
+  CHECK(p.out.find("linear probes on their own fit scenes: projector mIoU") != std::string::npos);
   const size_t at = p.out.find("mean resultant length ");
   REQUIRE(at != std::string::npos);
   const double length = std::stod(p.out.substr(at + 22));

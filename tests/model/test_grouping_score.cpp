@@ -170,6 +170,75 @@ TEST_CASE("grouping score: the nearest-class-mean probe") {
   CHECK_THROWS_AS(nearest_class_mean(ClassMeans{2, 2, {0, 0, 0, 0}, {0, 0}}, {1, 2}), Error);
 }
 
+// The linear probe of `slotcon probe`: it finds a class boundary that a nearest class mean
+// misses, weighs every class alike however rare, and predicts no class it was not fit on.
+TEST_CASE("grouping score: the linear probe") {
+  // Two classes in 3-d: (1, u + 0.2 s, u) plus a little noise, s = +1 or -1, u ~ N(0, 1) shared
+  // by both coordinates. The classes differ by 0.2 along x1 - x2 only; their means differ along
+  // x1, which u swamps, so the nearest class mean is near chance while a linear probe separates
+  // them (the unit rows keep the sign of x1 - x2).
+  Generator g(2024);
+  auto planted = [&](int n, std::vector<double>* rows, std::vector<int>* cls) {
+    for (int i = 0; i < n; ++i) {
+      const int c = i % 2;
+      const double sgn = c ? 1.0 : -1.0, u = g.normal();
+      rows->insert(rows->end(), {1.0 + 0.01 * g.normal(), u + 0.2 * sgn + 0.01 * g.normal(),
+                                 u + 0.01 * g.normal()});
+      cls->push_back(c);
+    }
+  };
+  std::vector<double> fit, test;
+  std::vector<int> fit_cls, test_cls;
+  planted(2000, &fit, &fit_cls);
+  planted(1000, &test, &test_cls);
+  const LinearProbe p = fit_linear_probe(fit, 3, fit_cls, 2);
+  CHECK(p.count == std::vector<int64_t>{1000, 1000});
+  CHECK(p.iterations > 0);
+  CHECK(p.loss < 0.1);  // ln 2 = 0.69 for a probe that learnt nothing
+  const GroupingScore linear = grouping_score(linear_probe_predict(p, test), test_cls, 2, 2);
+  const GroupingScore means =
+      grouping_score(nearest_class_mean(fit_class_means(fit, 3, fit_cls, 2), test), test_cls, 2, 2);
+  INFO("linear " << linear.pixel_accuracy << ", class means " << means.pixel_accuracy);
+  CHECK(linear.pixel_accuracy > 0.97);
+  CHECK(means.pixel_accuracy < 0.75);
+  // deterministic: the same fit twice gives the same probe
+  const LinearProbe again = fit_linear_probe(fit, 3, fit_cls, 2);
+  CHECK(again.weight == p.weight);
+  CHECK(again.bias == p.bias);
+
+  // Balanced: class 1 is 5 % of the rows and overlaps class 0 (1-d positions N(-1, 1) and
+  // N(+1, 1) on an axis beside a constant one). Weighed by rows, the boundary would move far
+  // into class 1 and lose most of it; weighed by class, the two recalls stay alike.
+  std::vector<double> imb, imb_test;
+  std::vector<int> imb_cls, imb_test_cls;
+  for (int i = 0; i < 4000; ++i) {
+    const int c = i % 20 == 0 ? 1 : 0;
+    for (auto [rows, labels] : {std::pair{&imb, &imb_cls}, std::pair{&imb_test, &imb_test_cls}}) {
+      rows->insert(rows->end(), {1.0, 0.2 * ((c ? 1.0 : -1.0) + g.normal())});
+      labels->push_back(c);
+    }
+  }
+  const std::vector<int64_t> pred =
+      linear_probe_predict(fit_linear_probe(imb, 2, imb_cls, 2), imb_test);
+  double hit[2] = {0, 0}, total[2] = {0, 0};
+  for (size_t i = 0; i < pred.size(); ++i) {
+    total[imb_test_cls[i]] += 1;
+    hit[imb_test_cls[i]] += pred[i] == imb_test_cls[i];
+  }
+  INFO("recall of class 0 " << hit[0] / total[0] << ", of class 1 " << hit[1] / total[1]);
+  CHECK(hit[1] / total[1] > 0.75);  // about 0.84 for the midpoint; a row-weighted fit: ~0.3
+  CHECK(std::abs(hit[0] / total[0] - hit[1] / total[1]) < 0.1);
+
+  // a class with no fit row (class 2 of 3) is never predicted; bad input is refused
+  const LinearProbe absent = fit_linear_probe(fit, 3, fit_cls, 3);
+  CHECK(absent.count[2] == 0);
+  for (int64_t c : linear_probe_predict(absent, test)) CHECK(c != 2);
+  CHECK_THROWS_AS(fit_linear_probe({1, 2, 3}, 2, {0, 1}, 2), Error);  // 3 values for 2 rows
+  CHECK_THROWS_AS(fit_linear_probe({1, 2}, 2, {5}, 2), Error);        // label out of range
+  CHECK_THROWS_AS(fit_linear_probe({1, 2}, 2, {0}, 2, -1.0), Error);  // negative penalty
+  CHECK_THROWS_AS(linear_probe_predict(p, {1, 2}), Error);            // not rows of 3
+}
+
 // The many-to-one readout of `slotcon probe`: a class split over several prototypes loses
 // nothing there (it does under the one-to-one score), a mixed prototype counts as its majority.
 TEST_CASE("grouping score: prototypes read as their majority class") {
