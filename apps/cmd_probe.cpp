@@ -213,7 +213,8 @@ int cmd_probe(const Args& args) {
   // score there; model/grouping_score.h)
   const LinearProbe lp_projected =
       fit_linear_probe(train.projected, train.dim_projected, train.cls, C, l2);
-  const LinearProbe lp_backbone = fit_linear_probe(train.backbone, train.dim_backbone, train.cls, C, l2);
+  const LinearProbe lp_backbone =
+      fit_linear_probe(train.backbone, train.dim_backbone, train.cls, C, l2);
   const GroupingScore by_linear_projected =
       grouping_score(linear_probe_predict(lp_projected, held.projected), held.cls, C, C);
   const GroupingScore by_linear_backbone =

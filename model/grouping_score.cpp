@@ -122,6 +122,13 @@ void normalised_row(const std::vector<double>& feats, int64_t dim, size_t i, dou
   std::copy_n(feats.begin() + std::ptrdiff_t(i * size_t(dim)), dim, out);
   normalise(out, size_t(dim));
 }
+// Every row of feats (rows of dim values) scaled to unit length.
+std::vector<double> normalised_rows(const std::vector<double>& feats, int64_t dim) {
+  std::vector<double> x(feats.size());
+  for (size_t i = 0; i < feats.size() / size_t(dim); ++i)
+    normalised_row(feats, dim, i, x.data() + i * size_t(dim));
+  return x;
+}
 }  // namespace
 
 ClassMeans fit_class_means(const std::vector<double>& feats, int64_t dim,
@@ -180,8 +187,7 @@ ClassMeans fit_cosine_kmeans(const std::vector<double>& feats, int64_t dim, int 
   const size_t n = feats.size() / size_t(dim), D = size_t(dim);
   SC_CHECK(k >= 1 && size_t(k) <= n, "fit_cosine_kmeans: k must be in [1, ", n, "], got ", k);
   SC_CHECK(restarts >= 1 && max_iters >= 1, "fit_cosine_kmeans: needs restarts and iterations");
-  std::vector<double> x(feats.size());
-  for (size_t i = 0; i < n; ++i) normalised_row(feats, dim, i, x.data() + i * D);
+  const std::vector<double> x = normalised_rows(feats, dim);
   auto dot = [&](const double* a, const double* b) { return dot_rows(a, b, D); };
   ClassMeans best;
   double best_objective = -std::numeric_limits<double>::infinity();
@@ -308,16 +314,10 @@ double probe_loss(const Tensor& Z, const Tensor& Zt, int C, const std::vector<in
   return loss;
 }
 
-// The standardised unit rows of feats under a probe's shift and scale.
-std::vector<double> probe_rows(const LinearProbe& p, const std::vector<double>& feats) {
-  const size_t D = size_t(p.dim), n = feats.size() / D;
-  std::vector<double> z(feats.size());
-  for (size_t i = 0; i < n; ++i) {
-    double* zi = z.data() + i * D;
-    normalised_row(feats, p.dim, i, zi);
-    for (size_t d = 0; d < D; ++d) zi[d] = (zi[d] - p.shift[d]) * p.scale[d];
-  }
-  return z;
+// Unit rows (rows of p.dim values) standardised in place under a probe's shift and scale.
+void standardise(const LinearProbe& p, std::vector<double>* z) {
+  const size_t D = size_t(p.dim);
+  for (size_t j = 0; j < z->size(); ++j) (*z)[j] = ((*z)[j] - p.shift[j % D]) * p.scale[j % D];
 }
 }  // namespace
 
@@ -342,16 +342,17 @@ LinearProbe fit_linear_probe(const std::vector<double>& feats, int64_t dim,
   // standardise each feature of the unit rows over the fit rows (a constant feature keeps scale 1)
   p.shift.assign(D, 0.0);
   p.scale.assign(D, 1.0);
-  std::vector<double> row(D), sq(D, 0.0);
-  for (size_t i = 0; i < n; ++i) {
-    normalised_row(feats, dim, i, row.data());
-    for (size_t d = 0; d < D; ++d) p.shift[d] += row[d] / double(n), sq[d] += row[d] * row[d];
-  }
+  std::vector<double> z = normalised_rows(feats, dim), sq(D, 0.0);
+  for (size_t i = 0; i < n; ++i)
+    for (size_t d = 0; d < D; ++d) {
+      const double v = z[i * D + d];
+      p.shift[d] += v / double(n), sq[d] += v * v;
+    }
   for (size_t d = 0; d < D; ++d) {
     const double var = sq[d] / double(n) - p.shift[d] * p.shift[d];
     if (var > 1e-24) p.scale[d] = 1.0 / std::sqrt(var);
   }
-  const std::vector<double> z = probe_rows(p, feats);
+  standardise(p, &z);
   std::vector<bool> present(Cs);
   int classes_present = 0;
   for (size_t c = 0; c < Cs; ++c) present[c] = p.count[c] > 0, classes_present += present[c];
@@ -413,7 +414,8 @@ std::vector<int64_t> linear_probe_predict(const LinearProbe& p, const std::vecto
   SC_CHECK(std::any_of(p.count.begin(), p.count.end(), [](int64_t c) { return c > 0; }),
            "linear_probe_predict: no class has a fit cell");
   const size_t D = size_t(p.dim), Cs = size_t(p.num_classes), n = feats.size() / D;
-  const std::vector<double> z = probe_rows(p, feats);
+  std::vector<double> z = normalised_rows(feats, p.dim);
+  standardise(p, &z);
   std::vector<int64_t> out(n, 0);
   for (size_t i = 0; i < n; ++i) {
     double best = -std::numeric_limits<double>::infinity();

@@ -56,12 +56,13 @@ ClassMeans fit_cosine_kmeans(const std::vector<double>& feats, int64_t dim, int 
 // rows of feats (N x dim), each feature standardised over the fit rows, with a bias per class,
 // class-balanced (every class present in the fit rows weighs the same in the loss, as every
 // class weighs the same in a mean IoU) and an L2 penalty `l2` on the weights. Fit by Nesterov's
-// accelerated gradient with step 1/L (L bounds the loss's curvature, from a power iteration)
-// and a restart whenever the loss rises, until the loss changes by less than 1e-10 of itself
-// or max_iters. The prototypes' arg-max is itself a linear classifier of the normalised
+// accelerated gradient with step 1/L (L bounds the loss's curvature, from a power iteration),
+// its momentum restarted whenever the gradient opposes the last step, until the gradient's
+// squared norm is below 1e-20 or max_iters. The prototypes' arg-max is itself a linear classifier of the normalised
 // projected rows (unit weights, no bias), so on the projected map this probe bounds what any
 // set of prototypes could score, up to how well the penalised cross-entropy stands in for the
-// mean IoU. A class with no fit row is never predicted. Deterministic on every platform.
+// mean IoU. A class with no fit row is never predicted. Deterministic for one BLAS library and
+// thread count (its products run through engine/ops.h).
 struct LinearProbe {
   int64_t dim = 0;
   int num_classes = 0;
