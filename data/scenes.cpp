@@ -111,8 +111,10 @@ SceneObjects parse_scene_objects(const std::string& name) {
   if (name == "standard") return SceneObjects::Standard;
   if (name == "large") return SceneObjects::Large;
   if (name == "large_hues") return SceneObjects::LargeHues;
-  throw Error(str_cat("synthetic scene objects must be 'standard', 'large' or 'large_hues', got '",
-                      name, "'"));
+  if (name == "crowded_hues") return SceneObjects::CrowdedHues;
+  throw Error(str_cat(
+      "synthetic scene objects must be 'standard', 'large', 'large_hues' or 'crowded_hues', got '",
+      name, "'"));
 }
 
 const char* scene_objects_name(SceneObjects objects) {
@@ -121,6 +123,8 @@ const char* scene_objects_name(SceneObjects objects) {
       return "large";
     case SceneObjects::LargeHues:
       return "large_hues";
+    case SceneObjects::CrowdedHues:
+      return "crowded_hues";
     default:
       return "standard";
   }
@@ -128,13 +132,16 @@ const char* scene_objects_name(SceneObjects objects) {
 
 double scene_class_hue(int cls, SceneObjects objects) {
   SC_CHECK(cls >= 1 && cls < kSceneClasses, "scene_class_hue: no class ", cls);
-  return objects == SceneObjects::LargeHues ? double(cls - 1) / double(kSceneClasses - 1)
-                                            : double((cls - 1) % kSceneColors) / kSceneColors;
+  return objects == SceneObjects::LargeHues || objects == SceneObjects::CrowdedHues
+             ? double(cls - 1) / double(kSceneClasses - 1)
+             : double((cls - 1) % kSceneColors) / kSceneColors;
 }
 
 SceneLayout make_scene_layout(uint64_t seed, int64_t index, SceneObjects objects) {
   const bool large = objects != SceneObjects::Standard;
-  const double hue_jitter = objects == SceneObjects::LargeHues ? 8.0 : 12.0;  // degrees
+  const bool crowded = objects == SceneObjects::CrowdedHues;
+  const bool hues = objects == SceneObjects::LargeHues || crowded;
+  const double hue_jitter = hues ? 8.0 : 12.0;  // degrees
   Rng rng(seed, uint64_t(index), 0x7363656e65ull);
   SceneLayout L;
   L.bg_hue = rng.uniform();
@@ -145,7 +152,8 @@ SceneLayout make_scene_layout(uint64_t seed, int64_t index, SceneObjects objects
   L.bg_angle = rng.uniform(0.0, kPi);
   L.bg_amp = rng.uniform(0.08, 0.25);
   L.bg_noise_seed = rng.next_u64();
-  const int n = large ? int(rng.randint(1, 3)) : int(rng.randint(2, 5));
+  const int n = crowded ? int(rng.randint(5, 8))
+                        : (large ? int(rng.randint(1, 3)) : int(rng.randint(2, 5)));
   for (int i = 0; i < n; ++i) {
     SceneObject o;
     const int shape = int(rng.randint(0, kSceneShapes - 1));
@@ -153,7 +161,8 @@ SceneLayout make_scene_layout(uint64_t seed, int64_t index, SceneObjects objects
     o.cls = 1 + shape * kSceneColors + color;
     o.cx = rng.uniform(0.08, 0.92);
     o.cy = rng.uniform(0.08, 0.92);
-    o.radius = large ? rng.uniform(0.18, 0.32) : rng.uniform(0.08, 0.22);
+    o.radius = crowded ? rng.uniform(0.22, 0.36)
+                       : (large ? rng.uniform(0.18, 0.32) : rng.uniform(0.08, 0.22));
     o.angle = rng.uniform(0.0, 2 * kPi);
     o.hue = scene_class_hue(o.cls, objects) + rng.uniform(-hue_jitter, hue_jitter) / 360.0;
     o.sat = rng.uniform(0.65, 1.0);

@@ -101,7 +101,7 @@ const std::map<std::string, Field>& fields() {
       {"synthetic_objects", field(&TrainConfig::synthetic_objects,
                                   "synthetic scenes' objects: standard (2-5, radius 8-22 % of the "
                                   "side) | large (1-3, 18-32 %) | large_hues (large, one hue per "
-                                  "class)")},
+                                  "class) | crowded_hues (5-8, 22-36 %, one hue per class)")},
       {"image_size", field(&TrainConfig::image_size, "crop size S")},
       {"min_scale", field(&TrainConfig::min_scale, "random-resized-crop minimum scale")},
       {"color_aug", field(&TrainConfig::color_aug,
@@ -190,8 +190,9 @@ void TrainConfig::validate() const {
   SC_CHECK(base_lr > 0 && warmup_epoch >= 0 && warmup_multiplier >= 1, "config: base_lr > 0, "
            "warmup_epoch >= 0 and warmup_multiplier >= 1 are required");
   SC_CHECK(synthetic_objects == "standard" || synthetic_objects == "large" ||
-               synthetic_objects == "large_hues",
-           "config key 'synthetic_objects' must be 'standard', 'large' or 'large_hues', got '",
+               synthetic_objects == "large_hues" || synthetic_objects == "crowded_hues",
+           "config key 'synthetic_objects' must be 'standard', 'large', 'large_hues' or "
+           "'crowded_hues', got '",
            synthetic_objects, "'");
   SC_CHECK(num_workers >= 0 && synthetic_images > 0, "config: num_workers >= 0 and "
            "synthetic_images > 0 are required");

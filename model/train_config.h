@@ -54,7 +54,7 @@ struct TrainConfig {
   std::string dataset = "folder";   // folder | synthetic
   std::string data_dir = "";        // image folder(s), ':'-separated for COCO+
   int64_t synthetic_images = 2048;  // size of the synthetic scene set
-  std::string synthetic_objects = "standard";  // standard | large | large_hues (data/scenes.h)
+  std::string synthetic_objects = "standard";  // standard | large | large_hues | crowded_hues (data/scenes.h)
   int64_t image_size = 224;
   double min_scale = 0.08;
   double color_aug = 1.0;  // hue and saturation jitter and grayscale probability, x the authors'

@@ -337,3 +337,65 @@ TEST_CASE("scenes: the large-hues set is the large set with a hue of its own for
   REQUIRE(ds.load(3, &img, &why));
   CHECK(img.rgb == hues.image.rgb);
 }
+
+TEST_CASE("scenes: the crowded-hues set draws 5-8 objects of radius 22-36 % in class hues",
+          "[data][scenes]") {
+  CHECK(parse_scene_objects("crowded_hues") == SceneObjects::CrowdedHues);
+  CHECK(std::string(scene_objects_name(SceneObjects::CrowdedHues)) == "crowded_hues");
+  CHECK(scene_class_hue(4, SceneObjects::CrowdedHues) == Approx(1.0 / 3));
+
+  auto circular = [](double a, double b) {
+    const double d = std::fabs(a - b) - std::floor(std::fabs(a - b));
+    return std::min(d, 1 - d);
+  };
+  std::set<size_t> counts;
+  double rmin = 1, rmax = 0;
+  std::vector<double> share(kSceneClasses), large_share(kSceneClasses);
+  const int scenes = 200;
+  for (int i = 0; i < scenes; ++i) {
+    const SceneLayout L = make_scene_layout(5, i, SceneObjects::CrowdedHues);
+    counts.insert(L.objects.size());
+    for (const SceneObject& o : L.objects) {
+      rmin = std::min(rmin, o.radius);
+      rmax = std::max(rmax, o.radius);
+      CHECK(circular(o.hue, (o.cls - 1) / 9.0) <= 8.0 / 360 + 1e-12);
+    }
+    Scene s, l;
+    render_scene(5, i, 64, 64, &s, SceneObjects::CrowdedHues);
+    render_scene(5, i, 64, 64, &l, SceneObjects::Large);
+    for (size_t p = 0; p < s.class_map.size(); ++p) {
+      share[s.class_map[p]] += 1.0 / (64 * 64 * scenes);
+      large_share[l.class_map[p]] += 1.0 / (64 * 64 * scenes);
+    }
+  }
+  CHECK(counts == std::set<size_t>{5, 6, 7, 8});
+  CHECK(rmin >= 0.22);
+  CHECK(rmin < 0.23);
+  CHECK(rmax <= 0.36);
+  CHECK(rmax > 0.35);
+  // The classes' areas are about even: the background is a fraction of the large set's, and
+  // each of the nine object classes covers several per cent of the pixels.
+  INFO("background " << share[0] << ", large set " << large_share[0]);
+  CHECK(share[0] < 0.35);
+  CHECK(large_share[0] > 0.6);
+  for (int c = 1; c < kSceneClasses; ++c) {
+    INFO("class " << c << " covers " << share[size_t(c)]);
+    CHECK(share[size_t(c)] > 0.04);
+    CHECK(share[size_t(c)] < 0.14);
+  }
+
+  // the dataset and the loader draw this set when asked
+  SyntheticSceneDataset ds(20, 9, 48, 40, SceneObjects::CrowdedHues);
+  Scene crowded, hues;
+  render_scene(9, 3, 48, 40, &crowded, SceneObjects::CrowdedHues);
+  render_scene(9, 3, 48, 40, &hues, SceneObjects::LargeHues);
+  REQUIRE(crowded.class_map != hues.class_map);
+  CHECK(ds.class_map(3) == crowded.class_map);
+  ImageU8 img;
+  std::string why;
+  REQUIRE(ds.load(3, &img, &why));
+  CHECK(img.rgb == crowded.image.rgb);
+  DataLoader loader(scene_loader_config(SceneObjects::CrowdedHues));
+  CHECK(dynamic_cast<const SyntheticSceneDataset&>(loader.dataset()).objects() ==
+        SceneObjects::CrowdedHues);
+}

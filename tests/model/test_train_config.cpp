@@ -45,8 +45,10 @@ TEST_CASE("config: shipped configs parse and validate") {
   CHECK(in.epochs == 100);
   TrainConfig slots = load_config_file(std::string(SLOTCON_SOURCE_DIR) +
                                        "/configs/slots_30min.json");
-  CHECK(slots.synthetic_objects == "large");
+  CHECK(slots.synthetic_objects == "crowded_hues");
   CHECK(slots.num_prototypes == 10);
+  CHECK(slots.teacher_temp == 0.04);
+  CHECK(slots.center_momentum == 0.5);
 }
 
 TEST_CASE("config: overrides, round trip through JSON") {
@@ -84,6 +86,8 @@ TEST_CASE("config: errors name the key") {
   bad.synthetic_objects = "large";
   CHECK_NOTHROW(bad.validate());
   bad.synthetic_objects = "large_hues";
+  CHECK_NOTHROW(bad.validate());
+  bad.synthetic_objects = "crowded_hues";
   CHECK_NOTHROW(bad.validate());
   bad = TrainConfig();
   bad.data_dir = "x";
