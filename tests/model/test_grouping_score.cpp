@@ -87,7 +87,8 @@ TEST_CASE(
     double colour, shape, fg;
   };
   // measured 2026-12-03 (standard: scenes 512..575, configs/demo.json's held-out set) and
-  // 2026-12-04 (large: scenes 2048..2111, configs/slots_30min.json's)
+  // 2026-12-04 (large: scenes 2048..2111, the held-out set of configs/slots_30min.json's
+  // first version, docs/training.md's fourth round)
   using data::SceneObjects;
   for (const Grid g : {Grid{SceneObjects::Standard, 512, 96, 0.235, 0.244, 0.122},
                        Grid{SceneObjects::Standard, 512, 224, 0.226, 0.231, 0.118},
