@@ -97,6 +97,11 @@ bool inside_shape(int shape, double lx, double ly) {
   }
 }
 
+// Whether the set gives every class a hue of its own (else the three colour families).
+bool class_hues(SceneObjects objects) {
+  return objects == SceneObjects::LargeHues || objects == SceneObjects::CrowdedHues;
+}
+
 }  // namespace
 
 std::string scene_class_name(int cls) {
@@ -132,16 +137,14 @@ const char* scene_objects_name(SceneObjects objects) {
 
 double scene_class_hue(int cls, SceneObjects objects) {
   SC_CHECK(cls >= 1 && cls < kSceneClasses, "scene_class_hue: no class ", cls);
-  return objects == SceneObjects::LargeHues || objects == SceneObjects::CrowdedHues
-             ? double(cls - 1) / double(kSceneClasses - 1)
-             : double((cls - 1) % kSceneColors) / kSceneColors;
+  return class_hues(objects) ? double(cls - 1) / double(kSceneClasses - 1)
+                             : double((cls - 1) % kSceneColors) / kSceneColors;
 }
 
 SceneLayout make_scene_layout(uint64_t seed, int64_t index, SceneObjects objects) {
   const bool large = objects != SceneObjects::Standard;
   const bool crowded = objects == SceneObjects::CrowdedHues;
-  const bool hues = objects == SceneObjects::LargeHues || crowded;
-  const double hue_jitter = hues ? 8.0 : 12.0;  // degrees
+  const double hue_jitter = class_hues(objects) ? 8.0 : 12.0;  // degrees
   Rng rng(seed, uint64_t(index), 0x7363656e65ull);
   SceneLayout L;
   L.bg_hue = rng.uniform();
@@ -152,8 +155,8 @@ SceneLayout make_scene_layout(uint64_t seed, int64_t index, SceneObjects objects
   L.bg_angle = rng.uniform(0.0, kPi);
   L.bg_amp = rng.uniform(0.08, 0.25);
   L.bg_noise_seed = rng.next_u64();
-  const int n = crowded ? int(rng.randint(5, 8))
-                        : (large ? int(rng.randint(1, 3)) : int(rng.randint(2, 5)));
+  const int n =
+      crowded ? int(rng.randint(5, 8)) : (large ? int(rng.randint(1, 3)) : int(rng.randint(2, 5)));
   for (int i = 0; i < n; ++i) {
     SceneObject o;
     const int shape = int(rng.randint(0, kSceneShapes - 1));

@@ -58,11 +58,11 @@ ClassMeans fit_cosine_kmeans(const std::vector<double>& feats, int64_t dim, int 
 // class weighs the same in a mean IoU) and an L2 penalty `l2` on the weights. Fit by Nesterov's
 // accelerated gradient with step 1/L (L bounds the loss's curvature, from a power iteration),
 // its momentum restarted whenever the gradient opposes the last step, until the gradient's
-// squared norm is below 1e-20 or max_iters. The prototypes' arg-max is itself a linear classifier of the normalised
-// projected rows (unit weights, no bias), so on the projected map this probe bounds what any
-// set of prototypes could score, up to how well the penalised cross-entropy stands in for the
-// mean IoU. A class with no fit row is never predicted. Deterministic for one BLAS library and
-// thread count (its products run through engine/ops.h).
+// squared norm is below 1e-20 or max_iters. The prototypes' arg-max is itself a linear
+// classifier of the normalised projected rows (unit weights, no bias), so on the projected map
+// this probe bounds what any set of prototypes could score, up to how well the penalised
+// cross-entropy stands in for the mean IoU. A class with no fit row is never predicted.
+// Deterministic for one BLAS library and thread count (its products run through engine/ops.h).
 struct LinearProbe {
   int64_t dim = 0;
   int num_classes = 0;

@@ -47,6 +47,22 @@ LoaderConfig scene_loader_config(SceneObjects objects) {
   return cfg;
 }
 
+// The dataset (scene 3 of seed 9 at 48 x 40) and the loader of scene_loader_config draw the set
+// `objects`: the dataset's class map and image are render_scene's for that set.
+void check_dataset_draws(SceneObjects objects) {
+  SyntheticSceneDataset ds(20, 9, 48, 40, objects);
+  CHECK(ds.objects() == objects);
+  Scene scene;
+  render_scene(9, 3, 48, 40, &scene, objects);
+  CHECK(ds.class_map(3) == scene.class_map);
+  ImageU8 img;
+  std::string why;
+  REQUIRE(ds.load(3, &img, &why));
+  CHECK(img.rgb == scene.image.rgb);
+  DataLoader loader(scene_loader_config(objects));
+  CHECK(dynamic_cast<const SyntheticSceneDataset&>(loader.dataset()).objects() == objects);
+}
+
 }  // namespace
 
 TEST_CASE("scenes: deterministic by (seed, index), different otherwise", "[data][scenes]") {
@@ -251,23 +267,14 @@ TEST_CASE("scenes: the large-object set draws 1-3 objects of radius 18-32 %, thr
   CHECK(bg[1] < bg[0] - 0.05);  // fewer background pixels
 
   // the dataset, the evaluation batch and the loader's dataset all draw the large set
-  SyntheticSceneDataset ds(20, 9, 48, 40, SceneObjects::Large);
-  CHECK(ds.objects() == SceneObjects::Large);
   Scene large, standard;
   render_scene(9, 3, 48, 40, &large, SceneObjects::Large);
   render_scene(9, 3, 48, 40, &standard);
   REQUIRE(large.class_map != standard.class_map);
-  CHECK(ds.class_map(3) == large.class_map);
-  ImageU8 img;
-  std::string why;
-  REQUIRE(ds.load(3, &img, &why));
-  CHECK(img.rgb == large.image.rgb);
+  check_dataset_draws(SceneObjects::Large);
   const SceneBatch eb = render_scene_batch(9, 3, 1, 48, SceneObjects::Large);
   render_scene(9, 3, 48, 48, &large, SceneObjects::Large);
   CHECK(std::memcmp(eb.class_maps.data<uint8_t>(), large.class_map.data(), 48 * 48) == 0);
-  DataLoader loader(scene_loader_config(SceneObjects::Large));
-  CHECK(dynamic_cast<const SyntheticSceneDataset&>(loader.dataset()).objects() ==
-        SceneObjects::Large);
 }
 
 TEST_CASE("scenes: the large-hues set is the large set with a hue of its own for every class",
@@ -325,17 +332,13 @@ TEST_CASE("scenes: the large-hues set is the large set with a hue of its own for
   CHECK(regions > 100);
   CHECK(nearest_right == regions);
 
-  // the dataset draws this set when asked
-  SyntheticSceneDataset ds(20, 9, 48, 40, SceneObjects::LargeHues);
+  // the dataset and the loader draw this set when asked
   Scene hues, large;
   render_scene(9, 3, 48, 40, &hues, SceneObjects::LargeHues);
   render_scene(9, 3, 48, 40, &large, SceneObjects::Large);
   REQUIRE(hues.image.rgb != large.image.rgb);
   CHECK(hues.class_map == large.class_map);
-  ImageU8 img;
-  std::string why;
-  REQUIRE(ds.load(3, &img, &why));
-  CHECK(img.rgb == hues.image.rgb);
+  check_dataset_draws(SceneObjects::LargeHues);
 }
 
 TEST_CASE("scenes: the crowded-hues set draws 5-8 objects of radius 22-36 % in class hues",
@@ -385,17 +388,9 @@ TEST_CASE("scenes: the crowded-hues set draws 5-8 objects of radius 22-36 % in c
   }
 
   // the dataset and the loader draw this set when asked
-  SyntheticSceneDataset ds(20, 9, 48, 40, SceneObjects::CrowdedHues);
   Scene crowded, hues;
   render_scene(9, 3, 48, 40, &crowded, SceneObjects::CrowdedHues);
   render_scene(9, 3, 48, 40, &hues, SceneObjects::LargeHues);
   REQUIRE(crowded.class_map != hues.class_map);
-  CHECK(ds.class_map(3) == crowded.class_map);
-  ImageU8 img;
-  std::string why;
-  REQUIRE(ds.load(3, &img, &why));
-  CHECK(img.rgb == crowded.image.rgb);
-  DataLoader loader(scene_loader_config(SceneObjects::CrowdedHues));
-  CHECK(dynamic_cast<const SyntheticSceneDataset&>(loader.dataset()).objects() ==
-        SceneObjects::CrowdedHues);
+  check_dataset_draws(SceneObjects::CrowdedHues);
 }
